@@ -1,0 +1,108 @@
+"""One error family. Every error carries a stable code in the seed's style.
+
+The codes are ZStack's where ZStack has one (SYS.*, VOLUME_SNAPSHOT.*); the
+README lists them all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SnapgroupError(Exception):
+    code = "SYS.1001"
+    description = "internal error"
+
+    def __init__(self, details: str, *, cause: SnapgroupError | None = None) -> None:
+        super().__init__(details)
+        self.details = details
+        self.cause = cause
+
+    def to_dict(self) -> dict[str, Any]:
+        """The seed's ErrorCode shape."""
+        return {
+            "code": self.code,
+            "description": self.description,
+            "details": self.details,
+            "elaboration": None,
+            "opaque": None,
+            "cause": self.cause.to_dict() if self.cause else None,
+        }
+
+
+class InternalError(SnapgroupError):
+    code = "SYS.1001"
+    description = "internal error"
+
+
+class NotFound(SnapgroupError):
+    code = "SYS.1003"
+    description = "resource not found"
+
+
+class DeleteFailed(SnapgroupError):
+    code = "SYS.1004"
+    description = "failed to delete the resource"
+
+
+class Timeout(SnapgroupError):
+    code = "SYS.1005"
+    description = "operation timeout"
+
+
+class OperationError(SnapgroupError):
+    """The request is valid but cannot be carried out in the current state."""
+
+    code = "SYS.1006"
+    description = "operation error"
+
+
+class InvalidArgument(SnapgroupError):
+    code = "SYS.1007"
+    description = "invalid argument"
+
+
+class HypervisorUnavailable(SnapgroupError):
+    code = "HOST.1001"
+    description = "cannot reach the hypervisor (libvirtd)"
+
+
+class HypervisorError(SnapgroupError):
+    code = "HOST.1002"
+    description = "the hypervisor refused or failed the request"
+
+
+class ImageToolError(SnapgroupError):
+    code = "HOST.1003"
+    description = "qemu-img failed"
+
+
+class StoreError(SnapgroupError):
+    code = "SYS.1010"
+    description = "metadata store unavailable or corrupt"
+
+
+class SnapshotWrongStatus(SnapgroupError):
+    code = "VOLUME_SNAPSHOT.1000"
+    description = "volume snapshot is in a wrong status"
+
+
+class BatchDeleteError(SnapgroupError):
+    code = "VOLUME_SNAPSHOT.1002"
+    description = "failed to delete some snapshots of the group"
+
+
+ALL_ERRORS: tuple[type[SnapgroupError], ...] = (
+    InternalError,
+    NotFound,
+    DeleteFailed,
+    Timeout,
+    OperationError,
+    InvalidArgument,
+    HypervisorUnavailable,
+    HypervisorError,
+    ImageToolError,
+    StoreError,
+    SnapshotWrongStatus,
+    BatchDeleteError,
+)

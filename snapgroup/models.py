@@ -1,0 +1,82 @@
+"""Plain value types that cross the ports (hypervisor, image tool) and the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class VmState(str, Enum):
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    STOPPED = "Stopped"
+    OTHER = "Other"  # crashed, shutting down, pmsuspended...: no operation is safe
+
+    @property
+    def is_live(self) -> bool:
+        """A QEMU process owns the disks: changes go through libvirt block jobs."""
+        return self in (VmState.RUNNING, VmState.PAUSED)
+
+
+class VolumeType(str, Enum):
+    ROOT = "Root"
+    DATA = "Data"
+
+
+@dataclass(frozen=True)
+class DomainDisk:
+    """One <disk> of a domain, as libvirt describes it."""
+
+    target: str  # vda, sdb...
+    device: str  # disk, cdrom, floppy, lun
+    source_type: str  # file, block, network, volume
+    path: str | None  # the top file (None for network/empty)
+    format: str | None  # driver type: qcow2, raw...
+    readonly: bool = False
+    shareable: bool = False
+    boot_order: int | None = None
+    serial: str | None = None
+    # Backing files below `path`, top first, when libvirt reports them (live XML).
+    backing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    uuid: str  # 32 lowercase hex digits (ZStack style; libvirt's dashes removed)
+    name: str
+    state: VmState
+    disks: tuple[DomainDisk, ...]
+    persistent: bool = True
+
+
+@dataclass(frozen=True)
+class DiskOverlay:
+    """A new top file for one disk: `overlay` backed by the disk's current top."""
+
+    target: str
+    current: str
+    overlay: str
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One layer of `qemu-img info --backing-chain`."""
+
+    path: str
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing: str | None  # absolute path of the backing file, None at the base
+    backing_format: str | None = None
+
+
+@dataclass(frozen=True)
+class BlockJobProgress:
+    cur: int
+    end: int
+
+
+@dataclass(frozen=True)
+class FreezeResult:
+    frozen: tuple[str, ...] = field(default_factory=tuple)  # mountpoints, when known
+    count: int = 0

@@ -1,0 +1,77 @@
+"""The engine's ports. Adapters implement them; tests pass fakes (snapgroup.testing.fakes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from snapgroup.models import BlockJobProgress, DiskOverlay, DomainInfo, ImageInfo
+
+ProgressFn = Callable[[BlockJobProgress], None]
+
+
+class Hypervisor(Protocol):
+    """libvirt. Every method raises HypervisorError / HypervisorUnavailable / NotFound."""
+
+    def lookup(self, vm: str) -> DomainInfo:
+        """A domain by name, UUID (dashed or 32 hex). Disks from the live XML when running,
+        else from the persistent definition."""
+        ...
+
+    def snapshot_disks(
+        self, vm_uuid: str, overlays: Sequence[DiskOverlay], *, quiesce: bool = False
+    ) -> None:
+        """ONE atomic external disk-only snapshot of a running/paused domain onto
+        pre-created overlays (REUSE_EXT|NO_METADATA|ATOMIC); every other disk snapshot='no'."""
+        ...
+
+    def set_disk_sources(self, vm_uuid: str, sources: dict[str, str]) -> None:
+        """Stopped domain: redefine the persistent XML so each target's source file is
+        sources[target] (a qcow2 file). One defineXML call: all or nothing."""
+        ...
+
+    def block_commit(
+        self,
+        vm_uuid: str,
+        target: str,
+        *,
+        top: str | None,
+        base: str,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        """Running domain: merge `top` (None = the active layer) down into `base` and wait.
+        For the active layer, pivot to `base` when the job is ready. Rewrites the
+        backing link of top's child to `base`."""
+        ...
+
+
+class ImageTool(Protocol):
+    """qemu-img, and the files it makes. Raises ImageToolError."""
+
+    def chain(self, path: str, *, shared: bool = False) -> list[ImageInfo]:
+        """`qemu-img info --backing-chain`, top first. `shared` (-U) for images a
+        running QEMU holds."""
+        ...
+
+    def create_overlay(
+        self, path: str, *, backing: str, backing_format: str, size: int | None = None
+    ) -> None:
+        """A new qcow2 file backed by `backing`. With `size`, the backing file is not
+        opened (safe while QEMU holds it). Mode 0600; never overwrites."""
+        ...
+
+    def commit(self, top: str, *, base: str, progress: ProgressFn | None = None) -> None:
+        """Offline: merge `top` into `base` (a file lower in top's chain)."""
+        ...
+
+    def rebase(self, image: str, *, backing: str, backing_format: str, unsafe: bool) -> None:
+        """Offline: point `image` at `backing`; `unsafe` only rewrites the header."""
+        ...
+
+    def remove(self, path: str) -> None:
+        """Delete a file the engine made; a missing file is not an error."""
+        ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def free_bytes(self, directory: str) -> int: ...
