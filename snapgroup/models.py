@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class VmState(str, Enum):
+class VmState(StrEnum):
     RUNNING = "Running"
     PAUSED = "Paused"
     STOPPED = "Stopped"
@@ -18,7 +18,7 @@ class VmState(str, Enum):
         return self in (VmState.RUNNING, VmState.PAUSED)
 
 
-class VolumeType(str, Enum):
+class VolumeType(StrEnum):
     ROOT = "Root"
     DATA = "Data"
 

@@ -1,0 +1,88 @@
+"""From a libvirt domain to recorded volumes with stable UUIDs.
+
+A volume is recognised by its current top file (which moves with every snapshot and
+merge, and the engine records each move). A disk whose top file is unknown is a new
+volume; a recorded volume no longer seen in the domain is marked detached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from snapgroup.inventory import VolumeView
+from snapgroup.models import DomainInfo
+from snapgroup.planner import PlannedDisk, classify, volume_name
+from snapgroup.store.repo import Repo
+from snapgroup.store.tables import VolumeRow
+
+
+@dataclass(frozen=True)
+class Discovered:
+    domain: DomainInfo
+    planned: tuple[PlannedDisk, ...]
+    volumes: dict[str, VolumeRow]  # by target, for every disk with a deviceId and a file
+
+    def views(self) -> list[VolumeView]:
+        views = []
+        for p in self.planned:
+            volume = self.volumes.get(p.disk.target)
+            views.append(
+                VolumeView(
+                    target=p.disk.target,
+                    device=p.disk.device,
+                    install_path=p.disk.path,
+                    format=p.disk.format,
+                    volume_uuid=volume.uuid if volume else None,
+                    device_id=p.device_id,
+                    volume_type=p.volume_type.value if p.volume_type else None,
+                    volume_name=volume.name if volume else None,
+                    skipped_reason=p.skip_reason,
+                )
+            )
+        return views
+
+
+def register_volumes(
+    repo: Repo, domain: DomainInfo, *, now: datetime, new_uuid: Callable[[], str]
+) -> Discovered:
+    planned = classify(domain)
+    known = repo.volumes_of_vm(domain.uuid)
+    by_path = {v.install_path: v for v in known}
+    seen: set[str] = set()
+    volumes: dict[str, VolumeRow] = {}
+    for p in planned:
+        if p.device_id is None or p.volume_type is None or p.disk.path is None:
+            continue
+        row = by_path.get(p.disk.path)
+        if row is None:
+            row = VolumeRow(
+                uuid=new_uuid(),
+                vm_uuid=domain.uuid,
+                vm_name=domain.name,
+                target=p.disk.target,
+                device_id=p.device_id,
+                volume_type=p.volume_type.value,
+                name=volume_name(domain.name, p.volume_type, p.disk.target),
+                install_path=p.disk.path,
+                format=p.disk.format or "unknown",
+                last_attach_date=now,
+                create_date=now,
+                last_op_date=now,
+            )
+        else:
+            if not row.attached:
+                row.attached = True
+                row.last_attach_date = now
+            row.target, row.device_id = p.disk.target, p.device_id
+            row.volume_type, row.vm_name = p.volume_type.value, domain.name
+        repo.add(row)
+        seen.add(row.uuid)
+        volumes[p.disk.target] = row
+    for row in known:
+        if row.uuid not in seen and row.attached:
+            row.attached = False
+            row.last_op_date = now
+            repo.add(row)
+    return Discovered(domain, tuple(planned), volumes)

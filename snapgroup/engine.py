@@ -1,0 +1,495 @@
+"""Use cases: create, show, list, update and delete snapshot groups. Orchestration only:
+decisions live in planner.py, I/O behind the ports, rows in store/."""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from snapgroup.discovery import Discovered, register_volumes
+from snapgroup.errors import (
+    DeleteFailed,
+    InvalidArgument,
+    NotFound,
+    OperationError,
+    SnapgroupError,
+)
+from snapgroup.inventory import DeleteReport, DeleteResult, Group, GroupRef, VolumeView
+from snapgroup.models import DiskOverlay, DomainInfo, VmState
+from snapgroup.planner import (
+    MergeKind,
+    MergePlan,
+    apply_merge,
+    expected_chain,
+    plan_merge,
+    snapshot_name,
+)
+from snapgroup.ports import Hypervisor, ImageTool, ProgressFn
+from snapgroup.store.db import Database
+from snapgroup.store.repo import Repo
+from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow
+from snapgroup.validate import parse_uuid, validate_description, validate_name
+
+OVERLAY_WORKERS = 8
+
+
+class DeleteMode(StrEnum):
+    PERMISSIVE = "Permissive"
+    ENFORCING = "Enforcing"
+
+    @classmethod
+    def parse(cls, value: str | DeleteMode) -> DeleteMode:
+        for mode in cls:
+            if value == mode or str(value).lower() == mode.value.lower():
+                return mode
+        raise InvalidArgument(f"deleteMode {value!r} is not Permissive or Enforcing")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_uuid() -> str:
+    return uuidlib.uuid4().hex
+
+
+@dataclass
+class _Merge:
+    """One ref of a group being deleted: what to merge, or why not."""
+
+    ref: RefRow
+    snapshot: SnapshotRow
+    volume: VolumeRow | None
+    plan: MergePlan | None = None
+    blocking: str | None = None  # never merged, in any mode: it could break the chain
+    refusable: str | None = None  # Permissive refuses; Enforcing goes ahead
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        hypervisor: Hypervisor,
+        images: ImageTool,
+        db: Database,
+        clock: Callable[[], datetime] = _utcnow,
+        new_uuid: Callable[[], str] = _new_uuid,
+    ) -> None:
+        self.hv = hypervisor
+        self.images = images
+        self.db = db
+        self.clock = clock
+        self.new_uuid = new_uuid
+
+    # discovery -------------------------------------------------------------------------
+    def _discover(self, domain: DomainInfo) -> Discovered:
+        with self.db.transaction() as session:
+            return register_volumes(Repo(session), domain, now=self.clock(), new_uuid=self.new_uuid)
+
+    def _domain_of(self, *, vm: str | None, root_volume_uuid: str | None) -> DomainInfo:
+        if (vm is None) == (root_volume_uuid is None):
+            raise InvalidArgument("give exactly one of a VM (name or UUID) or a root volume UUID")
+        if vm is not None:
+            return self.hv.lookup(vm)
+        volume_uuid = parse_uuid(root_volume_uuid or "", "rootVolumeUuid")
+        with self.db.transaction() as session:
+            volume = Repo(session).volume(volume_uuid)
+        if volume is None:
+            raise NotFound(f"volume {volume_uuid} is not known (run `snapgroup volumes` first)")
+        if volume.volume_type != "Root":
+            raise InvalidArgument(
+                f"volume {volume_uuid} is a {volume.volume_type} volume, not Root"
+            )
+        return self.hv.lookup(volume.vm_uuid)
+
+    def volumes(self, vm: str) -> list[VolumeView]:
+        return self._discover(self.hv.lookup(vm)).views()
+
+    # queries ---------------------------------------------------------------------------
+    def get(self, group_uuid: str) -> Group:
+        uuid = parse_uuid(group_uuid, "group uuid")
+        with self.db.transaction() as session:
+            groups = _load_groups(Repo(session), [uuid])
+        if not groups:
+            raise NotFound(f"snapshot group {uuid} not found")
+        return groups[0]
+
+    def list_groups(self, *, vm: str | None = None) -> list[Group]:
+        vm_uuid = self.hv.lookup(vm).uuid if vm is not None else None
+        with self.db.transaction() as session:
+            repo = Repo(session)
+            rows = repo.groups(vm_uuid=vm_uuid)
+            return _load_groups(repo, [r.uuid for r in rows])
+
+    def update(
+        self, group_uuid: str, *, name: str | None = None, description: str | None = None
+    ) -> Group:
+        uuid = parse_uuid(group_uuid, "group uuid")
+        if name is not None:
+            name = validate_name(name)
+        description = validate_description(description)
+        with self.db.transaction() as session:
+            repo = Repo(session)
+            row = repo.group(uuid)
+            if row is None:
+                raise NotFound(f"snapshot group {uuid} not found")
+            if name is not None:
+                row.name = name
+            if description is not None:
+                row.description = description
+            row.last_op_date = self.clock()
+            repo.add(row)
+            return _load_groups(repo, [uuid])[0]
+
+    # create ----------------------------------------------------------------------------
+    def create(
+        self,
+        *,
+        name: str,
+        vm: str | None = None,
+        root_volume_uuid: str | None = None,
+        description: str | None = None,
+        resource_uuid: str | None = None,
+        skip_unsupported: bool = False,
+    ) -> Group:
+        name = validate_name(name)
+        description = validate_description(description)
+        group_uuid = parse_uuid(resource_uuid, "resourceUuid") if resource_uuid else self.new_uuid()
+        domain = self._domain_of(vm=vm, root_volume_uuid=root_volume_uuid)
+        if domain.state is VmState.OTHER:
+            raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
+        found = self._discover(domain)
+        with self.db.transaction() as session:
+            if Repo(session).group(group_uuid) is not None:
+                raise InvalidArgument(f"resourceUuid {group_uuid} is already used by a group")
+        chosen = _choose_disks(found, skip_unsupported=skip_unsupported)
+        live = domain.state.is_live
+        sizes = {t: self._check_chain(found.volumes[t], live) for t in chosen}
+        overlays = [
+            DiskOverlay(
+                target=t,
+                current=found.volumes[t].install_path,
+                overlay=os.path.join(
+                    os.path.dirname(found.volumes[t].install_path), f"{self.new_uuid()}.qcow2"
+                ),
+            )
+            for t in chosen
+        ]
+        self._create_overlays(overlays, sizes)
+        try:
+            if live:
+                self.hv.snapshot_disks(domain.uuid, overlays)
+            else:
+                self.hv.set_disk_sources(domain.uuid, {o.target: o.overlay for o in overlays})
+        except BaseException:
+            self._remove_files([o.overlay for o in overlays])
+            raise
+        try:
+            return self._record_group(group_uuid, name, description, domain, found, overlays)
+        except BaseException:
+            self._undo_snapshot(domain, overlays)
+            raise
+
+    def _check_chain(self, volume: VolumeRow, live: bool) -> int:
+        """The real chain must be what the metadata says; returns the virtual size."""
+        chain = self.images.chain(volume.install_path, shared=live)
+        if chain[0].format != "qcow2":
+            raise OperationError(f"{volume.install_path} is {chain[0].format}, not qcow2")
+        with self.db.transaction() as session:
+            expected = expected_chain(volume, Repo(session).snapshots_of_volume(volume.uuid))
+        actual = [layer.path for layer in chain]
+        if actual[: len(expected)] != expected:
+            raise OperationError(
+                f"volume {volume.uuid}: the real chain {actual} does not match the "
+                f"recorded chain {expected}"
+            )
+        return chain[0].virtual_size
+
+    def _create_overlays(self, overlays: Sequence[DiskOverlay], sizes: dict[str, int]) -> None:
+        """In parallel, before any critical window. All or nothing."""
+
+        def make(o: DiskOverlay) -> None:
+            self.images.create_overlay(
+                o.overlay, backing=o.current, backing_format="qcow2", size=sizes[o.target]
+            )
+
+        workers = max(1, min(OVERLAY_WORKERS, len(overlays)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(make, o) for o in overlays]
+            errors = [f.exception() for f in futures]
+        failed = [e for e in errors if e is not None]
+        if failed:
+            self._remove_files([o.overlay for o in overlays])
+            raise failed[0]
+
+    def _remove_files(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            try:
+                self.images.remove(path)
+            except SnapgroupError:
+                continue  # best effort on the error path; the original error matters more
+
+    def _undo_snapshot(self, domain: DomainInfo, overlays: Sequence[DiskOverlay]) -> None:
+        """Put every disk back on its old top, then drop the overlays."""
+        if domain.state.is_live:
+            for o in overlays:
+                self.hv.block_commit(domain.uuid, o.target, top=None, base=o.current)
+        else:
+            self.hv.set_disk_sources(domain.uuid, {o.target: o.current for o in overlays})
+        self._remove_files([o.overlay for o in overlays])
+
+    def _record_group(
+        self,
+        group_uuid: str,
+        name: str,
+        description: str | None,
+        domain: DomainInfo,
+        found: Discovered,
+        overlays: Sequence[DiskOverlay],
+    ) -> Group:
+        now = self.clock()
+        with self.db.transaction() as session:
+            repo = Repo(session)
+            repo.add(GroupRow(uuid=group_uuid, name=name, description=description,
+                              vm_uuid=domain.uuid, create_date=now, last_op_date=now))  # fmt: skip
+            for o in overlays:
+                volume = repo.volume(found.volumes[o.target].uuid)
+                assert volume is not None
+                snap = SnapshotRow(
+                    uuid=self.new_uuid(),
+                    volume_uuid=volume.uuid,
+                    name=snapshot_name(name, volume.name),
+                    install_path=o.current,
+                    parent_uuid=volume.parent_snapshot_uuid,
+                    create_date=now,
+                    last_op_date=now,
+                )
+                volume.install_path = o.overlay
+                volume.parent_snapshot_uuid = snap.uuid
+                volume.last_op_date = now
+                repo.add(snap, volume)
+                repo.add(RefRow(volume_snapshot_uuid=snap.uuid, group_uuid=group_uuid,
+                                device_id=volume.device_id, volume_uuid=volume.uuid,
+                                volume_name=volume.name, volume_type=volume.volume_type,
+                                volume_last_attach_date=volume.last_attach_date,
+                                create_date=now, last_op_date=now))  # fmt: skip
+            return _load_groups(repo, [group_uuid])[0]
+
+    # delete ----------------------------------------------------------------------------
+    def delete(
+        self,
+        group_uuid: str,
+        *,
+        mode: DeleteMode | str = DeleteMode.PERMISSIVE,
+        progress: ProgressFn | None = None,
+    ) -> DeleteReport:
+        uuid = parse_uuid(group_uuid, "group uuid")
+        mode = DeleteMode.parse(mode)
+        with self.db.transaction() as session:
+            repo = Repo(session)
+            group = repo.group(uuid)
+            if group is None:
+                return DeleteReport(uuid, ())  # idempotent, as in ZStack
+            merges = [
+                _Merge(ref, snap, repo.volume(snap.volume_uuid))
+                for ref, snap in repo.refs_with_snapshots([uuid])
+            ]
+            chains = {
+                m.snapshot.volume_uuid: repo.snapshots_of_volume(m.snapshot.volume_uuid)
+                for m in merges
+            }
+        domain = self._domain_for_delete(group.vm_uuid, mode)
+        for m in merges:
+            self._check_merge(m, domain, chains.get(m.snapshot.volume_uuid, []))
+        if mode is DeleteMode.PERMISSIVE:
+            problems = [p for m in merges for p in (m.blocking, m.refusable) if p]
+            if problems:
+                raise OperationError("cannot delete group: " + "; ".join(problems))
+        results = [self._run_merge(m, domain, progress) for m in merges]
+        self._record_delete(uuid, merges, results, mode)
+        return DeleteReport(uuid, tuple(results))
+
+    def _domain_for_delete(self, vm_uuid: str, mode: DeleteMode) -> DomainInfo | None:
+        try:
+            domain = self.hv.lookup(vm_uuid)
+        except NotFound:
+            if mode is DeleteMode.ENFORCING:
+                return None
+            raise OperationError(
+                f"VM {vm_uuid} no longer exists; Enforcing mode drops the group's metadata "
+                "and leaves its files"
+            ) from None
+        if domain.state is VmState.OTHER:
+            raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
+        return domain
+
+    def _check_merge(self, m: _Merge, domain: DomainInfo | None, chain: list[SnapshotRow]) -> None:
+        """Fill in m.plan, or the reason it must not (blocking) or should not (refusable)
+        be merged."""
+        sid = m.snapshot.uuid
+        if m.snapshot.deleted:
+            return  # nothing left to merge
+        if domain is None:
+            m.blocking = f"snapshot {sid}: the VM no longer exists"
+            return
+        volume = m.volume
+        disk = next((d for d in domain.disks if volume and d.target == volume.target), None)
+        if volume is None or not volume.attached or disk is None:
+            m.blocking = f"snapshot {sid}: its volume is not attached to the VM"
+            return
+        if disk.path != volume.install_path:
+            m.blocking = (f"snapshot {sid}: disk {disk.target} is on {disk.path}, "
+                          f"the metadata says {volume.install_path}")  # fmt: skip
+            return
+        try:
+            plan = plan_merge(volume, chain, m.snapshot)
+            self._verify_real_chain(volume, chain, domain.state.is_live)
+        except SnapgroupError as exc:
+            m.blocking = f"snapshot {sid}: {exc.details}"
+            return
+        m.plan = plan
+        top_size = self.images.chain(plan.top, shared=domain.state.is_live)[0].actual_size
+        free = self.images.free_bytes(os.path.dirname(plan.base))
+        if free < plan.needed_bytes(top_size):
+            m.refusable = (f"snapshot {sid}: merging needs {top_size} bytes beside {plan.base}, "
+                           f"{free} free")  # fmt: skip
+
+    def _verify_real_chain(self, volume: VolumeRow, chain: list[SnapshotRow], live: bool) -> None:
+        expected = expected_chain(volume, chain)
+        for path in expected:
+            if not self.images.exists(path):
+                raise OperationError(f"file {path} is missing")
+        actual = [layer.path for layer in self.images.chain(volume.install_path, shared=live)]
+        if actual[: len(expected)] != expected:
+            raise OperationError(f"real chain {actual} does not match the metadata {expected}")
+
+    def _run_merge(
+        self, m: _Merge, domain: DomainInfo | None, progress: ProgressFn | None
+    ) -> DeleteResult:
+        volume_uuid = m.snapshot.volume_uuid
+        if m.snapshot.deleted:
+            return DeleteResult(m.snapshot.uuid, volume_uuid, True)
+        if m.plan is None or domain is None or m.volume is None:
+            error = DeleteFailed(m.blocking or "not merged")
+            return DeleteResult(m.snapshot.uuid, volume_uuid, False, error)
+        try:
+            self._merge(domain, m.volume.target, m.plan, progress)
+        except SnapgroupError as exc:
+            error = DeleteFailed(f"snapshot {m.snapshot.uuid}: merge failed", cause=exc)
+            return DeleteResult(m.snapshot.uuid, volume_uuid, False, error)
+        return DeleteResult(m.snapshot.uuid, volume_uuid, True)
+
+    def _merge(
+        self, domain: DomainInfo, target: str, plan: MergePlan, progress: ProgressFn | None
+    ) -> None:
+        """Merge the child's file down into the snapshot's file, then drop the child's file.
+        Every intermediate state is a valid chain with the same current data."""
+        active = plan.kind is MergeKind.ACTIVE
+        if domain.state.is_live:
+            self.hv.block_commit(
+                domain.uuid, target, top=None if active else plan.top, base=plan.base,
+                progress=progress,
+            )  # fmt: skip
+        else:
+            self.images.commit(plan.top, base=plan.base, progress=progress)
+            if active:
+                self.hv.set_disk_sources(domain.uuid, {target: plan.base})
+            else:
+                assert plan.above is not None
+                self.images.rebase(plan.above, backing=plan.base, backing_format="qcow2",
+                                   unsafe=True)  # fmt: skip
+        self.images.remove(plan.top)
+
+    def _record_delete(
+        self, uuid: str, merges: list[_Merge], results: list[DeleteResult], mode: DeleteMode
+    ) -> None:
+        """One transaction: chain moves of the merged snapshots, their rows, the group."""
+        now = self.clock()
+        with self.db.transaction() as session:
+            repo = Repo(session)
+            done: list[str] = []
+            for m, result in zip(merges, results, strict=True):
+                if not result.success:
+                    continue
+                done.append(m.snapshot.uuid)
+                if m.plan is None:
+                    continue
+                volume = repo.volume(m.snapshot.volume_uuid)
+                snapshot = repo.snapshot(m.snapshot.uuid)
+                assert volume is not None and snapshot is not None
+                plan = plan_merge(volume, repo.snapshots_of_volume(volume.uuid), snapshot)
+                apply_merge(volume, plan)
+                volume.last_op_date = now
+                repo.add(volume)
+                if plan.child_snapshot is not None:
+                    plan.child_snapshot.last_op_date = now
+                    repo.add(plan.child_snapshot)
+            repo.delete_snapshots(done)
+            group = repo.group(uuid)
+            if group is None:
+                return
+            if mode is DeleteMode.ENFORCING or len(done) == len(merges):
+                repo.delete_group(uuid)
+            else:
+                group.last_op_date = now
+                repo.add(group)
+
+
+def _choose_disks(found: Discovered, *, skip_unsupported: bool) -> list[str]:
+    """Targets to snapshot, in deviceId order."""
+    planned = [p for p in found.planned if p.device_id is not None]
+    if not planned:
+        raise OperationError(f"VM {found.domain.name} has no disks")
+    root = planned[0]
+    if not root.eligible:
+        raise OperationError(f"root disk {root.disk.target} cannot be snapshotted: "
+                             f"{root.skip_reason}")  # fmt: skip
+    blocking = [p for p in planned if p.blocks_create]
+    if blocking and not skip_unsupported:
+        listed = "; ".join(f"{p.disk.target}: {p.skip_reason}" for p in blocking)
+        raise OperationError(
+            f"VM {found.domain.name} has writable disks that cannot be snapshotted ({listed}); "
+            "a group without them would not be the VM's point in time (skip_unsupported "
+            "to take it anyway)"
+        )
+    return [p.disk.target for p in planned if p.eligible]
+
+
+def _load_groups(repo: Repo, uuids: Sequence[str]) -> list[Group]:
+    rows = {u: repo.group(u) for u in uuids}
+    refs: dict[str, list[GroupRef]] = {u: [] for u in uuids}
+    for ref, snap in repo.refs_with_snapshots(list(uuids)):
+        refs[ref.group_uuid].append(
+            GroupRef(
+                volume_snapshot_uuid=ref.volume_snapshot_uuid,
+                group_uuid=ref.group_uuid,
+                device_id=ref.device_id,
+                snapshot_deleted=snap.deleted,
+                volume_uuid=ref.volume_uuid,
+                volume_name=ref.volume_name,
+                volume_type=ref.volume_type,
+                install_path=snap.install_path,
+                snapshot_name=snap.name,
+                volume_last_attach_date=ref.volume_last_attach_date,
+                create_date=ref.create_date,
+                last_op_date=max(ref.last_op_date, snap.last_op_date),
+            )
+        )
+    return [
+        Group(
+            uuid=row.uuid,
+            name=row.name,
+            description=row.description,
+            vm_uuid=row.vm_uuid,
+            create_date=row.create_date,
+            last_op_date=row.last_op_date,
+            refs=tuple(refs[u]),
+        )
+        for u, row in rows.items()
+        if row is not None
+    ]

@@ -1,0 +1,74 @@
+"""Queries over the schema. Never commits: the caller's transaction does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
+
+from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow
+
+
+class Repo:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, *rows: VolumeRow | SnapshotRow | GroupRow | RefRow) -> None:
+        self.session.add_all(rows)
+        self.session.flush()
+
+    # volumes
+    def volume(self, uuid: str) -> VolumeRow | None:
+        return self.session.get(VolumeRow, uuid)
+
+    def volumes_of_vm(self, vm_uuid: str, *, attached_only: bool = False) -> list[VolumeRow]:
+        query = select(VolumeRow).where(VolumeRow.vm_uuid == vm_uuid)
+        if attached_only:
+            query = query.where(col(VolumeRow.attached).is_(True))
+        return list(self.session.exec(query.order_by(col(VolumeRow.device_id))))
+
+    # snapshots
+    def snapshot(self, uuid: str) -> SnapshotRow | None:
+        return self.session.get(SnapshotRow, uuid)
+
+    def snapshots_of_volume(self, volume_uuid: str) -> list[SnapshotRow]:
+        """Live (not deleted) snapshots of one volume."""
+        query = select(SnapshotRow).where(
+            SnapshotRow.volume_uuid == volume_uuid, col(SnapshotRow.deleted).is_(False)
+        )
+        return list(self.session.exec(query))
+
+    def delete_snapshots(self, uuids: Iterable[str]) -> None:
+        ids = list(uuids)
+        if ids:
+            self.session.execute(delete(RefRow).where(col(RefRow.volume_snapshot_uuid).in_(ids)))
+            self.session.execute(delete(SnapshotRow).where(col(SnapshotRow.uuid).in_(ids)))
+
+    # groups
+    def group(self, uuid: str) -> GroupRow | None:
+        return self.session.get(GroupRow, uuid)
+
+    def groups(self, *, vm_uuid: str | None = None) -> list[GroupRow]:
+        query = select(GroupRow)
+        if vm_uuid is not None:
+            query = query.where(GroupRow.vm_uuid == vm_uuid)
+        return list(
+            self.session.exec(query.order_by(col(GroupRow.create_date), col(GroupRow.uuid)))
+        )
+
+    def refs_with_snapshots(self, group_uuids: Sequence[str]) -> list[tuple[RefRow, SnapshotRow]]:
+        """Every ref of the given groups with its snapshot, in one query, by deviceId."""
+        if not group_uuids:
+            return []
+        query = (
+            select(RefRow, SnapshotRow)
+            .join(SnapshotRow, col(SnapshotRow.uuid) == col(RefRow.volume_snapshot_uuid))
+            .where(col(RefRow.group_uuid).in_(list(group_uuids)))
+            .order_by(col(RefRow.group_uuid), col(RefRow.device_id))
+        )
+        return [(ref, snap) for ref, snap in self.session.exec(query)]
+
+    def delete_group(self, uuid: str) -> None:
+        self.session.execute(delete(RefRow).where(col(RefRow.group_uuid) == uuid))
+        self.session.execute(delete(GroupRow).where(col(GroupRow.uuid) == uuid))

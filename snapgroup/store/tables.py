@@ -1,0 +1,86 @@
+"""The metadata schema (SQLModel). Nothing here is SQLite-only.
+
+A volume's chain is described by parent links: the volume's current top file sits on
+`VolumeRow.parent_snapshot_uuid`, each snapshot's file sits on its `parent_uuid`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, ForeignKey, String
+from sqlmodel import Field, SQLModel
+
+UUID_LEN = 32
+
+
+def _fk(target: str, *, cascade: bool = False, nullable: bool = False) -> Column[str]:
+    return Column(
+        String(UUID_LEN),
+        ForeignKey(target, ondelete="CASCADE" if cascade else "RESTRICT"),
+        index=True,
+        nullable=nullable,
+    )
+
+
+class VolumeRow(SQLModel, table=True):
+    __tablename__ = "volume"
+
+    uuid: str = Field(primary_key=True, max_length=UUID_LEN)
+    vm_uuid: str = Field(index=True, max_length=UUID_LEN)
+    vm_name: str = Field(max_length=255)
+    target: str = Field(max_length=32)
+    device_id: int
+    volume_type: str = Field(max_length=8)
+    name: str = Field(max_length=255)
+    install_path: str = Field(max_length=4096)  # the current top file
+    format: str = Field(max_length=16)
+    parent_snapshot_uuid: str | None = Field(default=None, max_length=UUID_LEN)
+    attached: bool = True
+    last_attach_date: datetime
+    create_date: datetime
+    last_op_date: datetime
+
+
+class SnapshotRow(SQLModel, table=True):
+    __tablename__ = "volume_snapshot"
+
+    uuid: str = Field(primary_key=True, max_length=UUID_LEN)
+    volume_uuid: str = Field(sa_column=_fk("volume.uuid"))
+    name: str = Field(max_length=1024)
+    install_path: str = Field(max_length=4096)  # the frozen file holding this point in time
+    parent_uuid: str | None = Field(default=None, max_length=UUID_LEN, index=True)
+    deleted: bool = False
+    create_date: datetime
+    last_op_date: datetime
+
+
+class GroupRow(SQLModel, table=True):
+    __tablename__ = "volume_snapshot_group"
+
+    uuid: str = Field(primary_key=True, max_length=UUID_LEN)
+    name: str = Field(max_length=255)
+    description: str | None = Field(default=None, max_length=2048)
+    vm_uuid: str = Field(index=True, max_length=UUID_LEN)
+    create_date: datetime = Field(index=True)
+    last_op_date: datetime
+
+
+class RefRow(SQLModel, table=True):
+    __tablename__ = "volume_snapshot_group_ref"
+
+    volume_snapshot_uuid: str = Field(
+        sa_column=Column(
+            String(UUID_LEN),
+            ForeignKey("volume_snapshot.uuid", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    group_uuid: str = Field(sa_column=_fk("volume_snapshot_group.uuid", cascade=True))
+    device_id: int
+    volume_uuid: str = Field(max_length=UUID_LEN)
+    volume_name: str = Field(max_length=255)
+    volume_type: str = Field(max_length=8)
+    volume_last_attach_date: datetime
+    create_date: datetime
+    last_op_date: datetime

@@ -1,0 +1,216 @@
+"""In-memory stand-ins for the ports, shipped so tests (ours and users') need no patching.
+
+FakeImageTool keeps each image's own clusters as a dict, so a test can read the view a
+chain presents (`read`) and prove a merge kept it. FakeHypervisor drives the same images.
+Every method can be made to fail: `fail["method"] = SomeSnapgroupError(...)`, optionally
+after N successful calls (`fail_after["method"] = N`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from snapgroup.errors import HypervisorError, ImageToolError, NotFound, SnapgroupError
+from snapgroup.models import (
+    BlockJobProgress,
+    DiskOverlay,
+    DomainDisk,
+    DomainInfo,
+    ImageInfo,
+    VmState,
+)
+from snapgroup.ports import ProgressFn
+
+
+class _Faults:
+    def __init__(self) -> None:
+        self.fail: dict[str, SnapgroupError] = {}
+        self.fail_after: dict[str, int] = {}
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def _call(self, method: str, *args: object) -> None:
+        self.calls.append((method, args))
+        if method in self.fail:
+            remaining = self.fail_after.get(method, 0)
+            if remaining > 0:
+                self.fail_after[method] = remaining - 1
+                return
+            raise self.fail[method]
+
+    def called(self, method: str) -> list[tuple[object, ...]]:
+        return [args for name, args in self.calls if name == method]
+
+
+@dataclass
+class FakeImage:
+    format: str = "qcow2"
+    virtual_size: int = 1 << 30
+    backing: str | None = None
+    clusters: dict[int, str] = field(default_factory=dict)
+
+
+class FakeImageTool(_Faults):
+    def __init__(self, free: int = 1 << 40) -> None:
+        super().__init__()
+        self.images: dict[str, FakeImage] = {}
+        self.free = free
+
+    # helpers for tests
+    def add(self, path: str, *, backing: str | None = None, fmt: str = "qcow2",
+            data: dict[int, str] | None = None) -> None:  # fmt: skip
+        self.images[path] = FakeImage(format=fmt, backing=backing, clusters=dict(data or {}))
+
+    def write(self, path: str, cluster: int, value: str) -> None:
+        self.images[path].clusters[cluster] = value
+
+    def read(self, path: str) -> dict[int, str]:
+        """The guest-visible view of the chain topped by `path`."""
+        view: dict[int, str] = {}
+        for layer in reversed(self.chain(path)):
+            view.update(self.images[layer.path].clusters)
+        return view
+
+    # the port
+    def chain(self, path: str, *, shared: bool = False) -> list[ImageInfo]:
+        self._call("chain", path)
+        layers: list[ImageInfo] = []
+        current: str | None = path
+        while current is not None:
+            image = self.images.get(current)
+            if image is None:
+                raise ImageToolError(f"qemu-img: could not open '{current}'")
+            layers.append(ImageInfo(current, image.format, image.virtual_size,
+                                    len(image.clusters) * 65536, image.backing,
+                                    "qcow2" if image.backing else None))  # fmt: skip
+            current = image.backing
+        return layers
+
+    def create_overlay(self, path: str, *, backing: str, backing_format: str,
+                       size: int | None = None) -> None:  # fmt: skip
+        self._call("create_overlay", path, backing)
+        if path in self.images:
+            raise ImageToolError(f"{path} already exists")
+        base = self.images.get(backing)
+        if base is None and size is None:
+            raise ImageToolError(f"could not open backing file {backing}")
+        self.images[path] = FakeImage(virtual_size=size or (base.virtual_size if base else 0),
+                                      backing=backing)  # fmt: skip
+
+    def commit(self, top: str, *, base: str, progress: ProgressFn | None = None) -> None:
+        self._call("commit", top, base)
+        _merge_down(self.images, top, base)
+        if progress:
+            progress(BlockJobProgress(1, 1))
+
+    def rebase(self, image: str, *, backing: str, backing_format: str, unsafe: bool) -> None:
+        self._call("rebase", image, backing)
+        self.images[image].backing = backing
+
+    def remove(self, path: str) -> None:
+        self._call("remove", path)
+        self.images.pop(path, None)
+
+    def exists(self, path: str) -> bool:
+        return path in self.images
+
+    def free_bytes(self, directory: str) -> int:
+        return self.free
+
+
+def _merge_down(images: dict[str, FakeImage], top: str, base: str) -> None:
+    """Copy every cluster between top and base (top winning) into base."""
+    layers = []
+    current: str | None = top
+    while current is not None and current != base:
+        layers.append(images[current])
+        current = images[current].backing
+    if current != base:
+        raise ImageToolError(f"{base} is not below {top}")
+    for layer in reversed(layers):
+        images[base].clusters.update(layer.clusters)
+
+
+@dataclass
+class FakeDomain:
+    uuid: str
+    name: str
+    state: VmState
+    disks: list[DomainDisk]
+
+
+class FakeHypervisor(_Faults):
+    def __init__(self, images: FakeImageTool) -> None:
+        super().__init__()
+        self.images = images
+        self.domains: dict[str, FakeDomain] = {}
+
+    def define(self, uuid: str, name: str, state: VmState, disks: Sequence[DomainDisk]) -> None:
+        self.domains[uuid] = FakeDomain(uuid, name, state, list(disks))
+
+    def disk_path(self, uuid: str, target: str) -> str | None:
+        return next(d.path for d in self.domains[uuid].disks if d.target == target)
+
+    def _domain(self, vm: str) -> FakeDomain:
+        key = vm.replace("-", "").lower()
+        for domain in self.domains.values():
+            if vm == domain.name or key == domain.uuid:
+                return domain
+        raise NotFound(f"Domain not found: {vm}")
+
+    def _set_source(self, domain: FakeDomain, target: str, path: str) -> None:
+        domain.disks = [replace(d, path=path) if d.target == target else d for d in domain.disks]
+
+    # the port
+    def lookup(self, vm: str) -> DomainInfo:
+        self._call("lookup", vm)
+        d = self._domain(vm)
+        return DomainInfo(d.uuid, d.name, d.state, tuple(d.disks))
+
+    def snapshot_disks(self, vm_uuid: str, overlays: Sequence[DiskOverlay], *,
+                       quiesce: bool = False) -> None:  # fmt: skip
+        self._call("snapshot_disks", vm_uuid, tuple(overlays))
+        domain = self._domain(vm_uuid)
+        for o in overlays:  # atomic: validate everything first
+            if o.overlay not in self.images.images:
+                raise HypervisorError(f"overlay {o.overlay} does not exist")
+        for o in overlays:
+            self._set_source(domain, o.target, o.overlay)
+
+    def set_disk_sources(self, vm_uuid: str, sources: dict[str, str]) -> None:
+        self._call("set_disk_sources", vm_uuid, dict(sources))
+        domain = self._domain(vm_uuid)
+        for target, path in sources.items():
+            self._set_source(domain, target, path)
+
+    def block_commit(self, vm_uuid: str, target: str, *, top: str | None, base: str,
+                     progress: ProgressFn | None = None) -> None:  # fmt: skip
+        self._call("block_commit", vm_uuid, target, top, base)
+        domain = self._domain(vm_uuid)
+        active = next(d.path for d in domain.disks if d.target == target)
+        assert active is not None
+        if top is None:
+            _merge_down(self.images.images, active, base)
+            self._set_source(domain, target, base)
+        else:
+            _merge_down(self.images.images, top, base)
+            above = next(p for p, i in self.images.images.items() if i.backing == top)
+            self.images.images[above].backing = base
+        if progress:
+            progress(BlockJobProgress(1, 1))
+
+
+def lab_domain(hv: FakeHypervisor, *, uuid: str = "a" * 32, name: str = "vm1",
+               state: VmState = VmState.RUNNING, data_disks: int = 2,
+               directory: str = "/lab") -> list[str]:  # fmt: skip
+    """A domain with a root and `data_disks` qcow2 disks on fresh fake images."""
+    paths = [os.path.join(directory, f"disk{i}.qcow2") for i in range(data_disks + 1)]
+    disks = []
+    for i, path in enumerate(paths):
+        hv.images.add(path, data={0: f"base{i}"})
+        disks.append(DomainDisk(target=f"vd{chr(ord('a') + i)}", device="disk",
+                                source_type="file", path=path, format="qcow2",
+                                boot_order=1 if i == 0 else None))  # fmt: skip
+    hv.define(uuid, name, state, disks)
+    return paths

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import pytest
+
+from snapgroup.errors import HypervisorError, ImageToolError, OperationError
+from snapgroup.inventory import Group
+from snapgroup.models import VmState
+from snapgroup.testing.fakes import lab_domain
+from tests.unit.conftest import Lab
+
+VM = "a" * 32
+
+
+def _three_groups(lab: Lab, state: VmState) -> list[Group]:
+    """Three groups; each disk's cluster 0 says which point in time it holds."""
+    lab_domain(lab.hv, state=state)
+    groups = []
+    for n in range(3):
+        for disk in lab.hv.domains[VM].disks:
+            assert disk.path is not None
+            lab.images.write(disk.path, 0, f"{disk.target}@{n}")
+            lab.images.write(disk.path, 10 + n, f"only{n}")
+        groups.append(lab.engine.create(vm="vm1", name=f"g{n}"))
+    for disk in lab.hv.domains[VM].disks:
+        assert disk.path is not None
+        lab.images.write(disk.path, 0, f"{disk.target}@now")
+    return groups
+
+
+def _views(lab: Lab, group: Group) -> list[dict[int, str]]:
+    return [lab.images.read(ref.install_path) for ref in group.refs]
+
+
+@pytest.mark.parametrize("state", [VmState.RUNNING, VmState.STOPPED])
+@pytest.mark.parametrize("victim", [0, 1, 2])
+def test_delete_any_group_keeps_current_data_and_other_restore_points(
+    lab: Lab, state: VmState, victim: int
+) -> None:
+    groups = _three_groups(lab, state)
+    current = lab.view_of_vm()
+    survivors = [g for i, g in enumerate(groups) if i != victim]
+    views_before = {g.uuid: _views(lab, g) for g in survivors}
+
+    report = lab.engine.delete(groups[victim].uuid)
+
+    assert report.error is None
+    assert [r.success for r in report.results] == [True, True, True]
+    assert lab.view_of_vm() == current
+    for g in survivors:
+        fresh = lab.engine.get(g.uuid)
+        assert _views(lab, fresh) == views_before[g.uuid]
+        for ref in fresh.refs:  # every other ref's installPath is true
+            assert ref.install_path in lab.images.images
+    assert [g.uuid for g in lab.engine.list_groups()] == [g.uuid for g in survivors]
+    live_files = {p for d in lab.hv.domains[VM].disks if d.path for p in
+                  (layer.path for layer in lab.images.chain(d.path))}  # fmt: skip
+    assert set(lab.images.images) == live_files  # the merged file is gone, nothing orphaned
+    merge_calls = lab.hv.called("block_commit") if state.is_live else lab.images.called("commit")
+    assert len(merge_calls) == 3
+
+
+def test_delete_all_groups_returns_to_the_original_files(lab: Lab) -> None:
+    groups = _three_groups(lab, VmState.RUNNING)
+    current = lab.view_of_vm()
+    for g in (groups[1], groups[0], groups[2]):
+        assert lab.engine.delete(g.uuid).error is None
+    assert [d.path for d in lab.hv.domains[VM].disks] == [f"/lab/disk{i}.qcow2" for i in range(3)]
+    assert lab.view_of_vm() == current
+    assert len(lab.images.images) == 3
+
+
+def test_unknown_group_delete_succeeds_empty(lab: Lab) -> None:
+    report = lab.engine.delete("e" * 32)
+    assert report.results == () and report.to_response() == {"results": []}
+
+
+def test_permissive_refuses_on_a_missing_file_and_changes_nothing(lab: Lab) -> None:
+    groups = _three_groups(lab, VmState.RUNNING)
+    victim = groups[1].refs[2].install_path
+    lab.images.images.pop(victim)
+    files, paths = set(lab.images.images), [d.path for d in lab.hv.domains[VM].disks]
+    with pytest.raises(OperationError) as err:
+        lab.engine.delete(groups[1].uuid)
+    assert err.value.code == "SYS.1006"
+    assert set(lab.images.images) == files
+    assert [d.path for d in lab.hv.domains[VM].disks] == paths
+    assert lab.engine.get(groups[1].uuid).snapshot_count == 3
+    assert lab.hv.called("block_commit") == []
+
+
+def test_permissive_refuses_when_space_is_short_enforcing_goes_ahead(lab: Lab) -> None:
+    groups = _three_groups(lab, VmState.STOPPED)
+    lab.images.free = 0
+    with pytest.raises(OperationError, match="free"):
+        lab.engine.delete(groups[0].uuid)
+    report = lab.engine.delete(groups[0].uuid, mode="Enforcing")
+    assert report.error is None and len(report.results) == 3
+
+
+def test_enforcing_attempts_every_snapshot_and_drops_the_group(lab: Lab) -> None:
+    groups = _three_groups(lab, VmState.RUNNING)
+    current = lab.view_of_vm()
+    lab.hv.fail["block_commit"] = HypervisorError("block job failed")
+    lab.hv.fail_after["block_commit"] = 1  # the first disk merges, the second fails, ...
+    report = lab.engine.delete(groups[1].uuid, mode="Enforcing")
+    assert [r.success for r in report.results] == [True, False, False]
+    response = report.to_response()
+    assert response["error"]["code"] == "VOLUME_SNAPSHOT.1002"
+    assert response["results"][1]["error"]["code"] == "SYS.1004"
+    assert response["results"][1]["error"]["cause"]["code"] == "HOST.1002"
+    assert lab.view_of_vm() == current
+    assert [g.uuid for g in lab.engine.list_groups()] == [groups[0].uuid, groups[2].uuid]
+    # the unmerged files stay in the chain, and the chain still matches the metadata
+    del lab.hv.fail["block_commit"]
+    assert lab.engine.delete(groups[2].uuid).error is None
+    assert lab.view_of_vm() == current
+
+
+def test_permissive_failure_midway_keeps_the_group_with_what_remains(lab: Lab) -> None:
+    groups = _three_groups(lab, VmState.STOPPED)
+    lab.images.fail["commit"] = ImageToolError("I/O error")
+    lab.images.fail_after["commit"] = 2
+    report = lab.engine.delete(groups[0].uuid)
+    assert [r.success for r in report.results] == [True, True, False]
+    assert report.error is not None
+    left = lab.engine.get(groups[0].uuid)
+    assert [r.device_id for r in left.refs] == [2]
+    del lab.images.fail["commit"]
+    assert lab.engine.delete(groups[0].uuid).error is None
+
+
+def test_enforcing_with_the_vm_gone_drops_metadata_keeps_files(lab: Lab) -> None:
+    groups = _three_groups(lab, VmState.STOPPED)
+    del lab.hv.domains[VM]
+    files = set(lab.images.images)
+    with pytest.raises(OperationError, match="Enforcing"):
+        lab.engine.delete(groups[0].uuid)
+    report = lab.engine.delete(groups[0].uuid, mode="Enforcing")
+    assert not any(r.success for r in report.results)
+    assert set(lab.images.images) == files
+    assert len(lab.engine.list_groups()) == 2
+
+
+def test_delete_mode_is_validated(lab: Lab) -> None:
+    groups = _three_groups(lab, VmState.STOPPED)
+    with pytest.raises(Exception) as err:
+        lab.engine.delete(groups[0].uuid, mode="Sloppy")
+    assert getattr(err.value, "code", None) == "SYS.1007"
