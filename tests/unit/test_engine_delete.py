@@ -52,8 +52,12 @@ def test_delete_any_group_keeps_current_data_and_other_restore_points(
         for ref in fresh.refs:  # every other ref's installPath is true
             assert ref.install_path in lab.images.images
     assert [g.uuid for g in lab.engine.list_groups()] == [g.uuid for g in survivors]
-    live_files = {p for d in lab.hv.domains[VM].disks if d.path for p in
-                  (layer.path for layer in lab.images.chain(d.path))}  # fmt: skip
+    live_files = {
+        p
+        for d in lab.hv.domains[VM].disks
+        if d.path
+        for p in (layer.path for layer in lab.images.chain(d.path))
+    }
     assert set(lab.images.images) == live_files  # the merged file is gone, nothing orphaned
     merge_calls = lab.hv.called("block_commit") if state.is_live else lab.images.called("commit")
     assert len(merge_calls) == 3

@@ -1,0 +1,3 @@
+from snapgroup.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""What a command needs: the engine (built lazily, from global options) and the streams."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from snapgroup.engine import Engine
+
+
+@dataclass
+class Context:
+    make_engine: Callable[[], Engine]
+    as_json: bool = False
+    out: TextIO = field(default=sys.stdout)
+    err: TextIO = field(default=sys.stderr)
+    _engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self.make_engine()
+        return self._engine
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Context:
+        from snapgroup.api import open_engine  # the real adapters only when really needed
+
+        connect: str | None = args.connect
+        db: str | None = args.db
+        return cls(make_engine=lambda: open_engine(connect=connect, db=db), as_json=args.json)

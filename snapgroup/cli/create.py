@@ -1,0 +1,41 @@
+"""snapgroup create (--vm VM | --root-volume UUID) --name N."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from snapgroup.cli.context import Context
+from snapgroup.cli.output import group_detail, print_json
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("create", help="take a snapshot group of every disk of a VM")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--vm", help="VM name or UUID")
+    target.add_argument("--root-volume", metavar="UUID", help="the VM's root volume UUID")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--description")
+    parser.add_argument("--resource-uuid", metavar="UUID", help="the new group's UUID")
+    parser.add_argument(
+        "--skip-unsupported",
+        action="store_true",
+        help="leave out writable disks that cannot be snapshotted",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    group = ctx.engine.create(
+        vm=args.vm,
+        root_volume_uuid=args.root_volume,
+        name=args.name,
+        description=args.description,
+        resource_uuid=args.resource_uuid,
+        skip_unsupported=args.skip_unsupported,
+    )
+    if ctx.as_json:
+        print_json({"inventory": group.to_inventory()}, ctx.out)
+    else:
+        group_detail(group, ctx.out)
+    return 0

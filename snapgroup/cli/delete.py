@@ -1,0 +1,44 @@
+"""snapgroup delete GROUP_UUID [--mode Permissive|Enforcing]."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from snapgroup.cli.context import Context
+from snapgroup.cli.output import ProgressPrinter, print_json, table
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("delete", help="delete a group, merging its snapshots away")
+    parser.add_argument("uuid", metavar="GROUP_UUID")
+    parser.add_argument(
+        "--mode",
+        default="Permissive",
+        choices=["Permissive", "Enforcing"],
+        help="Permissive (default) refuses when a check fails; Enforcing "
+        "attempts every snapshot and always drops the group",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    report = ctx.engine.delete(
+        args.uuid, mode=args.mode, progress=ProgressPrinter("merging", ctx.err)
+    )
+    if ctx.as_json:
+        print_json(report.to_response(), ctx.out)
+    else:
+        rows = [
+            (
+                r.snapshot_uuid,
+                r.volume_uuid,
+                "ok" if r.success else "FAILED",
+                r.error.details if r.error else "",
+            )
+            for r in report.results
+        ]
+        table(rows, ["SNAPSHOT", "VOLUME", "RESULT", "ERROR"], ctx.out)
+        if report.error:
+            ctx.err.write(f"error {report.error.code}: {report.error.details}\n")
+    return 1 if report.error else 0

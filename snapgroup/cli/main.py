@@ -1,0 +1,78 @@
+"""`snapgroup` command line: global options, one module per command, one abort path."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from snapgroup.cli import create, delete, listing, show, update, volumes
+from snapgroup.cli.context import Context
+from snapgroup.cli.output import Abort, abort
+from snapgroup.errors import InternalError, SnapgroupError
+
+COMMANDS = (volumes, create, listing, show, update, delete)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snapgroup", description="Consistent snapshot groups of a libvirt VM's disks."
+    )
+    parser.add_argument(
+        "--connect",
+        metavar="URI",
+        help="libvirt URI (default: LIBVIRT_DEFAULT_URI or qemu:///system)",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="SQLAlchemy URL (default: SNAPGROUP_DB or sqlite:////var/lib/snapgroup/snapgroup.db)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the seed API's JSON documents")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every tool call")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    context_factory: Callable[[argparse.Namespace], Context] | None = None,
+) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        stream=err,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    run: Callable[[argparse.Namespace, Context], int] = args.run
+    try:
+        ctx = (context_factory or Context.from_args)(args)
+        ctx.out, ctx.err = out, err
+        return run(args, ctx)
+    except Abort as stop:
+        return int(stop.code or 1)
+    except SnapgroupError as error:
+        try:
+            abort(error, as_json=args.json, out=out, err=err)
+        except Abort as stop:
+            return int(stop.code or 1)
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        return 130
+    except Exception as exc:  # the last line of defence: still the seed's error shape
+        logging.getLogger("snapgroup").debug("unexpected error", exc_info=True)
+        try:
+            abort(
+                InternalError(f"{type(exc).__name__}: {exc}"), as_json=args.json, out=out, err=err
+            )
+        except Abort as stop:
+            return int(stop.code or 1)

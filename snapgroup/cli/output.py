@@ -1,0 +1,92 @@
+"""Printing: the seed's JSON documents with --json, plain tables otherwise.
+Every failure leaves through `abort`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
+
+from snapgroup.errors import SnapgroupError
+from snapgroup.inventory import Group
+from snapgroup.models import BlockJobProgress
+
+
+class Abort(SystemExit):
+    pass
+
+
+def print_json(document: dict[str, Any], out: TextIO) -> None:
+    json.dump(document, out, indent=2, ensure_ascii=False)
+    out.write("\n")
+
+
+def abort(error: SnapgroupError, *, as_json: bool, out: TextIO, err: TextIO) -> NoReturn:
+    if as_json:
+        print_json({"error": error.to_dict()}, out)
+    else:
+        err.write(f"error {error.code}: {error.details}\n")
+        cause = error.cause
+        while cause is not None:
+            err.write(f"  caused by {cause.code}: {cause.details}\n")
+            cause = cause.cause
+    raise Abort(1)
+
+
+def table(rows: Sequence[Sequence[object]], headers: Sequence[str], out: TextIO) -> None:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    for row in [list(headers), *cells]:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def group_summary(groups: Sequence[Group], out: TextIO) -> None:
+    rows = [
+        (g.uuid, g.name, g.vm_uuid, g.snapshot_count, g.to_inventory()["createDate"])
+        for g in groups
+    ]
+    table(rows, ["UUID", "NAME", "VM", "SNAPSHOTS", "CREATED"], out)
+
+
+def group_detail(group: Group, out: TextIO) -> None:
+    inv = group.to_inventory()
+    for key in (
+        "uuid",
+        "name",
+        "description",
+        "vmInstanceUuid",
+        "snapshotCount",
+        "createDate",
+        "lastOpDate",
+    ):
+        out.write(f"{key + ':':<16}{'-' if inv[key] is None else inv[key]}\n")
+    rows = [
+        (
+            r.device_id,
+            r.volume_type,
+            r.volume_name,
+            r.volume_snapshot_uuid,
+            "yes" if r.snapshot_deleted else "no",
+            r.install_path,
+        )
+        for r in group.refs
+    ]
+    table(rows, ["DEV", "TYPE", "VOLUME", "SNAPSHOT", "DELETED", "INSTALL PATH"], out)
+
+
+class ProgressPrinter:
+    """Shows a merge's progress on a terminal; silent when stderr is not one."""
+
+    def __init__(self, label: str, err: TextIO = sys.stderr) -> None:
+        self.label = label
+        self.err = err
+        self.enabled = err.isatty()
+
+    def __call__(self, progress: BlockJobProgress) -> None:
+        if self.enabled and progress.end > 0:
+            pct = 100.0 * progress.cur / progress.end
+            self.err.write(f"\r{self.label}: {pct:5.1f}%")
+            self.err.flush()
+            if progress.cur >= progress.end:
+                self.err.write("\n")
