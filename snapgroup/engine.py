@@ -255,8 +255,16 @@ class Engine:
         now = self.clock()
         with self.db.transaction() as session:
             repo = Repo(session)
-            repo.add(GroupRow(uuid=group_uuid, name=name, description=description,
-                              vm_uuid=domain.uuid, create_date=now, last_op_date=now))  # fmt: skip
+            repo.add(
+                GroupRow(
+                    uuid=group_uuid,
+                    name=name,
+                    description=description,
+                    vm_uuid=domain.uuid,
+                    create_date=now,
+                    last_op_date=now,
+                )
+            )
             for o in overlays:
                 volume = repo.volume(found.volumes[o.target].uuid)
                 assert volume is not None
@@ -273,11 +281,19 @@ class Engine:
                 volume.parent_snapshot_uuid = snap.uuid
                 volume.last_op_date = now
                 repo.add(snap, volume)
-                repo.add(RefRow(volume_snapshot_uuid=snap.uuid, group_uuid=group_uuid,
-                                device_id=volume.device_id, volume_uuid=volume.uuid,
-                                volume_name=volume.name, volume_type=volume.volume_type,
-                                volume_last_attach_date=volume.last_attach_date,
-                                create_date=now, last_op_date=now))  # fmt: skip
+                repo.add(
+                    RefRow(
+                        volume_snapshot_uuid=snap.uuid,
+                        group_uuid=group_uuid,
+                        device_id=volume.device_id,
+                        volume_uuid=volume.uuid,
+                        volume_name=volume.name,
+                        volume_type=volume.volume_type,
+                        volume_last_attach_date=volume.last_attach_date,
+                        create_date=now,
+                        last_op_date=now,
+                    )
+                )
             return _load_groups(repo, [group_uuid])[0]
 
     # delete ----------------------------------------------------------------------------
@@ -343,8 +359,10 @@ class Engine:
             m.blocking = f"snapshot {sid}: its volume is not attached to the VM"
             return
         if disk.path != volume.install_path:
-            m.blocking = (f"snapshot {sid}: disk {disk.target} is on {disk.path}, "
-                          f"the metadata says {volume.install_path}")  # fmt: skip
+            m.blocking = (
+                f"snapshot {sid}: disk {disk.target} is on {disk.path}, "
+                f"the metadata says {volume.install_path}"
+            )
             return
         try:
             plan = plan_merge(volume, chain, m.snapshot)
@@ -356,8 +374,9 @@ class Engine:
         top_size = self.images.chain(plan.top, shared=domain.state.is_live)[0].actual_size
         free = self.images.free_bytes(os.path.dirname(plan.base))
         if free < plan.needed_bytes(top_size):
-            m.refusable = (f"snapshot {sid}: merging needs {top_size} bytes beside {plan.base}, "
-                           f"{free} free")  # fmt: skip
+            m.refusable = (
+                f"snapshot {sid}: merging needs {top_size} bytes beside {plan.base}, {free} free"
+            )
 
     def _verify_real_chain(self, volume: VolumeRow, chain: list[SnapshotRow], live: bool) -> None:
         expected = expected_chain(volume, chain)
@@ -392,17 +411,21 @@ class Engine:
         active = plan.kind is MergeKind.ACTIVE
         if domain.state.is_live:
             self.hv.block_commit(
-                domain.uuid, target, top=None if active else plan.top, base=plan.base,
+                domain.uuid,
+                target,
+                top=None if active else plan.top,
+                base=plan.base,
                 progress=progress,
-            )  # fmt: skip
+            )
         else:
             self.images.commit(plan.top, base=plan.base, progress=progress)
             if active:
                 self.hv.set_disk_sources(domain.uuid, {target: plan.base})
             else:
                 assert plan.above is not None
-                self.images.rebase(plan.above, backing=plan.base, backing_format="qcow2",
-                                   unsafe=True)  # fmt: skip
+                self.images.rebase(
+                    plan.above, backing=plan.base, backing_format="qcow2", unsafe=True
+                )
         self.images.remove(plan.top)
 
     def _record_delete(
@@ -447,8 +470,9 @@ def _choose_disks(found: Discovered, *, skip_unsupported: bool) -> list[str]:
         raise OperationError(f"VM {found.domain.name} has no disks")
     root = planned[0]
     if not root.eligible:
-        raise OperationError(f"root disk {root.disk.target} cannot be snapshotted: "
-                             f"{root.skip_reason}")  # fmt: skip
+        raise OperationError(
+            f"root disk {root.disk.target} cannot be snapshotted: {root.skip_reason}"
+        )
     blocking = [p for p in planned if p.blocks_create]
     if blocking and not skip_unsupported:
         listed = "; ".join(f"{p.disk.target}: {p.skip_reason}" for p in blocking)

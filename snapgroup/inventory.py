@@ -17,8 +17,9 @@ def zstack_date(moment: datetime) -> str:
     local = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone()
     hour = local.hour % 12 or 12
     meridiem = "AM" if local.hour < 12 else "PM"
-    month = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-             "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")[local.month - 1]  # fmt: skip
+    month = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")[
+        local.month - 1
+    ]
     return f"{month} {local.day}, {local.year} {hour}:{local:%M:%S} {meridiem}"
 
 

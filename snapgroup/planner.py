@@ -136,8 +136,9 @@ def plan_merge(volume: VolumeRow, snapshots: list[SnapshotRow], target: Snapshot
             f"snapshot {target.uuid} has {count} children: a merge needs exactly one"
         )
     if top_is_child:
-        return MergePlan(MergeKind.ACTIVE, target, volume.install_path, target.install_path,
-                         None, None)  # fmt: skip
+        return MergePlan(
+            MergeKind.ACTIVE, target, volume.install_path, target.install_path, None, None
+        )
     child = children[0]
     grandchildren = [s for s in snapshots if s.parent_uuid == child.uuid]
     above = (
@@ -147,8 +148,9 @@ def plan_merge(volume: VolumeRow, snapshots: list[SnapshotRow], target: Snapshot
     )
     if above is None:
         raise OperationError(f"snapshot {child.uuid} has no single child: chain is a tree")
-    return MergePlan(MergeKind.INTERMEDIATE, target, child.install_path, target.install_path,
-                     child, above)  # fmt: skip
+    return MergePlan(
+        MergeKind.INTERMEDIATE, target, child.install_path, target.install_path, child, above
+    )
 
 
 def apply_merge(volume: VolumeRow, plan: MergePlan) -> None:

@@ -58,8 +58,14 @@ class FakeImageTool(_Faults):
         self.free = free
 
     # helpers for tests
-    def add(self, path: str, *, backing: str | None = None, fmt: str = "qcow2",
-            data: dict[int, str] | None = None) -> None:  # fmt: skip
+    def add(
+        self,
+        path: str,
+        *,
+        backing: str | None = None,
+        fmt: str = "qcow2",
+        data: dict[int, str] | None = None,
+    ) -> None:
         self.images[path] = FakeImage(format=fmt, backing=backing, clusters=dict(data or {}))
 
     def write(self, path: str, cluster: int, value: str) -> None:
@@ -81,22 +87,31 @@ class FakeImageTool(_Faults):
             image = self.images.get(current)
             if image is None:
                 raise ImageToolError(f"qemu-img: could not open '{current}'")
-            layers.append(ImageInfo(current, image.format, image.virtual_size,
-                                    len(image.clusters) * 65536, image.backing,
-                                    "qcow2" if image.backing else None))  # fmt: skip
+            layers.append(
+                ImageInfo(
+                    current,
+                    image.format,
+                    image.virtual_size,
+                    len(image.clusters) * 65536,
+                    image.backing,
+                    "qcow2" if image.backing else None,
+                )
+            )
             current = image.backing
         return layers
 
-    def create_overlay(self, path: str, *, backing: str, backing_format: str,
-                       size: int | None = None) -> None:  # fmt: skip
+    def create_overlay(
+        self, path: str, *, backing: str, backing_format: str, size: int | None = None
+    ) -> None:
         self._call("create_overlay", path, backing)
         if path in self.images:
             raise ImageToolError(f"{path} already exists")
         base = self.images.get(backing)
         if base is None and size is None:
             raise ImageToolError(f"could not open backing file {backing}")
-        self.images[path] = FakeImage(virtual_size=size or (base.virtual_size if base else 0),
-                                      backing=backing)  # fmt: skip
+        self.images[path] = FakeImage(
+            virtual_size=size or (base.virtual_size if base else 0), backing=backing
+        )
 
     def commit(self, top: str, *, base: str, progress: ProgressFn | None = None) -> None:
         self._call("commit", top, base)
@@ -168,8 +183,9 @@ class FakeHypervisor(_Faults):
         d = self._domain(vm)
         return DomainInfo(d.uuid, d.name, d.state, tuple(d.disks))
 
-    def snapshot_disks(self, vm_uuid: str, overlays: Sequence[DiskOverlay], *,
-                       quiesce: bool = False) -> None:  # fmt: skip
+    def snapshot_disks(
+        self, vm_uuid: str, overlays: Sequence[DiskOverlay], *, quiesce: bool = False
+    ) -> None:
         self._call("snapshot_disks", vm_uuid, tuple(overlays))
         domain = self._domain(vm_uuid)
         for o in overlays:  # atomic: validate everything first
@@ -184,8 +200,15 @@ class FakeHypervisor(_Faults):
         for target, path in sources.items():
             self._set_source(domain, target, path)
 
-    def block_commit(self, vm_uuid: str, target: str, *, top: str | None, base: str,
-                     progress: ProgressFn | None = None) -> None:  # fmt: skip
+    def block_commit(
+        self,
+        vm_uuid: str,
+        target: str,
+        *,
+        top: str | None,
+        base: str,
+        progress: ProgressFn | None = None,
+    ) -> None:
         self._call("block_commit", vm_uuid, target, top, base)
         domain = self._domain(vm_uuid)
         active = next(d.path for d in domain.disks if d.target == target)
@@ -201,16 +224,29 @@ class FakeHypervisor(_Faults):
             progress(BlockJobProgress(1, 1))
 
 
-def lab_domain(hv: FakeHypervisor, *, uuid: str = "a" * 32, name: str = "vm1",
-               state: VmState = VmState.RUNNING, data_disks: int = 2,
-               directory: str = "/lab") -> list[str]:  # fmt: skip
+def lab_domain(
+    hv: FakeHypervisor,
+    *,
+    uuid: str = "a" * 32,
+    name: str = "vm1",
+    state: VmState = VmState.RUNNING,
+    data_disks: int = 2,
+    directory: str = "/lab",
+) -> list[str]:
     """A domain with a root and `data_disks` qcow2 disks on fresh fake images."""
     paths = [os.path.join(directory, f"disk{i}.qcow2") for i in range(data_disks + 1)]
     disks = []
     for i, path in enumerate(paths):
         hv.images.add(path, data={0: f"base{i}"})
-        disks.append(DomainDisk(target=f"vd{chr(ord('a') + i)}", device="disk",
-                                source_type="file", path=path, format="qcow2",
-                                boot_order=1 if i == 0 else None))  # fmt: skip
+        disks.append(
+            DomainDisk(
+                target=f"vd{chr(ord('a') + i)}",
+                device="disk",
+                source_type="file",
+                path=path,
+                format="qcow2",
+                boot_order=1 if i == 0 else None,
+            )
+        )
     hv.define(uuid, name, state, disks)
     return paths

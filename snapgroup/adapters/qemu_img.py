@@ -1,0 +1,162 @@
+"""ImageTool on the real qemu-img (behaviour checked against qemu-img 7.2).
+
+Every path is made absolute before qemu-img sees it: relative names would be resolved
+against our cwd by us but against the image's directory by qemu for backing links, and
+a name like "a:b" would be read as a protocol prefix. Absolute paths avoid both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from snapgroup.adapters.runner import run
+from snapgroup.errors import ImageToolError
+from snapgroup.models import BlockJobProgress, ImageInfo
+from snapgroup.ports import ProgressFn
+
+# `qemu-img -p` draws "    (12.34/100%)".
+_PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
+PROGRESS_END = 10000  # progress is reported in hundredths of a percent
+
+
+def _abspath(path: str, what: str) -> str:
+    # os.path.abspath("") is the cwd: an empty name must never become a directory path.
+    if not path:
+        raise ImageToolError(f"{what}: empty path")
+    return os.path.abspath(path)
+
+
+class QemuImg:
+    """snapgroup.ports.ImageTool. Raises ImageToolError (HOST.1003) for every failure.
+
+    `timeout` bounds the metadata-only calls (info, create, unsafe rebase) so a hung
+    storage mount cannot block the engine forever; commit and safe rebase copy data,
+    take as long as the data needs, and are not bounded.
+    """
+
+    def __init__(self, binary: str = "qemu-img", *, timeout: float | None = 300.0) -> None:
+        self.binary = binary
+        self.timeout = timeout
+
+    def chain(self, path: str, *, shared: bool = False) -> list[ImageInfo]:
+        argv = [self.binary, "info", "--backing-chain", "--output=json"]
+        if shared:
+            argv.append("-U")
+        argv.append(_abspath(path, "image"))
+        out = run(argv, timeout=self.timeout)
+        try:
+            layers = json.loads(out)
+            if not isinstance(layers, list) or not layers:
+                raise ValueError("expected a non-empty JSON list")
+            return [_image_info(layer) for layer in layers]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ImageToolError(f"qemu-img info: unexpected output for {path}: {exc}") from exc
+
+    def create_overlay(
+        self, path: str, *, backing: str, backing_format: str, size: int | None = None
+    ) -> None:
+        path = _abspath(path, "overlay")
+        backing = _abspath(backing, "backing file")
+        if size is not None and size <= 0:
+            raise ImageToolError(f"overlay {path}: size must be positive, got {size}")
+        # A stat takes no image lock, so this is safe while QEMU holds the file; with -u
+        # qemu-img itself would happily link the overlay to a missing file.
+        if not os.path.exists(backing):
+            raise ImageToolError(f"overlay {path}: backing file {backing} does not exist")
+        # qemu-img create silently truncates an existing file. O_EXCL reserves the name
+        # atomically (a concurrent creator, or a file that appeared since any check,
+        # makes this fail); qemu-img then formats the empty file we own in place.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            raise ImageToolError(f"overlay {path} already exists; refusing to overwrite") from None
+        except OSError as exc:
+            raise ImageToolError(f"overlay {path}: cannot create: {exc.strerror}") from exc
+        try:
+            os.fchmod(fd, 0o600)  # the umask may have narrowed the O_CREAT mode
+        finally:
+            os.close(fd)
+
+        argv = [self.binary, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", backing]
+        if size is not None:
+            # -u: take the size from us and do not open the backing file, which a
+            # running QEMU holds (and may be writing).
+            argv += ["-u", path, str(size)]
+        else:
+            argv.append(path)
+        try:
+            run(argv, timeout=self.timeout)
+            # qemu-img 7.2 reuses our inode; re-assert 0600 in case a version recreates it.
+            os.chmod(path, 0o600)
+        except BaseException:
+            self.remove(path)  # the name is ours (O_EXCL): drop the half-made file
+            raise
+
+    def commit(self, top: str, *, base: str, progress: ProgressFn | None = None) -> None:
+        # Always -b, which implies -d: `top` is NOT emptied and keeps its exact view.
+        # `base` ends up holding top's whole view; layers strictly between them now
+        # read garbage and must be dropped or rebased away by the caller. Backing links
+        # are not rewritten. qemu-img refuses a base not in top's chain.
+        argv = [self.binary, "commit", "-f", "qcow2"]
+        if progress is not None:
+            argv.append("-p")
+        argv += ["-b", _abspath(base, "commit base"), _abspath(top, "commit top")]
+
+        def on_line(line: str) -> None:
+            match = _PROGRESS.search(line)
+            if match and progress is not None:
+                cur = round(float(match.group(1)) * 100)
+                progress(BlockJobProgress(cur=min(cur, PROGRESS_END), end=PROGRESS_END))
+
+        run(argv, on_line=on_line if progress is not None else None)
+
+    def rebase(self, image: str, *, backing: str, backing_format: str, unsafe: bool) -> None:
+        backing = _abspath(backing, "backing file")
+        image = _abspath(image, "image")
+        # Unsafe mode only rewrites the header and qemu-img accepts a missing file there.
+        if not os.path.exists(backing):
+            raise ImageToolError(f"rebase {image}: backing file {backing} does not exist")
+        argv = [self.binary, "rebase", "-q", "-f", "qcow2"]
+        if unsafe:
+            argv.append("-u")
+        argv += ["-F", backing_format, "-b", backing, image]
+        # A safe rebase copies every cluster that differs between old and new backing.
+        run(argv, timeout=self.timeout if unsafe else None)
+
+    def remove(self, path: str) -> None:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ImageToolError(f"cannot remove {path}: {exc.strerror}") from exc
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def free_bytes(self, directory: str) -> int:
+        try:
+            st = os.statvfs(directory)
+        except OSError as exc:
+            raise ImageToolError(f"cannot stat filesystem of {directory}: {exc.strerror}") from exc
+        # f_bavail: what an unprivileged writer (QEMU runs as one) can still allocate.
+        return st.f_bavail * st.f_frsize
+
+
+def _image_info(layer: dict[str, Any]) -> ImageInfo:
+    path = os.path.abspath(layer["filename"])
+    backing: str | None = layer.get("full-backing-filename")
+    if backing is None and layer.get("backing-filename"):
+        # Older output may lack the full name: a relative link is relative to the image.
+        backing = os.path.join(os.path.dirname(path), layer["backing-filename"])
+    return ImageInfo(
+        path=path,
+        format=str(layer["format"]),
+        virtual_size=int(layer["virtual-size"]),
+        actual_size=int(layer.get("actual-size", 0)),
+        backing=os.path.abspath(backing) if backing else None,
+        backing_format=layer.get("backing-filename-format"),
+    )
