@@ -1,0 +1,197 @@
+"""libvirt domain and snapshot XML, read and written with ElementTree only.
+
+No libvirt import here: these functions are pure so they can be tested against fixture
+files. Data never goes into a string template: every path and name is set as an
+element attribute or text, so ElementTree does the escaping.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+
+from snapgroup.errors import InvalidArgument, NotFound
+from snapgroup.models import DiskOverlay, DomainDisk, DomainInfo, VmState
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+# ElementTree invents ns0, ns1... itself and refuses to have them registered.
+_GENERATED_PREFIX = re.compile(r"ns\d+")
+
+
+def normalize_uuid(value: str) -> str:
+    """'8B2F...-...' or 32 hex digits -> 32 lowercase hex digits; InvalidArgument else."""
+    compact = value.strip().replace("-", "").lower()
+    if not _HEX32.fullmatch(compact):
+        raise InvalidArgument(f"not a UUID: {value!r}")
+    return compact
+
+
+def _parse(xml: str) -> ET.Element:
+    try:
+        return ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise InvalidArgument(f"malformed domain XML: {exc}") from exc
+
+
+def _source_path(source_type: str, source: ET.Element | None) -> str | None:
+    """The local path of a <source>; None for network, volume and empty (no media)."""
+    if source is None:
+        return None
+    attribute = {"file": "file", "block": "dev", "dir": "dir"}.get(source_type)
+    return source.get(attribute) if attribute else None
+
+
+def _backing_chain(holder: ET.Element) -> tuple[str, ...]:
+    """Paths of the nested <backingStore> elements under `holder`, top first.
+
+    An empty <backingStore/> ends the chain. A layer without a local path (an nbd or rbd
+    backing) also ends it: skipping it would make the layer below look like the direct
+    backing file, which is false.
+    """
+    chain: list[str] = []
+    store = holder.find("backingStore")
+    while store is not None:
+        path = _source_path(store.get("type", ""), store.find("source"))
+        if path is None:
+            break
+        chain.append(path)
+        store = store.find("backingStore")
+    return tuple(chain)
+
+
+def _parse_disk(disk: ET.Element) -> DomainDisk | None:
+    target = disk.find("target")
+    dev = target.get("dev") if target is not None else None
+    if not dev:
+        return None
+    source_type = disk.get("type", "file")
+    driver = disk.find("driver")
+    boot = disk.find("boot")
+    boot_order = boot.get("order") if boot is not None else None
+    serial = disk.findtext("serial")
+    return DomainDisk(
+        target=dev,
+        device=disk.get("device", "disk"),
+        source_type=source_type,
+        path=_source_path(source_type, disk.find("source")),
+        format=driver.get("type") if driver is not None else None,
+        readonly=disk.find("readonly") is not None,
+        shareable=disk.find("shareable") is not None,
+        boot_order=int(boot_order) if boot_order else None,
+        serial=serial.strip() if serial else None,
+        backing=_backing_chain(disk),
+    )
+
+
+def parse_domain(xml: str, state: VmState, *, persistent: bool = True) -> DomainInfo:
+    """A DomainInfo from a domain's XML (live or inactive), disks in document order."""
+    root = _parse(xml)
+    if root.tag != "domain":
+        raise InvalidArgument(f"expected <domain>, got <{root.tag}>")
+    name = root.findtext("name")
+    uuid = root.findtext("uuid")
+    if not name or not uuid:
+        raise InvalidArgument("domain XML has no <name> or <uuid>")
+    disks = tuple(parsed for disk in root.iterfind("devices/disk") if (parsed := _parse_disk(disk)))
+    return DomainInfo(
+        uuid=normalize_uuid(uuid),
+        name=name.strip(),
+        state=state,
+        disks=disks,
+        persistent=persistent,
+    )
+
+
+def snapshot_xml(overlays: Sequence[DiskOverlay], all_targets: Sequence[str]) -> str:
+    """<domainsnapshot> for one external disk-only snapshot onto `overlays`.
+
+    Every target in `all_targets` is named: the overlays' ones external, the rest
+    snapshot='no', so libvirt's defaults (which differ by disk kind) never decide.
+    """
+    by_target: dict[str, DiskOverlay] = {}
+    for overlay in overlays:
+        if overlay.target in by_target:
+            raise InvalidArgument(f"disk {overlay.target} given twice")
+        by_target[overlay.target] = overlay
+    if not by_target:
+        raise InvalidArgument("no disk to snapshot")
+    unknown = sorted(set(by_target) - set(all_targets))
+    if unknown:
+        raise NotFound(f"the domain has no disk {', '.join(unknown)}")
+
+    root = ET.Element("domainsnapshot")
+    disks = ET.SubElement(root, "disks")
+    for target in dict.fromkeys(all_targets):  # ordered, without repeats
+        chosen = by_target.get(target)
+        if chosen is None:
+            ET.SubElement(disks, "disk", name=target, snapshot="no")
+            continue
+        disk = ET.SubElement(disks, "disk", name=target, snapshot="external", type="file")
+        ET.SubElement(disk, "source", file=chosen.overlay)
+        ET.SubElement(disk, "driver", type="qcow2")
+    return ET.tostring(root, encoding="unicode")
+
+
+def _register_prefixes(xml: str) -> None:
+    """Keep the document's namespace prefixes (qemu:, metadata owners') on output.
+
+    ElementTree would rename them ns0, ns1...: still valid for libvirt, which matches
+    namespaces by URI, but a redefinition should not rewrite what it does not change.
+    The registry is process-wide; a prefix always names the same libvirt URI in practice.
+    """
+    for _event, (prefix, uri) in ET.iterparse(io.StringIO(xml), events=("start-ns",)):
+        if prefix and not _GENERATED_PREFIX.fullmatch(prefix):
+            ET.register_namespace(prefix, uri)
+
+
+def _disks_by_target(root: ET.Element) -> Iterator[tuple[str, ET.Element]]:
+    for disk in root.iterfind("devices/disk"):
+        target = disk.find("target")
+        dev = target.get("dev") if target is not None else None
+        if dev:
+            yield dev, disk
+
+
+def with_disk_sources(xml: str, sources: dict[str, str]) -> str:
+    """The persistent XML with each target's top file replaced by a qcow2 file.
+
+    Any <backingStore> under a changed disk is dropped: libvirt honours a backingStore
+    in the persistent definition over the image header at the next start, so a stale
+    one would start QEMU on the old chain. Without it libvirt reads the new file's header.
+    """
+    if not sources:
+        raise InvalidArgument("no disk source to change")
+    for target, path in sources.items():
+        if not path.startswith("/"):
+            raise InvalidArgument(f"disk {target}: source must be an absolute path: {path!r}")
+    _register_prefixes(xml)
+    root = _parse(xml)
+    disks = dict(_disks_by_target(root))
+    unknown = sorted(set(sources) - set(disks))
+    if unknown:
+        raise NotFound(f"the domain has no disk {', '.join(unknown)}")
+
+    for target, path in sources.items():
+        disk = disks[target]
+        source = disk.find("source")
+        # A block or network disk would need its whole <source> rebuilt, and a cdrom is
+        # no snapshot target: the engine only manages qcow2 files of plain disks.
+        if disk.get("type", "file") != "file" or disk.get("device", "disk") != "disk":
+            raise InvalidArgument(
+                f"disk {target} is a {disk.get('type')} {disk.get('device')}, not a file disk"
+            )
+        if source is None:
+            raise InvalidArgument(f"disk {target} has no source to replace")
+        source.set("file", path)
+        source.attrib.pop("index", None)  # live-XML bookkeeping, not configuration
+        driver = disk.find("driver")
+        if driver is None:
+            driver = ET.Element("driver", name="qemu")
+            disk.insert(0, driver)
+        driver.set("type", "qcow2")
+        for store in disk.findall("backingStore"):
+            disk.remove(store)
+    return ET.tostring(root, encoding="unicode")
+

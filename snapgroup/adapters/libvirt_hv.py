@@ -1,0 +1,423 @@
+"""snapgroup.ports.Hypervisor on libvirt. The only module that imports libvirt.
+
+Behaviour checked against libvirt 9.0 / QEMU 7.2 (blockdev mode):
+
+* A live external snapshot (and a block commit) updates the persistent definition too:
+  its <source> becomes the overlay and a <backingStore> chain is written into it.
+  libvirt honours that stored chain over the image header at the next start.
+* With REUSE_EXT neither libvirt nor QEMU checks or rewrites the overlay's backing link:
+  QEMU stacks the overlay on the current top whatever its header says.
+* Under DAC dynamic_ownership libvirt chowns each file it hands QEMU to libvirt-qemu
+  (mode kept, so a root 0600 overlay works) and restores the owner when QEMU lets go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import libvirt
+
+from snapgroup.adapters.domxml import (
+    normalize_uuid,
+    parse_domain,
+    snapshot_xml,
+    with_disk_sources,
+)
+from snapgroup.errors import (
+    HypervisorError,
+    HypervisorUnavailable,
+    InvalidArgument,
+    NotFound,
+    SnapgroupError,
+    Timeout,
+)
+from snapgroup.models import (
+    BlockJobProgress,
+    DiskOverlay,
+    DomainDisk,
+    DomainInfo,
+    FreezeResult,
+    VmState,
+)
+from snapgroup.ports import ProgressFn
+
+log = logging.getLogger(__name__)
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
+    # Xen's "blocked on a resource": the guest is up and QEMU owns the disks.
+    libvirt.VIR_DOMAIN_BLOCKED: VmState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: VmState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: VmState.STOPPED,
+}
+
+# Failures to reach libvirtd at all, as opposed to libvirtd refusing a request.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_ERR_AUTH_CANCELLED,
+        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+    }
+)
+
+_SNAPSHOT_FLAGS = (
+    libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+    | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+    | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+    | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
+)
+# SECURE keeps passwords (VNC, SPICE) in the dump; without it a redefinition drops them.
+_DEFINE_SOURCE_FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt's default handler prints every error to stderr; we raise them instead."""
+
+
+def _translate(exc: libvirt.libvirtError, *, opening: bool = False) -> SnapgroupError:
+    """THE mapping from a libvirt error to the port's error family."""
+    code = exc.get_error_code()
+    message = exc.get_error_message() or str(exc)
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return NotFound(message)
+    # Any failure of open() means no hypervisor; later, errors raised by the RPC layer
+    # itself (socket closed, connection reset) mean libvirtd went away under us.
+    if opening or code in _UNAVAILABLE_CODES or exc.get_error_domain() == libvirt.VIR_FROM_RPC:
+        return HypervisorUnavailable(message)
+    return HypervisorError(message)
+
+
+def _dashed(vm_uuid: str) -> str:
+    try:
+        compact = normalize_uuid(vm_uuid)
+    except InvalidArgument:
+        raise NotFound(f"no domain with UUID {vm_uuid!r} (not a UUID)") from None
+    return "-".join((compact[:8], compact[8:12], compact[12:16], compact[16:20], compact[20:]))
+
+
+class _Progress:
+    """Calls the caller's callback on each change; a failing callback is logged and
+    dropped, because aborting a half-done commit over a display bug would be worse."""
+
+    def __init__(self, callback: ProgressFn | None) -> None:
+        self._callback = callback
+        self.last: BlockJobProgress | None = None
+
+    def report(self, cur: int, end: int) -> None:
+        update = BlockJobProgress(cur=cur, end=end)
+        if update == self.last:
+            return
+        self.last = update
+        if self._callback is None:
+            return
+        try:
+            self._callback(update)
+        except Exception:
+            log.warning("progress callback failed; no more progress is reported", exc_info=True)
+            self._callback = None
+
+    def finish(self) -> None:
+        if self.last is not None and self.last.cur != self.last.end:
+            self.report(self.last.end, self.last.end)
+
+
+class LibvirtHypervisor:
+    """Hypervisor port on libvirt. Connects on first use; safe to share across threads.
+
+    `poll_interval`: seconds between block-job polls. `job_timeout`: give up (abort the
+    job, raise Timeout) after this many seconds; None waits as long as the data needs.
+    `settle_timeout`: how long libvirt may take to show a finished job in the XML.
+    """
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        *,
+        poll_interval: float = 0.1,
+        job_timeout: float | None = None,
+        settle_timeout: float = 10.0,
+    ) -> None:
+        self.uri = uri
+        self.poll_interval = poll_interval
+        self.job_timeout = job_timeout
+        self.settle_timeout = settle_timeout
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    # -- connection and errors -------------------------------------------------------
+
+    def _connection(self) -> Any:
+        with self._lock:
+            if self._conn is None:
+                libvirt.registerErrorHandler(_quiet, None)
+                try:
+                    self._conn = libvirt.open(self.uri)
+                except libvirt.libvirtError as exc:
+                    raise _translate(exc, opening=True) from None
+            return self._conn
+
+    @contextlib.contextmanager
+    def _calls(self) -> Iterator[None]:
+        """Wraps every libvirt call: translates its errors, forgets a dead connection
+        so the next call reconnects."""
+        try:
+            yield
+        except libvirt.libvirtError as exc:
+            error = _translate(exc)
+            if isinstance(error, HypervisorUnavailable):
+                self._drop_connection()
+            raise error from None
+
+    def _drop_connection(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            # Already dead, most likely: there is nothing left to release.
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    def close(self) -> None:
+        self._drop_connection()
+
+    def __enter__(self) -> LibvirtHypervisor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _domain(self, vm_uuid: str) -> Any:
+        dashed = _dashed(vm_uuid)
+        conn = self._connection()
+        with self._calls():
+            return conn.lookupByUUIDString(dashed)
+
+    def _info(self, dom: Any) -> DomainInfo:
+        with self._calls():
+            raw_state = int(dom.state()[0])
+            state = _STATES.get(raw_state, VmState.OTHER)
+            # A live domain's XML carries the runtime backing chains; a stopped one's
+            # is the persistent definition (what the next start will use).
+            xml = str(dom.XMLDesc(0 if state.is_live else libvirt.VIR_DOMAIN_XML_INACTIVE))
+            persistent = bool(dom.isPersistent())
+        return parse_domain(xml, state, persistent=persistent)
+
+    def lookup(self, vm: str) -> DomainInfo:
+        conn = self._connection()
+        try:
+            with self._calls():
+                dom = conn.lookupByName(vm)
+        except NotFound:
+            try:
+                normalize_uuid(vm)
+            except InvalidArgument:
+                raise NotFound(f"no domain named {vm!r}") from None
+            dom = self._domain(vm)
+        return self._info(dom)
+
+    def _live_disk(self, dom: Any, target: str, doing: str) -> tuple[DomainInfo, DomainDisk]:
+        info = self._info(dom)
+        if not info.state.is_live:
+            raise HypervisorError(
+                f"{doing} needs a running or paused domain; {info.name} is {info.state.value}"
+            )
+        for disk in info.disks:
+            if disk.target == target:
+                return info, disk
+        raise NotFound(f"domain {info.name} has no disk {target}")
+
+    # -- snapshot and redefinition ---------------------------------------------------
+
+    def snapshot_disks(
+        self, vm_uuid: str, overlays: Sequence[DiskOverlay], *, quiesce: bool = False
+    ) -> None:
+        dom = self._domain(vm_uuid)
+        info = self._info(dom)
+        if not info.state.is_live:
+            raise HypervisorError(
+                f"a live snapshot needs a running or paused domain; "
+                f"{info.name} is {info.state.value}"
+            )
+        disks = {disk.target: disk for disk in info.disks}
+        for overlay in overlays:
+            disk = disks.get(overlay.target)
+            if disk is None:
+                raise NotFound(f"domain {info.name} has no disk {overlay.target}")
+            # REUSE_EXT trusts the overlay's header blindly (QEMU stacks it on whatever
+            # is on top now), so a stale view here would silently break the chain.
+            if disk.source_type != "file" or disk.path != overlay.current:
+                raise InvalidArgument(
+                    f"disk {overlay.target}: expected top file {overlay.current}, "
+                    f"the domain has {disk.source_type} {disk.path}"
+                )
+            if overlay.overlay == overlay.current:
+                raise InvalidArgument(f"disk {overlay.target}: overlay is the current top")
+        xml = snapshot_xml(overlays, [disk.target for disk in info.disks])
+        flags = _SNAPSHOT_FLAGS
+        if quiesce:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE
+        with self._calls():
+            dom.snapshotCreateXML(xml, flags)
+
+    def set_disk_sources(self, vm_uuid: str, sources: dict[str, str]) -> None:
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            active = bool(dom.isActive())
+            name = str(dom.name())
+            xml = str(dom.XMLDesc(_DEFINE_SOURCE_FLAGS))
+        if active:
+            # Redefining a running domain only changes its next boot, while QEMU keeps
+            # writing the old files: the two would disagree.
+            raise HypervisorError(f"domain {name} is running; stop it before redefining disks")
+        new_xml = with_disk_sources(xml, sources)
+        conn = self._connection()
+        with self._calls():
+            conn.defineXML(new_xml)
+        defined = {disk.target: disk.path for disk in self._info(dom).disks}
+        wrong = {t: p for t, p in sources.items() if defined.get(t) != p}
+        if wrong:
+            raise HypervisorError(f"domain {name}: libvirt did not keep the new sources {wrong}")
+
+    # -- block commit ----------------------------------------------------------------
+
+    def block_commit(
+        self,
+        vm_uuid: str,
+        target: str,
+        *,
+        top: str | None,
+        base: str,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        dom = self._domain(vm_uuid)
+        _info, disk = self._live_disk(dom, target, "a block commit")
+        if top == disk.path:
+            top = None  # committing the active layer, whichever way it was named
+        chain = (disk.path, *disk.backing)
+        if top is None:
+            if base not in disk.backing:
+                raise InvalidArgument(f"disk {target}: {base} is not below the top; chain {chain}")
+        elif top not in disk.backing or base not in chain[chain.index(top) + 1 :]:
+            raise InvalidArgument(f"disk {target}: {base} is not below {top} in the chain {chain}")
+
+        flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE if top is None else 0
+        with self._calls():
+            dom.blockCommit(target, base, top, 0, flags)
+        meter = _Progress(progress)
+        if top is None:
+            self._pivot_when_ready(dom, target, meter)
+            self._settle(
+                dom,
+                target,
+                lambda d: d.path == base,
+                f"disk {target} is not on {base} after the pivot",
+            )
+        else:
+            self._wait_job_gone(dom, target, meter)
+            # The job also disappears when it fails or is cancelled; only the chain
+            # tells whether `top` was really merged away.
+            self._settle(
+                dom,
+                target,
+                lambda d: top not in (d.path, *d.backing),
+                f"block commit of {top} into {base} on disk {target} did not complete "
+                f"(the job ended but {top} is still in the chain; see libvirtd's log)",
+            )
+        meter.finish()
+
+    def _job(self, dom: Any, target: str) -> dict[str, int]:
+        with self._calls():
+            info = dom.blockJobInfo(target, 0)
+        return {key: int(value) for key, value in (info or {}).items()}
+
+    def _deadline(self) -> float | None:
+        return None if self.job_timeout is None else time.monotonic() + self.job_timeout
+
+    def _check_deadline(self, deadline: float | None, dom: Any, target: str) -> None:
+        if deadline is None or time.monotonic() < deadline:
+            return
+        # Cancelling a commit leaves top in the chain, so the guest's view is intact.
+        with self._calls():
+            dom.blockJobAbort(target, 0)
+        raise Timeout(f"block commit on disk {target} took longer than {self.job_timeout}s")
+
+    def _pivot_when_ready(self, dom: Any, target: str, meter: _Progress) -> None:
+        deadline = self._deadline()
+        while True:
+            job = self._job(dom, target)
+            if not job:
+                raise HypervisorError(
+                    f"the active block commit on disk {target} ended before it could pivot "
+                    "(failed or cancelled; see libvirtd's log)"
+                )
+            cur, end = job["cur"], job["end"]
+            meter.report(cur, end)
+            # libvirt reports cur == end only once QEMU says the job is ready (it adds 1
+            # to end until then). A pivot refused as "not ready" is still retried.
+            if end > 0 and cur == end and self._try_pivot(dom, target):
+                return
+            self._check_deadline(deadline, dom, target)
+            time.sleep(self.poll_interval)
+
+    def _try_pivot(self, dom: Any, target: str) -> bool:
+        try:
+            # Synchronous without VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC: returns after the
+            # switch to the base.
+            dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_BLOCK_COPY_ACTIVE:
+                return False
+            raise _translate(exc) from None
+        return True
+
+    def _wait_job_gone(self, dom: Any, target: str, meter: _Progress) -> None:
+        deadline = self._deadline()
+        while job := self._job(dom, target):
+            meter.report(job["cur"], job["end"])
+            self._check_deadline(deadline, dom, target)
+            time.sleep(self.poll_interval)
+
+    def _settle(
+        self, dom: Any, target: str, done: Callable[[DomainDisk], bool], failure: str
+    ) -> None:
+        """Wait (briefly) until the live XML of `target` satisfies `done`."""
+        deadline = time.monotonic() + self.settle_timeout
+        while True:
+            _info, disk = self._live_disk(dom, target, "a block commit")
+            if done(disk):
+                return
+            if time.monotonic() >= deadline:
+                raise HypervisorError(failure)
+            time.sleep(self.poll_interval)
+
+    # -- guest agent (consistency work) ----------------------------------------------
+
+    def freeze(self, vm_uuid: str, *, timeout: int | None = None) -> FreezeResult:
+        """fsfreeze every guest filesystem through the guest agent. `timeout` (seconds)
+        bounds the wait for the agent; it is reset to libvirt's default afterwards."""
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            if timeout is None:
+                count = int(dom.fsFreeze(None, 0))
+            else:
+                dom.agentSetResponseTimeout(timeout, 0)
+                try:
+                    count = int(dom.fsFreeze(None, 0))
+                finally:
+                    dom.agentSetResponseTimeout(
+                        libvirt.VIR_DOMAIN_AGENT_RESPONSE_TIMEOUT_DEFAULT, 0
+                    )
+        return FreezeResult(count=count)
+
+    def thaw(self, vm_uuid: str) -> int:
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            return int(dom.fsThaw(None, 0))
