@@ -37,6 +37,13 @@ daemons: $(STAMP_DEB)
 	@for i in $$(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && exit 0; sleep 0.2; done; \
 		echo "libvirtd did not answer" >&2; exit 1
 
+# The lab guest: a Debian cloud kernel + busybox initramfs with qemu-guest-agent.
+guest: $(STAMP_DEB)
+	$(PY) lab/build_guest.py --out build/guest
+
+demo: deps daemons guest
+	$(BIN)/python lab/demo.py
+
 lint: deps
 	$(BIN)/ruff check snapgroup tests lab
 	$(BIN)/ruff format --check snapgroup tests lab
@@ -47,7 +54,7 @@ typecheck: deps
 unit: deps
 	$(BIN)/pytest -q -m "not lab"
 
-test: deps daemons
+test: deps daemons guest
 	$(BIN)/ruff check snapgroup tests lab
 	$(BIN)/mypy
 	$(BIN)/pytest -q

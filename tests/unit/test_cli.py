@@ -97,3 +97,9 @@ def test_volumes_table_says_why_a_disk_is_skipped(lab: Lab) -> None:
 def test_delete_of_an_unknown_group_succeeds_with_empty_results(lab: Lab) -> None:
     code, out, _ = cli(lab, "--json", "delete", "e" * 32)
     assert (code, json.loads(out)) == (0, {"results": []})
+
+
+def test_list_with_no_groups_prints_just_the_header(lab: Lab) -> None:
+    code, out, _ = cli(lab, "list")
+    assert code == 0
+    assert out.split() == ["UUID", "NAME", "VM", "SNAPSHOTS", "CREATED"]

@@ -1,0 +1,105 @@
+"""`make demo`: a lab VM's snapshot group, its whole life, step by step, through the CLI.
+
+Runs on the embedded defaults (qemu:///system, the SQLite store under /var/lib/snapgroup).
+Re-runnable: the previous demo VM and its files are removed first.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from snapgroup.testing.labvm import LabVm, create_lab_vm
+
+LAB_DIR = Path("/var/lib/snapgroup/lab/demo")
+VM_NAME = "sg-demo"
+GUEST = Path(__file__).resolve().parent.parent / "build" / "guest"
+SNAPGROUP = [sys.executable, "-m", "snapgroup"]
+
+
+def step(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
+
+
+def sg(*args: str, capture: bool = False) -> str:
+    print(f"$ snapgroup {shlex.join(args)}", flush=True)
+    result = subprocess.run([*SNAPGROUP, *args], capture_output=capture, text=True, check=False)
+    if result.returncode != 0:
+        if capture:
+            sys.stdout.write(result.stdout + result.stderr)
+        raise SystemExit(f"demo failed at: snapgroup {shlex.join(args)}")
+    if capture:
+        sys.stdout.write(result.stdout)
+    return result.stdout if capture else ""
+
+
+def show(*argv: str) -> None:
+    print(f"$ {shlex.join(argv)}", flush=True)
+    subprocess.run(list(argv), check=True)
+
+
+def _top_of(vm: str, target: str) -> str:
+    out = subprocess.run(["virsh", "domblklist", vm], capture_output=True, text=True, check=True)
+    return next(line.split()[1] for line in out.stdout.splitlines() if line.split()[:1] == [target])
+
+
+def boot_vm() -> LabVm:
+    kernel, initrd = GUEST / "vmlinuz", GUEST / "initrd.gz"
+    with_guest = kernel.exists() and initrd.exists()
+    vm = create_lab_vm(
+        LAB_DIR,
+        name=VM_NAME,
+        data_disks=2,
+        start=True,
+        kernel=kernel if with_guest else None,
+        initrd=initrd if with_guest else None,
+        cmdline="console=ttyS0 quiet panic=-1" if with_guest else None,
+        guest_agent=with_guest,
+    )
+    what = "the lab guest (Linux, TCG)" if with_guest else "an OS-less domain (TCG)"
+    print(f"VM {vm.name} ({vm.uuid}) running {what}; disks in {vm.directory}")
+    return vm
+
+
+def main() -> None:
+    step("Remove what an earlier demo left")
+    subprocess.run(["virsh", "-q", "destroy", VM_NAME], capture_output=True, check=False)
+    subprocess.run(["virsh", "-q", "undefine", VM_NAME], capture_output=True, check=False)
+    if LAB_DIR.exists():
+        for f in LAB_DIR.iterdir():
+            f.unlink()
+
+    step("Boot a lab VM with a root disk and two data disks")
+    vm = boot_vm()
+    show("virsh", "domblklist", VM_NAME)
+
+    step("What a group would cover")
+    sg("volumes", "--vm", VM_NAME)
+
+    step("Take a snapshot group of the running VM (one atomic libvirt call)")
+    created = json.loads(sg("--json", "create", "--vm", VM_NAME, "--name", "before-upgrade",
+                            "--description", "demo group", capture=True))  # fmt: skip
+    group = created["inventory"]["uuid"]
+    show("virsh", "domblklist", VM_NAME)
+    top = _top_of(VM_NAME, "vda")
+    show("qemu-img", "info", "-U", "--backing-chain", top)
+
+    step("List and show it")
+    sg("list", "--vm", VM_NAME)
+    sg("show", group)
+    sg("update", group, "--name", "before-upgrade-v2")
+
+    step("Delete it: its snapshots are merged back, the VM keeps running on its data")
+    sg("delete", group)
+    show("virsh", "domblklist", VM_NAME)
+    sg("list", "--vm", VM_NAME)
+
+    step("Done")
+    print(f"The demo VM {VM_NAME} is left running; `virsh destroy {VM_NAME}` stops it.")
+
+
+if __name__ == "__main__":
+    main()
