@@ -7,9 +7,10 @@ import os
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from snapgroup.discovery import Discovered, register_volumes
 from snapgroup.errors import (
@@ -20,9 +21,11 @@ from snapgroup.errors import (
     SnapgroupError,
 )
 from snapgroup.inventory import DeleteReport, DeleteResult, Group, GroupRef, VolumeView
+from snapgroup.journal import DONE, FAILED, ROLLED_BACK, Journal
+from snapgroup.locks import try_vm_lock, vm_lock
+from snapgroup.merging import Merger, MergeSpec
 from snapgroup.models import DiskOverlay, DomainInfo, VmState
 from snapgroup.planner import (
-    MergeKind,
     MergePlan,
     apply_merge,
     expected_chain,
@@ -31,8 +34,8 @@ from snapgroup.planner import (
 )
 from snapgroup.ports import Hypervisor, ImageTool, ProgressFn
 from snapgroup.store.db import Database
-from snapgroup.store.repo import Repo
-from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow
+from snapgroup.store.repo import OperationRepo, Repo
+from snapgroup.store.tables import GroupRow, OperationRow, RefRow, SnapshotRow, VolumeRow
 from snapgroup.validate import parse_uuid, validate_description, validate_name
 
 OVERLAY_WORKERS = 8
@@ -79,12 +82,15 @@ class Engine:
         db: Database,
         clock: Callable[[], datetime] = _utcnow,
         new_uuid: Callable[[], str] = _new_uuid,
+        lock_wait: float = 0.0,
     ) -> None:
         self.hv = hypervisor
         self.images = images
         self.db = db
         self.clock = clock
         self.new_uuid = new_uuid
+        self.lock_wait = lock_wait  # seconds to wait for another operation on the same VM
+        self.journal = Journal(db, clock, new_uuid)
 
     # discovery -------------------------------------------------------------------------
     def _discover(self, domain: DomainInfo) -> Discovered:
@@ -161,6 +167,21 @@ class Engine:
         description = validate_description(description)
         group_uuid = parse_uuid(resource_uuid, "resourceUuid") if resource_uuid else self.new_uuid()
         domain = self._domain_of(vm=vm, root_volume_uuid=root_volume_uuid)
+        with vm_lock(domain.uuid, wait=self.lock_wait):
+            domain = self.hv.lookup(domain.uuid)  # what it is now, under the lock
+            return self._create_locked(
+                domain, group_uuid, name, description, skip_unsupported=skip_unsupported
+            )
+
+    def _create_locked(
+        self,
+        domain: DomainInfo,
+        group_uuid: str,
+        name: str,
+        description: str | None,
+        *,
+        skip_unsupported: bool,
+    ) -> Group:
         if domain.state is VmState.OTHER:
             raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
         found = self._discover(domain)
@@ -180,19 +201,35 @@ class Engine:
             )
             for t in chosen
         ]
-        self._create_overlays(overlays, sizes)
+        plan = {
+            "group_uuid": group_uuid,
+            "name": name,
+            "description": description,
+            "live": live,
+            "overlays": [asdict(o) for o in overlays],
+            "volumes": {t: found.volumes[t].uuid for t in chosen},
+        }
+        op = self.journal.begin("create", domain.uuid, plan, group_uuid=group_uuid)
         try:
-            if live:
-                self.hv.snapshot_disks(domain.uuid, overlays)
-            else:
-                self.hv.set_disk_sources(domain.uuid, {o.target: o.overlay for o in overlays})
-        except BaseException:
-            self._remove_files([o.overlay for o in overlays])
+            self._create_overlays(overlays, sizes)
+            self.journal.step(op, "create", "overlays")
+            try:
+                if live:
+                    self.hv.snapshot_disks(domain.uuid, overlays)
+                else:
+                    self.hv.set_disk_sources(domain.uuid, {o.target: o.overlay for o in overlays})
+            except BaseException:
+                self._remove_files([o.overlay for o in overlays])
+                raise
+        except SnapgroupError as exc:
+            self.journal.close(op, FAILED, detail=exc.details)
             raise
+        self.journal.step(op, "create", "switched")
         try:
-            return self._record_group(group_uuid, name, description, domain, found, overlays)
-        except BaseException:
-            self._undo_snapshot(domain, overlays)
+            return self._record_group(op, plan, domain.uuid)
+        except SnapgroupError as exc:
+            self._undo_snapshot(domain.uuid, live, overlays)
+            self.journal.close(op, ROLLED_BACK, detail=exc.details)
             raise
 
     def _check_chain(self, volume: VolumeRow, live: bool) -> int:
@@ -234,66 +271,47 @@ class Engine:
             except SnapgroupError:
                 continue  # best effort on the error path; the original error matters more
 
-    def _undo_snapshot(self, domain: DomainInfo, overlays: Sequence[DiskOverlay]) -> None:
-        """Put every disk back on its old top, then drop the overlays."""
-        if domain.state.is_live:
+    def _undo_snapshot(self, vm_uuid: str, live: bool, overlays: Sequence[DiskOverlay]) -> None:
+        """Put every disk back on its old top (keeping what was written since), then drop
+        the overlays."""
+        if live:
             for o in overlays:
-                self.hv.block_commit(domain.uuid, o.target, top=None, base=o.current)
+                self.hv.block_commit(vm_uuid, o.target, top=None, base=o.current)
         else:
-            self.hv.set_disk_sources(domain.uuid, {o.target: o.current for o in overlays})
+            self.hv.set_disk_sources(vm_uuid, {o.target: o.current for o in overlays})
         self._remove_files([o.overlay for o in overlays])
 
-    def _record_group(
-        self,
-        group_uuid: str,
-        name: str,
-        description: str | None,
-        domain: DomainInfo,
-        found: Discovered,
-        overlays: Sequence[DiskOverlay],
-    ) -> Group:
+    def _record_group(self, op: str, plan: dict[str, Any], vm_uuid: str) -> Group:
+        """The group, its snapshots and refs, the volumes' new tops and the journal's
+        'done': one transaction."""
         now = self.clock()
+        group_uuid, name = plan["group_uuid"], plan["name"]
         with self.db.transaction() as session:
             repo = Repo(session)
-            repo.add(
-                GroupRow(
-                    uuid=group_uuid,
-                    name=name,
-                    description=description,
-                    vm_uuid=domain.uuid,
-                    create_date=now,
-                    last_op_date=now,
-                )
-            )
-            for o in overlays:
-                volume = repo.volume(found.volumes[o.target].uuid)
+            repo.add(GroupRow(uuid=group_uuid, name=name, description=plan["description"],
+                              vm_uuid=vm_uuid, create_date=now, last_op_date=now))  # fmt: skip
+            for o in plan["overlays"]:
+                volume = repo.volume(plan["volumes"][o["target"]])
                 assert volume is not None
                 snap = SnapshotRow(
                     uuid=self.new_uuid(),
                     volume_uuid=volume.uuid,
                     name=snapshot_name(name, volume.name),
-                    install_path=o.current,
+                    install_path=o["current"],
                     parent_uuid=volume.parent_snapshot_uuid,
                     create_date=now,
                     last_op_date=now,
                 )
-                volume.install_path = o.overlay
+                volume.install_path = o["overlay"]
                 volume.parent_snapshot_uuid = snap.uuid
                 volume.last_op_date = now
                 repo.add(snap, volume)
-                repo.add(
-                    RefRow(
-                        volume_snapshot_uuid=snap.uuid,
-                        group_uuid=group_uuid,
-                        device_id=volume.device_id,
-                        volume_uuid=volume.uuid,
-                        volume_name=volume.name,
-                        volume_type=volume.volume_type,
-                        volume_last_attach_date=volume.last_attach_date,
-                        create_date=now,
-                        last_op_date=now,
-                    )
-                )
+                repo.add(RefRow(volume_snapshot_uuid=snap.uuid, group_uuid=group_uuid,
+                                device_id=volume.device_id, volume_uuid=volume.uuid,
+                                volume_name=volume.name, volume_type=volume.volume_type,
+                                volume_last_attach_date=volume.last_attach_date,
+                                create_date=now, last_op_date=now))  # fmt: skip
+            self.journal.close(op, DONE, session=session)
             return _load_groups(repo, [group_uuid])[0]
 
     # delete ----------------------------------------------------------------------------
@@ -307,27 +325,56 @@ class Engine:
         uuid = parse_uuid(group_uuid, "group uuid")
         mode = DeleteMode.parse(mode)
         with self.db.transaction() as session:
+            group = Repo(session).group(uuid)
+        if group is None:
+            return DeleteReport(uuid, ())  # idempotent, as in ZStack
+        with vm_lock(group.vm_uuid, wait=self.lock_wait):
+            return self._delete_locked(uuid, group.vm_uuid, mode, progress)
+
+    def _delete_locked(
+        self, uuid: str, vm_uuid: str, mode: DeleteMode, progress: ProgressFn | None
+    ) -> DeleteReport:
+        with self.db.transaction() as session:
             repo = Repo(session)
-            group = repo.group(uuid)
-            if group is None:
-                return DeleteReport(uuid, ())  # idempotent, as in ZStack
+            if repo.group(uuid) is None:
+                return DeleteReport(uuid, ())  # deleted while we waited for the lock
             merges = [
                 _Merge(ref, snap, repo.volume(snap.volume_uuid))
                 for ref, snap in repo.refs_with_snapshots([uuid])
             ]
-            chains = {
-                m.snapshot.volume_uuid: repo.snapshots_of_volume(m.snapshot.volume_uuid)
-                for m in merges
-            }
-        domain = self._domain_for_delete(group.vm_uuid, mode)
+            chains = {m.snapshot.volume_uuid: repo.snapshots_of_volume(m.snapshot.volume_uuid)
+                      for m in merges}  # fmt: skip
+        domain = self._domain_for_delete(vm_uuid, mode)
         for m in merges:
             self._check_merge(m, domain, chains.get(m.snapshot.volume_uuid, []))
         if mode is DeleteMode.PERMISSIVE:
             problems = [p for m in merges for p in (m.blocking, m.refusable) if p]
             if problems:
                 raise OperationError("cannot delete group: " + "; ".join(problems))
-        results = [self._run_merge(m, domain, progress) for m in merges]
-        self._record_delete(uuid, merges, results, mode)
+        live = domain is not None and domain.state.is_live
+        specs = {m.snapshot.uuid: MergeSpec.of(m.plan, m.volume.target)
+                 for m in merges if m.plan is not None and m.volume is not None}  # fmt: skip
+        plan = {
+            "group_uuid": uuid,
+            "mode": mode.value,
+            "live": live,
+            "merges": [asdict(spec) for spec in specs.values()],
+            "noop": [m.snapshot.uuid for m in merges if m.snapshot.deleted],
+            "total": len(merges),
+        }
+        op = self.journal.begin("delete", vm_uuid, plan, group_uuid=uuid)
+        results = []
+        for m in merges:
+            spec = specs.get(m.snapshot.uuid)
+            if m.snapshot.deleted:
+                results.append(DeleteResult(m.snapshot.uuid, m.snapshot.volume_uuid, True))
+            elif spec is None:
+                error = DeleteFailed(m.blocking or "not merged")
+                results.append(DeleteResult(m.snapshot.uuid, m.snapshot.volume_uuid, False, error))
+            else:
+                results.append(self._run_merge(op, vm_uuid, live, spec, progress))
+        succeeded = [r.snapshot_uuid for r in results if r.success]
+        self._record_delete(op, uuid, succeeded, len(merges), mode)
         return DeleteReport(uuid, tuple(results))
 
     def _domain_for_delete(self, vm_uuid: str, mode: DeleteMode) -> DomainInfo | None:
@@ -388,63 +435,29 @@ class Engine:
             raise OperationError(f"real chain {actual} does not match the metadata {expected}")
 
     def _run_merge(
-        self, m: _Merge, domain: DomainInfo | None, progress: ProgressFn | None
+        self, op: str, vm_uuid: str, live: bool, spec: MergeSpec, progress: ProgressFn | None
     ) -> DeleteResult:
-        volume_uuid = m.snapshot.volume_uuid
-        if m.snapshot.deleted:
-            return DeleteResult(m.snapshot.uuid, volume_uuid, True)
-        if m.plan is None or domain is None or m.volume is None:
-            error = DeleteFailed(m.blocking or "not merged")
-            return DeleteResult(m.snapshot.uuid, volume_uuid, False, error)
         try:
-            self._merge(domain, m.volume.target, m.plan, progress)
+            Merger(self.hv, self.images, self.journal).finish(op, vm_uuid, live, spec, progress)
         except SnapgroupError as exc:
-            error = DeleteFailed(f"snapshot {m.snapshot.uuid}: merge failed", cause=exc)
-            return DeleteResult(m.snapshot.uuid, volume_uuid, False, error)
-        return DeleteResult(m.snapshot.uuid, volume_uuid, True)
-
-    def _merge(
-        self, domain: DomainInfo, target: str, plan: MergePlan, progress: ProgressFn | None
-    ) -> None:
-        """Merge the child's file down into the snapshot's file, then drop the child's file.
-        Every intermediate state is a valid chain with the same current data."""
-        active = plan.kind is MergeKind.ACTIVE
-        if domain.state.is_live:
-            self.hv.block_commit(
-                domain.uuid,
-                target,
-                top=None if active else plan.top,
-                base=plan.base,
-                progress=progress,
-            )
-        else:
-            self.images.commit(plan.top, base=plan.base, progress=progress)
-            if active:
-                self.hv.set_disk_sources(domain.uuid, {target: plan.base})
-            else:
-                assert plan.above is not None
-                self.images.rebase(
-                    plan.above, backing=plan.base, backing_format="qcow2", unsafe=True
-                )
-        self.images.remove(plan.top)
+            error = DeleteFailed(f"snapshot {spec.snapshot_uuid}: merge failed", cause=exc)
+            return DeleteResult(spec.snapshot_uuid, spec.volume_uuid, False, error)
+        return DeleteResult(spec.snapshot_uuid, spec.volume_uuid, True)
 
     def _record_delete(
-        self, uuid: str, merges: list[_Merge], results: list[DeleteResult], mode: DeleteMode
+        self, op: str, uuid: str, succeeded: Sequence[str], total: int, mode: DeleteMode
     ) -> None:
-        """One transaction: chain moves of the merged snapshots, their rows, the group."""
+        """One transaction: chain moves of the merged snapshots, their rows, the group,
+        and the journal's 'done'."""
         now = self.clock()
         with self.db.transaction() as session:
             repo = Repo(session)
-            done: list[str] = []
-            for m, result in zip(merges, results, strict=True):
-                if not result.success:
+            for snapshot_uuid in succeeded:
+                snapshot = repo.snapshot(snapshot_uuid)
+                if snapshot is None or snapshot.deleted:
                     continue
-                done.append(m.snapshot.uuid)
-                if m.plan is None:
-                    continue
-                volume = repo.volume(m.snapshot.volume_uuid)
-                snapshot = repo.snapshot(m.snapshot.uuid)
-                assert volume is not None and snapshot is not None
+                volume = repo.volume(snapshot.volume_uuid)
+                assert volume is not None
                 plan = plan_merge(volume, repo.snapshots_of_volume(volume.uuid), snapshot)
                 apply_merge(volume, plan)
                 volume.last_op_date = now
@@ -452,15 +465,77 @@ class Engine:
                 if plan.child_snapshot is not None:
                     plan.child_snapshot.last_op_date = now
                     repo.add(plan.child_snapshot)
-            repo.delete_snapshots(done)
+            repo.delete_snapshots(succeeded)
             group = repo.group(uuid)
-            if group is None:
-                return
-            if mode is DeleteMode.ENFORCING or len(done) == len(merges):
-                repo.delete_group(uuid)
-            else:
-                group.last_op_date = now
-                repo.add(group)
+            if group is not None:
+                if mode is DeleteMode.ENFORCING or len(succeeded) == total:
+                    repo.delete_group(uuid)
+                else:
+                    group.last_op_date = now
+                    repo.add(group)
+            self.journal.close(op, DONE, session=session)
+
+    # recovery --------------------------------------------------------------------------
+    def recover(self) -> list[OperationRow]:
+        """Finish or roll back every interrupted operation of this host whose VM lock is
+        free (a held lock means its process is still at work). Idempotent."""
+        with self.db.transaction() as session:
+            pending = OperationRepo(session).unfinished(host=self.journal.host)
+        recovered = []
+        for row in pending:
+            fd = try_vm_lock(row.vm_uuid)
+            if fd is None:
+                continue
+            try:
+                with self.db.transaction() as session:
+                    fresh = OperationRepo(session).get(row.uuid)
+                if fresh is None or fresh.state != "running":
+                    continue
+                self._recover_one(fresh)
+                recovered.append(fresh)
+            finally:
+                os.close(fd)
+        return recovered
+
+    def _recover_one(self, row: OperationRow) -> None:
+        plan = Journal.plan_of(row)
+        try:
+            domain = self.hv.lookup(row.vm_uuid)
+        except NotFound:
+            self.journal.close(row.uuid, FAILED, detail="recover: the VM no longer exists; "
+                               "its files were left as they are")  # fmt: skip
+            return
+        if row.kind == "create":
+            self._recover_create(row.uuid, plan, domain)
+        elif row.kind == "delete":
+            self._recover_delete(row.uuid, plan, domain)
+        else:
+            self.journal.close(row.uuid, FAILED, detail=f"recover: unknown kind {row.kind}")
+
+    def _recover_create(self, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+        overlays = [DiskOverlay(**o) for o in plan["overlays"]]
+        paths = {d.target: d.path for d in domain.disks}
+        switched = [o for o in overlays if paths.get(o.target) == o.overlay]
+        if overlays and len(switched) == len(overlays):
+            self._record_group(op, plan, domain.uuid)  # the snapshot was taken: keep it
+            return
+        if switched:  # never seen (the switch is atomic) but never left half-done either
+            self._undo_snapshot(domain.uuid, domain.state.is_live, switched)
+        self._remove_files([o.overlay for o in overlays])
+        self.journal.close(op, ROLLED_BACK, detail="recover: interrupted before the switch")
+
+    def _recover_delete(self, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+        live = domain.state.is_live
+        succeeded = list(plan["noop"])
+        for spec in (MergeSpec(**m) for m in plan["merges"]):
+            if self._run_merge(op, domain.uuid, live, spec, None).success:
+                succeeded.append(spec.snapshot_uuid)
+        self._record_delete(op, plan["group_uuid"], succeeded, plan["total"],
+                            DeleteMode.parse(plan["mode"]))  # fmt: skip
+
+    def operations(self, *, limit: int = 100) -> list[OperationRow]:
+        with self.db.transaction() as session:
+            return OperationRepo(session).recent(limit=limit)
 
 
 def _choose_disks(found: Discovered, *, skip_unsupported: bool) -> list[str]:

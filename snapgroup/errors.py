@@ -50,6 +50,13 @@ class Timeout(SnapgroupError):
     description = "operation timeout"
 
 
+class Busy(SnapgroupError):
+    """Another operation holds the VM's lock."""
+
+    code = "SYS.1011"
+    description = "the VM is busy with another operation"
+
+
 class OperationError(SnapgroupError):
     """The request is valid but cannot be carried out in the current state."""
 
@@ -97,6 +104,7 @@ ALL_ERRORS: tuple[type[SnapgroupError], ...] = (
     NotFound,
     DeleteFailed,
     Timeout,
+    Busy,
     OperationError,
     InvalidArgument,
     HypervisorUnavailable,

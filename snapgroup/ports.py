@@ -44,6 +44,11 @@ class Hypervisor(Protocol):
         backing link of top's child to `base`."""
         ...
 
+    def settle_block_job(self, vm_uuid: str, target: str) -> None:
+        """Finish a block job an interrupted process left on the disk: wait for a commit
+        to end; pivot an active commit that is ready. No job: nothing to do."""
+        ...
+
 
 class ImageTool(Protocol):
     """qemu-img, and the files it makes. Raises ImageToolError."""

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
-from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow
+from snapgroup.store.tables import GroupRow, OperationRow, RefRow, SnapshotRow, VolumeRow
 
 
 class Repo:
@@ -72,3 +72,24 @@ class Repo:
     def delete_group(self, uuid: str) -> None:
         self.session.execute(delete(RefRow).where(col(RefRow.group_uuid) == uuid))
         self.session.execute(delete(GroupRow).where(col(GroupRow.uuid) == uuid))
+
+
+class OperationRepo:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, uuid: str) -> OperationRow | None:
+        return self.session.get(OperationRow, uuid)
+
+    def unfinished(self, *, host: str) -> list[OperationRow]:
+        query = select(OperationRow).where(
+            OperationRow.state == "running", OperationRow.host == host
+        )
+        return list(self.session.exec(query.order_by(col(OperationRow.started))))
+
+    def recent(self, *, limit: int = 100, vm_uuid: str | None = None) -> list[OperationRow]:
+        query = select(OperationRow)
+        if vm_uuid is not None:
+            query = query.where(OperationRow.vm_uuid == vm_uuid)
+        query = query.order_by(col(OperationRow.started).desc()).limit(limit)
+        return list(self.session.exec(query))

@@ -84,3 +84,23 @@ class RefRow(SQLModel, table=True):
     volume_last_attach_date: datetime
     create_date: datetime
     last_op_date: datetime
+
+
+class OperationRow(SQLModel, table=True):
+    """The operation journal: intent and progress of every group operation, written
+    before the operation touches a file or the domain, so `recover` can finish it."""
+
+    __tablename__ = "operation"
+
+    uuid: str = Field(primary_key=True, max_length=UUID_LEN)
+    kind: str = Field(max_length=32)  # create, delete, ...
+    vm_uuid: str = Field(index=True, max_length=UUID_LEN)
+    group_uuid: str | None = Field(default=None, max_length=UUID_LEN)
+    state: str = Field(index=True, max_length=16)  # running, done, failed, rolled-back, ...
+    step: str = Field(max_length=64)
+    plan: str  # JSON: everything recovery needs (files created / removed, merges)
+    detail: str | None = Field(default=None, max_length=4096)
+    host: str = Field(max_length=255)
+    pid: int
+    started: datetime
+    updated: datetime

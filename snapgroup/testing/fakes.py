@@ -224,6 +224,10 @@ class FakeHypervisor(_Faults):
             progress(BlockJobProgress(1, 1))
 
 
+    def settle_block_job(self, vm_uuid: str, target: str) -> None:
+        self._call("settle_block_job", vm_uuid, target)
+
+
 def lab_domain(
     hv: FakeHypervisor,
     *,

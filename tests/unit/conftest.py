@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,8 @@ def lab(tmp_path: object) -> Iterator[Lab]:
     )
     yield Lab(engine, hv, images)
     db.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _private_lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SNAPGROUP_LOCK_DIR", str(tmp_path / "locks"))

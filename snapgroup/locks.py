@@ -1,0 +1,60 @@
+"""Per-VM operation locks: flock(2) on a file named by the VM's UUID. The kernel drops a
+flock when its process dies, so a lock can never outlive its holder: no manual unlock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from snapgroup.errors import Busy
+from snapgroup.validate import parse_uuid
+
+DEFAULT_LOCK_DIR = Path("/run/snapgroup/locks")
+POLL_SECONDS = 0.05
+
+
+def lock_dir() -> Path:
+    return Path(os.environ.get("SNAPGROUP_LOCK_DIR") or DEFAULT_LOCK_DIR)
+
+
+def _open(vm_uuid: str) -> int:
+    directory = lock_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return os.open(directory / f"{parse_uuid(vm_uuid)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+
+@contextmanager
+def vm_lock(vm_uuid: str, *, wait: float = 0.0) -> Iterator[None]:
+    """Hold the VM's lock for the block. `wait` seconds at most (0: fail fast)."""
+    fd = _open(vm_uuid)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Busy(
+                        f"another snapgroup operation on VM {vm_uuid} is in progress"
+                        + (f" (waited {wait:g} s)" if wait else " (use --wait SECONDS)")
+                    ) from None
+                time.sleep(POLL_SECONDS)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+def try_vm_lock(vm_uuid: str) -> int | None:
+    """The lock's fd when it was free (caller closes it), None when held elsewhere."""
+    fd = _open(vm_uuid)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

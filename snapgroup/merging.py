@@ -1,0 +1,80 @@
+"""Finishing one merge from whatever state it is in: the same code serves a delete and
+the recovery of a delete that was interrupted at any step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snapgroup.errors import OperationError
+from snapgroup.journal import Journal
+from snapgroup.planner import MergeKind, MergePlan
+from snapgroup.ports import Hypervisor, ImageTool, ProgressFn
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """A MergePlan as the journal keeps it (JSON-able, no rows)."""
+
+    snapshot_uuid: str
+    volume_uuid: str
+    target: str
+    kind: str
+    top: str
+    base: str
+    above: str | None
+
+    @classmethod
+    def of(cls, plan: MergePlan, target: str) -> MergeSpec:
+        return cls(plan.snapshot.uuid, plan.snapshot.volume_uuid, target, plan.kind.value,
+                   plan.top, plan.base, plan.above)  # fmt: skip
+
+    @property
+    def active(self) -> bool:
+        return self.kind == MergeKind.ACTIVE.value
+
+
+class Merger:
+    def __init__(self, hv: Hypervisor, images: ImageTool, journal: Journal) -> None:
+        self.hv, self.images, self.journal = hv, images, journal
+
+    def finish(
+        self, op: str, vm_uuid: str, live: bool, spec: MergeSpec, progress: ProgressFn | None
+    ) -> None:
+        """Merge spec.top down into spec.base unless that already happened, then drop
+        spec.top. Every intermediate state is a valid chain with the same current data."""
+        if live:
+            self.hv.settle_block_job(vm_uuid, spec.target)
+        if self._top_in_chain(vm_uuid, live, spec):
+            self.journal.step(op, "delete", f"merge {spec.target}")
+            if live:
+                top = None if spec.active else spec.top
+                self.hv.block_commit(vm_uuid, spec.target, top=top, base=spec.base,
+                                     progress=progress)  # fmt: skip
+            else:
+                self.images.commit(spec.top, base=spec.base, progress=progress)
+                self.journal.step(op, "delete", f"committed {spec.target}")
+                if spec.active:
+                    self.hv.set_disk_sources(vm_uuid, {spec.target: spec.base})
+                else:
+                    assert spec.above is not None
+                    self.images.rebase(spec.above, backing=spec.base, backing_format="qcow2",
+                                       unsafe=True)  # fmt: skip
+            self.journal.step(op, "delete", f"merged {spec.target}")
+        self.images.remove(spec.top)
+        self.journal.step(op, "delete", f"removed {spec.target}")
+
+    def _top_in_chain(self, vm_uuid: str, live: bool, spec: MergeSpec) -> bool:
+        if spec.active:
+            disk = next(d for d in self.hv.lookup(vm_uuid).disks if d.target == spec.target)
+            below = disk.path
+        else:
+            assert spec.above is not None
+            below = self.images.chain(spec.above, shared=live)[0].backing
+        if below == spec.top:
+            return True
+        if below == spec.base:
+            return False
+        what = f"disk {spec.target}" if spec.active else spec.above
+        raise OperationError(
+            f"{what} sits on {below}, neither {spec.top} nor {spec.base}: chain changed"
+        )
