@@ -73,15 +73,26 @@ def main() -> None:
             f.unlink()
 
     step("Boot a lab VM with a root disk and two data disks")
-    vm = boot_vm()
+    boot_vm()
     show("virsh", "domblklist", VM_NAME)
 
     step("What a group would cover")
     sg("volumes", "--vm", VM_NAME)
 
     step("Take a snapshot group of the running VM (one atomic libvirt call)")
-    created = json.loads(sg("--json", "create", "--vm", VM_NAME, "--name", "before-upgrade",
-                            "--description", "demo group", capture=True))  # fmt: skip
+    created = json.loads(
+        sg(
+            "--json",
+            "create",
+            "--vm",
+            VM_NAME,
+            "--name",
+            "before-upgrade",
+            "--description",
+            "demo group",
+            capture=True,
+        )
+    )
     group = created["inventory"]["uuid"]
     show("virsh", "domblklist", VM_NAME)
     top = _top_of(VM_NAME, "vda")

@@ -16,11 +16,14 @@ def default_uri() -> str:
     return os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
 
 
-def open_engine(*, connect: str | None = None, db: str | None = None) -> Engine:
+def open_engine(
+    *, connect: str | None = None, db: str | None = None, lock_wait: float = 0.0
+) -> Engine:
     """`connect`: a libvirt URI (default LIBVIRT_DEFAULT_URI or qemu:///system);
     `db`: any SQLAlchemy URL (default SNAPGROUP_DB or /var/lib/snapgroup/snapgroup.db)."""
     return Engine(
         hypervisor=LibvirtHypervisor(connect or default_uri()),
         images=QemuImg(),
         db=Database(db),
+        lock_wait=lock_wait,
     )

@@ -288,8 +288,16 @@ class Engine:
         group_uuid, name = plan["group_uuid"], plan["name"]
         with self.db.transaction() as session:
             repo = Repo(session)
-            repo.add(GroupRow(uuid=group_uuid, name=name, description=plan["description"],
-                              vm_uuid=vm_uuid, create_date=now, last_op_date=now))  # fmt: skip
+            repo.add(
+                GroupRow(
+                    uuid=group_uuid,
+                    name=name,
+                    description=plan["description"],
+                    vm_uuid=vm_uuid,
+                    create_date=now,
+                    last_op_date=now,
+                )
+            )
             for o in plan["overlays"]:
                 volume = repo.volume(plan["volumes"][o["target"]])
                 assert volume is not None
@@ -306,11 +314,19 @@ class Engine:
                 volume.parent_snapshot_uuid = snap.uuid
                 volume.last_op_date = now
                 repo.add(snap, volume)
-                repo.add(RefRow(volume_snapshot_uuid=snap.uuid, group_uuid=group_uuid,
-                                device_id=volume.device_id, volume_uuid=volume.uuid,
-                                volume_name=volume.name, volume_type=volume.volume_type,
-                                volume_last_attach_date=volume.last_attach_date,
-                                create_date=now, last_op_date=now))  # fmt: skip
+                repo.add(
+                    RefRow(
+                        volume_snapshot_uuid=snap.uuid,
+                        group_uuid=group_uuid,
+                        device_id=volume.device_id,
+                        volume_uuid=volume.uuid,
+                        volume_name=volume.name,
+                        volume_type=volume.volume_type,
+                        volume_last_attach_date=volume.last_attach_date,
+                        create_date=now,
+                        last_op_date=now,
+                    )
+                )
             self.journal.close(op, DONE, session=session)
             return _load_groups(repo, [group_uuid])[0]
 
@@ -342,8 +358,10 @@ class Engine:
                 _Merge(ref, snap, repo.volume(snap.volume_uuid))
                 for ref, snap in repo.refs_with_snapshots([uuid])
             ]
-            chains = {m.snapshot.volume_uuid: repo.snapshots_of_volume(m.snapshot.volume_uuid)
-                      for m in merges}  # fmt: skip
+            chains = {
+                m.snapshot.volume_uuid: repo.snapshots_of_volume(m.snapshot.volume_uuid)
+                for m in merges
+            }
         domain = self._domain_for_delete(vm_uuid, mode)
         for m in merges:
             self._check_merge(m, domain, chains.get(m.snapshot.volume_uuid, []))
@@ -352,8 +370,11 @@ class Engine:
             if problems:
                 raise OperationError("cannot delete group: " + "; ".join(problems))
         live = domain is not None and domain.state.is_live
-        specs = {m.snapshot.uuid: MergeSpec.of(m.plan, m.volume.target)
-                 for m in merges if m.plan is not None and m.volume is not None}  # fmt: skip
+        specs = {
+            m.snapshot.uuid: MergeSpec.of(m.plan, m.volume.target)
+            for m in merges
+            if m.plan is not None and m.volume is not None
+        }
         plan = {
             "group_uuid": uuid,
             "mode": mode.value,
@@ -502,8 +523,11 @@ class Engine:
         try:
             domain = self.hv.lookup(row.vm_uuid)
         except NotFound:
-            self.journal.close(row.uuid, FAILED, detail="recover: the VM no longer exists; "
-                               "its files were left as they are")  # fmt: skip
+            self.journal.close(
+                row.uuid,
+                FAILED,
+                detail="recover: the VM no longer exists; its files were left as they are",
+            )
             return
         if row.kind == "create":
             self._recover_create(row.uuid, plan, domain)
@@ -530,8 +554,9 @@ class Engine:
         for spec in (MergeSpec(**m) for m in plan["merges"]):
             if self._run_merge(op, domain.uuid, live, spec, None).success:
                 succeeded.append(spec.snapshot_uuid)
-        self._record_delete(op, plan["group_uuid"], succeeded, plan["total"],
-                            DeleteMode.parse(plan["mode"]))  # fmt: skip
+        self._record_delete(
+            op, plan["group_uuid"], succeeded, plan["total"], DeleteMode.parse(plan["mode"])
+        )
 
     def operations(self, *, limit: int = 100) -> list[OperationRow]:
         with self.db.transaction() as session:

@@ -51,10 +51,18 @@ class Journal:
     ) -> str:
         now = self.clock()
         row = OperationRow(
-            uuid=self.new_uuid(), kind=kind, vm_uuid=vm_uuid, group_uuid=group_uuid,
-            state=RUNNING, step="begin", plan=json.dumps(plan), host=self.host,
-            pid=os.getpid(), started=now, updated=now,
-        )  # fmt: skip
+            uuid=self.new_uuid(),
+            kind=kind,
+            vm_uuid=vm_uuid,
+            group_uuid=group_uuid,
+            state=RUNNING,
+            step="begin",
+            plan=json.dumps(plan),
+            host=self.host,
+            pid=os.getpid(),
+            started=now,
+            updated=now,
+        )
         with self.db.transaction() as session:
             session.add(row)
         checkpoint(f"{kind}:begin")

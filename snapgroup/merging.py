@@ -25,8 +25,15 @@ class MergeSpec:
 
     @classmethod
     def of(cls, plan: MergePlan, target: str) -> MergeSpec:
-        return cls(plan.snapshot.uuid, plan.snapshot.volume_uuid, target, plan.kind.value,
-                   plan.top, plan.base, plan.above)  # fmt: skip
+        return cls(
+            plan.snapshot.uuid,
+            plan.snapshot.volume_uuid,
+            target,
+            plan.kind.value,
+            plan.top,
+            plan.base,
+            plan.above,
+        )
 
     @property
     def active(self) -> bool:
@@ -48,8 +55,9 @@ class Merger:
             self.journal.step(op, "delete", f"merge {spec.target}")
             if live:
                 top = None if spec.active else spec.top
-                self.hv.block_commit(vm_uuid, spec.target, top=top, base=spec.base,
-                                     progress=progress)  # fmt: skip
+                self.hv.block_commit(
+                    vm_uuid, spec.target, top=top, base=spec.base, progress=progress
+                )
             else:
                 self.images.commit(spec.top, base=spec.base, progress=progress)
                 self.journal.step(op, "delete", f"committed {spec.target}")
@@ -57,8 +65,9 @@ class Merger:
                     self.hv.set_disk_sources(vm_uuid, {spec.target: spec.base})
                 else:
                     assert spec.above is not None
-                    self.images.rebase(spec.above, backing=spec.base, backing_format="qcow2",
-                                       unsafe=True)  # fmt: skip
+                    self.images.rebase(
+                        spec.above, backing=spec.base, backing_format="qcow2", unsafe=True
+                    )
             self.journal.step(op, "delete", f"merged {spec.target}")
         self.images.remove(spec.top)
         self.journal.step(op, "delete", f"removed {spec.target}")

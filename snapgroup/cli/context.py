@@ -31,4 +31,8 @@ class Context:
 
         connect: str | None = args.connect
         db: str | None = args.db
-        return cls(make_engine=lambda: open_engine(connect=connect, db=db), as_json=args.json)
+        wait: float = args.wait
+        return cls(
+            make_engine=lambda: open_engine(connect=connect, db=db, lock_wait=wait),
+            as_json=args.json,
+        )

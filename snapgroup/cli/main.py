@@ -8,12 +8,22 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from snapgroup.cli import create, delete, listing, show, update, volumes
+from snapgroup.cli import (
+    create,
+    delete,
+    listing,
+    operations,
+    recover,
+    show,
+    update,
+    verify,
+    volumes,
+)
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import Abort, abort
 from snapgroup.errors import InternalError, SnapgroupError
 
-COMMANDS = (volumes, create, listing, show, update, delete)
+COMMANDS = (volumes, create, listing, show, update, delete, recover, verify, operations)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQLAlchemy URL (default: SNAPGROUP_DB or sqlite:////var/lib/snapgroup/snapgroup.db)",
     )
     parser.add_argument("--json", action="store_true", help="print the seed API's JSON documents")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another operation on the same VM (default: fail at once)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every tool call")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
@@ -57,6 +74,8 @@ def main(
     try:
         ctx = (context_factory or Context.from_args)(args)
         ctx.out, ctx.err = out, err
+        if not getattr(args, "skip_auto_recover", False):
+            ctx.engine.recover()  # every command starts from a consistent state
         return run(args, ctx)
     except Abort as stop:
         return int(stop.code or 1)

@@ -28,6 +28,14 @@ class Repo:
             query = query.where(col(VolumeRow.attached).is_(True))
         return list(self.session.exec(query.order_by(col(VolumeRow.device_id))))
 
+    def vm_uuids(self) -> set[str]:
+        return set(self.session.exec(select(VolumeRow.vm_uuid).distinct()))
+
+    def all_install_paths(self) -> set[str]:
+        volumes = self.session.exec(select(VolumeRow.install_path))
+        snapshots = self.session.exec(select(SnapshotRow.install_path))
+        return set(volumes) | set(snapshots)
+
     # snapshots
     def snapshot(self, uuid: str) -> SnapshotRow | None:
         return self.session.get(SnapshotRow, uuid)

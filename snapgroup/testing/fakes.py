@@ -223,7 +223,6 @@ class FakeHypervisor(_Faults):
         if progress:
             progress(BlockJobProgress(1, 1))
 
-
     def settle_block_job(self, vm_uuid: str, target: str) -> None:
         self._call("settle_block_job", vm_uuid, target)
 

@@ -11,14 +11,29 @@ from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Lab
 
 REF_KEYS = {
-    "volumeSnapshotUuid", "volumeSnapshotGroupUuid", "deviceId", "snapshotDeleted", "volumeUuid",
-    "volumeName", "volumeType", "volumeSnapshotInstallPath", "volumeSnapshotName",
-    "volumeLastAttachDate", "createDate", "lastOpDate",
-}  # fmt: skip
+    "volumeSnapshotUuid",
+    "volumeSnapshotGroupUuid",
+    "deviceId",
+    "snapshotDeleted",
+    "volumeUuid",
+    "volumeName",
+    "volumeType",
+    "volumeSnapshotInstallPath",
+    "volumeSnapshotName",
+    "volumeLastAttachDate",
+    "createDate",
+    "lastOpDate",
+}
 GROUP_KEYS = {
-    "uuid", "snapshotCount", "name", "description", "vmInstanceUuid", "createDate", "lastOpDate",
+    "uuid",
+    "snapshotCount",
+    "name",
+    "description",
+    "vmInstanceUuid",
+    "createDate",
+    "lastOpDate",
     "volumeSnapshotRefs",
-}  # fmt: skip
+}
 
 
 def cli(lab: Lab, *argv: str) -> tuple[int, str, str]:

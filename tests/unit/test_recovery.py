@@ -16,8 +16,13 @@ from tests.unit.conftest import Lab
 
 VM = "a" * 32
 CREATE_STEPS = ["create:begin", "create:overlays", "create:switched"]
-DELETE_STEPS = ["delete:begin", "delete:merge", "delete:committed", "delete:merged",
-                "delete:removed"]  # fmt: skip
+DELETE_STEPS = [
+    "delete:begin",
+    "delete:merge",
+    "delete:committed",
+    "delete:merged",
+    "delete:removed",
+]
 
 
 class Killed(BaseException):
