@@ -513,7 +513,9 @@ class Engine:
                 if fresh is None or fresh.state != "running":
                     continue
                 self._recover_one(fresh)
-                recovered.append(fresh)
+                with self.db.transaction() as session:
+                    after = OperationRepo(session).get(row.uuid)
+                recovered.append(after or fresh)
             finally:
                 os.close(fd)
         return recovered

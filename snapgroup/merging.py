@@ -6,9 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from snapgroup.errors import OperationError
-from snapgroup.journal import Journal
+from snapgroup.journal import Journal, checkpoint
+from snapgroup.models import BlockJobProgress
 from snapgroup.planner import MergeKind, MergePlan
 from snapgroup.ports import Hypervisor, ImageTool, ProgressFn
+
+
+def _watched(progress: ProgressFn | None) -> ProgressFn:
+    """Progress that also marks the named step 'delete:merging' (a job under way)."""
+
+    def report(p: BlockJobProgress) -> None:
+        checkpoint("delete:merging")
+        if progress is not None:
+            progress(p)
+
+    return report
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class Merger:
             self.hv.settle_block_job(vm_uuid, spec.target)
         if self._top_in_chain(vm_uuid, live, spec):
             self.journal.step(op, "delete", f"merge {spec.target}")
+            progress = _watched(progress)
             if live:
                 top = None if spec.active else spec.top
                 self.hv.block_commit(
@@ -69,13 +82,21 @@ class Merger:
                         spec.above, backing=spec.base, backing_format="qcow2", unsafe=True
                     )
             self.journal.step(op, "delete", f"merged {spec.target}")
+        if not live:
+            # libvirt keeps a <backingStore> chain in the persistent definition and trusts
+            # it over the image headers at the next start: rewrite it (idempotent).
+            top = self._disk_path(vm_uuid, spec.target)
+            if top is not None:
+                self.hv.set_disk_sources(vm_uuid, {spec.target: top})
         self.images.remove(spec.top)
         self.journal.step(op, "delete", f"removed {spec.target}")
 
+    def _disk_path(self, vm_uuid: str, target: str) -> str | None:
+        return next(d.path for d in self.hv.lookup(vm_uuid).disks if d.target == target)
+
     def _top_in_chain(self, vm_uuid: str, live: bool, spec: MergeSpec) -> bool:
         if spec.active:
-            disk = next(d for d in self.hv.lookup(vm_uuid).disks if d.target == spec.target)
-            below = disk.path
+            below = self._disk_path(vm_uuid, spec.target)
         else:
             assert spec.above is not None
             below = self.images.chain(spec.above, shared=live)[0].backing

@@ -104,6 +104,16 @@ def parse_domain(xml: str, state: VmState, *, persistent: bool = True) -> Domain
     )
 
 
+def active_commit_base(xml: str, target: str) -> str | None:
+    """The base of an active commit running on `target` (live XML's <mirror
+    job='active-commit'>), or None when the disk has no such job."""
+    for dev, disk in _disks_by_target(_parse(xml)):
+        mirror = disk.find("mirror")
+        if dev == target and mirror is not None and mirror.get("job") == "active-commit":
+            return _source_path(mirror.get("type", "file"), mirror.find("source"))
+    return None
+
+
 def snapshot_xml(overlays: Sequence[DiskOverlay], all_targets: Sequence[str]) -> str:
     """<domainsnapshot> for one external disk-only snapshot onto `overlays`.
 
@@ -194,4 +204,3 @@ def with_disk_sources(xml: str, sources: dict[str, str]) -> str:
         for store in disk.findall("backingStore"):
             disk.remove(store)
     return ET.tostring(root, encoding="unicode")
-

@@ -23,6 +23,7 @@ from typing import Any
 import libvirt
 
 from snapgroup.adapters.domxml import (
+    active_commit_base,
     normalize_uuid,
     parse_domain,
     snapshot_xml,
@@ -308,6 +309,8 @@ class LibvirtHypervisor:
         elif top not in disk.backing or base not in chain[chain.index(top) + 1 :]:
             raise InvalidArgument(f"disk {target}: {base} is not below {top} in the chain {chain}")
 
+        # A job already on the disk (an interrupted caller's) makes libvirt refuse this
+        # one: settle_block_job() is the way to finish it.
         flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE if top is None else 0
         with self._calls():
             dom.blockCommit(target, base, top, 0, flags)
@@ -332,6 +335,45 @@ class LibvirtHypervisor:
                 f"(the job ended but {top} is still in the chain; see libvirtd's log)",
             )
         meter.finish()
+
+    def settle_block_job(self, vm_uuid: str, target: str) -> None:
+        """Finish the commit an interrupted process left on `target`: wait for an
+        intermediate commit (or a pull) to end; pivot an active commit once ready.
+        Nothing to do without a job. Jobs snapgroup never starts (copy, backup) are
+        refused: finishing or cancelling them is their owner's decision."""
+        dom = self._domain(vm_uuid)
+        info = self._info(dom)
+        if not info.state.is_live:
+            return  # no QEMU, no job
+        if target not in {d.target for d in info.disks}:
+            raise NotFound(f"domain {info.name} has no disk {target}")
+        job = self._job(dom, target)
+        if not job:
+            return
+        kind = job["type"]
+        meter = _Progress(None)
+        if kind == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT:
+            with self._calls():
+                base = active_commit_base(str(dom.XMLDesc(0)), target)
+            log.info("disk %s: pivoting an active commit left running into %s", target, base)
+            self._pivot_when_ready(dom, target, meter)
+            if base is not None:
+                self._settle(
+                    dom,
+                    target,
+                    lambda d: d.path == base,
+                    f"disk {target} is not on {base} after the pivot",
+                )
+        elif kind in (
+            libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT,
+            libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL,
+        ):
+            log.info("disk %s: waiting for a block job left running (type %d)", target, kind)
+            self._wait_job_gone(dom, target, meter)
+        else:
+            raise HypervisorError(
+                f"disk {target} has a block job of type {kind} that snapgroup did not start"
+            )
 
     def _job(self, dom: Any, target: str) -> dict[str, int]:
         with self._calls():

@@ -27,6 +27,10 @@ from snapgroup.adapters.runner import run
 from snapgroup.errors import SnapgroupError
 
 DEFAULT_URI = "qemu:///system"
+# Where lab VMs should live. Not under pytest's tmp_path: every pytest session start
+# chmods /tmp/pytest-of-<user> back to 0700, so a concurrent session would cut QEMU
+# (libvirt-qemu) off from disks there in the middle of a test.
+LAB_ROOT = Path("/var/tmp/snapgroup-lab")
 MARKER = ".sg-lab.json"  # in the VM's directory: which files the helper made
 _NS = "https://snapgroup.invalid/xmlns/lab/1"
 ET.register_namespace("sglab", _NS)
@@ -36,6 +40,12 @@ _VIRSH_TIMEOUT = 60.0
 class LabVmError(SnapgroupError):
     code = "SYS.1001"
     description = "lab VM helper failed"
+
+
+def lab_directory(name: str) -> Path:
+    """A fresh directory for the lab VM `name` under LAB_ROOT (created by create_lab_vm,
+    so destroy() removes it whole)."""
+    return LAB_ROOT / name
 
 
 def _virsh(uri: str, *args: str) -> str:

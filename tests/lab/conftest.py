@@ -9,7 +9,7 @@ import pytest
 
 from snapgroup.api import open_engine
 from snapgroup.engine import Engine
-from snapgroup.testing.labvm import LabVm, create_lab_vm
+from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
 
 
 @pytest.fixture
@@ -31,7 +31,10 @@ def engine(labdir: Path) -> Iterator[Engine]:
 
 
 def _vm(labdir: Path, start: bool) -> Iterator[LabVm]:
-    vm = create_lab_vm(labdir / "vm", name=f"sg-lab-{uuid.uuid4().hex[:8]}", start=start)
+    # Under /var/tmp, not pytest's tmp_path: a concurrent pytest session resets
+    # /tmp/pytest-of-root to 0700, which would cut QEMU off from the disks.
+    name = f"sg-lab-{uuid.uuid4().hex[:8]}"
+    vm = create_lab_vm(lab_directory(name), name=name, start=start)
     try:
         yield vm
     finally:

@@ -153,8 +153,12 @@ class _OneOverlayMissing(LibvirtHypervisor):
     def snapshot_disks(
         self, vm_uuid: str, overlays: list[DiskOverlay], *, quiesce: bool = False
     ) -> None:
-        broken = [*overlays[:-1], DiskOverlay(overlays[-1].target, overlays[-1].current,
-                                               overlays[-1].overlay + ".missing")]  # fmt: skip
+        broken = [
+            *overlays[:-1],
+            DiskOverlay(
+                overlays[-1].target, overlays[-1].current, overlays[-1].overlay + ".missing"
+            ),
+        ]
         super().snapshot_disks(vm_uuid, broken, quiesce=quiesce)
 
 
@@ -183,3 +187,33 @@ def test_failure_to_record_undoes_a_live_snapshot(
     assert domblklist(running_vm.name) == before
     assert _files(Path(before["vda"]).parent) == files
     assert reads(before["vdb"], 0xAA, 0)
+
+
+def test_offline_delete_then_start_boots_on_the_merged_chain(
+    engine: Engine, running_vm: LabVm, tmp_path: Path
+) -> None:
+    """libvirt stores a <backingStore> chain in the persistent definition after a live
+    snapshot and trusts it at the next start: an offline merge must rewrite it."""
+    groups = []
+    for n in range(3):
+        write_live(running_vm.name, 1, 0x50 + n, n)
+        groups.append(engine.create(vm=running_vm.name, name=f"g{n}"))
+    running_vm.stop()
+    top = domblklist(running_vm.name, inactive=True)["vdb"]
+    saved = export(top, tmp_path / "now.qcow2")
+    assert engine.delete(groups[1].uuid).error is None
+    running_vm.start()
+    live_top = domblklist(running_vm.name)["vdb"]
+    assert live_top == top
+    assert same(saved, live_top)
+    from snapgroup.adapters.domxml import parse_domain
+    from snapgroup.models import VmState
+    from tests.lab.tools import virsh
+
+    disk = next(
+        d
+        for d in parse_domain(virsh("dumpxml", running_vm.name), VmState.RUNNING).disks
+        if d.target == "vdb"
+    )
+    assert [disk.path, *disk.backing] == backing_chain(live_top)
+    assert len(backing_chain(live_top)) == 3

@@ -44,8 +44,17 @@ def write_offline(path: str, pattern: int, offset_mib: int) -> None:
 
 def reads(path: str, pattern: int, offset_mib: int) -> bool:
     """Does the image (with its chain) hold `pattern` at that MiB?"""
-    result = sh("qemu-io", "-U", "-r", "-f", "qcow2", "-c",
-                f"read -P {pattern} {offset_mib}M 1M", path, check=False)  # fmt: skip
+    result = sh(
+        "qemu-io",
+        "-U",
+        "-r",
+        "-f",
+        "qcow2",
+        "-c",
+        f"read -P {pattern} {offset_mib}M 1M",
+        path,
+        check=False,
+    )
     return result.returncode == 0 and "verification failed" not in result.stdout
 
 
