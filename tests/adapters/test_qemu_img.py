@@ -30,7 +30,7 @@ if (shutil.which("qemu-img") is None or shutil.which("qemu-io") is None) and os.
 
 
 def sh(*argv: str | Path) -> str:
-    done = subprocess.run(  # noqa: S603 - test helper, fixed argv
+    done = subprocess.run(
         [str(a) for a in argv], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, f"{argv}: {done.stderr}"
@@ -52,7 +52,7 @@ def write(path: Path, pattern: int, offset: int, length: int) -> None:
 def reads(path: Path, pattern: int, offset: int, length: int) -> bool:
     """Whether the guest would read `pattern` there (qemu-io exits 1 on a mismatch)."""
     cmd = f"read -P {pattern:#x} {offset} {length}"
-    done = subprocess.run(  # noqa: S603 - test helper, fixed argv
+    done = subprocess.run(
         ["qemu-io", "-f", "qcow2", "-c", cmd, str(path)],
         capture_output=True,
         text=True,
@@ -64,7 +64,7 @@ def reads(path: Path, pattern: int, offset: int, length: int) -> bool:
 
 
 def same_view(a: Path, b: Path) -> bool:
-    done = subprocess.run(  # noqa: S603 - test helper, fixed argv
+    done = subprocess.run(
         ["qemu-img", "compare", "-q", str(a), str(b)], capture_output=True, check=False
     )
     assert done.returncode in (0, 1), done.stderr
@@ -80,7 +80,7 @@ def snapshot_raw(image: Path, dest: Path) -> Path:
 @contextmanager
 def held_by_writer(path: Path) -> Iterator[None]:
     """Keep `path` open read-write in qemu-io, as a running VM would (write lock)."""
-    proc = subprocess.Popen(  # noqa: S603 - test helper, fixed argv
+    proc = subprocess.Popen(
         ["qemu-io", "-f", "qcow2", str(path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
