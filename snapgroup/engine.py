@@ -15,6 +15,7 @@ from typing import Any
 from snapgroup.discovery import Discovered, register_volumes
 from snapgroup.errors import (
     DeleteFailed,
+    ImageToolError,
     InvalidArgument,
     NotFound,
     OperationError,
@@ -201,6 +202,9 @@ class Engine:
             )
             for t in chosen
         ]
+        clash = [o.overlay for o in overlays if self.images.exists(o.overlay)]
+        if clash:  # so recovery may remove every overlay the journal names: all are ours
+            raise OperationError(f"overlay path already exists: {', '.join(clash)}")
         plan = {
             "group_uuid": group_uuid,
             "name": name,
@@ -234,7 +238,13 @@ class Engine:
 
     def _check_chain(self, volume: VolumeRow, live: bool) -> int:
         """The real chain must be what the metadata says; returns the virtual size."""
-        chain = self.images.chain(volume.install_path, shared=live)
+        try:
+            chain = self.images.chain(volume.install_path, shared=live)
+        except ImageToolError as exc:
+            raise OperationError(
+                f"disk {volume.target} ({volume.install_path}): missing file or broken chain",
+                cause=exc,
+            ) from exc
         if chain[0].format != "qcow2":
             raise OperationError(f"{volume.install_path} is {chain[0].format}, not qcow2")
         with self.db.transaction() as session:
@@ -261,7 +271,10 @@ class Engine:
             errors = [f.exception() for f in futures]
         failed = [e for e in errors if e is not None]
         if failed:
-            self._remove_files([o.overlay for o in overlays])
+            # Only what we made: a failed create_overlay never leaves a file of its own,
+            # and never touches one that was there before.
+            made = [o.overlay for o, e in zip(overlays, errors, strict=True) if e is None]
+            self._remove_files(made)
             raise failed[0]
 
     def _remove_files(self, paths: Sequence[str]) -> None:

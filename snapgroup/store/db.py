@@ -37,15 +37,19 @@ def _prepare_sqlite_file(url: str) -> None:
         os.close(fd)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+def _sqlite_pragmas(busy_ms: int) -> Any:
+    def connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        cursor.close()
+
+    return connect
 
 
 class Database:
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, busy_timeout: float = 30.0) -> None:
+        """`busy_timeout`: seconds a SQLite writer waits for another process's write."""
         self.url = url or default_url()
         try:
             is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
@@ -53,7 +57,7 @@ class Database:
                 _prepare_sqlite_file(self.url)
             self._engine: Engine = create_engine(self.url)
             if is_sqlite:
-                event.listen(self._engine, "connect", _sqlite_pragmas)
+                event.listen(self._engine, "connect", _sqlite_pragmas(int(busy_timeout * 1000)))
             SQLModel.metadata.create_all(self._engine)
         except (SQLAlchemyError, OSError, ValueError) as exc:
             raise StoreError(f"cannot open the metadata store {self._safe_url()}: {exc}") from exc
