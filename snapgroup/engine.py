@@ -15,6 +15,7 @@ from typing import Any
 from snapgroup.discovery import Discovered, register_volumes
 from snapgroup.errors import (
     DeleteFailed,
+    HypervisorUnavailable,
     ImageToolError,
     InvalidArgument,
     NotFound,
@@ -216,18 +217,26 @@ class Engine:
         op = self.journal.begin("create", domain.uuid, plan, group_uuid=group_uuid)
         try:
             self._create_overlays(overlays, sizes)
-            self.journal.step(op, "create", "overlays")
-            try:
-                if live:
-                    self.hv.snapshot_disks(domain.uuid, overlays)
-                else:
-                    self.hv.set_disk_sources(domain.uuid, {o.target: o.overlay for o in overlays})
-            except BaseException:
-                self._remove_files([o.overlay for o in overlays])
-                raise
         except SnapgroupError as exc:
             self.journal.close(op, FAILED, detail=exc.details)
             raise
+        self.journal.step(op, "create", "overlays")
+        try:
+            try:
+                self._switch(domain.uuid, live, overlays)
+            except HypervisorUnavailable:
+                # libvirtd went away (a restart?); when nothing was switched, one more try
+                # on a new connection is safe.
+                if not self._none_switched(domain.uuid, overlays):
+                    raise
+                self._switch(domain.uuid, live, overlays)
+        except SnapgroupError:
+            # An error does not prove the switch did not happen (libvirtd may have died
+            # after doing it): look before removing overlays a running QEMU may be using.
+            group = self._settle_create(op, plan, domain.uuid)
+            if group is None:
+                raise
+            return group
         self.journal.step(op, "create", "switched")
         try:
             return self._record_group(op, plan, domain.uuid)
@@ -550,6 +559,34 @@ class Engine:
             self._recover_delete(row.uuid, plan, domain)
         else:
             self.journal.close(row.uuid, FAILED, detail=f"recover: unknown kind {row.kind}")
+
+    def _switch(self, vm_uuid: str, live: bool, overlays: Sequence[DiskOverlay]) -> None:
+        """Every disk onto its overlay in one step: one atomic libvirt snapshot (running)
+        or one defineXML (stopped)."""
+        if live:
+            self.hv.snapshot_disks(vm_uuid, overlays)
+        else:
+            self.hv.set_disk_sources(vm_uuid, {o.target: o.overlay for o in overlays})
+
+    def _none_switched(self, vm_uuid: str, overlays: Sequence[DiskOverlay]) -> bool:
+        try:
+            paths = {d.target: d.path for d in self.hv.lookup(vm_uuid).disks}
+        except SnapgroupError:
+            return False
+        return all(paths.get(o.target) == o.current for o in overlays)
+
+    def _settle_create(self, op: str, plan: dict[str, Any], vm_uuid: str) -> Group | None:
+        """After a failed switch: the group when the switch happened after all, None when
+        it was rolled back. When even that cannot be seen, the journal stays open and
+        `recover` decides later."""
+        try:
+            domain = self.hv.lookup(vm_uuid)
+        except SnapgroupError:
+            return None
+        self._recover_create(op, plan, domain)
+        with self.db.transaction() as session:
+            exists = Repo(session).group(plan["group_uuid"]) is not None
+        return self.get(plan["group_uuid"]) if exists else None
 
     def _recover_create(self, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
         overlays = [DiskOverlay(**o) for o in plan["overlays"]]

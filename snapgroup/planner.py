@@ -9,6 +9,7 @@ disks follow in target order: bus prefix, then name length, then name (vda < vdz
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -107,58 +108,141 @@ def expected_chain(volume: VolumeRow, snapshots: list[SnapshotRow]) -> list[str]
 
 
 class MergeKind(StrEnum):
-    ACTIVE = "active"  # the snapshot's child is the volume's current top
-    INTERMEDIATE = "intermediate"  # the child is a later snapshot's file
+    ACTIVE = "active"  # the heir is the volume's current top
+    INTERMEDIATE = "intermediate"  # the heir is a later snapshot's file
+    DETACH = "detach"  # no heir: every child is rebased off the snapshot, its file dropped
 
 
 @dataclass(frozen=True)
 class MergePlan:
-    """Deleting snapshot S: its child's file `top` is merged down into S's file `base`,
-    which then takes the child's place (the child's data lives on at S's path)."""
+    """Deleting snapshot S. After a revert S may have several children (a tree).
+
+    `detach`: children rebased off S onto S's parent file (`parent`; None: standalone),
+    a safe rebase that copies S's data into each. These are never on the path to the
+    volume's current top, so a running QEMU never has them open.
+    Then, unless the kind is DETACH, the one remaining child (the heir) has its file
+    `top` committed down into S's file `base`, which takes the heir's place: the heir's
+    data lives on at S's path and the files backing on the heir (`above_all`) are
+    re-pointed at `base`. `above` is the one of them on the path to the current top
+    (libvirt re-points it during a live commit), else the first.
+    For DETACH, `top` and `base` are both S's file, removed once nothing backs on it.
+    """
 
     kind: MergeKind
     snapshot: SnapshotRow
     top: str
     base: str
     child_snapshot: SnapshotRow | None  # the later snapshot whose file moves to `base`
-    above: str | None  # the file that backs on `top` (intermediate only); re-pointed
+    above: str | None
+    above_all: tuple[str, ...] = ()
+    detach: tuple[str, ...] = ()
+    detached: tuple[SnapshotRow, ...] = ()  # the rows of the `detach` files
+    parent: str | None = None
+    active_chain: bool = True  # S is below the volume's current top
 
-    def needed_bytes(self, top_actual_size: int) -> int:
-        return top_actual_size
+    def needed_bytes(self, size_of: Callable[[str], int]) -> int:
+        """Room the merge may take: the heir's data, plus S's data per detached child."""
+        detached = size_of(self.base) * len(self.detach) if self.detach else 0
+        heir = 0 if self.kind is MergeKind.DETACH else size_of(self.top)
+        return heir + detached
 
 
-def plan_merge(volume: VolumeRow, snapshots: list[SnapshotRow], target: SnapshotRow) -> MergePlan:
-    children = [s for s in snapshots if s.parent_uuid == target.uuid]
-    top_is_child = volume.parent_snapshot_uuid == target.uuid
-    count = len(children) + (1 if top_is_child else 0)
-    if count != 1:
-        raise OperationError(
-            f"snapshot {target.uuid} has {count} children: a merge needs exactly one"
-        )
-    if top_is_child:
-        return MergePlan(
-            MergeKind.ACTIVE, target, volume.install_path, target.install_path, None, None
-        )
-    child = children[0]
-    grandchildren = [s for s in snapshots if s.parent_uuid == child.uuid]
-    above = (
-        volume.install_path
-        if volume.parent_snapshot_uuid == child.uuid
-        else (grandchildren[0].install_path if len(grandchildren) == 1 else None)
+def _ancestors(start: str | None, by_uuid: dict[str, SnapshotRow]) -> list[str]:
+    seen: list[str] = []
+    while start is not None and start in by_uuid and start not in seen:
+        seen.append(start)
+        start = by_uuid[start].parent_uuid
+    return seen
+
+
+def plan_merge(
+    volume: VolumeRow,
+    snapshots: list[SnapshotRow],
+    target: SnapshotRow,
+    *,
+    pinned: dict[str, str] | None = None,
+) -> MergePlan:
+    """How deleting `target` keeps every other point in time intact. `pinned`: snapshots
+    whose files a clone reads (snapshot uuid -> why); those are never merged."""
+    if pinned and target.uuid in pinned:
+        raise OperationError(f"snapshot {target.uuid} is {pinned[target.uuid]}: never merged")
+    by_uuid = {s.uuid: s for s in snapshots}
+    active_path = _ancestors(volume.parent_snapshot_uuid, by_uuid)
+    on_active = target.uuid in active_path
+    parent = by_uuid.get(target.parent_uuid or "")
+    parent_path = parent.install_path if parent is not None else None
+    if target.parent_uuid is not None and parent is None:
+        raise OperationError(f"snapshot {target.uuid} names a missing parent snapshot")
+    children = sorted(
+        (s for s in snapshots if s.parent_uuid == target.uuid), key=lambda s: s.create_date
     )
-    if above is None:
-        raise OperationError(f"snapshot {child.uuid} has no single child: chain is a tree")
+    if on_active and volume.parent_snapshot_uuid == target.uuid:
+        # The heir is the volume's top: today's active commit.
+        others = tuple(children)
+        return MergePlan(
+            MergeKind.ACTIVE,
+            target,
+            volume.install_path,
+            target.install_path,
+            None,
+            None,
+            detach=tuple(s.install_path for s in others),
+            detached=others,
+            parent=parent_path,
+        )
+    if on_active:
+        heir = next(c for c in children if c.uuid in active_path)
+    elif len(children) == 1:
+        heir = children[0]
+    else:
+        # Off the current branch with 0 or several children: rebase them all away.
+        return MergePlan(
+            MergeKind.DETACH,
+            target,
+            target.install_path,
+            target.install_path,
+            None,
+            None,
+            detach=tuple(c.install_path for c in children),
+            detached=tuple(children),
+            parent=parent_path,
+            active_chain=False,
+        )
+    others = tuple(c for c in children if c is not heir)
+    grandchildren = sorted(
+        (s for s in snapshots if s.parent_uuid == heir.uuid), key=lambda s: s.create_date
+    )
+    above_all = [g.install_path for g in grandchildren]
+    if volume.parent_snapshot_uuid == heir.uuid:
+        above_all.insert(0, volume.install_path)
+    elif on_active:
+        on_path = next(g for g in grandchildren if g.uuid in active_path)
+        above_all.remove(on_path.install_path)
+        above_all.insert(0, on_path.install_path)
     return MergePlan(
-        MergeKind.INTERMEDIATE, target, child.install_path, target.install_path, child, above
+        MergeKind.INTERMEDIATE,
+        target,
+        heir.install_path,
+        target.install_path,
+        heir,
+        above_all[0] if above_all else None,
+        above_all=tuple(above_all),
+        detach=tuple(c.install_path for c in others),
+        detached=others,
+        parent=parent_path,
+        active_chain=on_active,
     )
 
 
 def apply_merge(volume: VolumeRow, plan: MergePlan) -> None:
-    """Metadata after the merge: the child's file now lives at the snapshot's path."""
+    """Metadata after the merge: detached children sit on S's parent; the heir's file
+    now lives at the snapshot's path."""
+    for row in plan.detached:
+        row.parent_uuid = plan.snapshot.parent_uuid
     if plan.kind is MergeKind.ACTIVE:
         volume.install_path = plan.base
         volume.parent_snapshot_uuid = plan.snapshot.parent_uuid
-        return
-    assert plan.child_snapshot is not None
-    plan.child_snapshot.install_path = plan.base
-    plan.child_snapshot.parent_uuid = plan.snapshot.parent_uuid
+    elif plan.kind is MergeKind.INTERMEDIATE:
+        assert plan.child_snapshot is not None
+        plan.child_snapshot.install_path = plan.base
+        plan.child_snapshot.parent_uuid = plan.snapshot.parent_uuid

@@ -212,6 +212,14 @@ class LibvirtHypervisor:
         return parse_domain(xml, state, persistent=persistent)
 
     def lookup(self, vm: str) -> DomainInfo:
+        # A read is always safe to repeat: after a libvirtd restart the first call on
+        # the old connection fails, the retry reconnects.
+        try:
+            return self._lookup(vm)
+        except HypervisorUnavailable:
+            return self._lookup(vm)
+
+    def _lookup(self, vm: str) -> DomainInfo:
         conn = self._connection()
         try:
             with self._calls():

@@ -36,9 +36,10 @@ ROOT_SERIAL = "sg-root"
 DATA_SERIALS = ["sg-data1", "sg-data2"]  # the writer's order: sorted by serial
 SERIALS = [ROOT_SERIAL, *DATA_SERIALS]
 DISK_MIB = 64
-# acpi=noirq: PCI INTx routing from the BIOS table instead of ACPI _PRT/link devices, whose
-# AML the TCG guest interprets slowly (~1 s less in virtio_pci's probe). Poweroff still works.
-CMDLINE = "console=ttyS0 quiet panic=-1 acpi=noirq"
+# acpi=noirq pci=nomsi: route PCI INTx through the BIOS tables and the 8259 PIC instead of
+# ACPI link devices, whose AML the TCG guest runs slowly (virtio_pci's probe: ~1.3 s -> ~0.2 s).
+# pci=nomsi goes with it: without an IO-APIC each virtio device's MSI-X attempt WARNs.
+CMDLINE = "console=ttyS0 quiet panic=-1 acpi=noirq pci=nomsi"
 BOOT_TIMEOUT_S = 90.0
 SHUTDOWN_TIMEOUT_S = 20.0
 

@@ -168,3 +168,40 @@ def test_update_show_list(lab: Lab) -> None:
     assert [g.uuid for g in lab.engine.list_groups(vm="vm1")] == [group.uuid]
     with pytest.raises(NotFound):
         lab.engine.update("f" * 32, name="x")
+
+
+def test_an_error_after_the_switch_happened_keeps_the_snapshot(lab: Lab) -> None:
+    """libvirt may fail to answer after doing the snapshot: the overlays are then in use
+    and must not be removed; the group is recorded."""
+    paths = lab_domain(lab.hv)
+    real = lab.hv.snapshot_disks
+
+    def switch_then_fail(vm_uuid: str, overlays: object, *, quiesce: bool = False) -> None:
+        real(vm_uuid, overlays, quiesce=quiesce)  # type: ignore[arg-type]
+        raise HypervisorError("end of file while reading data")
+
+    lab.hv.snapshot_disks = switch_then_fail  # type: ignore[method-assign]
+    group = lab.engine.create(vm="vm1", name="g1")
+    assert [r.install_path for r in group.refs] == paths
+    for disk in lab.hv.domains[VM].disks:
+        assert disk.path in lab.images.images and disk.path not in paths
+
+
+def test_a_lost_connection_before_the_switch_is_retried_once(lab: Lab) -> None:
+    from snapgroup.errors import HypervisorUnavailable
+
+    lab_domain(lab.hv)
+    lab.hv.fail["snapshot_disks"] = HypervisorUnavailable("Cannot write data: Broken pipe")
+    lab.hv.fail_after["snapshot_disks"] = 0
+    real = lab.hv._call
+
+    def once(method: str, *args: object) -> None:
+        try:
+            real(method, *args)
+        finally:
+            if method == "snapshot_disks":
+                lab.hv.fail.pop("snapshot_disks", None)
+
+    lab.hv._call = once  # type: ignore[method-assign]
+    assert lab.engine.create(vm="vm1", name="g1").snapshot_count == 3
+    assert len(lab.hv.called("snapshot_disks")) == 2
