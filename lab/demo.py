@@ -56,7 +56,7 @@ def boot_vm() -> LabVm:
         start=True,
         kernel=kernel if with_guest else None,
         initrd=initrd if with_guest else None,
-        cmdline="console=ttyS0 quiet panic=-1" if with_guest else None,
+        cmdline="console=ttyS0 quiet panic=-1 acpi=noirq pci=nomsi" if with_guest else None,
         guest_agent=with_guest,
     )
     what = "the lab guest (Linux, TCG)" if with_guest else "an OS-less domain (TCG)"
