@@ -24,6 +24,7 @@ from snapgroup.errors import (
 )
 from snapgroup.inventory import DeleteReport, DeleteResult, Group, GroupRef, VolumeView
 from snapgroup.journal import DONE, FAILED, ROLLED_BACK, Journal
+from snapgroup.lineage import pinned_snapshots
 from snapgroup.locks import try_vm_lock, vm_lock
 from snapgroup.merging import Merger, MergeSpec
 from snapgroup.models import DiskOverlay, DomainInfo, VmState
@@ -41,6 +42,8 @@ from snapgroup.store.tables import GroupRow, OperationRow, RefRow, SnapshotRow, 
 from snapgroup.validate import parse_uuid, validate_description, validate_name
 
 OVERLAY_WORKERS = 8
+# Journal kinds whose recovery lives in snapgroup.lifecycle (revert, clone, one snapshot).
+_LIFECYCLE_KINDS = frozenset({"revert", "clone", "delete-snapshot"})
 
 
 class DeleteMode(StrEnum):
@@ -65,9 +68,9 @@ def _new_uuid() -> str:
 
 @dataclass
 class _Merge:
-    """One ref of a group being deleted: what to merge, or why not."""
+    """One snapshot being deleted (with its group ref, if any): what to merge, or why not."""
 
-    ref: RefRow
+    ref: RefRow | None
     snapshot: SnapshotRow
     volume: VolumeRow | None
     plan: MergePlan | None = None
@@ -257,7 +260,7 @@ class Engine:
         if chain[0].format != "qcow2":
             raise OperationError(f"{volume.install_path} is {chain[0].format}, not qcow2")
         with self.db.transaction() as session:
-            expected = expected_chain(volume, Repo(session).snapshots_of_volume(volume.uuid))
+            expected = expected_chain(volume, Repo(session).lineage(volume))
         actual = [layer.path for layer in chain]
         if actual[: len(expected)] != expected:
             raise OperationError(
@@ -381,12 +384,12 @@ class Engine:
                 for ref, snap in repo.refs_with_snapshots([uuid])
             ]
             chains = {
-                m.snapshot.volume_uuid: repo.snapshots_of_volume(m.snapshot.volume_uuid)
-                for m in merges
+                m.volume.uuid: repo.lineage(m.volume) for m in merges if m.volume is not None
             }
+            pinned = pinned_snapshots(repo)
         domain = self._domain_for_delete(vm_uuid, mode)
         for m in merges:
-            self._check_merge(m, domain, chains.get(m.snapshot.volume_uuid, []))
+            self._check_merge(m, domain, chains.get(m.snapshot.volume_uuid, []), pinned)
         if mode is DeleteMode.PERMISSIVE:
             problems = [p for m in merges for p in (m.blocking, m.refusable) if p]
             if problems:
@@ -434,9 +437,15 @@ class Engine:
             raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
         return domain
 
-    def _check_merge(self, m: _Merge, domain: DomainInfo | None, chain: list[SnapshotRow]) -> None:
+    def _check_merge(
+        self,
+        m: _Merge,
+        domain: DomainInfo | None,
+        chain: list[SnapshotRow],
+        pinned: dict[str, str] | None = None,
+    ) -> None:
         """Fill in m.plan, or the reason it must not (blocking) or should not (refusable)
-        be merged."""
+        be merged. `pinned`: snapshots a clone reads (lineage.pinned_snapshots)."""
         sid = m.snapshot.uuid
         if m.snapshot.deleted:
             return  # nothing left to merge
@@ -455,17 +464,18 @@ class Engine:
             )
             return
         try:
-            plan = plan_merge(volume, chain, m.snapshot)
+            plan = plan_merge(volume, chain, m.snapshot, pinned=pinned)
             self._verify_real_chain(volume, chain, domain.state.is_live)
         except SnapgroupError as exc:
             m.blocking = f"snapshot {sid}: {exc.details}"
             return
         m.plan = plan
-        top_size = self.images.chain(plan.top, shared=domain.state.is_live)[0].actual_size
+        live = domain.state.is_live
+        needed = plan.needed_bytes(lambda p: self.images.chain(p, shared=live)[0].actual_size)
         free = self.images.free_bytes(os.path.dirname(plan.base))
-        if free < plan.needed_bytes(top_size):
+        if free < needed:
             m.refusable = (
-                f"snapshot {sid}: merging needs {top_size} bytes beside {plan.base}, {free} free"
+                f"snapshot {sid}: merging needs {needed} bytes beside {plan.base}, {free} free"
             )
 
     def _verify_real_chain(self, volume: VolumeRow, chain: list[SnapshotRow], live: bool) -> None:
@@ -501,7 +511,7 @@ class Engine:
                     continue
                 volume = repo.volume(snapshot.volume_uuid)
                 assert volume is not None
-                plan = plan_merge(volume, repo.snapshots_of_volume(volume.uuid), snapshot)
+                plan = plan_merge(volume, repo.lineage(volume), snapshot)
                 apply_merge(volume, plan)
                 volume.last_op_date = now
                 repo.add(volume)
@@ -557,6 +567,11 @@ class Engine:
             self._recover_create(row.uuid, plan, domain)
         elif row.kind == "delete":
             self._recover_delete(row.uuid, plan, domain)
+        elif row.kind in _LIFECYCLE_KINDS:
+            # Those modules import the engine: imported here, not at module level.
+            from snapgroup.lifecycle import recover_lifecycle
+
+            recover_lifecycle(self, row.kind, row.uuid, plan, domain)
         else:
             self.journal.close(row.uuid, FAILED, detail=f"recover: unknown kind {row.kind}")
 

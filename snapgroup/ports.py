@@ -49,6 +49,28 @@ class Hypervisor(Protocol):
         to end; pivot an active commit that is ready. No job: nothing to do."""
         ...
 
+    def shutdown(self, vm_uuid: str, *, timeout: float) -> None:
+        """Stop a running or paused domain: ACPI shutdown, then power it off if it is still
+        up after `timeout` seconds (0: power off at once). Returns once it is shut off."""
+        ...
+
+    def start(self, vm_uuid: str) -> None:
+        """Start a defined, stopped domain."""
+        ...
+
+    def define_clone(
+        self, vm_uuid: str, *, name: str, new_uuid: str, sources: dict[str, str]
+    ) -> DomainInfo:
+        """Define a new persistent (stopped) domain from vm_uuid's persistent definition:
+        that name and UUID, new MAC addresses, each target in `sources` on that qcow2
+        file (no stored backing chain), the same devices otherwise. Every writable disk
+        must be in `sources`: two VMs never share one."""
+        ...
+
+    def undefine(self, vm_uuid: str) -> None:
+        """Remove a stopped domain's definition; its files are left alone."""
+        ...
+
 
 class ImageTool(Protocol):
     """qemu-img, and the files it makes. Raises ImageToolError."""
@@ -69,8 +91,11 @@ class ImageTool(Protocol):
         """Offline: merge `top` into `base` (a file lower in top's chain)."""
         ...
 
-    def rebase(self, image: str, *, backing: str, backing_format: str, unsafe: bool) -> None:
-        """Offline: point `image` at `backing`; `unsafe` only rewrites the header."""
+    def rebase(
+        self, image: str, *, backing: str | None, backing_format: str, unsafe: bool
+    ) -> None:
+        """Offline: point `image` at `backing` (None: standalone); `unsafe` only rewrites
+        the header, a safe rebase first copies what differs between old and new backing."""
         ...
 
     def remove(self, path: str) -> None:

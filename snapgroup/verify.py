@@ -80,7 +80,7 @@ def _verify_vm(engine: Engine, vm_uuid: str, *, repair: bool) -> list[Difference
         repo = Repo(session)
         volumes = repo.volumes_of_vm(vm_uuid, attached_only=True)
         for volume in volumes:
-            snapshots = repo.snapshots_of_volume(volume.uuid)
+            snapshots = repo.lineage(volume)
             known_files.update(s.install_path for s in snapshots)
             known_files.add(volume.install_path)
             disk = disks.get(volume.target)

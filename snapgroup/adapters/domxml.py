@@ -204,3 +204,109 @@ def with_disk_sources(xml: str, sources: dict[str, str]) -> str:
         for store in disk.findall("backingStore"):
             disk.remove(store)
     return ET.tostring(root, encoding="unicode")
+
+
+_CHARDEVS = ("serial", "console", "parallel", "channel")
+
+
+def _dashed_uuid(compact: str) -> str:
+    c = normalize_uuid(compact)
+    return "-".join((c[:8], c[8:12], c[12:16], c[16:20], c[20:]))
+
+
+def clone_xml(xml: str, *, name: str, uuid: str, sources: dict[str, str]) -> str:
+    """A persistent definition for a clone of the domain in `xml` (its inactive XML).
+
+    What must differ so both can run side by side: name, UUID (also the SMBIOS one),
+    MAC addresses (dropped: libvirt assigns fresh ones), the writable disks (each target
+    in `sources` moves to that qcow2 file, without the original's stored backing chain),
+    the NVRAM file (dropped: libvirt makes the clone its own), and files the chardevs
+    write to (`<uuid>-N.log` beside the original's). Read-only and shareable disks and
+    cdroms are kept: sharing those is safe. Any other writable disk is refused.
+    """
+    if not name or not name.strip():
+        raise InvalidArgument("the clone needs a name")
+    for target, path in sources.items():
+        if not path.startswith("/"):
+            raise InvalidArgument(f"disk {target}: source must be an absolute path: {path!r}")
+    _register_prefixes(xml)
+    root = _parse(xml)
+    if root.tag != "domain":
+        raise InvalidArgument(f"expected <domain>, got <{root.tag}>")
+    for tag, text in (("name", name), ("uuid", _dashed_uuid(uuid))):
+        element = root.find(tag)
+        if element is None:
+            raise InvalidArgument(f"domain XML has no <{tag}>")
+        element.text = text
+    for sysinfo in root.iterfind("sysinfo/system"):
+        for entry in sysinfo.findall("entry"):
+            if entry.get("name") == "uuid":  # libvirt refuses one that differs from <uuid>
+                sysinfo.remove(entry)
+    for os_el in root.iterfind("os"):
+        for nvram in os_el.findall("nvram"):
+            os_el.remove(nvram)
+    devices = root.find("devices")
+    if devices is None:
+        raise InvalidArgument("domain XML has no <devices>")
+    for interface in devices.iterfind("interface"):
+        for tag in ("mac", "target"):  # a new MAC from libvirt; the tap name is runtime
+            for element in interface.findall(tag):
+                interface.remove(element)
+    _clone_disks(devices, sources)
+    _clone_chardev_files(devices, uuid)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _clone_disks(devices: ET.Element, sources: dict[str, str]) -> None:
+    seen: set[str] = set()
+    for disk in devices.iterfind("disk"):
+        target = disk.find("target")
+        dev = target.get("dev") if target is not None else None
+        if dev is None:
+            continue
+        if dev not in sources:
+            writable = disk.find("readonly") is None and disk.find("shareable") is None
+            if disk.get("device", "disk") == "disk" and writable:
+                raise InvalidArgument(
+                    f"writable disk {dev} is not cloned: two VMs would write to one file"
+                )
+            continue
+        if disk.get("type", "file") != "file" or disk.get("device", "disk") != "disk":
+            raise InvalidArgument(f"disk {dev} is not a file disk")
+        seen.add(dev)
+        source = disk.find("source")
+        if source is None:
+            source = ET.SubElement(disk, "source")
+        source.attrib.clear()
+        source.set("file", sources[dev])
+        driver = disk.find("driver")
+        if driver is None:
+            driver = ET.Element("driver", name="qemu")
+            disk.insert(0, driver)
+        driver.set("type", "qcow2")
+        for store in disk.findall("backingStore"):
+            disk.remove(store)
+    unknown = sorted(set(sources) - seen)
+    if unknown:
+        raise NotFound(f"the domain has no disk {', '.join(unknown)}")
+
+
+def _clone_chardev_files(devices: ET.Element, uuid: str) -> None:
+    """Serial/console files get names of the clone's own (the same old path maps to the
+    same new one: a <console> often mirrors <serial>); agent sockets are left for
+    libvirt to place per domain."""
+    renamed: dict[str, str] = {}
+    compact = normalize_uuid(uuid)
+    for tag in _CHARDEVS:
+        for dev in devices.iterfind(tag):
+            source = dev.find("source")
+            if source is None:
+                continue
+            if dev.get("type") == "file" and source.get("path"):
+                old = source.get("path", "")
+                if old not in renamed:
+                    directory = old.rsplit("/", 1)[0] or "/"
+                    renamed[old] = f"{directory}/{compact}-{len(renamed)}.log"
+                source.set("path", renamed[old])
+            elif tag == "channel" and dev.get("type") == "unix" and source.get("mode") == "bind":
+                source.attrib.pop("path", None)

@@ -24,6 +24,7 @@ import libvirt
 
 from snapgroup.adapters.domxml import (
     active_commit_base,
+    clone_xml,
     normalize_uuid,
     parse_domain,
     snapshot_xml,
@@ -447,6 +448,69 @@ class LibvirtHypervisor:
             if time.monotonic() >= deadline:
                 raise HypervisorError(failure)
             time.sleep(self.poll_interval)
+
+    # -- life cycle (revert --stop, clone) -------------------------------------------
+
+    def shutdown(self, vm_uuid: str, *, timeout: float) -> None:
+        dom = self._domain(vm_uuid)
+        deadline = time.monotonic() + max(0.0, timeout)
+        if timeout > 0:
+            try:
+                with self._calls():
+                    if not dom.isActive():
+                        return
+                    dom.shutdown()  # ACPI: a guest that ignores it is powered off below
+            except HypervisorError:
+                log.info("domain %s refused an ACPI shutdown; powering it off", vm_uuid)
+            while time.monotonic() < deadline:
+                with self._calls():
+                    if not dom.isActive():
+                        return
+                time.sleep(self.poll_interval)
+        try:
+            with self._calls():
+                dom.destroy()  # synchronous: QEMU is gone when it returns
+        except HypervisorError:
+            with self._calls():
+                if dom.isActive():
+                    raise
+        log.info("domain %s powered off", vm_uuid)
+
+    def start(self, vm_uuid: str) -> None:
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            dom.create()
+
+    def define_clone(
+        self, vm_uuid: str, *, name: str, new_uuid: str, sources: dict[str, str]
+    ) -> DomainInfo:
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            xml = str(dom.XMLDesc(_DEFINE_SOURCE_FLAGS))
+        conn = self._connection()
+        for taken in (name, _dashed(new_uuid)):
+            try:
+                with self._calls():
+                    (conn.lookupByName if taken == name else conn.lookupByUUIDString)(taken)
+            except NotFound:
+                continue
+            # defineXML would silently REdefine an existing domain of that name and UUID.
+            raise InvalidArgument(f"a domain {taken} already exists")
+        with self._calls():
+            clone = conn.defineXML(clone_xml(xml, name=name, uuid=new_uuid, sources=sources))
+        return self._info(clone)
+
+    def undefine(self, vm_uuid: str) -> None:
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            if dom.isActive():
+                raise HypervisorError(f"domain {dom.name()} is running; not undefined")
+            dom.undefineFlags(
+                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+            )
 
     # -- guest agent (consistency work) ----------------------------------------------
 

@@ -113,16 +113,22 @@ class QemuImg:
 
         run(argv, on_line=on_line if progress is not None else None)
 
-    def rebase(self, image: str, *, backing: str, backing_format: str, unsafe: bool) -> None:
-        backing = _abspath(backing, "backing file")
+    def rebase(
+        self, image: str, *, backing: str | None, backing_format: str, unsafe: bool
+    ) -> None:
         image = _abspath(image, "image")
-        # Unsafe mode only rewrites the header and qemu-img accepts a missing file there.
-        if not os.path.exists(backing):
-            raise ImageToolError(f"rebase {image}: backing file {backing} does not exist")
         argv = [self.binary, "rebase", "-q", "-f", "qcow2"]
         if unsafe:
             argv.append("-u")
-        argv += ["-F", backing_format, "-b", backing, image]
+        if backing is None:
+            # -b "": no backing file; a safe rebase first copies the whole old backing view.
+            argv += ["-b", "", image]
+        else:
+            backing = _abspath(backing, "backing file")
+            # Unsafe mode only rewrites the header and qemu-img accepts a missing file there.
+            if not os.path.exists(backing):
+                raise ImageToolError(f"rebase {image}: backing file {backing} does not exist")
+            argv += ["-F", backing_format, "-b", backing, image]
         # A safe rebase copies every cluster that differs between old and new backing.
         run(argv, timeout=self.timeout if unsafe else None)
 

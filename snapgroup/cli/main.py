@@ -9,12 +9,19 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from snapgroup.cli import (
+    check,
     create,
     delete,
+    delete_snapshot,
     listing,
     operations,
     recover,
+    revert,
     show,
+    snapshots,
+    sync,
+    tree,
+    ungroup,
     update,
     verify,
     volumes,
@@ -23,7 +30,24 @@ from snapgroup.cli.context import Context
 from snapgroup.cli.output import Abort, abort
 from snapgroup.errors import InternalError, SnapgroupError
 
-COMMANDS = (volumes, create, listing, show, update, delete, recover, verify, operations)
+COMMANDS = (
+    volumes,
+    create,
+    listing,
+    show,
+    update,
+    delete,
+    check,
+    revert,
+    ungroup,
+    tree,
+    snapshots,
+    delete_snapshot,
+    sync,
+    recover,
+    verify,
+    operations,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

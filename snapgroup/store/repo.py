@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import delete
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from snapgroup.store.tables import GroupRow, OperationRow, RefRow, SnapshotRow, VolumeRow
@@ -80,6 +81,56 @@ class Repo:
     def delete_group(self, uuid: str) -> None:
         self.session.execute(delete(RefRow).where(col(RefRow.group_uuid) == uuid))
         self.session.execute(delete(GroupRow).where(col(GroupRow.uuid) == uuid))
+
+    # trees, single snapshots and clones
+    def ref(self, snapshot_uuid: str) -> RefRow | None:
+        """The group ref of a snapshot, if it belongs to a group."""
+        return self.session.get(RefRow, snapshot_uuid)
+
+    def volumes_named(self, vm_name: str) -> list[VolumeRow]:
+        """Volumes last seen in a VM of that name (to find an undefined VM by name)."""
+        query = select(VolumeRow).where(VolumeRow.vm_name == vm_name)
+        return list(self.session.exec(query.order_by(col(VolumeRow.device_id))))
+
+    def lineage(self, volume: VolumeRow) -> list[SnapshotRow]:
+        """The volume's live snapshots, plus the snapshots of other volumes its chain sits
+        on (a clone's disks sit on the snapshots of the VM it was cloned from)."""
+        snapshots = self.snapshots_of_volume(volume.uuid)
+        known = {s.uuid for s in snapshots}
+        wanted = [volume.parent_snapshot_uuid, *(s.parent_uuid for s in snapshots)]
+        while wanted:
+            uuid = wanted.pop()
+            if uuid is None or uuid in known:
+                continue
+            row = self.snapshot(uuid)
+            if row is None or row.deleted:
+                continue
+            known.add(uuid)
+            snapshots.append(row)
+            wanted.append(row.parent_uuid)
+        return snapshots
+
+    def foreign_dependents(self) -> list[tuple[str, VolumeRow]]:
+        """(snapshot uuid, volume) for every volume, or live snapshot of a volume, that
+        sits directly on a snapshot of ANOTHER volume: where a clone starts."""
+        volumes = self.session.exec(
+            select(VolumeRow, SnapshotRow)
+            .join(SnapshotRow, col(SnapshotRow.uuid) == col(VolumeRow.parent_snapshot_uuid))
+            .where(col(SnapshotRow.volume_uuid) != col(VolumeRow.uuid))
+        )
+        found = [(snap.uuid, volume) for volume, snap in volumes]
+        child = aliased(SnapshotRow)
+        snapshots = self.session.exec(
+            select(VolumeRow, SnapshotRow)
+            .join(child, col(child.volume_uuid) == col(VolumeRow.uuid))
+            .join(SnapshotRow, col(SnapshotRow.uuid) == col(child.parent_uuid))
+            .where(
+                col(SnapshotRow.volume_uuid) != col(child.volume_uuid),
+                col(child.deleted).is_(False),
+            )
+        )
+        found.extend((snap.uuid, volume) for volume, snap in snapshots)
+        return found
 
 
 class OperationRepo:

@@ -43,6 +43,9 @@ class _Faults:
         return [args for name, args in self.calls if name == method]
 
 
+ZERO = "\0"  # an allocated cluster that reads as zeros (as if never written)
+
+
 @dataclass
 class FakeImage:
     format: str = "qcow2"
@@ -76,7 +79,7 @@ class FakeImageTool(_Faults):
         view: dict[int, str] = {}
         for layer in reversed(self.chain(path)):
             view.update(self.images[layer.path].clusters)
-        return view
+        return {c: v for c, v in view.items() if v != ZERO}
 
     # the port
     def chain(self, path: str, *, shared: bool = False) -> list[ImageInfo]:
@@ -119,9 +122,20 @@ class FakeImageTool(_Faults):
         if progress:
             progress(BlockJobProgress(1, 1))
 
-    def rebase(self, image: str, *, backing: str, backing_format: str, unsafe: bool) -> None:
+    def rebase(
+        self, image: str, *, backing: str | None, backing_format: str, unsafe: bool
+    ) -> None:
         self._call("rebase", image, backing)
-        self.images[image].backing = backing
+        target = self.images[image]
+        if not unsafe:
+            # Copy every cluster the image does not hold whose old and new backing views
+            # differ; ZERO stands for a cluster the new backing has but the old did not.
+            old = self.read(target.backing) if target.backing else {}
+            new = self.read(backing) if backing else {}
+            for cluster in set(old) | set(new):
+                if cluster not in target.clusters and old.get(cluster) != new.get(cluster):
+                    target.clusters[cluster] = old.get(cluster, ZERO)
+        target.backing = backing
 
     def remove(self, path: str) -> None:
         self._call("remove", path)
@@ -225,6 +239,40 @@ class FakeHypervisor(_Faults):
 
     def settle_block_job(self, vm_uuid: str, target: str) -> None:
         self._call("settle_block_job", vm_uuid, target)
+
+    def shutdown(self, vm_uuid: str, *, timeout: float) -> None:
+        self._call("shutdown", vm_uuid, timeout)
+        self._domain(vm_uuid).state = VmState.STOPPED
+
+    def start(self, vm_uuid: str) -> None:
+        self._call("start", vm_uuid)
+        domain = self._domain(vm_uuid)
+        if domain.state.is_live:
+            raise HypervisorError(f"domain {domain.name} is already running")
+        domain.state = VmState.RUNNING
+
+    def define_clone(
+        self, vm_uuid: str, *, name: str, new_uuid: str, sources: dict[str, str]
+    ) -> DomainInfo:
+        self._call("define_clone", vm_uuid, name, new_uuid, dict(sources))
+        original = self._domain(vm_uuid)
+        if any(d.name == name or d.uuid == new_uuid for d in self.domains.values()):
+            raise HypervisorError(f"domain {name} ({new_uuid}) already exists")
+        writable = {
+            d.target for d in original.disks if d.device == "disk" and not d.readonly
+        } - {d.target for d in original.disks if d.shareable}
+        if writable - set(sources):
+            raise HypervisorError(f"writable disks {sorted(writable - set(sources))} not cloned")
+        disks = [replace(d, path=sources.get(d.target, d.path), backing=()) for d in original.disks]
+        self.define(new_uuid, name, VmState.STOPPED, disks)
+        return self.lookup(new_uuid)
+
+    def undefine(self, vm_uuid: str) -> None:
+        self._call("undefine", vm_uuid)
+        domain = self._domain(vm_uuid)
+        if domain.state.is_live:
+            raise HypervisorError(f"domain {domain.name} is running")
+        del self.domains[domain.uuid]
 
 
 def lab_domain(

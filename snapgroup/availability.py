@@ -1,0 +1,104 @@
+"""Can a group still be reverted to? ZStack's CheckVolumeSnapshotGroupAvailability.
+
+A group is unavailable when one of its snapshots was deleted, one of its volumes is no
+longer attached, or a volume attached now is not in it (reverting would leave that
+volume in the present while the others go back), and when its VM is gone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from snapgroup.engine import Engine
+from snapgroup.errors import NotFound
+from snapgroup.locks import try_vm_lock
+from snapgroup.models import DomainInfo
+from snapgroup.planner import classify
+from snapgroup.resolve import lookup_or_none
+from snapgroup.store.repo import Repo
+from snapgroup.store.tables import GroupRow
+from snapgroup.sync import sync_locked
+from snapgroup.validate import parse_uuid
+
+
+@dataclass(frozen=True)
+class Availability:
+    uuid: str
+    available: bool
+    reason: str | None
+    # volume uuid -> why its snapshot cannot be restored (None: it can)
+    volumes: dict[str, str | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uuid": self.uuid, "available": self.available, "reason": self.reason}
+
+
+def check(engine: Engine, group_uuids: Sequence[str]) -> list[Availability]:
+    """Availability of each group, in the order given; NotFound for an unknown group."""
+    uuids = [parse_uuid(u, "group uuid") for u in group_uuids]
+    with engine.db.transaction() as session:
+        rows = {u: Repo(session).group(u) for u in uuids}
+    missing = [u for u, row in rows.items() if row is None]
+    if missing:
+        raise NotFound(f"snapshot group {', '.join(missing)} not found")
+    domains: dict[str, DomainInfo | None] = {}
+    for row in rows.values():
+        assert row is not None
+        if row.vm_uuid not in domains:
+            domains[row.vm_uuid] = _synced_domain(engine, row.vm_uuid)
+    results = []
+    with engine.db.transaction() as session:
+        repo = Repo(session)
+        for uuid in uuids:
+            group = repo.group(uuid)
+            assert group is not None
+            results.append(availability(repo, group, domains[group.vm_uuid]))
+    return results
+
+
+def _synced_domain(engine: Engine, vm_uuid: str) -> DomainInfo | None:
+    """The VM's domain after a sync. A query does not wait for a busy VM: when another
+    operation holds its lock, the metadata is read as recorded."""
+    domain = lookup_or_none(engine, vm_uuid)
+    fd = try_vm_lock(vm_uuid)
+    if fd is None:
+        return domain
+    try:
+        domain = lookup_or_none(engine, vm_uuid)  # what it is now, under the lock
+        sync_locked(engine, vm_uuid, domain)
+        return domain
+    finally:
+        os.close(fd)
+
+
+def availability(repo: Repo, group: GroupRow, domain: DomainInfo | None) -> Availability:
+    """For a synced VM (`domain` None: it is gone)."""
+    reasons: list[str] = []
+    volumes: dict[str, str | None] = {}
+    if domain is None:
+        reasons.append(f"VM {group.vm_uuid} is no longer defined")
+    in_group: set[str] = set()
+    for ref, snapshot in repo.refs_with_snapshots([group.uuid]):
+        in_group.add(ref.volume_uuid)
+        volume = repo.volume(ref.volume_uuid)
+        problem = None
+        if snapshot.deleted:
+            problem = f"snapshot {snapshot.uuid} of volume {ref.volume_name} was deleted"
+        elif volume is None or not volume.attached or domain is None:
+            problem = f"volume {ref.volume_name} ({ref.volume_uuid}) is no longer attached"
+        volumes[ref.volume_uuid] = problem
+        if problem is not None and domain is not None:
+            reasons.append(problem)
+    if domain is not None:
+        snapshottable = {
+            p.disk.target for p in classify(domain) if p.device_id is not None and p.eligible
+        }
+        for volume in repo.volumes_of_vm(group.vm_uuid, attached_only=True):
+            if volume.uuid not in in_group and volume.target in snapshottable:
+                reasons.append(
+                    f"volume {volume.name} ({volume.target}) is attached now but not in the group"
+                )
+    return Availability(group.uuid, not reasons, "; ".join(reasons) or None, volumes)

@@ -1,0 +1,78 @@
+"""snapgroup revert GROUP_UUID [--volumes UUID,...] [--no-safety-group] [--stop]."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from snapgroup.cli.context import Context
+from snapgroup.cli.output import print_json, table
+from snapgroup.revert import DEFAULT_STOP_TIMEOUT, revert
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "revert",
+        help="restore a stopped VM's volumes to a group's point in time",
+        description="Restore every volume of the VM (or only --volumes) to the group's "
+        "point in time. The VM must be stopped. By default a safety group of the current "
+        "state is taken first, so nothing is lost; any group can be reverted to and the "
+        "later ones stay usable.",
+    )
+    parser.add_argument("uuid", metavar="GROUP_UUID")
+    parser.add_argument(
+        "--volumes",
+        metavar="UUID[,UUID...]",
+        help="restore only these volumes and leave the others as they are (also the way "
+        "to revert to a group `check` reports unavailable)",
+    )
+    parser.add_argument(
+        "--no-safety-group",
+        action="store_true",
+        help="skip the safety group: the current data of every restored volume is "
+        "DISCARDED (its top file is deleted)",
+    )
+    parser.add_argument(
+        "--stop",
+        action="store_true",
+        help="shut a running VM down first (ACPI; powered off after --stop-timeout)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=DEFAULT_STOP_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --stop: wait this long for the guest, then power off "
+        f"(default {DEFAULT_STOP_TIMEOUT:g}; 0 powers off at once)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    volumes = [v for v in args.volumes.split(",") if v.strip()] if args.volumes else None
+    report = revert(
+        ctx.engine,
+        args.uuid,
+        volumes=volumes,
+        safety_group=not args.no_safety_group,
+        stop=args.stop,
+        stop_timeout=args.stop_timeout,
+    )
+    if ctx.as_json:
+        print_json(report.to_response(), ctx.out)
+    else:
+        if report.safety_group is not None:
+            ctx.out.write(f"safety group: {report.safety_group.uuid}\n")
+        rows = [
+            (
+                r.volume_uuid,
+                r.snapshot_uuid,
+                "ok" if r.success else "FAILED",
+                r.error.details if r.error else "",
+            )
+            for r in report.results
+        ]
+        table(rows, ["VOLUME", "SNAPSHOT", "RESULT", "ERROR"], ctx.out)
+        if report.error:
+            ctx.err.write(f"error {report.error.code}: {report.error.details}\n")
+    return 1 if report.error else 0

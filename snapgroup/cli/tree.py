@@ -1,0 +1,27 @@
+"""snapgroup tree --vm VM: the VM's restore points as a tree."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from snapgroup.cli.context import Context
+from snapgroup.cli.output import print_json
+from snapgroup.tree import group_tree
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "tree", help="show a VM's groups as a tree: which came from which, which is current"
+    )
+    parser.add_argument("--vm", required=True, help="VM name or UUID (also of an undefined VM)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    tree = group_tree(ctx.engine, args.vm)
+    if ctx.as_json:
+        print_json(tree.to_dict(), ctx.out)
+    else:
+        ctx.out.write(tree.render())
+    return 0

@@ -1,0 +1,45 @@
+"""From what the user typed to a VM's UUID, also for a VM that is no longer defined
+(its groups and volumes are still in the metadata)."""
+
+from __future__ import annotations
+
+from snapgroup.engine import Engine
+from snapgroup.errors import InvalidArgument, NotFound
+from snapgroup.models import DomainInfo
+from snapgroup.store.repo import Repo
+from snapgroup.validate import looks_like_uuid, parse_uuid
+
+
+def resolve_vm(engine: Engine, vm: str) -> tuple[str, DomainInfo | None]:
+    """(VM uuid, its domain or None when it is gone). NotFound when neither libvirt nor
+    the metadata knows it."""
+    try:
+        domain = engine.hv.lookup(vm)
+    except NotFound:
+        pass
+    else:
+        return domain.uuid, domain
+    if looks_like_uuid(vm):
+        uuid = parse_uuid(vm, "VM")
+        with engine.db.transaction() as session:
+            known = bool(Repo(session).volumes_of_vm(uuid) or Repo(session).groups(vm_uuid=uuid))
+        if known:
+            return uuid, None
+        raise NotFound(f"VM {vm} is neither defined in libvirt nor known to snapgroup")
+    with engine.db.transaction() as session:
+        uuids = sorted({v.vm_uuid for v in Repo(session).volumes_named(vm)})
+    if not uuids:
+        raise NotFound(f"no VM named {vm!r} in libvirt or in snapgroup's metadata")
+    if len(uuids) > 1:
+        raise InvalidArgument(
+            f"VM name {vm!r} is gone from libvirt and matches several recorded VMs "
+            f"({', '.join(uuids)}): give the UUID"
+        )
+    return uuids[0], None
+
+
+def lookup_or_none(engine: Engine, vm_uuid: str) -> DomainInfo | None:
+    try:
+        return engine.hv.lookup(vm_uuid)
+    except NotFound:
+        return None

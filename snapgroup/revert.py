@@ -1,0 +1,333 @@
+"""Revert a stopped VM to a group's point in time (ZStack's RevertVmFromSnapshotGroup).
+
+Each restored volume gets a fresh UUID-named overlay on its snapshot's file; every disk
+switches in ONE defineXML, so a revert is all or nothing. **ours**: by default a safety
+group of the current state is taken first (the ordinary offline create, in the same
+lock), so a revert never loses anything; the old top the safety group leaves (an empty
+overlay) is then removed. Without it, the current data of each restored volume is
+discarded. Any group can be reverted to, and the later ones stay usable: the chains
+become a tree, whose branches delete merges handle (planner.plan_merge).
+
+Journal steps (`revert:<step>`, each a fault-injection point):
+begin -> safety (a safety group is about to be taken) -> overlays (made; the old tops
+are recorded) -> switched (the domain is on the new overlays) -> removed (old tops gone)
+-> done, with the metadata. Recovery rolls forward once the domain is switched, and
+back (dropping the new overlays) before that.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from snapgroup.availability import availability
+from snapgroup.engine import Engine
+from snapgroup.errors import (
+    InvalidArgument,
+    NotFound,
+    OperationError,
+    SnapgroupError,
+)
+from snapgroup.inventory import Group
+from snapgroup.journal import DONE, ROLLED_BACK
+from snapgroup.locks import vm_lock
+from snapgroup.models import DomainInfo, VmState
+from snapgroup.store.repo import Repo
+from snapgroup.store.tables import SnapshotRow, VolumeRow
+from snapgroup.sync import sync_locked
+from snapgroup.validate import NAME_MAX, parse_uuid
+
+KIND = "revert"
+DEFAULT_STOP_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class RevertResult:
+    volume_uuid: str
+    snapshot_uuid: str
+    success: bool
+    error: SnapgroupError | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "volumeUuid": self.volume_uuid,
+            "snapshotUuid": self.snapshot_uuid,
+            "success": self.success,
+            "error": self.error.to_dict() if self.error else None,
+        }
+
+
+@dataclass(frozen=True)
+class RevertReport:
+    group_uuid: str
+    results: tuple[RevertResult, ...]
+    safety_group: Group | None = None
+
+    @property
+    def error(self) -> OperationError | None:
+        failed = [r for r in self.results if not r.success]
+        if not failed:
+            return None
+        return OperationError(
+            f"{len(failed)} of {len(self.results)} volumes were not reverted to group "
+            f"{self.group_uuid}",
+            cause=failed[0].error,
+        )
+
+    def to_response(self) -> dict[str, Any]:
+        response: dict[str, Any] = {
+            "results": [r.to_dict() for r in self.results],
+            "safetyGroupUuid": self.safety_group.uuid if self.safety_group else None,
+        }
+        if (error := self.error) is not None:
+            response["error"] = error.to_dict()
+        return response
+
+
+@dataclass(frozen=True)
+class _Restore:
+    volume: VolumeRow
+    snapshot: SnapshotRow
+    lineage: list[SnapshotRow]
+
+
+def revert(
+    engine: Engine,
+    group_uuid: str,
+    *,
+    volumes: Sequence[str] | None = None,
+    safety_group: bool = True,
+    stop: bool = False,
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+) -> RevertReport:
+    """`volumes`: restore only these volume UUIDs (the only way to revert to an
+    unavailable group); the others are left as they are. `stop`: shut a running VM down
+    first (ACPI, powered off after `stop_timeout` seconds)."""
+    uuid = parse_uuid(group_uuid, "group uuid")
+    wanted = [parse_uuid(v, "volume uuid") for v in volumes] if volumes is not None else None
+    if wanted is not None and not wanted:
+        raise InvalidArgument("--volumes names no volume")
+    with engine.db.transaction() as session:
+        group = Repo(session).group(uuid)
+    if group is None:
+        raise NotFound(f"snapshot group {uuid} not found")
+    with vm_lock(group.vm_uuid, wait=engine.lock_wait):
+        domain = _stopped_domain(engine, group.vm_uuid, stop, stop_timeout)
+        restores = _choose(engine, uuid, domain, wanted)
+        return _revert_locked(engine, uuid, domain, restores, safety_group)
+
+
+def _stopped_domain(engine: Engine, vm_uuid: str, stop: bool, timeout: float) -> DomainInfo:
+    try:
+        domain = engine.hv.lookup(vm_uuid)
+    except NotFound:
+        raise OperationError(
+            f"VM {vm_uuid} is no longer defined: its groups cannot be reverted to"
+        ) from None
+    if domain.state is VmState.STOPPED:
+        return domain
+    if not stop:
+        raise OperationError(
+            f"VM {domain.name} is {domain.state.value}: a revert needs it stopped "
+            "(shut it down, or pass --stop)"
+        )
+    engine.hv.shutdown(vm_uuid, timeout=timeout)
+    domain = engine.hv.lookup(vm_uuid)
+    if domain.state is not VmState.STOPPED:
+        raise OperationError(f"VM {domain.name} is still {domain.state.value} after the stop")
+    return domain
+
+
+def _choose(
+    engine: Engine, uuid: str, domain: DomainInfo, wanted: list[str] | None
+) -> list[_Restore]:
+    sync_locked(engine, domain.uuid, domain)
+    with engine.db.transaction() as session:
+        repo = Repo(session)
+        group = repo.group(uuid)
+        if group is None:
+            raise NotFound(f"snapshot group {uuid} not found")  # deleted while we waited
+        state = availability(repo, group, domain)
+        refs = repo.refs_with_snapshots([uuid])
+        in_group = {ref.volume_uuid for ref, _ in refs}
+        if wanted is None:
+            if not state.available:
+                raise OperationError(
+                    f"group {uuid} is unavailable: {state.reason}; name the volumes to "
+                    "restore (--volumes) to revert only those"
+                )
+            wanted = [ref.volume_uuid for ref, _ in refs]
+        unknown = [v for v in wanted if v not in in_group]
+        if unknown:
+            raise InvalidArgument(f"volume {', '.join(unknown)} is not in group {uuid}")
+        problems = [p for v in wanted if (p := state.volumes.get(v))]
+        if problems:
+            raise OperationError("cannot revert: " + "; ".join(problems))
+        restores = []
+        for ref, snapshot in refs:
+            volume = repo.volume(ref.volume_uuid)
+            if ref.volume_uuid in wanted and volume is not None:
+                restores.append(_Restore(volume, snapshot, repo.lineage(volume)))
+    for r in restores:
+        _check_snapshot_chain(engine, r)
+    return restores
+
+
+def _check_snapshot_chain(engine: Engine, r: _Restore) -> None:
+    """The new overlay trusts the snapshot's chain: it must be what the metadata says."""
+    by_uuid = {s.uuid: s for s in r.lineage}
+    expected = []
+    current: SnapshotRow | None = r.snapshot
+    while current is not None:
+        expected.append(current.install_path)
+        current = by_uuid.get(current.parent_uuid or "")
+    try:
+        actual = [layer.path for layer in engine.images.chain(r.snapshot.install_path)]
+    except SnapgroupError as exc:
+        raise OperationError(
+            f"snapshot {r.snapshot.uuid}: its chain cannot be read", cause=exc
+        ) from exc
+    if actual[: len(expected)] != expected:
+        raise OperationError(
+            f"snapshot {r.snapshot.uuid}: real chain {actual} does not match the recorded "
+            f"chain {expected}"
+        )
+
+
+def _revert_locked(
+    engine: Engine, uuid: str, domain: DomainInfo, restores: list[_Restore], safety: bool
+) -> RevertReport:
+    vm_uuid = domain.uuid
+    disks = [
+        {
+            "target": r.volume.target,
+            "volume_uuid": r.volume.uuid,
+            "snapshot_uuid": r.snapshot.uuid,
+            "snapshot_path": r.snapshot.install_path,
+            "overlay": os.path.join(
+                os.path.dirname(r.volume.install_path), f"{engine.new_uuid()}.qcow2"
+            ),
+        }
+        for r in restores
+    ]
+    safety_uuid = engine.new_uuid() if safety else None
+    plan: dict[str, Any] = {
+        "group_uuid": uuid,
+        "safety_group_uuid": safety_uuid,
+        "disks": disks,
+        "old_tops": None,  # known once the safety group is taken
+    }
+    op = engine.journal.begin(KIND, vm_uuid, plan, group_uuid=uuid)
+    safety_group: Group | None = None
+    try:
+        if safety_uuid is not None:
+            engine.journal.step(op, KIND, "safety")
+            safety_group = _take_safety_group(engine, domain, uuid, safety_uuid)
+        tops = {d.target: d.path for d in engine.hv.lookup(vm_uuid).disks}
+        plan["old_tops"] = {d["target"]: tops.get(d["target"]) for d in disks}
+        _create_overlays(engine, disks)
+        engine.journal.step(op, KIND, "overlays", old_tops=plan["old_tops"])
+        engine.hv.set_disk_sources(vm_uuid, {d["target"]: d["overlay"] for d in disks})
+    except SnapgroupError as exc:
+        if not _settle(engine, op, plan, vm_uuid):
+            return RevertReport(
+                uuid,
+                tuple(
+                    RevertResult(d["volume_uuid"], d["snapshot_uuid"], False, exc) for d in disks
+                ),
+                safety_group,
+            )
+    else:
+        engine.journal.step(op, KIND, "switched")
+        _roll_forward(engine, op, plan)
+    results = tuple(RevertResult(d["volume_uuid"], d["snapshot_uuid"], True) for d in disks)
+    return RevertReport(uuid, results, safety_group)
+
+
+def _take_safety_group(engine: Engine, domain: DomainInfo, uuid: str, safety_uuid: str) -> Group:
+    with engine.db.transaction() as session:
+        group = Repo(session).group(uuid)
+    target_name = group.name if group is not None else uuid
+    name = f"before revert to {target_name}"[:NAME_MAX]
+    description = f"taken by `snapgroup revert` before VM {domain.name} went back to group {uuid}"
+    # The VM's lock is already held by this process: the create runs inside it.
+    return engine._create_locked(
+        engine.hv.lookup(domain.uuid), safety_uuid, name, description, skip_unsupported=True
+    )
+
+
+def _create_overlays(engine: Engine, disks: list[dict[str, Any]]) -> None:
+    made: list[str] = []
+    try:
+        for d in disks:
+            engine.images.create_overlay(
+                d["overlay"], backing=d["snapshot_path"], backing_format="qcow2"
+            )
+            made.append(d["overlay"])
+    except BaseException:
+        engine._remove_files(made)
+        raise
+
+
+def _settle(engine: Engine, op: str, plan: dict[str, Any], vm_uuid: str) -> bool:
+    """After a failure: finish the revert when the switch happened after all (True), else
+    roll it back (False). When the domain cannot even be read, `recover` decides later."""
+    try:
+        domain = engine.hv.lookup(vm_uuid)
+    except SnapgroupError:
+        return False
+    recover_revert(engine, op, plan, domain)
+    return _switched(plan, domain)
+
+
+def _switched(plan: dict[str, Any], domain: DomainInfo) -> bool:
+    paths = {d.target: d.path for d in domain.disks}
+    return bool(plan["disks"]) and all(
+        paths.get(d["target"]) == d["overlay"] for d in plan["disks"]
+    )
+
+
+def recover_revert(engine: Engine, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+    """Forward once the domain is on the new overlays (one defineXML: all or none are),
+    else back. The safety group is its own journaled create: kept if it was taken."""
+    if _switched(plan, domain):
+        _roll_forward(engine, op, plan)
+        return
+    engine._remove_files([d["overlay"] for d in plan["disks"]])
+    engine.journal.close(op, ROLLED_BACK, detail="revert: rolled back before the switch")
+
+
+def _roll_forward(engine: Engine, op: str, plan: dict[str, Any]) -> None:
+    disks: list[dict[str, Any]] = plan["disks"]
+    old_tops: dict[str, str | None] = plan["old_tops"] or {}
+    with engine.db.transaction() as session:
+        repo = Repo(session)
+        # Never remove a file a snapshot or another volume still names.
+        kept = repo.all_install_paths() - {
+            v.install_path for d in disks if (v := repo.volume(d["volume_uuid"])) is not None
+        }
+    engine._remove_files(
+        [
+            p
+            for d in disks
+            if (p := old_tops.get(d["target"])) and p != d["overlay"] and p not in kept
+        ]
+    )
+    engine.journal.step(op, KIND, "removed")
+    now = engine.clock()
+    with engine.db.transaction() as session:
+        repo = Repo(session)
+        for d in disks:
+            volume = repo.volume(d["volume_uuid"])
+            assert volume is not None
+            volume.install_path = d["overlay"]
+            volume.parent_snapshot_uuid = d["snapshot_uuid"]
+            volume.last_op_date = now
+            repo.add(volume)
+        group = repo.group(plan["group_uuid"])
+        if group is not None:
+            group.last_op_date = now
+            repo.add(group)
+        engine.journal.close(op, DONE, session=session)

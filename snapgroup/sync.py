@@ -1,0 +1,215 @@
+"""Metadata against what libvirt and the files say now, run by `snapgroup sync` and,
+implicitly, at the start of every operation on a VM.
+
+What it records (metadata only; it never removes or rewrites a file):
+* a disk attached since the last look becomes a volume; one that left is detached (its
+  groups become unavailable, `check` says why) and is attached again if it comes back;
+* a detached volume whose top file is gone was removed: its snapshots are marked
+  deleted (refs say snapshotDeleted=true) and it no longer pins what it sat on;
+* a VM that is no longer defined has every volume detached: its groups are unavailable
+  and every file is kept.
+What it only reports: a disk whose top file is not the recorded one (an overlay made
+outside snapgroup, or another file), and chains that do not match the metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from snapgroup.discovery import register_volumes
+from snapgroup.engine import Engine
+from snapgroup.errors import SnapgroupError
+from snapgroup.locks import vm_lock
+from snapgroup.models import DomainInfo
+from snapgroup.planner import expected_chain
+from snapgroup.resolve import lookup_or_none, resolve_vm
+from snapgroup.store.repo import Repo
+from snapgroup.store.tables import VolumeRow
+
+
+@dataclass(frozen=True)
+class Change:
+    vm_uuid: str
+    kind: str  # vm-gone, volume-attached, volume-detached, volume-removed, top-changed,
+    # chain-mismatch
+    detail: str
+    volume_uuid: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vmInstanceUuid": self.vm_uuid,
+            "volumeUuid": self.volume_uuid,
+            "kind": self.kind,
+            "detail": self.detail,
+        }
+
+
+def sync(engine: Engine, vm: str | None = None, *, deep: bool = True) -> list[Change]:
+    """Sync one VM (name or UUID, also of an undefined VM) or every VM snapgroup knows.
+    `deep` also compares each attached volume's real chain with the metadata."""
+    engine.recover()  # an interrupted operation is finished first, never "synced" over
+    if vm is not None:
+        vm_uuids = [resolve_vm(engine, vm)[0]]
+    else:
+        with engine.db.transaction() as session:
+            repo = Repo(session)
+            vm_uuids = sorted(repo.vm_uuids() | {g.vm_uuid for g in repo.groups()})
+    changes: list[Change] = []
+    for vm_uuid in vm_uuids:
+        with vm_lock(vm_uuid, wait=engine.lock_wait):
+            changes += sync_locked(engine, vm_uuid, lookup_or_none(engine, vm_uuid), deep=deep)
+    return changes
+
+
+def sync_locked(
+    engine: Engine, vm_uuid: str, domain: DomainInfo | None, *, deep: bool = False
+) -> list[Change]:
+    """The caller holds the VM's lock (an operation half-way through would look like a
+    disk swapped under us). `domain` None: the VM is not defined any more."""
+    now = engine.clock()
+    changes: list[Change] = []
+    with engine.db.transaction() as session:
+        repo = Repo(session)
+        before = {
+            v.uuid: (v.attached, v.target, v.install_path) for v in repo.volumes_of_vm(vm_uuid)
+        }
+        if domain is None:
+            changes += _vm_gone(repo, vm_uuid, now)
+        else:
+            found = register_volumes(repo, domain, now=now, new_uuid=engine.new_uuid)
+            changes += _attachments(engine, repo, vm_uuid, before, list(found.volumes.values()))
+        changes += _removed(engine, repo, vm_uuid, now)
+        attached = repo.volumes_of_vm(vm_uuid, attached_only=True)
+        lineages = {v.uuid: repo.lineage(v) for v in attached}
+    if deep and domain is not None:
+        live = domain.state.is_live
+        changes += [c for v in attached if (c := _chain_change(engine, v, lineages[v.uuid], live))]
+    return changes
+
+
+def _vm_gone(repo: Repo, vm_uuid: str, now: Any) -> list[Change]:
+    changes = []
+    for volume in repo.volumes_of_vm(vm_uuid, attached_only=True):
+        volume.attached = False
+        volume.last_op_date = now
+        repo.add(volume)
+        changes.append(
+            Change(
+                vm_uuid,
+                "volume-detached",
+                f"{volume.target}: the VM is no longer defined",
+                volume.uuid,
+            )
+        )
+    if changes:
+        changes.insert(
+            0,
+            Change(
+                vm_uuid,
+                "vm-gone",
+                "the VM is no longer defined; its groups are unavailable and its files are kept",
+            ),
+        )
+    return changes
+
+
+def _attachments(
+    engine: Engine,
+    repo: Repo,
+    vm_uuid: str,
+    before: dict[str, tuple[bool, str, str]],
+    now_attached: list[VolumeRow],
+) -> list[Change]:
+    changes = []
+    attached_ids = {v.uuid for v in now_attached}
+    for volume in repo.volumes_of_vm(vm_uuid):
+        was_attached, target, top = before.get(volume.uuid, (False, volume.target, ""))
+        if was_attached and volume.uuid not in attached_ids:
+            successor = next((v for v in now_attached if v.target == target), None)
+            if successor is not None and successor.uuid not in before:
+                changes.append(_top_changed(engine, vm_uuid, volume, successor))
+            else:
+                changes.append(
+                    Change(vm_uuid, "volume-detached", f"{target} ({top}) left the VM", volume.uuid)
+                )
+    for volume in now_attached:
+        if volume.uuid not in before:
+            changes.append(
+                Change(
+                    vm_uuid,
+                    "volume-attached",
+                    f"{volume.target} ({volume.install_path}) is a new volume",
+                    volume.uuid,
+                )
+            )
+        elif not before[volume.uuid][0]:
+            changes.append(
+                Change(vm_uuid, "volume-attached", f"{volume.target} is back", volume.uuid)
+            )
+    return changes
+
+
+def _top_changed(engine: Engine, vm_uuid: str, old: VolumeRow, new: VolumeRow) -> Change:
+    try:
+        below = [layer.path for layer in engine.images.chain(new.install_path, shared=True)]
+    except SnapgroupError:
+        below = []
+    how = (
+        "an overlay made outside snapgroup sits on the recorded top"
+        if old.install_path in below[1:]
+        else "another file"
+    )
+    return Change(
+        vm_uuid,
+        "top-changed",
+        f"disk {new.target} is on {new.install_path}, not the recorded top "
+        f"{old.install_path} ({how}): recorded as a new volume {new.uuid}; the old "
+        "volume's groups are unavailable",
+        old.uuid,
+    )
+
+
+def _removed(engine: Engine, repo: Repo, vm_uuid: str, now: Any) -> list[Change]:
+    changes = []
+    for volume in repo.volumes_of_vm(vm_uuid):
+        if volume.attached or engine.images.exists(volume.install_path):
+            continue
+        snapshots = repo.snapshots_of_volume(volume.uuid)
+        if not snapshots and volume.parent_snapshot_uuid is None:
+            continue  # already recorded as removed
+        for snapshot in snapshots:
+            snapshot.deleted = True
+            snapshot.last_op_date = now
+            repo.add(snapshot)
+        volume.parent_snapshot_uuid = None  # its chain is gone: it pins nothing any more
+        volume.last_op_date = now
+        repo.add(volume)
+        changes.append(
+            Change(
+                vm_uuid,
+                "volume-removed",
+                f"{volume.target}: its top file {volume.install_path} is gone; "
+                f"{len(snapshots)} snapshot(s) marked deleted, their files kept",
+                volume.uuid,
+            )
+        )
+    return changes
+
+
+def _chain_change(
+    engine: Engine, volume: VolumeRow, lineage: list[Any], live: bool
+) -> Change | None:
+    try:
+        expected = expected_chain(volume, lineage)
+        actual = [layer.path for layer in engine.images.chain(volume.install_path, shared=live)]
+    except SnapgroupError as exc:
+        return Change(volume.vm_uuid, "chain-mismatch", exc.details, volume.uuid)
+    if actual[: len(expected)] == expected:
+        return None
+    return Change(
+        volume.vm_uuid,
+        "chain-mismatch",
+        f"{volume.target}: real chain {actual}, recorded {expected}",
+        volume.uuid,
+    )

@@ -1,0 +1,30 @@
+"""Ungroup: drop a group and keep its volume snapshots (ZStack's
+UngroupVolumeSnapshotGroup). Metadata only, one transaction."""
+
+from __future__ import annotations
+
+from snapgroup.engine import Engine, _load_groups
+from snapgroup.errors import NotFound
+from snapgroup.inventory import Group
+from snapgroup.locks import vm_lock
+from snapgroup.store.repo import Repo
+from snapgroup.validate import parse_uuid
+
+
+def ungroup(engine: Engine, group_uuid: str) -> Group:
+    """The group as it was. Its snapshots stay, as snapshots of their volumes; those
+    already deleted had nothing left but their ref, so they go with it."""
+    uuid = parse_uuid(group_uuid, "group uuid")
+    with engine.db.transaction() as session:
+        row = Repo(session).group(uuid)
+    if row is None:
+        raise NotFound(f"snapshot group {uuid} not found")
+    # Under the VM's lock: a revert or delete of this group may be reading its refs.
+    with vm_lock(row.vm_uuid, wait=engine.lock_wait), engine.db.transaction() as session:
+        repo = Repo(session)
+        groups = _load_groups(repo, [uuid])
+        if not groups:
+            raise NotFound(f"snapshot group {uuid} not found")
+        repo.delete_snapshots(r.volume_snapshot_uuid for r in groups[0].refs if r.snapshot_deleted)
+        repo.delete_group(uuid)
+        return groups[0]
