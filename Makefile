@@ -4,15 +4,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEB_PACKAGES := qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-clients \
-	libvirt-dev pkg-config busybox-static qemu-guest-agent e2fsprogs
+	libvirt-dev pkg-config busybox-static qemu-guest-agent e2fsprogs postgresql
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
-.PHONY: all deps daemons guest demo test unit lab lint typecheck bench consistency clean
+.PHONY: all deps daemons postgres guest demo test unit lab lint typecheck bench consistency clean
 
 all: test
 
-$(STAMP_DEB):
+$(STAMP_DEB): Makefile
 	@mkdir -p $(VENV)
 	@missing=""; for p in $(DEB_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -23,7 +23,8 @@ $(STAMP_DEB):
 	fi
 	@touch $@
 
-$(STAMP_PY): pyproject.toml $(STAMP_DEB)
+# Order-only on the Debian packages: a new one in the list does not reinstall the venv.
+$(STAMP_PY): pyproject.toml | $(STAMP_DEB)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
@@ -37,6 +38,15 @@ daemons: $(STAMP_DEB)
 	@for i in $$(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && exit 0; sleep 0.2; done; \
 		echo "libvirtd did not answer" >&2; exit 1
 
+# PostgreSQL for the store and engine tests (they run on SQLite AND PostgreSQL): Debian's
+# cluster started if down, a test role and database made if missing (lab/postgres.py);
+# its URL goes to build/postgres.url. Idempotent. SNAPGROUP_TEST_PG_URL set by the caller
+# takes precedence.
+postgres: $(STAMP_DEB)
+	@mkdir -p build
+	@$(PY) lab/postgres.py > build/postgres.url.new && mv build/postgres.url.new build/postgres.url
+PG_ENV = SNAPGROUP_TEST_PG_URL="$${SNAPGROUP_TEST_PG_URL:-$$(cat build/postgres.url)}"
+
 # The lab guest: a Debian cloud kernel + busybox initramfs with qemu-guest-agent.
 guest: $(STAMP_DEB)
 	$(PY) lab/build_guest.py --out build/guest
@@ -44,20 +54,30 @@ guest: $(STAMP_DEB)
 demo: deps daemons guest
 	$(BIN)/python lab/demo.py
 
+# Cross-disk ordering under load: 200 groups per mode of the running lab guest's writer
+# vs a non-atomic baseline; prints the figures (lab/consistency.py).
+consistency: deps daemons guest
+	$(BIN)/python lab/consistency.py
+
+# snapgroup next to virsh / qemu-img, ratios pair by pair (bench/run.py): prints the table,
+# writes bench/results.json. BENCH_ARGS="--only create-live --runs 3" or "--quick".
+bench: deps daemons guest
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 lint: deps
-	$(BIN)/ruff check snapgroup tests lab
-	$(BIN)/ruff format --check snapgroup tests lab
+	$(BIN)/ruff check snapgroup tests lab bench
+	$(BIN)/ruff format --check snapgroup tests lab bench
 
 typecheck: deps
 	$(BIN)/mypy
 
-unit: deps
-	$(BIN)/pytest -q -m "not lab"
+unit: deps postgres
+	$(PG_ENV) $(BIN)/pytest -q -m "not lab"
 
-test: deps daemons guest
-	$(BIN)/ruff check snapgroup tests lab
+test: deps daemons guest postgres
+	$(BIN)/ruff check snapgroup tests lab bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(PG_ENV) $(BIN)/pytest -q
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache

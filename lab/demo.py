@@ -10,6 +10,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from snapgroup.testing.labvm import LabVm, create_lab_vm
@@ -61,7 +62,22 @@ def boot_vm() -> LabVm:
     )
     what = "the lab guest (Linux, TCG)" if with_guest else "an OS-less domain (TCG)"
     print(f"VM {vm.name} ({vm.uuid}) running {what}; disks in {vm.directory}")
+    if with_guest:
+        _wait_for_agent(vm.name)
     return vm
+
+
+def _wait_for_agent(vm: str, timeout: float = 120.0) -> None:
+    """Until the guest agent answers, so the group can be application-consistent (a
+    create before that falls back to crash-consistent, and says so)."""
+    started = time.monotonic()
+    ping = ["virsh", "qemu-agent-command", vm, '{"execute":"guest-ping"}', "--timeout", "1"]
+    while subprocess.run(ping, capture_output=True, check=False).returncode != 0:
+        if time.monotonic() - started > timeout:
+            print(f"no guest agent after {timeout:.0f} s; going on without it")
+            return
+        time.sleep(0.2)
+    print(f"guest agent answering {time.monotonic() - started:.1f} s after the start")
 
 
 def main() -> None:
@@ -79,7 +95,7 @@ def main() -> None:
     step("What a group would cover")
     sg("volumes", "--vm", VM_NAME)
 
-    step("Take a snapshot group of the running VM (one atomic libvirt call)")
+    step("Take a snapshot group of the running VM (guest frozen, one atomic libvirt call)")
     created = json.loads(
         sg(
             "--json",
@@ -90,10 +106,18 @@ def main() -> None:
             "before-upgrade",
             "--description",
             "demo group",
+            "--consistency",
+            "auto",
             capture=True,
         )
     )
-    group = created["inventory"]["uuid"]
+    inventory = created["inventory"]
+    group = inventory["uuid"]
+    frozen = ", ".join(inventory["frozenFilesystems"]) or "nothing"
+    print(
+        f"consistency: {inventory['consistencyType']}; froze {frozen} for "
+        f"{inventory['freezeMillis']} ms; note: {inventory['consistencyNote'] or '-'}"
+    )
     show("virsh", "domblklist", VM_NAME)
     top = _top_of(VM_NAME, "vda")
     show("qemu-img", "info", "-U", "--backing-chain", top)

@@ -1,8 +1,10 @@
 """snapgroup: consistent snapshot groups of a libvirt VM's qcow2 disks."""
 
 from snapgroup.api import open_engine
+from snapgroup.consistency import Consistency
 from snapgroup.engine import DeleteMode, Engine
 from snapgroup.errors import (
+    AuthenticationError,
     BatchDeleteError,
     Busy,
     DeleteFailed,
@@ -11,6 +13,7 @@ from snapgroup.errors import (
     ImageToolError,
     InternalError,
     InvalidArgument,
+    InvalidSession,
     NotFound,
     OperationError,
     SnapgroupError,
@@ -21,8 +24,10 @@ from snapgroup.errors import (
 from snapgroup.inventory import DeleteReport, DeleteResult, Group, GroupRef, VolumeView
 
 __all__ = [
+    "AuthenticationError",
     "BatchDeleteError",
     "Busy",
+    "Consistency",
     "DeleteFailed",
     "DeleteMode",
     "DeleteReport",
@@ -35,6 +40,7 @@ __all__ = [
     "ImageToolError",
     "InternalError",
     "InvalidArgument",
+    "InvalidSession",
     "NotFound",
     "OperationError",
     "SnapgroupError",

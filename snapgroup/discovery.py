@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from snapgroup.errors import OperationError
 from snapgroup.inventory import VolumeView
 from snapgroup.models import DomainInfo
 from snapgroup.planner import PlannedDisk, classify, volume_name
@@ -45,10 +46,19 @@ class Discovered:
 
 
 def register_volumes(
-    repo: Repo, domain: DomainInfo, *, now: datetime, new_uuid: Callable[[], str]
+    repo: Repo, domain: DomainInfo, *, now: datetime, new_uuid: Callable[[], str], host: str
 ) -> Discovered:
+    """`host`: the host whose libvirt shows `domain`. Its volumes are recorded as that
+    host's; OperationError when the metadata says another host owns them (the same VM
+    defined on two hosts sharing a store: neither may touch the other's files)."""
     planned = classify(domain)
     known = repo.volumes_of_vm(domain.uuid)
+    owners = {v.host for v in known if v.host is not None} - {host}
+    if owners:
+        raise OperationError(
+            f"VM {domain.name} ({domain.uuid}) belongs to host {', '.join(sorted(owners))} "
+            f"in the shared store, not to this host ({host})"
+        )
     by_path = {v.install_path: v for v in known}
     seen: set[str] = set()
     volumes: dict[str, VolumeRow] = {}
@@ -70,6 +80,7 @@ def register_volumes(
                 last_attach_date=now,
                 create_date=now,
                 last_op_date=now,
+                host=host,
             )
         else:
             if not row.attached:
@@ -77,12 +88,12 @@ def register_volumes(
                 row.last_attach_date = now
             row.target, row.device_id = p.disk.target, p.device_id
             row.volume_type, row.vm_name = p.volume_type.value, domain.name
-        repo.add(row)
+            row.host = host  # claims a row recorded before hosts were
         seen.add(row.uuid)
         volumes[p.disk.target] = row
-    for row in known:
-        if row.uuid not in seen and row.attached:
-            row.attached = False
-            row.last_op_date = now
-            repo.add(row)
+    detached = [row for row in known if row.uuid not in seen and row.attached]
+    for row in detached:
+        row.attached = False
+        row.last_op_date = now
+    repo.add(*volumes.values(), *detached)  # one flush, not one per disk
     return Discovered(domain, tuple(planned), volumes)

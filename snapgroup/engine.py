@@ -3,6 +3,7 @@ decisions live in planner.py, I/O behind the ports, rows in store/."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
@@ -12,6 +13,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from snapgroup.consistency import (
+    FREEZE_TIMEOUT_S,
+    Consistency,
+    ConsistencyRecord,
+    FreezeWindow,
+    interrupted_record,
+    thaw_report,
+    thaw_with_retries,
+)
 from snapgroup.discovery import Discovered, register_volumes
 from snapgroup.errors import (
     DeleteFailed,
@@ -22,6 +32,7 @@ from snapgroup.errors import (
     OperationError,
     SnapgroupError,
 )
+from snapgroup.host import local_host
 from snapgroup.inventory import DeleteReport, DeleteResult, Group, GroupRef, VolumeView
 from snapgroup.journal import DONE, FAILED, ROLLED_BACK, Journal
 from snapgroup.lineage import pinned_snapshots
@@ -88,19 +99,41 @@ class Engine:
         clock: Callable[[], datetime] = _utcnow,
         new_uuid: Callable[[], str] = _new_uuid,
         lock_wait: float = 0.0,
+        freeze_timeout: int = FREEZE_TIMEOUT_S,
+        host: str | None = None,
     ) -> None:
+        """`host`: this host's name in a store shared by several (default
+        snapgroup.host.local_host()); the engine only operates on VMs it owns."""
         self.hv = hypervisor
         self.images = images
         self.db = db
         self.clock = clock
         self.new_uuid = new_uuid
         self.lock_wait = lock_wait  # seconds to wait for another operation on the same VM
-        self.journal = Journal(db, clock, new_uuid)
+        self.freeze_timeout = freeze_timeout  # seconds per guest-agent request
+        self.host = host or local_host()
+        self.journal = Journal(db, clock, new_uuid, host=self.host)
+
+    def check_owner(self, vm_uuid: str, repo: Repo | None = None) -> None:
+        """OperationError unless this host owns the VM's files (or no host is recorded):
+        in a store shared by several hosts, each operates on its own VMs only."""
+        if repo is None:
+            with self.db.transaction() as session:
+                self.check_owner(vm_uuid, Repo(session))
+            return
+        others = repo.vm_hosts(vm_uuid) - {self.host}
+        if others:
+            raise OperationError(
+                f"VM {vm_uuid} belongs to host {', '.join(sorted(others))}, not to this "
+                f"host ({self.host}): a host only operates on its own VMs"
+            )
 
     # discovery -------------------------------------------------------------------------
     def _discover(self, domain: DomainInfo) -> Discovered:
         with self.db.transaction() as session:
-            return register_volumes(Repo(session), domain, now=self.clock(), new_uuid=self.new_uuid)
+            return register_volumes(
+                Repo(session), domain, now=self.clock(), new_uuid=self.new_uuid, host=self.host
+            )
 
     def _domain_of(self, *, vm: str | None, root_volume_uuid: str | None) -> DomainInfo:
         if (vm is None) == (root_volume_uuid is None):
@@ -116,6 +149,7 @@ class Engine:
             raise InvalidArgument(
                 f"volume {volume_uuid} is a {volume.volume_type} volume, not Root"
             )
+        self.check_owner(volume.vm_uuid)
         return self.hv.lookup(volume.vm_uuid)
 
     def volumes(self, vm: str) -> list[VolumeView]:
@@ -149,6 +183,7 @@ class Engine:
             row = repo.group(uuid)
             if row is None:
                 raise NotFound(f"snapshot group {uuid} not found")
+            self.check_owner(row.vm_uuid, repo)
             if name is not None:
                 row.name = name
             if description is not None:
@@ -167,15 +202,20 @@ class Engine:
         description: str | None = None,
         resource_uuid: str | None = None,
         skip_unsupported: bool = False,
+        consistency: Consistency | str = Consistency.AUTO,
     ) -> Group:
+        """`consistency`: application (freeze the guest's filesystems or fail), crash (no
+        freeze) or auto (application when the freeze works, else crash, and why):
+        snapgroup.consistency."""
         name = validate_name(name)
         description = validate_description(description)
+        mode = Consistency.parse(consistency)
         group_uuid = parse_uuid(resource_uuid, "resourceUuid") if resource_uuid else self.new_uuid()
         domain = self._domain_of(vm=vm, root_volume_uuid=root_volume_uuid)
         with vm_lock(domain.uuid, wait=self.lock_wait):
             domain = self.hv.lookup(domain.uuid)  # what it is now, under the lock
             return self._create_locked(
-                domain, group_uuid, name, description, skip_unsupported=skip_unsupported
+                domain, group_uuid, name, description, skip_unsupported=skip_unsupported, mode=mode
             )
 
     def _create_locked(
@@ -186,16 +226,23 @@ class Engine:
         description: str | None,
         *,
         skip_unsupported: bool,
+        mode: Consistency = Consistency.AUTO,
     ) -> Group:
         if domain.state is VmState.OTHER:
             raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
+        self._sync(domain.uuid, domain)
         found = self._discover(domain)
         with self.db.transaction() as session:
             if Repo(session).group(group_uuid) is not None:
                 raise InvalidArgument(f"resourceUuid {group_uuid} is already used by a group")
         chosen = _choose_disks(found, skip_unsupported=skip_unsupported)
         live = domain.state.is_live
-        sizes = {t: self._check_chain(found.volumes[t], live) for t in chosen}
+        with self.db.transaction() as session:  # one query for every disk's chain
+            lineages = Repo(session).lineages([found.volumes[t] for t in chosen])
+        sizes = {
+            t: self._check_chain(found.volumes[t], live, lineages[found.volumes[t].uuid])
+            for t in chosen
+        }
         overlays = [
             DiskOverlay(
                 target=t,
@@ -216,6 +263,7 @@ class Engine:
             "live": live,
             "overlays": [asdict(o) for o in overlays],
             "volumes": {t: found.volumes[t].uuid for t in chosen},
+            "consistency_mode": mode.value,
         }
         op = self.journal.begin("create", domain.uuid, plan, group_uuid=group_uuid)
         try:
@@ -224,23 +272,49 @@ class Engine:
             self.journal.close(op, FAILED, detail=exc.details)
             raise
         self.journal.step(op, "create", "overlays")
+        # The guest is frozen (when it is) only around the switch: "freezing" is
+        # journaled before the agent is asked, so `recover` thaws a guest a killed
+        # process left frozen. Nothing is journaled inside the window (it would lengthen
+        # it); create:frozen and create:thawing are fault-injection points only.
+        window = FreezeWindow(
+            self.hv,
+            domain,
+            mode,
+            timeout=self.freeze_timeout,
+            on_freezing=lambda: self.journal.step(op, "create", "freezing", freezing=True),
+        )
         try:
-            try:
-                self._switch(domain.uuid, live, overlays)
-            except HypervisorUnavailable:
-                # libvirtd went away (a restart?); when nothing was switched, one more try
-                # on a new connection is safe.
-                if not self._none_switched(domain.uuid, overlays):
-                    raise
-                self._switch(domain.uuid, live, overlays)
-        except SnapgroupError:
+            with window:
+                if window.froze:
+                    self.journal.point("create", "frozen")
+                try:
+                    self._switch(domain.uuid, live, overlays)
+                except HypervisorUnavailable:
+                    # libvirtd went away (a restart?); when nothing was switched, one more
+                    # try on a new connection is safe.
+                    if not self._none_switched(domain.uuid, overlays):
+                        raise
+                    self._switch(domain.uuid, live, overlays)
+                if window.froze:
+                    self.journal.point("create", "thawing")
+        except SnapgroupError as exc:
+            if window.refused is not None:  # application mode, no freeze: nothing switched
+                self._remove_files([o.overlay for o in overlays])
+                self.journal.close(op, FAILED, detail=exc.details)
+                raise
+            if window.record is not None:
+                plan["consistency"] = window.record.to_plan()
             # An error does not prove the switch did not happen (libvirtd may have died
             # after doing it): look before removing overlays a running QEMU may be using.
             group = self._settle_create(op, plan, domain.uuid)
             if group is None:
                 raise
             return group
-        self.journal.step(op, "create", "switched")
+        assert window.record is not None
+        plan["consistency"] = window.record.to_plan()
+        if window.froze:
+            self.journal.step(op, "create", "thawed", consistency=plan["consistency"])
+        self.journal.step(op, "create", "switched", consistency=plan["consistency"])
         try:
             return self._record_group(op, plan, domain.uuid)
         except SnapgroupError as exc:
@@ -248,7 +322,7 @@ class Engine:
             self.journal.close(op, ROLLED_BACK, detail=exc.details)
             raise
 
-    def _check_chain(self, volume: VolumeRow, live: bool) -> int:
+    def _check_chain(self, volume: VolumeRow, live: bool, lineage: list[SnapshotRow]) -> int:
         """The real chain must be what the metadata says; returns the virtual size."""
         try:
             chain = self.images.chain(volume.install_path, shared=live)
@@ -259,8 +333,7 @@ class Engine:
             ) from exc
         if chain[0].format != "qcow2":
             raise OperationError(f"{volume.install_path} is {chain[0].format}, not qcow2")
-        with self.db.transaction() as session:
-            expected = expected_chain(volume, Repo(session).lineage(volume))
+        expected = expected_chain(volume, lineage)
         actual = [layer.path for layer in chain]
         if actual[: len(expected)] != expected:
             raise OperationError(
@@ -311,6 +384,11 @@ class Engine:
         'done': one transaction."""
         now = self.clock()
         group_uuid, name = plan["group_uuid"], plan["name"]
+        consistency = (
+            ConsistencyRecord.from_plan(plan["consistency"])
+            if "consistency" in plan
+            else interrupted_record(froze=False)
+        )
         with self.db.transaction() as session:
             repo = Repo(session)
             repo.add(
@@ -321,10 +399,21 @@ class Engine:
                     vm_uuid=vm_uuid,
                     create_date=now,
                     last_op_date=now,
+                    consistency_type=consistency.type.value,
+                    frozen_filesystems=json.dumps(list(consistency.frozen_filesystems)),
+                    freeze_millis=consistency.freeze_millis,
+                    consistency_note=consistency.note,
+                    host=self.host,
                 )
             )
+            # One query for the volumes and one flush per table, not one of each per disk.
+            volumes = {v.uuid: v for v in repo.volumes_of_vm(vm_uuid)}
+            snapshots: list[SnapshotRow | VolumeRow] = []
+            refs: list[RefRow] = []
             for o in plan["overlays"]:
-                volume = repo.volume(plan["volumes"][o["target"]])
+                volume = volumes.get(plan["volumes"][o["target"]]) or repo.volume(
+                    plan["volumes"][o["target"]]
+                )
                 assert volume is not None
                 snap = SnapshotRow(
                     uuid=self.new_uuid(),
@@ -338,8 +427,8 @@ class Engine:
                 volume.install_path = o["overlay"]
                 volume.parent_snapshot_uuid = snap.uuid
                 volume.last_op_date = now
-                repo.add(snap, volume)
-                repo.add(
+                snapshots += (snap, volume)
+                refs.append(
                     RefRow(
                         volume_snapshot_uuid=snap.uuid,
                         group_uuid=group_uuid,
@@ -352,6 +441,8 @@ class Engine:
                         last_op_date=now,
                     )
                 )
+            repo.add(*snapshots)  # before the refs that name them
+            repo.add(*refs)
             self.journal.close(op, DONE, session=session)
             return _load_groups(repo, [group_uuid])[0]
 
@@ -369,12 +460,17 @@ class Engine:
             group = Repo(session).group(uuid)
         if group is None:
             return DeleteReport(uuid, ())  # idempotent, as in ZStack
+        self.check_owner(group.vm_uuid)
         with vm_lock(group.vm_uuid, wait=self.lock_wait):
             return self._delete_locked(uuid, group.vm_uuid, mode, progress)
 
     def _delete_locked(
         self, uuid: str, vm_uuid: str, mode: DeleteMode, progress: ProgressFn | None
     ) -> DeleteReport:
+        try:
+            self._sync(vm_uuid, self.hv.lookup(vm_uuid))
+        except NotFound:
+            self._sync(vm_uuid, None)
         with self.db.transaction() as session:
             repo = Repo(session)
             if repo.group(uuid) is None:
@@ -383,10 +479,8 @@ class Engine:
                 _Merge(ref, snap, repo.volume(snap.volume_uuid))
                 for ref, snap in repo.refs_with_snapshots([uuid])
             ]
-            chains = {
-                m.volume.uuid: repo.lineage(m.volume) for m in merges if m.volume is not None
-            }
-            pinned = pinned_snapshots(repo)
+            chains = repo.lineages([m.volume for m in merges if m.volume is not None])
+            pinned = pinned_snapshots(repo, chains.values())
         domain = self._domain_for_delete(vm_uuid, mode)
         for m in merges:
             self._check_merge(m, domain, chains.get(m.snapshot.volume_uuid, []), pinned)
@@ -422,6 +516,13 @@ class Engine:
         succeeded = [r.snapshot_uuid for r in results if r.success]
         self._record_delete(op, uuid, succeeded, len(merges), mode)
         return DeleteReport(uuid, tuple(results))
+
+    def _sync(self, vm_uuid: str, domain: DomainInfo | None) -> None:
+        """Record what changed behind our back first (detached or removed volumes, a VM
+        that is gone): snapgroup.sync. The caller holds the VM's lock."""
+        from snapgroup.sync import sync_locked  # it imports this module
+
+        sync_locked(self, vm_uuid, domain)
 
     def _domain_for_delete(self, vm_uuid: str, mode: DeleteMode) -> DomainInfo | None:
         try:
@@ -604,6 +705,18 @@ class Engine:
         return self.get(plan["group_uuid"]) if exists else None
 
     def _recover_create(self, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+        thaw_note = ""
+        if plan.get("freezing") and "consistency" not in plan:
+            # Killed inside the freeze window: the guest may still be frozen, and every
+            # write in it blocked. Thawing is harmless when it is not.
+            thawed, error = (
+                thaw_with_retries(self.hv, domain.uuid, timeout=self.freeze_timeout)
+                if domain.state.is_live
+                else (0, None)
+            )
+            record = interrupted_record(froze=True, thawed=thawed, thaw_error=error)
+            plan = {**plan, "consistency": record.to_plan()}
+            thaw_note = f"; {thaw_report(thawed, error)}"
         overlays = [DiskOverlay(**o) for o in plan["overlays"]]
         paths = {d.target: d.path for d in domain.disks}
         switched = [o for o in overlays if paths.get(o.target) == o.overlay]
@@ -613,7 +726,9 @@ class Engine:
         if switched:  # never seen (the switch is atomic) but never left half-done either
             self._undo_snapshot(domain.uuid, domain.state.is_live, switched)
         self._remove_files([o.overlay for o in overlays])
-        self.journal.close(op, ROLLED_BACK, detail="recover: interrupted before the switch")
+        self.journal.close(
+            op, ROLLED_BACK, detail=f"recover: interrupted before the switch{thaw_note}"
+        )
 
     def _recover_delete(self, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
         live = domain.state.is_live
@@ -652,23 +767,24 @@ def _choose_disks(found: Discovered, *, skip_unsupported: bool) -> list[str]:
 
 
 def _load_groups(repo: Repo, uuids: Sequence[str]) -> list[Group]:
-    rows = {u: repo.group(u) for u in uuids}
+    found = repo.groups_by_uuid(uuids)  # one query, not one per group
+    rows = {u: found.get(u) for u in uuids}
     refs: dict[str, list[GroupRef]] = {u: [] for u in uuids}
-    for ref, snap in repo.refs_with_snapshots(list(uuids)):
-        refs[ref.group_uuid].append(
+    for r in repo.ref_views(list(uuids)):  # plain rows: no ORM object per ref
+        refs[r.group_uuid].append(
             GroupRef(
-                volume_snapshot_uuid=ref.volume_snapshot_uuid,
-                group_uuid=ref.group_uuid,
-                device_id=ref.device_id,
-                snapshot_deleted=snap.deleted,
-                volume_uuid=ref.volume_uuid,
-                volume_name=ref.volume_name,
-                volume_type=ref.volume_type,
-                install_path=snap.install_path,
-                snapshot_name=snap.name,
-                volume_last_attach_date=ref.volume_last_attach_date,
-                create_date=ref.create_date,
-                last_op_date=max(ref.last_op_date, snap.last_op_date),
+                volume_snapshot_uuid=r.volume_snapshot_uuid,
+                group_uuid=r.group_uuid,
+                device_id=r.device_id,
+                snapshot_deleted=r.snapshot_deleted,
+                volume_uuid=r.volume_uuid,
+                volume_name=r.volume_name,
+                volume_type=r.volume_type,
+                install_path=r.install_path,
+                snapshot_name=r.snapshot_name,
+                volume_last_attach_date=r.volume_last_attach_date,
+                create_date=r.create_date,
+                last_op_date=max(r.last_op_date, r.snapshot_last_op_date),
             )
         )
     return [
@@ -680,6 +796,10 @@ def _load_groups(repo: Repo, uuids: Sequence[str]) -> list[Group]:
             create_date=row.create_date,
             last_op_date=row.last_op_date,
             refs=tuple(refs[u]),
+            consistency_type=row.consistency_type,
+            frozen_filesystems=tuple(json.loads(row.frozen_filesystems or "[]")),
+            freeze_millis=row.freeze_millis,
+            consistency_note=row.consistency_note,
         )
         for u, row in rows.items()
         if row is not None

@@ -99,6 +99,20 @@ class BatchDeleteError(SnapgroupError):
     description = "failed to delete some snapshots of the group"
 
 
+class AuthenticationError(SnapgroupError):
+    """A REST login with a wrong account name or password (ZStack's ID.1000)."""
+
+    code = "ID.1000"
+    description = "wrong account name or password"
+
+
+class InvalidSession(SnapgroupError):
+    """A REST call without a session, or with an unknown or expired one (ID.1001)."""
+
+    code = "ID.1001"
+    description = "invalid or expired session"
+
+
 ALL_ERRORS: tuple[type[SnapgroupError], ...] = (
     InternalError,
     NotFound,
@@ -113,4 +127,6 @@ ALL_ERRORS: tuple[type[SnapgroupError], ...] = (
     StoreError,
     SnapshotWrongStatus,
     BatchDeleteError,
+    AuthenticationError,
+    InvalidSession,
 )

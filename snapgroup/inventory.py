@@ -64,6 +64,12 @@ class Group:
     create_date: datetime
     last_op_date: datetime
     refs: tuple[GroupRef, ...]
+    # **ours** (snapgroup.consistency), beside the seed's fields; None for groups
+    # recorded before snapgroup recorded them.
+    consistency_type: str | None = None  # Application / Crash
+    frozen_filesystems: tuple[str, ...] = ()  # the mountpoints the guest agent froze
+    freeze_millis: int | None = None  # freeze request sent -> thaw answered
+    consistency_note: str | None = None  # why it is not Application (or a thaw problem)
 
     @property
     def snapshot_count(self) -> int:
@@ -79,6 +85,10 @@ class Group:
             "createDate": zstack_date(self.create_date),
             "lastOpDate": zstack_date(self.last_op_date),
             "volumeSnapshotRefs": [ref.to_inventory() for ref in self.refs],
+            "consistencyType": self.consistency_type,
+            "frozenFilesystems": list(self.frozen_filesystems),
+            "freezeMillis": self.freeze_millis,
+            "consistencyNote": self.consistency_note,
         }
 
 

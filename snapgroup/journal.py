@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session
 
+from snapgroup.host import local_host
 from snapgroup.store.db import Database
 from snapgroup.store.repo import OperationRepo
 from snapgroup.store.tables import OperationRow
@@ -40,11 +40,18 @@ def checkpoint(name: str) -> None:
 
 
 class Journal:
-    def __init__(self, db: Database, clock: Callable[[], datetime], new_uuid: Callable[[], str]):
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], datetime],
+        new_uuid: Callable[[], str],
+        *,
+        host: str | None = None,
+    ):
         self.db = db
         self.clock = clock
         self.new_uuid = new_uuid
-        self.host = socket.gethostname()
+        self.host = host or local_host()  # recover finishes only this host's operations
 
     def begin(
         self, kind: str, vm_uuid: str, plan: dict[str, Any], *, group_uuid: str | None = None
@@ -79,6 +86,11 @@ class Journal:
                 row.plan = json.dumps({**json.loads(row.plan), **plan_update})
             session.add(row)
         checkpoint(f"{kind}:{step.partition(' ')[0]}")
+
+    def point(self, kind: str, step: str) -> None:
+        """A fault-injection point with no journal write: inside a create's freeze
+        window, where a store commit would only lengthen the guest's stall."""
+        checkpoint(f"{kind}:{step}")
 
     def close(
         self, op_uuid: str, state: str, *, detail: str | None = None, session: Session | None = None

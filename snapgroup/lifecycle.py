@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from snapgroup.clone import recover_clone
 from snapgroup.engine import Engine
 from snapgroup.journal import FAILED
 from snapgroup.models import DomainInfo
@@ -20,5 +21,7 @@ def recover_lifecycle(
         recover_revert(engine, op, plan, domain)
     elif kind == "delete-snapshot":
         recover_delete_snapshot(engine, op, plan, domain)
+    elif kind == "clone":
+        recover_clone(engine, op, plan, domain)
     else:
         engine.journal.close(op, FAILED, detail=f"recover: unknown kind {kind}")

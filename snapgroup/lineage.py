@@ -4,14 +4,28 @@ Those snapshots are pinned: a merge would rewrite or remove a file the clone rea
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from snapgroup.errors import OperationError, SnapgroupError
+from snapgroup.ports import ImageTool
 from snapgroup.store.repo import Repo
+from snapgroup.store.tables import SnapshotRow
 
 
-def pinned_snapshots(repo: Repo) -> dict[str, str]:
-    """snapshot uuid -> why it must not be merged away."""
+def pinned_snapshots(
+    repo: Repo, lineages: Iterable[Iterable[SnapshotRow]] | None = None
+) -> dict[str, str]:
+    """snapshot uuid -> why it must not be merged away. With `lineages` (Repo.lineage
+    of each volume in question), only what pins their snapshots is looked up: a clone
+    that reads any of them sits directly on one of them (or on a snapshot of a clone
+    that does, which pins the same ones), so the answer for them is the same."""
     pinned: dict[str, str] = {}
-    for snapshot_uuid, volume in repo.foreign_dependents():
-        why = f"read by VM {volume.vm_name}'s disk {volume.target} (volume {volume.uuid})"
+    volumes = None if lineages is None else {s.volume_uuid for chain in lineages for s in chain}
+    for snapshot_uuid, volume in repo.foreign_dependents(of_volumes=volumes):
+        why = (
+            f"read by VM {volume.vm_name}'s disk {volume.target} (volume {volume.uuid}, a "
+            "clone: remove that VM and its disk, then `snapgroup sync`, to release it)"
+        )
         current: str | None = snapshot_uuid
         while current is not None and current not in pinned:
             row = repo.snapshot(current)
@@ -20,3 +34,27 @@ def pinned_snapshots(repo: Repo) -> dict[str, str]:
             pinned[current] = why
             current = row.parent_uuid
     return pinned
+
+
+def check_snapshot_chain(
+    images: ImageTool, snapshot: SnapshotRow, lineage: list[SnapshotRow], *, live: bool = True
+) -> None:
+    """A new overlay on `snapshot` trusts its chain: it must be what the metadata says.
+    (`live`: read with -U, the file may be a running VM's backing file.)"""
+    by_uuid = {s.uuid: s for s in lineage}
+    expected = []
+    current: SnapshotRow | None = snapshot
+    while current is not None:
+        expected.append(current.install_path)
+        current = by_uuid.get(current.parent_uuid or "")
+    try:
+        actual = [layer.path for layer in images.chain(snapshot.install_path, shared=live)]
+    except SnapgroupError as exc:
+        raise OperationError(
+            f"snapshot {snapshot.uuid}: its chain cannot be read", cause=exc
+        ) from exc
+    if actual[: len(expected)] != expected:
+        raise OperationError(
+            f"snapshot {snapshot.uuid}: real chain {actual} does not match the recorded "
+            f"chain {expected}"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from snapgroup.errors import OperationError
@@ -147,6 +148,10 @@ class MergePlan:
         return heir + detached
 
 
+def _age(snapshot: SnapshotRow) -> tuple[datetime, str]:
+    return snapshot.create_date, snapshot.uuid
+
+
 def _ancestors(start: str | None, by_uuid: dict[str, SnapshotRow]) -> list[str]:
     seen: list[str] = []
     while start is not None and start in by_uuid and start not in seen:
@@ -173,9 +178,7 @@ def plan_merge(
     parent_path = parent.install_path if parent is not None else None
     if target.parent_uuid is not None and parent is None:
         raise OperationError(f"snapshot {target.uuid} names a missing parent snapshot")
-    children = sorted(
-        (s for s in snapshots if s.parent_uuid == target.uuid), key=lambda s: s.create_date
-    )
+    children = sorted((s for s in snapshots if s.parent_uuid == target.uuid), key=_age)
     if on_active and volume.parent_snapshot_uuid == target.uuid:
         # The heir is the volume's top: today's active commit.
         others = tuple(children)
@@ -209,9 +212,7 @@ def plan_merge(
             active_chain=False,
         )
     others = tuple(c for c in children if c is not heir)
-    grandchildren = sorted(
-        (s for s in snapshots if s.parent_uuid == heir.uuid), key=lambda s: s.create_date
-    )
+    grandchildren = sorted((s for s in snapshots if s.parent_uuid == heir.uuid), key=_age)
     above_all = [g.install_path for g in grandchildren]
     if volume.parent_snapshot_uuid == heir.uuid:
         above_all.insert(0, volume.install_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from snapgroup.models import BlockJobProgress, DiskOverlay, DomainInfo, ImageInfo
+from snapgroup.models import BlockJobProgress, DiskOverlay, DomainInfo, FreezeResult, ImageInfo
 
 ProgressFn = Callable[[BlockJobProgress], None]
 
@@ -71,6 +71,21 @@ class Hypervisor(Protocol):
         """Remove a stopped domain's definition; its files are left alone."""
         ...
 
+    # The guest agent (application consistency). `timeout`: seconds to wait for the
+    # agent (None: libvirt's default, which may be forever).
+    def guest_filesystems(self, vm_uuid: str, *, timeout: int | None = None) -> tuple[str, ...]:
+        """Mountpoints of the guest's filesystems (guest-get-fsinfo). Fails when there is
+        no agent or it does not answer: the cheap probe before a freeze."""
+        ...
+
+    def freeze(self, vm_uuid: str, *, timeout: int | None = None) -> FreezeResult:
+        """Freeze every guest filesystem (guest-fsfreeze-freeze)."""
+        ...
+
+    def thaw(self, vm_uuid: str, *, timeout: int | None = None) -> int:
+        """Thaw every frozen guest filesystem; the count thawed (0: none was frozen)."""
+        ...
+
 
 class ImageTool(Protocol):
     """qemu-img, and the files it makes. Raises ImageToolError."""
@@ -91,9 +106,7 @@ class ImageTool(Protocol):
         """Offline: merge `top` into `base` (a file lower in top's chain)."""
         ...
 
-    def rebase(
-        self, image: str, *, backing: str | None, backing_format: str, unsafe: bool
-    ) -> None:
+    def rebase(self, image: str, *, backing: str | None, backing_format: str, unsafe: bool) -> None:
         """Offline: point `image` at `backing` (None: standalone); `unsafe` only rewrites
         the header, a safe rebase first copies what differs between old and new backing."""
         ...

@@ -32,6 +32,7 @@ from snapgroup.errors import (
 )
 from snapgroup.inventory import Group
 from snapgroup.journal import DONE, ROLLED_BACK
+from snapgroup.lineage import check_snapshot_chain
 from snapgroup.locks import vm_lock
 from snapgroup.models import DomainInfo, VmState
 from snapgroup.store.repo import Repo
@@ -113,6 +114,7 @@ def revert(
         group = Repo(session).group(uuid)
     if group is None:
         raise NotFound(f"snapshot group {uuid} not found")
+    engine.check_owner(group.vm_uuid)
     with vm_lock(group.vm_uuid, wait=engine.lock_wait):
         domain = _stopped_domain(engine, group.vm_uuid, stop, stop_timeout)
         restores = _choose(engine, uuid, domain, wanted)
@@ -171,29 +173,8 @@ def _choose(
             if ref.volume_uuid in wanted and volume is not None:
                 restores.append(_Restore(volume, snapshot, repo.lineage(volume)))
     for r in restores:
-        _check_snapshot_chain(engine, r)
+        check_snapshot_chain(engine.images, r.snapshot, r.lineage)
     return restores
-
-
-def _check_snapshot_chain(engine: Engine, r: _Restore) -> None:
-    """The new overlay trusts the snapshot's chain: it must be what the metadata says."""
-    by_uuid = {s.uuid: s for s in r.lineage}
-    expected = []
-    current: SnapshotRow | None = r.snapshot
-    while current is not None:
-        expected.append(current.install_path)
-        current = by_uuid.get(current.parent_uuid or "")
-    try:
-        actual = [layer.path for layer in engine.images.chain(r.snapshot.install_path)]
-    except SnapgroupError as exc:
-        raise OperationError(
-            f"snapshot {r.snapshot.uuid}: its chain cannot be read", cause=exc
-        ) from exc
-    if actual[: len(expected)] != expected:
-        raise OperationError(
-            f"snapshot {r.snapshot.uuid}: real chain {actual} does not match the recorded "
-            f"chain {expected}"
-        )
 
 
 def _revert_locked(

@@ -114,6 +114,7 @@ def delete_snapshot(
         volume = repo.volume(snapshot.volume_uuid) if snapshot is not None else None
     if snapshot is None or volume is None:
         raise NotFound(f"volume snapshot {uuid} not found")
+    engine.check_owner(volume.vm_uuid)
     with vm_lock(volume.vm_uuid, wait=engine.lock_wait):
         return _delete_locked(engine, uuid, volume.vm_uuid, mode, progress)
 

@@ -19,6 +19,7 @@ def ungroup(engine: Engine, group_uuid: str) -> Group:
         row = Repo(session).group(uuid)
     if row is None:
         raise NotFound(f"snapshot group {uuid} not found")
+    engine.check_owner(row.vm_uuid)
     # Under the VM's lock: a revert or delete of this group may be reading its refs.
     with vm_lock(row.vm_uuid, wait=engine.lock_wait), engine.db.transaction() as session:
         repo = Repo(session)

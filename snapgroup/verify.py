@@ -47,7 +47,9 @@ def verify(engine: Engine, *, vm: str | None = None, repair: bool = False) -> li
         if vm is not None:
             vm_uuids = [engine.hv.lookup(vm).uuid]
         else:
-            vm_uuids = sorted({g.vm_uuid for g in repo.groups()} | repo.vm_uuids())
+            host = engine.host  # another host's VMs are not in this host's libvirt
+            groups = repo.groups(host=host)
+            vm_uuids = sorted({g.vm_uuid for g in groups} | repo.vm_uuids(host=host))
         pending = {op.vm_uuid for op in OperationRepo(session).unfinished(host=engine.journal.host)}
     diffs: list[Difference] = []
     for vm_uuid in vm_uuids:

@@ -12,6 +12,7 @@ import os
 import re
 from typing import Any
 
+from snapgroup.adapters import qcow2
 from snapgroup.adapters.runner import run
 from snapgroup.errors import ImageToolError
 from snapgroup.models import BlockJobProgress, ImageInfo
@@ -37,11 +38,22 @@ class QemuImg:
     take as long as the data needs, and are not bounded.
     """
 
-    def __init__(self, binary: str = "qemu-img", *, timeout: float | None = 300.0) -> None:
+    def __init__(
+        self, binary: str = "qemu-img", *, timeout: float | None = 300.0, native: bool = True
+    ) -> None:
+        """`native`: read shared (-U) chains and write overlays of a given size in-process
+        (qcow2.py: what qemu-img would, without a process per disk; plain cases only)."""
         self.binary = binary
         self.timeout = timeout
+        self.native = native
 
     def chain(self, path: str, *, shared: bool = False) -> list[ImageInfo]:
+        if shared and self.native:
+            # No lock is probed with -U either: read the headers in-process (qcow2.py);
+            # anything but the plain cases (or any error) is qemu-img's to tell.
+            native = qcow2.read_chain(_abspath(path, "image"))
+            if native is not None:
+                return native
         argv = [self.binary, "info", "--backing-chain", "--output=json"]
         if shared:
             argv.append("-U")
@@ -80,6 +92,12 @@ class QemuImg:
         finally:
             os.close(fd)
 
+        if (
+            size is not None
+            and self.native
+            and self._write_native(path, backing=backing, backing_format=backing_format, size=size)
+        ):
+            return
         argv = [self.binary, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", backing]
         if size is not None:
             # -u: take the size from us and do not open the backing file, which a
@@ -94,6 +112,17 @@ class QemuImg:
         except BaseException:
             self.remove(path)  # the name is ours (O_EXCL): drop the half-made file
             raise
+
+    def _write_native(self, path: str, *, backing: str, backing_format: str, size: int) -> bool:
+        """The bytes `qemu-img create -u` would write, into the file we reserved; False
+        when qcow2.py does not write that case (nothing was written then)."""
+        try:
+            return qcow2.write_overlay(
+                path, backing=backing, backing_format=backing_format, size=size
+            )
+        except OSError as exc:
+            self.remove(path)  # the name is ours (O_EXCL): drop the half-made file
+            raise ImageToolError(f"overlay {path}: cannot write: {exc.strerror}") from exc
 
     def commit(self, top: str, *, base: str, progress: ProgressFn | None = None) -> None:
         # Always -b, which implies -d: `top` is NOT emptied and keeps its exact view.
@@ -113,9 +142,7 @@ class QemuImg:
 
         run(argv, on_line=on_line if progress is not None else None)
 
-    def rebase(
-        self, image: str, *, backing: str | None, backing_format: str, unsafe: bool
-    ) -> None:
+    def rebase(self, image: str, *, backing: str | None, backing_format: str, unsafe: bool) -> None:
         image = _abspath(image, "image")
         argv = [self.binary, "rebase", "-q", "-f", "qcow2"]
         if unsafe:

@@ -7,6 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import group_detail, print_json
+from snapgroup.consistency import Consistency
 
 
 def register(sub: Any) -> None:
@@ -22,6 +23,13 @@ def register(sub: Any) -> None:
         action="store_true",
         help="leave out writable disks that cannot be snapshotted",
     )
+    parser.add_argument(
+        "--consistency",
+        choices=[c.value for c in Consistency],
+        default=Consistency.AUTO.value,
+        help="application: freeze the guest's filesystems through its agent or fail; "
+        "crash: no freeze; auto (default): application, else crash and the group says why",
+    )
     parser.set_defaults(run=run)
 
 
@@ -33,6 +41,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         description=args.description,
         resource_uuid=args.resource_uuid,
         skip_unsupported=args.skip_unsupported,
+        consistency=args.consistency,
     )
     if ctx.as_json:
         print_json({"inventory": group.to_inventory()}, ctx.out)

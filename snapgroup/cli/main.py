@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from snapgroup.cli import (
+    account,
     check,
+    clone,
     create,
     delete,
     delete_snapshot,
@@ -17,6 +19,7 @@ from snapgroup.cli import (
     operations,
     recover,
     revert,
+    serve,
     show,
     snapshots,
     sync,
@@ -39,6 +42,7 @@ COMMANDS = (
     delete,
     check,
     revert,
+    clone,
     ungroup,
     tree,
     snapshots,
@@ -47,6 +51,8 @@ COMMANDS = (
     recover,
     verify,
     operations,
+    serve,
+    account,
 )
 
 

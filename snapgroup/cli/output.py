@@ -59,8 +59,15 @@ def group_detail(group: Group, out: TextIO) -> None:
         "snapshotCount",
         "createDate",
         "lastOpDate",
+        "consistencyType",
+        "frozenFilesystems",
+        "freezeMillis",
+        "consistencyNote",
     ):
-        out.write(f"{key + ':':<16}{'-' if inv[key] is None else inv[key]}\n")
+        value = inv[key]
+        if isinstance(value, list):
+            value = ", ".join(value) or None
+        out.write(f"{key + ':':<19}{'-' if value is None else value}\n")
     rows = [
         (
             r.device_id,

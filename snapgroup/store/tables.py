@@ -35,11 +35,15 @@ class VolumeRow(SQLModel, table=True):
     name: str = Field(max_length=255)
     install_path: str = Field(max_length=4096)  # the current top file
     format: str = Field(max_length=16)
-    parent_snapshot_uuid: str | None = Field(default=None, max_length=UUID_LEN)
+    # Indexed: what sits on a snapshot is looked up by it (Repo.foreign_dependents).
+    parent_snapshot_uuid: str | None = Field(default=None, max_length=UUID_LEN, index=True)
     attached: bool = True
     last_attach_date: datetime
     create_date: datetime
     last_op_date: datetime
+    # The host whose libvirt runs the VM (snapgroup.host). NULL: recorded before hosts
+    # were; the first host to see the VM claims it.
+    host: str | None = Field(default=None, max_length=255, index=True)
 
 
 class SnapshotRow(SQLModel, table=True):
@@ -64,6 +68,12 @@ class GroupRow(SQLModel, table=True):
     vm_uuid: str = Field(index=True, max_length=UUID_LEN)
     create_date: datetime = Field(index=True)
     last_op_date: datetime
+    # snapgroup.consistency. Nullable: groups recorded before these columns have none.
+    consistency_type: str | None = Field(default=None, max_length=16)  # Application/Crash
+    frozen_filesystems: str | None = None  # JSON list of the mountpoints frozen
+    freeze_millis: int | None = None
+    consistency_note: str | None = Field(default=None, max_length=4096)
+    host: str | None = Field(default=None, max_length=255, index=True)  # as VolumeRow.host
 
 
 class RefRow(SQLModel, table=True):
@@ -104,3 +114,29 @@ class OperationRow(SQLModel, table=True):
     pid: int
     started: datetime
     updated: datetime
+
+
+class AccountRow(SQLModel, table=True):
+    """An account of the REST API (snapgroup.rest.auth). The password is never stored:
+    only a salted scrypt hash of the SHA-512 digest ZStack clients send."""
+
+    __tablename__ = "account"
+
+    uuid: str = Field(primary_key=True, max_length=UUID_LEN)
+    name: str = Field(max_length=255, unique=True)
+    password_hash: str = Field(max_length=512)
+    create_date: datetime
+    last_op_date: datetime
+
+
+class SessionRow(SQLModel, table=True):
+    """A login session of the REST API: `Authorization: OAuth <uuid>` until it expires."""
+
+    __tablename__ = "session"
+
+    uuid: str = Field(primary_key=True, max_length=UUID_LEN)
+    account_uuid: str = Field(
+        sa_column=_fk("account.uuid", cascade=True)  # a deleted account's sessions go
+    )
+    create_date: datetime
+    expired_date: datetime = Field(index=True)

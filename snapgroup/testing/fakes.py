@@ -3,7 +3,8 @@
 FakeImageTool keeps each image's own clusters as a dict, so a test can read the view a
 chain presents (`read`) and prove a merge kept it. FakeHypervisor drives the same images.
 Every method can be made to fail: `fail["method"] = SomeSnapgroupError(...)`, optionally
-after N successful calls (`fail_after["method"] = N`).
+after N successful calls (`fail_after["method"] = N`), and for only N calls
+(`fail_times["method"] = N`: then it works again, as a retried call may).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from snapgroup.models import (
     DiskOverlay,
     DomainDisk,
     DomainInfo,
+    FreezeResult,
     ImageInfo,
     VmState,
 )
@@ -28,6 +30,7 @@ class _Faults:
     def __init__(self) -> None:
         self.fail: dict[str, SnapgroupError] = {}
         self.fail_after: dict[str, int] = {}
+        self.fail_times: dict[str, int] = {}
         self.calls: list[tuple[str, tuple[object, ...]]] = []
 
     def _call(self, method: str, *args: object) -> None:
@@ -37,7 +40,12 @@ class _Faults:
             if remaining > 0:
                 self.fail_after[method] = remaining - 1
                 return
-            raise self.fail[method]
+            error = self.fail[method]
+            if method in self.fail_times:
+                self.fail_times[method] -= 1
+                if self.fail_times[method] <= 0:
+                    del self.fail[method], self.fail_times[method]
+            raise error
 
     def called(self, method: str) -> list[tuple[object, ...]]:
         return [args for name, args in self.calls if name == method]
@@ -122,9 +130,7 @@ class FakeImageTool(_Faults):
         if progress:
             progress(BlockJobProgress(1, 1))
 
-    def rebase(
-        self, image: str, *, backing: str | None, backing_format: str, unsafe: bool
-    ) -> None:
+    def rebase(self, image: str, *, backing: str | None, backing_format: str, unsafe: bool) -> None:
         self._call("rebase", image, backing)
         target = self.images[image]
         if not unsafe:
@@ -174,6 +180,10 @@ class FakeHypervisor(_Faults):
         super().__init__()
         self.images = images
         self.domains: dict[str, FakeDomain] = {}
+        # Guest agents: VM uuid -> the mountpoints its agent reports. A VM not in here
+        # has no agent (freeze/thaw/guest_filesystems fail, as libvirt's do).
+        self.agents: dict[str, tuple[str, ...]] = {}
+        self.frozen: set[str] = set()  # VMs whose filesystems are frozen now
 
     def define(self, uuid: str, name: str, state: VmState, disks: Sequence[DomainDisk]) -> None:
         self.domains[uuid] = FakeDomain(uuid, name, state, list(disks))
@@ -258,9 +268,8 @@ class FakeHypervisor(_Faults):
         original = self._domain(vm_uuid)
         if any(d.name == name or d.uuid == new_uuid for d in self.domains.values()):
             raise HypervisorError(f"domain {name} ({new_uuid}) already exists")
-        writable = {
-            d.target for d in original.disks if d.device == "disk" and not d.readonly
-        } - {d.target for d in original.disks if d.shareable}
+        shared = {d.target for d in original.disks if d.shareable or d.readonly}
+        writable = {d.target for d in original.disks if d.device == "disk"} - shared
         if writable - set(sources):
             raise HypervisorError(f"writable disks {sorted(writable - set(sources))} not cloned")
         disks = [replace(d, path=sources.get(d.target, d.path), backing=()) for d in original.disks]
@@ -273,6 +282,31 @@ class FakeHypervisor(_Faults):
         if domain.state.is_live:
             raise HypervisorError(f"domain {domain.name} is running")
         del self.domains[domain.uuid]
+
+    def _agent(self, vm_uuid: str) -> tuple[str, ...]:
+        domain = self._domain(vm_uuid)
+        if domain.uuid not in self.agents:
+            raise HypervisorError("argument unsupported: QEMU guest agent is not configured")
+        return self.agents[domain.uuid]
+
+    def guest_filesystems(self, vm_uuid: str, *, timeout: int | None = None) -> tuple[str, ...]:
+        self._call("guest_filesystems", vm_uuid, timeout)
+        return self._agent(vm_uuid)
+
+    def freeze(self, vm_uuid: str, *, timeout: int | None = None) -> FreezeResult:
+        self._call("freeze", vm_uuid, timeout)
+        mounts = self._agent(vm_uuid)
+        self.frozen.add(self._domain(vm_uuid).uuid)
+        return FreezeResult(frozen=mounts, count=len(mounts))
+
+    def thaw(self, vm_uuid: str, *, timeout: int | None = None) -> int:
+        self._call("thaw", vm_uuid, timeout)
+        mounts = self._agent(vm_uuid)
+        uuid = self._domain(vm_uuid).uuid
+        if uuid not in self.frozen:
+            return 0
+        self.frozen.discard(uuid)
+        return len(mounts)
 
 
 def lab_domain(

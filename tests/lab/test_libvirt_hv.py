@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -485,6 +486,21 @@ def test_freeze_without_a_guest_agent(hv: LibvirtHypervisor, make_vm: MakeVm) ->
     vm = make_vm()
     with pytest.raises(HypervisorError):
         hv.freeze(vm.uuid, timeout=5)
+
+
+@pytest.mark.parametrize("guest_agent", [False, True])
+def test_agent_requests_fail_fast_without_an_answering_agent(
+    hv: LibvirtHypervisor, make_vm: MakeVm, guest_agent: bool
+) -> None:
+    """No channel ("not configured") or a channel nobody listens on ("not connected"):
+    the probe, freeze and thaw fail at once, well inside their timeout, so `auto` falls
+    back without a wait (the lab guest's own agent is tested in test_freeze_recovery)."""
+    vm = make_vm(guest_agent=guest_agent)
+    for call in (hv.guest_filesystems, hv.freeze, hv.thaw):
+        started = time.monotonic()
+        with pytest.raises(HypervisorError):
+            call(vm.uuid, timeout=10)
+        assert time.monotonic() - started < 5, call
 
 
 # -- the lab helper itself ---------------------------------------------------------------

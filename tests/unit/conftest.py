@@ -10,6 +10,7 @@ import pytest
 from snapgroup.engine import Engine
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
+from tests.pgtools import empty_all_tables
 
 
 class Lab:
@@ -21,11 +22,25 @@ class Lab:
         return [self.images.read(d.path) for d in self.hv.domains[vm_uuid].disks if d.path]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """Every engine and store test runs on SQLite AND PostgreSQL (nothing SQLite-only).
+    PostgreSQL: one store for the session, emptied after each test (fast)."""
+    if request.param == "sqlite":
+        db = Database("sqlite://")
+        yield db
+        db.dispose()
+        return
+    shared: Database = request.getfixturevalue("pg_store")
+    yield shared
+    empty_all_tables(shared)
+
+
 @pytest.fixture
-def lab(tmp_path: object) -> Iterator[Lab]:
+def lab(store: Database) -> Iterator[Lab]:
     images = FakeImageTool()
     hv = FakeHypervisor(images)
-    db = Database("sqlite://")
+    db = store
     counter = itertools.count(1)
     start = datetime(2026, 11, 26, 22, 0, tzinfo=UTC)
     engine = Engine(
@@ -36,7 +51,6 @@ def lab(tmp_path: object) -> Iterator[Lab]:
         new_uuid=lambda: f"{next(counter):032x}",
     )
     yield Lab(engine, hv, images)
-    db.dispose()
 
 
 @pytest.fixture(autouse=True)

@@ -33,6 +33,11 @@ GROUP_KEYS = {
     "createDate",
     "lastOpDate",
     "volumeSnapshotRefs",
+    # ours, beside the seed's (snapgroup.consistency)
+    "consistencyType",
+    "frozenFilesystems",
+    "freezeMillis",
+    "consistencyNote",
 }
 
 

@@ -53,8 +53,9 @@ def assert_whole(lab: Lab) -> None:
     with lab.engine.db.transaction() as session:
         repo = Repo(session)
         files: set[str] = set()
-        for volume in repo.volumes_of_vm(VM, attached_only=True):
-            assert lab.hv.disk_path(VM, volume.target) == volume.install_path
+        volumes = [v for vm in lab.hv.domains for v in repo.volumes_of_vm(vm, attached_only=True)]
+        for volume in volumes:  # the VM's, and its clones'
+            assert lab.hv.disk_path(volume.vm_uuid, volume.target) == volume.install_path
             lineage = repo.lineage(volume)
             chain = [layer.path for layer in lab.images.chain(volume.install_path)]
             assert chain == expected_chain(volume, lineage)
@@ -101,7 +102,10 @@ def test_single_snapshot_delete_marks_the_ref_and_keeps_every_view(lab: Lab) -> 
         assert views(lab, g) == before[g.uuid]
     (r,) = check(lab.engine, [g1.uuid])
     assert not r.available
-    assert r.reason == f"snapshot {victim.volume_snapshot_uuid} of volume {victim.volume_name} was deleted"
+    assert (
+        r.reason
+        == f"snapshot {victim.volume_snapshot_uuid} of volume {victim.volume_name} was deleted"
+    )
     assert_whole(lab)
     # deleting it again is a no-op; deleting the group then drops it whole
     assert delete_snapshot(lab.engine, victim.volume_snapshot_uuid).success
@@ -212,7 +216,7 @@ def test_unavailable_group_needs_volumes_to_revert(lab: Lab) -> None:
     groups = history(lab)
     deleted = groups[0].refs[2]
     delete_snapshot(lab.engine, deleted.volume_snapshot_uuid)
-    with pytest.raises(OperationError, match="unavailable.*--volumes"):
+    with pytest.raises(OperationError, match=r"unavailable.*--volumes"):
         revert(lab.engine, groups[0].uuid)
     with pytest.raises(OperationError, match="was deleted"):
         revert(lab.engine, groups[0].uuid, volumes=[deleted.volume_uuid])
@@ -286,7 +290,7 @@ def test_live_merge_through_the_active_branch_uses_libvirt(lab: Lab) -> None:
     # g0 had two children: the inactive one was rebased with qemu-img, the active one
     # was committed by libvirt
     assert len(lab.hv.called("block_commit")) == 3
-    assert len([c for c in lab.images.called("rebase")]) == 3
+    assert len(lab.images.called("rebase")) == 3
 
 
 def test_tree_output(lab: Lab) -> None:
@@ -305,7 +309,7 @@ def test_tree_output(lab: Lab) -> None:
 
 
 def test_tree_branches_after_a_revert_and_a_new_group(lab: Lab) -> None:
-    groups, safety = _tree(lab, VmState.STOPPED)
+    _tree(lab, VmState.STOPPED)
     g3 = lab.engine.create(vm="vm1", name="g3")
     tree = group_tree(lab.engine, "vm1")
     (root,) = tree.roots
@@ -349,9 +353,7 @@ def test_detach_and_attach_between_groups_changes_availability(lab: Lab) -> None
 def test_new_disk_makes_older_groups_unavailable(lab: Lab) -> None:
     groups = history(lab, n=1)
     lab.images.add("/lab/new.qcow2")
-    lab.hv.domains[VM].disks.append(
-        DomainDisk("vdd", "disk", "file", "/lab/new.qcow2", "qcow2")
-    )
+    lab.hv.domains[VM].disks.append(DomainDisk("vdd", "disk", "file", "/lab/new.qcow2", "qcow2"))
     assert [c.kind for c in sync(lab.engine, "vm1")] == ["volume-attached"]
     (r,) = check(lab.engine, [groups[0].uuid])
     assert r.reason == "volume DATA-vm1-vdd (vdd) is attached now but not in the group"
@@ -381,7 +383,9 @@ def test_undefined_vm_marks_groups_unavailable_and_keeps_everything(lab: Lab) ->
     assert changes[0].kind == "vm-gone"
     assert [c.kind for c in changes[1:]] == ["volume-detached"] * 3
     results = check(lab.engine, [g.uuid for g in groups])
-    assert all(not r.available and f"VM {VM} is no longer defined" in (r.reason or "") for r in results)
+    assert all(
+        not r.available and f"VM {VM} is no longer defined" in (r.reason or "") for r in results
+    )
     assert set(lab.images.images) == files
     assert len(lab.engine.list_groups()) == 2
     assert len(list_snapshots(lab.engine, VM)) == 6

@@ -1,0 +1,151 @@
+"""5. Delete/merge throughput: deleting a group whose snapshots hold 2 GiB of changed
+data per disk (2 disks), live and offline, in MiB/s of changed data merged, against the
+native tools on copies of the same files, pair by pair:
+
+* live: snapgroup's delete (a libvirt active block commit with pivot per disk) vs
+  `virsh blockcommit --active --pivot --wait` per disk on a second VM whose disks are
+  copies of the same overlays and bases;
+* offline: snapgroup's delete (qemu-img commit + redefine) vs `qemu-img commit` per
+  copied overlay.
+
+Each round lays the files out anew (untimed): a group is created on the stopped VM, its
+overlays are filled through qemu-io, and both overlays and bases are copied for the
+baseline (rebased onto the copied bases), so both sides merge the same bytes into the
+same bases.
+"""
+
+from __future__ import annotations
+
+import os
+
+from bench import lab
+from bench.timing import Row, Stats, Target, ratios, rounds, timed
+from snapgroup.engine import Engine
+from snapgroup.testing.labvm import LabVm
+
+NAME = "delete-merge"
+DISKS = 2
+TARGET = Target(">=", 0.9)
+
+
+class _Layout:
+    """The files of one round: our group on `ours`, copies wired into `base`."""
+
+    def __init__(self, eng: Engine, ours: LabVm, base: LabVm, mib: int) -> None:
+        self.eng, self.ours, self.base, self.mib = eng, ours, base, mib
+        self.group = ""
+        self.copies: dict[str, str] = {}  # target -> copied overlay
+        self.copied: list[str] = []
+
+    def prepare(self) -> None:
+        self.cleanup()
+        group = self.eng.create(vm=self.ours.name, name="merge", consistency="crash")
+        self.group = group.uuid
+        tops = lab.domblklist(self.ours.name)
+        for ref in group.refs:
+            target = next(
+                t for t, p in tops.items() if lab.qemu_img_chain(p)[1] == ref.install_path
+            )
+            overlay, base = tops[target], ref.install_path
+            lab.fill(overlay, self.mib, pattern=0x30 + len(self.copied))
+            copy_base = os.path.join(self.base.directory, f"copy-base-{target}.qcow2")
+            copy_top = os.path.join(self.base.directory, f"copy-top-{target}.qcow2")
+            for src, dst in ((base, copy_base), (overlay, copy_top)):
+                lab.sh("cp", "--sparse=always", src, dst, timeout=None)
+                self.copied.append(dst)
+            lab.sh(
+                "qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", copy_base, copy_top
+            )
+            self.copies[target] = copy_top
+        self.eng.hv.set_disk_sources(self.base.uuid, dict(self.copies))
+
+    def cleanup(self) -> None:
+        lab.remove(self.copied)
+        self.copied = []
+
+
+def _ours(layout: _Layout, live: bool) -> float:
+    if live:
+        layout.ours.start()
+    try:
+        report = None
+
+        def delete() -> None:
+            nonlocal report
+            report = layout.eng.delete(layout.group)
+
+        seconds = timed(delete)
+        assert report is not None and all(r.success for r in report.results), report
+        return seconds
+    finally:
+        layout.ours.stop()
+
+
+def _native(layout: _Layout, live: bool) -> float:
+    vm = layout.base
+    if live:
+        vm.start()
+    try:
+        if live:
+
+            def work() -> None:
+                for target in layout.copies:
+                    lab.virsh(
+                        "blockcommit",
+                        vm.name,
+                        target,
+                        "--active",
+                        "--pivot",
+                        "--wait",
+                        timeout=None,
+                    )
+        else:
+
+            def work() -> None:
+                for top in layout.copies.values():
+                    lab.sh("qemu-img", "commit", "-q", "-f", "qcow2", top, timeout=None)
+
+        return timed(work)
+    finally:
+        vm.stop()
+
+
+def run(runs: int, quick: bool) -> list[Row]:
+    disks = 1 if quick else DISKS
+    mib = 256 if quick else 2048
+    rows = []
+    with (
+        lab.engine(NAME) as eng,
+        lab.lab_vm("merge-ours", disks=disks, disk_mib=mib + 512, start=False) as ours,
+        lab.lab_vm("merge-base", disks=disks, disk_mib=64, start=False) as base,
+    ):
+        layout = _Layout(eng, ours, base, mib)
+        try:
+            for live in (True, False):
+                samples = rounds(
+                    runs,
+                    {
+                        "snapgroup": lambda live=live: _ours(layout, live),  # type: ignore[misc]
+                        "native": lambda live=live: _native(layout, live),  # type: ignore[misc]
+                    },
+                    before=layout.prepare,
+                )
+                total = disks * mib
+                native = "virsh blockcommit --active --pivot" if live else "qemu-img commit"
+                rows.append(
+                    Row(
+                        bench=NAME,
+                        case=f"{'live' if live else 'offline'}, {disks}x{mib} MiB",
+                        unit="MiB/s",
+                        ours=Stats.of([total / s for s in samples["snapgroup"]]),
+                        ours_label="snapgroup delete",
+                        baseline=Stats.of([total / s for s in samples["native"]]),
+                        baseline_label=native,
+                        ratio=Stats.of(ratios(samples["native"], samples["snapgroup"])),
+                        target=TARGET,
+                        note="ratio = our MiB/s / native MiB/s",
+                    )
+                )
+        finally:
+            layout.cleanup()
+    return rows

@@ -1,0 +1,35 @@
+"""snapgroup clone GROUP_UUID --name NEW_VM [--start]."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from snapgroup.cli.context import Context
+from snapgroup.cli.output import print_json, table
+from snapgroup.clone import clone
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "clone",
+        help="define a new VM on a group's point in time (the original keeps running)",
+        description="Define a new libvirt VM (new UUID, new MAC addresses, its own "
+        "overlays on the group's snapshots) that boots from the group's point in time. "
+        "While the clone exists, the snapshots it reads cannot be deleted.",
+    )
+    parser.add_argument("uuid", metavar="GROUP_UUID")
+    parser.add_argument("--name", required=True, help="the new VM's name")
+    parser.add_argument("--start", action="store_true", help="start the clone once defined")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    made = clone(ctx.engine, args.uuid, name=args.name, start=args.start)
+    if ctx.as_json:
+        print_json({"inventory": made.to_inventory()}, ctx.out)
+        return 0
+    ctx.out.write(f"VM {made.name} ({made.uuid}) is {made.state}\n")
+    rows = [(d.target, d.volume_uuid, d.snapshot_uuid, d.install_path) for d in made.disks]
+    table(rows, ["DISK", "VOLUME", "ON SNAPSHOT", "INSTALL PATH"], ctx.out)
+    return 0

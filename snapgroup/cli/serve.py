@@ -1,0 +1,89 @@
+"""snapgroup serve [--listen 127.0.0.1:8080] [--context-path /zstack]: the seed's REST
+API for ZStack clients (snapgroup.rest). Loopback only unless --allow-remote."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from typing import Any
+
+from snapgroup.cli.context import Context
+from snapgroup.errors import InvalidArgument
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="serve the seed's REST API (ZStack's VolumeSnapshotGroup API)",
+        description="Serve the API at http://HOST:PORT<context-path>/v1. Every call needs "
+        "a session from PUT <context-path>/v1/accounts/login (`snapgroup account "
+        "set-password` makes an account).",
+    )
+    parser.add_argument(
+        "--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN}"
+    )
+    parser.add_argument("--context-path", default="/zstack", metavar="PATH")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a HOST that is not loopback (plain HTTP: put TLS in front of it)",
+    )
+    parser.add_argument(
+        "--session-timeout", type=float, default=7200.0, metavar="SECONDS", help="default 7200"
+    )
+    parser.add_argument("--workers", type=int, default=4, help="operations run at once (default 4)")
+    parser.set_defaults(run=run)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """ "127.0.0.1:8080", "[::1]:8080", "localhost:8080" -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"--listen {listen!r} is not HOST:PORT")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    host, port = parse_listen(args.listen)
+    if not is_loopback(host) and not args.allow_remote:
+        raise InvalidArgument(
+            f"{host} is not a loopback address: the API would reach the network "
+            "(--allow-remote to mean it)"
+        )
+    if args.workers < 1:
+        raise InvalidArgument("--workers must be at least 1")
+    # Only now: the web stack is not loaded for the other commands.
+    import uvicorn
+
+    from snapgroup.rest import create_app
+    from snapgroup.rest.app import normalize_context_path
+
+    engine = ctx.engine  # opened (and recovered) before the first request
+    app = create_app(
+        lambda: engine,
+        context_path=args.context_path,
+        session_timeout=args.session_timeout,
+        workers=args.workers,
+    )
+    shown = f"[{host}]" if ":" in host else host
+    ctx.err.write(
+        f"snapgroup serving http://{shown}:{port}{normalize_context_path(args.context_path)}/v1\n"
+    )
+    ctx.err.flush()
+    verbose = logging.getLogger().level <= logging.DEBUG
+    uvicorn.run(
+        app, host=host, port=port, log_level="info" if verbose else "warning", access_log=verbose
+    )
+    return 0

@@ -1,0 +1,241 @@
+"""A new VM from a group's point in time (ZStack's CreateVmInstanceFromVolumeSnapshotGroup),
+while the original keeps running.
+
+The clone is defined from the original's persistent definition with a new UUID, new MAC
+addresses and, per volume, its own UUID-named overlay on top of the group's snapshot
+file. Its volumes are recorded (vm_uuid = the clone, parent_snapshot_uuid = the
+snapshot), so every snapshot its disks read is pinned (lineage.pinned_snapshots): a
+delete refuses (Permissive) or skips (Enforcing) them, never breaking the clone.
+
+Journal steps (`clone:<step>`): begin -> overlays (made) -> defined (the clone exists)
+-> done with its volumes recorded. Recovery rolls forward once the clone is defined,
+else removes the overlays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from snapgroup.availability import availability
+from snapgroup.engine import Engine
+from snapgroup.errors import InvalidArgument, NotFound, OperationError, SnapgroupError
+from snapgroup.journal import DONE, ROLLED_BACK
+from snapgroup.lineage import check_snapshot_chain
+from snapgroup.locks import vm_lock
+from snapgroup.models import DomainInfo, VolumeType
+from snapgroup.planner import volume_name
+from snapgroup.resolve import lookup_or_none
+from snapgroup.store.repo import Repo
+from snapgroup.store.tables import VolumeRow
+from snapgroup.sync import sync_locked
+from snapgroup.validate import parse_uuid, validate_name
+
+KIND = "clone"
+
+
+@dataclass(frozen=True)
+class CloneDisk:
+    target: str
+    volume_uuid: str  # the clone's volume
+    snapshot_uuid: str  # what it sits on
+    install_path: str
+
+
+@dataclass(frozen=True)
+class Clone:
+    uuid: str
+    name: str
+    source_vm_uuid: str
+    group_uuid: str
+    state: str
+    disks: tuple[CloneDisk, ...]
+
+    def to_inventory(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "state": self.state,
+            "sourceVmInstanceUuid": self.source_vm_uuid,
+            "volumeSnapshotGroupUuid": self.group_uuid,
+            "volumes": [
+                {
+                    "uuid": d.volume_uuid,
+                    "target": d.target,
+                    "installPath": d.install_path,
+                    "volumeSnapshotUuid": d.snapshot_uuid,
+                }
+                for d in self.disks
+            ],
+        }
+
+
+def clone(engine: Engine, group_uuid: str, *, name: str, start: bool = False) -> Clone:
+    """Define (and with `start`, start) a new VM named `name` from the group. The group
+    must be available: the clone gets exactly the original's devices, every writable
+    disk on the group's point in time."""
+    uuid = parse_uuid(group_uuid, "group uuid")
+    name = validate_name(name)
+    with engine.db.transaction() as session:
+        group = Repo(session).group(uuid)
+    if group is None:
+        raise NotFound(f"snapshot group {uuid} not found")
+    engine.check_owner(group.vm_uuid)
+    # The original's lock: no delete may merge the snapshots away before the clone's
+    # volumes (which pin them) are recorded.
+    with vm_lock(group.vm_uuid, wait=engine.lock_wait):
+        made = _clone_locked(engine, uuid, group.vm_uuid, name)
+    if start:
+        engine.hv.start(made.uuid)
+        made = _described(engine, made)
+    return made
+
+
+def _clone_locked(engine: Engine, uuid: str, vm_uuid: str, name: str) -> Clone:
+    domain = lookup_or_none(engine, vm_uuid)
+    if domain is None:
+        raise OperationError(f"VM {vm_uuid} is no longer defined: there is nothing to clone")
+    if lookup_or_none(engine, name) is not None:
+        raise InvalidArgument(f"a VM named {name!r} already exists")
+    sync_locked(engine, vm_uuid, domain)
+    with engine.db.transaction() as session:
+        repo = Repo(session)
+        group = repo.group(uuid)
+        if group is None:
+            raise NotFound(f"snapshot group {uuid} not found")
+        state = availability(repo, group, domain)
+        if not state.available:
+            raise OperationError(
+                f"group {uuid} is unavailable, it cannot be cloned: {state.reason}"
+            )
+        sources = []
+        for ref, snapshot in repo.refs_with_snapshots([uuid]):
+            volume = repo.volume(ref.volume_uuid)
+            assert volume is not None
+            sources.append((volume, snapshot, repo.lineage(volume)))
+    clone_uuid = engine.new_uuid()
+    disks: list[dict[str, Any]] = []
+    for volume, snapshot, lineage in sources:
+        check_snapshot_chain(engine.images, snapshot, lineage)
+        disks.append(
+            {
+                "target": volume.target,
+                "device_id": volume.device_id,
+                "volume_type": volume.volume_type,
+                "volume_uuid": engine.new_uuid(),
+                "snapshot_uuid": snapshot.uuid,
+                "snapshot_path": snapshot.install_path,
+                "overlay": os.path.join(
+                    os.path.dirname(snapshot.install_path), f"{engine.new_uuid()}.qcow2"
+                ),
+            }
+        )
+    plan = {"clone_uuid": clone_uuid, "name": name, "group_uuid": uuid, "disks": disks}
+    op = engine.journal.begin(KIND, vm_uuid, plan, group_uuid=uuid)
+    try:
+        _create_overlays(engine, disks)
+        engine.journal.step(op, KIND, "overlays")
+        engine.hv.define_clone(
+            vm_uuid,
+            name=name,
+            new_uuid=clone_uuid,
+            sources={d["target"]: d["overlay"] for d in disks},
+        )
+    except SnapgroupError:
+        # defineXML is one call; when it failed the clone may still exist (libvirtd
+        # died after it): look before removing overlays a domain may name.
+        recover_clone(engine, op, plan, domain)
+        if lookup_or_none(engine, clone_uuid) is None:
+            raise
+    else:
+        engine.journal.step(op, KIND, "defined")
+        try:
+            _record(engine, op, plan)
+        except SnapgroupError as exc:
+            _undo(engine, op, plan, exc)
+            raise
+    return _described(engine, _clone_of(plan, vm_uuid, "Stopped"))
+
+
+def _create_overlays(engine: Engine, disks: list[dict[str, Any]]) -> None:
+    made: list[str] = []
+    try:
+        for d in disks:
+            # The size from the image (read with -U): with it qemu-img does not open the
+            # snapshot, which the running original holds as a backing file.
+            size = engine.images.chain(d["snapshot_path"], shared=True)[0].virtual_size
+            engine.images.create_overlay(
+                d["overlay"], backing=d["snapshot_path"], backing_format="qcow2", size=size
+            )
+            made.append(d["overlay"])
+    except BaseException:
+        engine._remove_files(made)
+        raise
+
+
+def _record(engine: Engine, op: str, plan: dict[str, Any]) -> None:
+    """The clone's volumes (which pin the snapshots) and the journal's 'done'."""
+    now = engine.clock()
+    with engine.db.transaction() as session:
+        repo = Repo(session)
+        for d in plan["disks"]:
+            if repo.volume(d["volume_uuid"]) is not None:
+                continue
+            repo.add(
+                VolumeRow(
+                    uuid=d["volume_uuid"],
+                    vm_uuid=plan["clone_uuid"],
+                    vm_name=plan["name"],
+                    target=d["target"],
+                    device_id=d["device_id"],
+                    volume_type=d["volume_type"],
+                    name=volume_name(plan["name"], VolumeType(d["volume_type"]), d["target"]),
+                    install_path=d["overlay"],
+                    format="qcow2",
+                    parent_snapshot_uuid=d["snapshot_uuid"],
+                    host=engine.host,  # defined in this host's libvirt
+                    attached=True,
+                    last_attach_date=now,
+                    create_date=now,
+                    last_op_date=now,
+                )
+            )
+        engine.journal.close(op, DONE, session=session)
+
+
+def _undo(engine: Engine, op: str, plan: dict[str, Any], exc: SnapgroupError) -> None:
+    with contextlib.suppress(NotFound):
+        engine.hv.undefine(plan["clone_uuid"])
+    engine._remove_files([d["overlay"] for d in plan["disks"]])
+    engine.journal.close(op, ROLLED_BACK, detail=f"clone not recorded: {exc.details}")
+
+
+def recover_clone(engine: Engine, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+    """Forward when the clone was defined, else drop its overlays."""
+    if lookup_or_none(engine, plan["clone_uuid"]) is not None:
+        _record(engine, op, plan)
+        return
+    engine._remove_files([d["overlay"] for d in plan["disks"]])
+    engine.journal.close(op, ROLLED_BACK, detail="clone: rolled back before the definition")
+
+
+def _clone_of(plan: dict[str, Any], vm_uuid: str, state: str) -> Clone:
+    return Clone(
+        uuid=plan["clone_uuid"],
+        name=plan["name"],
+        source_vm_uuid=vm_uuid,
+        group_uuid=plan["group_uuid"],
+        state=state,
+        disks=tuple(
+            CloneDisk(d["target"], d["volume_uuid"], d["snapshot_uuid"], d["overlay"])
+            for d in plan["disks"]
+        ),
+    )
+
+
+def _described(engine: Engine, made: Clone) -> Clone:
+    domain = lookup_or_none(engine, made.uuid)
+    state = domain.state.value if domain is not None else "Unknown"
+    return Clone(made.uuid, made.name, made.source_vm_uuid, made.group_uuid, state, made.disks)

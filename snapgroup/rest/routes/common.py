@@ -1,0 +1,36 @@
+"""Pieces every route module uses: the documented credential and error responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
+
+from snapgroup.rest.schemas import ErrorDocument
+
+# Documents the credential in the OpenAPI document. The check itself is SessionGuard's
+# (snapgroup.rest.guard), which runs before a body is even read.
+_SESSION = APIKeyHeader(
+    name="Authorization",
+    scheme_name="OAuthSession",
+    description="`OAuth <session uuid>`: the uuid of PUT /v1/accounts/login's inventory",
+    auto_error=False,
+)
+AUTH = Depends(_SESSION)
+
+_ERRORS = {
+    400: "invalid argument (SYS.1007) or a malformed request",
+    401: "no session, or an unknown or expired one (ID.1001); wrong login (ID.1000)",
+    404: "not found (SYS.1003)",
+    409: "the VM is busy (SYS.1011) or in the wrong state, or another host's (SYS.1006)",
+}
+
+
+def documented(status: int, model: type[BaseModel], *errors: int) -> dict[int | str, Any]:
+    """The `responses` of a route: its success document and the errors it may answer."""
+    responses: dict[int | str, Any] = {status: {"model": model}}
+    for code in errors:
+        responses[code] = {"model": ErrorDocument, "description": _ERRORS[code]}
+    return responses

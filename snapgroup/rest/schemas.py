@@ -1,0 +1,189 @@
+"""The seed's request and response documents as pydantic models.
+
+Requests are validated strictly (a number is not a name), unknown fields are ignored as
+ZStack does. Response models only document the wire format in the OpenAPI document:
+the routes send the engine's own dicts (inventory.py), so what a client gets is exactly
+what the CLI prints with --json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from snapgroup.validate import DESCRIPTION_MAX, NAME_MAX
+
+# Patterns say in the OpenAPI document what validate.py checks, so a schema-valid
+# request is a valid one (the fuzzer holds the API to that).
+UUID = "[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+UUID_PATTERN = f"^(?:{UUID})$"
+UUID_LIST_PATTERN = f"^(?:{UUID})(?:,(?:{UUID}))*$"
+# No control character; at least one that is not a space.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+DESCRIPTION_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$"  # newlines and tabs are fine
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class _Tagged(_Request):
+    # Accepted as the seed allows; snapgroup has no tags and ignores them.
+    systemTags: list[str] | None = None
+    userTags: list[str] | None = None
+
+
+class CreateGroupParams(_Request):
+    rootVolumeUuid: str = Field(pattern=UUID_PATTERN, description="the VM's root volume")
+    name: str = Field(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
+    description: str | None = Field(
+        default=None, max_length=DESCRIPTION_MAX, pattern=DESCRIPTION_PATTERN
+    )
+    resourceUuid: str | None = Field(
+        default=None, pattern=UUID_PATTERN, description="the new group's uuid"
+    )
+    tagUuids: list[str] | None = None
+
+
+class CreateGroupRequest(_Tagged):
+    params: CreateGroupParams
+
+
+class UpdateGroupParams(_Request):
+    name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
+    description: str | None = Field(
+        default=None, max_length=DESCRIPTION_MAX, pattern=DESCRIPTION_PATTERN
+    )
+
+
+class RevertParams(_Request):
+    """ZStack's revert takes nothing but the group's uuid (in the URL)."""
+
+
+class _Action(_Tagged):
+    # Exactly one action per body: a second action's key is refused, not ignored.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class UpdateAction(_Action):
+    updateVolumeSnapshotGroup: UpdateGroupParams
+
+
+class RevertAction(_Action):
+    revertVmFromSnapshotGroup: RevertParams
+
+
+# PUT .../actions: the action is named by its key, as in ZStack's action APIs.
+GroupActionRequest = UpdateAction | RevertAction
+
+
+class LoginParams(_Request):
+    accountName: str = Field(min_length=1, max_length=255)
+    password: str = Field(
+        min_length=1, max_length=1024, description="SHA-512 hex digest of the password"
+    )
+
+
+class LoginRequest(_Request):
+    logInByAccount: LoginParams
+
+
+# -- responses (documentation) ------------------------------------------------------------
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorCode(_Response):
+    code: str
+    description: str
+    details: str | None = None
+    elaboration: str | None = None
+    opaque: dict[str, Any] | None = None
+    cause: ErrorCode | None = None
+
+
+class ErrorDocument(_Response):
+    error: ErrorCode
+
+
+class Location(_Response):
+    location: str = Field(description="GET it (with the session) until it answers 200/503")
+
+
+class GroupRefInventory(_Response):
+    volumeSnapshotUuid: str
+    volumeSnapshotGroupUuid: str
+    deviceId: int
+    snapshotDeleted: bool
+    volumeUuid: str
+    volumeName: str
+    volumeType: str
+    volumeSnapshotInstallPath: str
+    volumeSnapshotName: str
+    createDate: str
+    lastOpDate: str
+
+
+class GroupInventory(_Response):
+    uuid: str
+    snapshotCount: int
+    name: str
+    description: str | None = None
+    vmInstanceUuid: str
+    createDate: str
+    lastOpDate: str
+    volumeSnapshotRefs: list[GroupRefInventory]
+
+
+class InventoryDocument(_Response):
+    inventory: GroupInventory
+    error: ErrorCode | None = None
+
+
+class QueryDocument(_Response):
+    inventories: list[dict[str, Any]] | None = None
+    total: int | None = None
+
+
+class DeleteResultItem(_Response):
+    snapshotUuid: str
+    volumeUuid: str
+    success: bool
+    error: ErrorCode | None = None
+
+
+class ResultsDocument(_Response):
+    """Delete: one result per snapshot; revert: one per volume. `error` is set when any
+    of them failed (the job then answers 503)."""
+
+    results: list[dict[str, Any]]
+    error: ErrorCode | None = None
+
+
+class Availability(_Response):
+    uuid: str
+    available: bool
+    reason: str | None = None
+
+
+class AvailabilityDocument(_Response):
+    results: list[Availability]
+
+
+class SessionInventory(_Response):
+    uuid: str
+    accountUuid: str
+    userUuid: str
+    expiredDate: str
+    createDate: str
+
+
+class SessionDocument(_Response):
+    inventory: SessionInventory
+
+
+class ValidSessionDocument(_Response):
+    validSession: bool

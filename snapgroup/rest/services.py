@@ -1,0 +1,80 @@
+"""What the routes share: the one Engine (built on first use, never at import), the
+accounts, the job registry, and the URL layout."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from snapgroup.engine import Engine
+from snapgroup.rest.auth import Accounts
+from snapgroup.rest.jobs import JobRegistry, Work, job_uuid_from_header
+
+
+class Services:
+    def __init__(
+        self,
+        engine_factory: Callable[[], Engine],
+        *,
+        context_path: str,
+        jobs: JobRegistry,
+        session_timeout: float,
+        clock: Callable[[], datetime],
+        new_uuid: Callable[[], str],
+    ) -> None:
+        self._engine_factory = engine_factory
+        self.context_path = context_path
+        self.jobs = jobs
+        self._session_timeout = session_timeout
+        self._clock = clock
+        self.new_uuid = new_uuid
+        self._engine: Engine | None = None
+        self._accounts: Accounts | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.context_path}/v1"
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = self._engine_factory()
+            return self._engine
+
+    @property
+    def accounts(self) -> Accounts:
+        engine = self.engine
+        with self._lock:
+            if self._accounts is None:
+                self._accounts = Accounts(
+                    engine.db, session_timeout=self._session_timeout, clock=self._clock
+                )
+            return self._accounts
+
+    def start_job(
+        self,
+        request: Request,
+        kind: str,
+        job_header: str,
+        precheck: Callable[[], Work],
+    ) -> JSONResponse:
+        """202 + location. `precheck` refuses a request at once (400/404/409, nothing
+        started) or returns the work. A job uuid sent again gets its job's location:
+        the client retried, the work is not done twice."""
+        job_uuid = job_uuid_from_header(job_header or None, self.new_uuid)
+        job = self.jobs.find(job_uuid, kind)
+        if job is None:
+            job = self.jobs.submit(job_uuid, kind, precheck())
+        location = f"{str(request.base_url).rstrip('/')}{self.prefix}/api-jobs/{job.uuid}"
+        return JSONResponse({"location": location}, status_code=202)
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
