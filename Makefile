@@ -77,7 +77,8 @@ unit: deps postgres
 test: deps daemons guest postgres
 	$(BIN)/ruff check snapgroup tests lab bench
 	$(BIN)/mypy
-	$(PG_ENV) $(BIN)/pytest -q
+	$(PG_ENV) $(BIN)/pytest -q -n 3 -m "not serial"
+	$(PG_ENV) $(BIN)/pytest -q -m serial
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache

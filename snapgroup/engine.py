@@ -53,6 +53,7 @@ from snapgroup.store.tables import GroupRow, OperationRow, RefRow, SnapshotRow, 
 from snapgroup.validate import parse_uuid, validate_description, validate_name
 
 OVERLAY_WORKERS = 8
+MAX_CHAIN_DEPTH = 200  # libvirt refuses to open a deeper backing chain
 # Journal kinds whose recovery lives in snapgroup.lifecycle (revert, clone, one snapshot).
 _LIFECYCLE_KINDS = frozenset({"revert", "clone", "delete-snapshot"})
 
@@ -333,6 +334,11 @@ class Engine:
             ) from exc
         if chain[0].format != "qcow2":
             raise OperationError(f"{volume.install_path} is {chain[0].format}, not qcow2")
+        if len(chain) >= MAX_CHAIN_DEPTH:
+            raise OperationError(
+                f"disk {volume.target} has {len(chain)} layers; libvirt refuses chains deeper "
+                f"than {MAX_CHAIN_DEPTH}: delete older groups first"
+            )
         expected = expected_chain(volume, lineage)
         actual = [layer.path for layer in chain]
         if actual[: len(expected)] != expected:

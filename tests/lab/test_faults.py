@@ -79,6 +79,7 @@ def with_data(engine: Engine, vm: LabVm) -> list[str]:
     return groups
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("step", ["create:overlays", "create:switched"])
 def test_libvirtd_restarted_during_create(
     engine: Engine, running_vm: LabVm, at_step: Callable[[str, Callable[[], None]], None], step: str
@@ -89,6 +90,7 @@ def test_libvirtd_restarted_during_create(
     assert verify(engine, vm=running_vm.name) == []
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("step", ["delete:merge", "delete:merging"])
 def test_libvirtd_restarted_during_delete(
     engine: Engine,

@@ -86,3 +86,17 @@ def test_vm_lock_held_elsewhere_fails_fast_with_busy(lab: Lab) -> None:
         lab.engine.create(vm="vm1", name="g")
     assert getattr(err.value, "code", None) == "SYS.1011"
     assert lab.engine.list_groups() == []
+
+
+def test_a_chain_libvirt_would_refuse_is_refused_first(lab: Lab) -> None:
+    from snapgroup.engine import MAX_CHAIN_DEPTH
+
+    paths = lab_domain(lab.hv, data_disks=0)
+    below = paths[0]
+    for n in range(MAX_CHAIN_DEPTH - 1):  # the root disk now has MAX_CHAIN_DEPTH layers
+        lab.images.add(f"/lab/base{n}.qcow2")
+        lab.images.images[below].backing = f"/lab/base{n}.qcow2"
+        below = f"/lab/base{n}.qcow2"
+    with pytest.raises(OperationError, match="libvirt refuses"):
+        lab.engine.create(vm="vm1", name="g")
+    assert lab.images.called("create_overlay") == []
