@@ -119,6 +119,7 @@ def test_a_wrong_method_is_405_in_the_seed_shape(api: Api) -> None:
     response = api.call("PATCH", GROUPS, json={})
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "SYS.1007"
+    assert response.headers["allow"] == "GET, POST"  # every route of the path, per RFC 9110
 
 
 def test_every_error_has_a_status_and_none_is_500() -> None:
