@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 from bench import lab
 from bench.timing import Row, Target, compare, rounds, timed
@@ -75,6 +76,13 @@ def _virsh(vm: LabVm, counter: list[int]) -> float:
     return seconds
 
 
+def _imports() -> float:
+    """The CLI's floor: a new interpreter that only imports what `snapgroup create` runs
+    on (SQLAlchemy, SQLModel/pydantic, libvirt, snapgroup) and does nothing."""
+    argv = [sys.executable, "-c", "import snapgroup.cli.main, snapgroup.api"]
+    return timed(lambda: subprocess.run(argv, check=True))  # noqa: S603
+
+
 def _measure(runs: int, eng: Engine, vm: LabVm) -> dict[str, list[float]]:
     counter = [0]
     return rounds(
@@ -82,6 +90,7 @@ def _measure(runs: int, eng: Engine, vm: LabVm) -> dict[str, list[float]]:
         {
             "api": lambda: _api(eng, vm),
             "cli": lambda: _cli(eng, vm),
+            "imports": _imports,
             "virsh": lambda: _virsh(vm, counter),
         },
     )
@@ -100,4 +109,9 @@ def run(runs: int, quick: bool) -> list[Row]:
             rows.append(
                 compare(NAME, f"{case}, CLI process", samples, "cli", "virsh", target=target)
             )
+            floor = compare(
+                NAME, "  floor: CLI start-up + imports only", samples, "imports", "virsh"
+            )
+            floor.note = "python -c 'import snapgroup.cli.main, snapgroup.api'"
+            rows.append(floor)
     return rows

@@ -214,6 +214,31 @@ def _raw_floor(path: Path, vm_uuid: str, n: int) -> tuple[list[float], list[floa
         conn.close()
 
 
+# A create commits at least this many times (journal begin, overlays, switched, and the
+# group's record with the journal's close): each a durable commit, by design.
+CREATE_COMMITS = 4
+
+
+def _commit_floor(directory: Path, n: int) -> tuple[list[float], list[float]]:
+    """CREATE_COMMITS durable commits (WAL, synchronous=FULL, as the store) of one
+    small row each, with the bare sqlite3 module, on the same filesystem."""
+    conn = sqlite3.connect(directory / "floor.db", isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE t (a TEXT)")
+
+        def commits() -> None:
+            for _ in range(CREATE_COMMITS):
+                conn.execute("BEGIN")
+                conn.execute("INSERT INTO t VALUES (?)", ("x" * 200,))
+                conn.execute("COMMIT")
+
+        return _repeat(n, commits)
+    finally:
+        conn.close()
+
+
 def run(runs: int, quick: bool) -> list[Row]:
     vms = 50 if quick else 1000
     spec = _Store(vms=vms, disks=16, groups=100)
@@ -240,6 +265,7 @@ def run(runs: int, quick: bool) -> list[Row]:
         get = _repeat(reps, lambda: eng.get(rng.choice(spec.group_uuids)))
         listed = _repeat(reps, lambda: eng.list_groups(vm=vm_name))
         floor = _raw_floor(path, spec.vm_uuids[chosen], reps)
+        fsyncs = _commit_floor(directory, reps)
         creates: tuple[list[float], list[float]] = ([], [])
         deletes: tuple[list[float], list[float]] = ([], [])
         made: list[str] = []
@@ -285,6 +311,11 @@ def run(runs: int, quick: bool) -> list[Row]:
             creates,
             "Engine.create on fakes",
             target=TARGET,
+        ),
+        row(
+            f"  floor: {CREATE_COMMITS} durable commits, nothing else",
+            fsyncs,
+            "sqlite3, WAL, synchronous=FULL",
         ),
         row("delete that group's metadata", deletes, "Engine.delete on fakes"),
         Row(

@@ -240,10 +240,15 @@ class Engine:
         live = domain.state.is_live
         with self.db.transaction() as session:  # one query for every disk's chain
             lineages = Repo(session).lineages([found.volumes[t] for t in chosen])
-        sizes = {
-            t: self._check_chain(found.volumes[t], live, lineages[found.volumes[t].uuid])
-            for t in chosen
-        }
+
+        def check(t: str) -> int:
+            return self._check_chain(found.volumes[t], live, lineages[found.volumes[t].uuid])
+
+        if live or len(chosen) < 2:  # shared reads: QemuImg reads them in-process (qcow2.py)
+            sizes = {t: check(t) for t in chosen}
+        else:  # a stopped VM's: a `qemu-img info` process each, in parallel (first error wins)
+            with ThreadPoolExecutor(max_workers=min(OVERLAY_WORKERS, len(chosen))) as pool:
+                sizes = dict(zip(chosen, pool.map(check, chosen), strict=True))
         overlays = [
             DiskOverlay(
                 target=t,

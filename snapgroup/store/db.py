@@ -112,14 +112,23 @@ def _create_schema(engine: Engine) -> None:
 
 def _add_missing_indexes(engine: Engine) -> None:
     """Likewise for indexes: create_all makes a new table's indexes only. One an older
-    store lacks is made here (CREATE INDEX IF NOT EXISTS: a concurrent opener is fine)."""
-    inspector = inspect(engine)
+    store lacks is made here."""
+
+    def indexes(table: str) -> set[str | None]:
+        return {i["name"] for i in inspect(engine).get_indexes(table)}
+
     for table in SQLModel.metadata.sorted_tables:
-        present = {i["name"] for i in inspector.get_indexes(table.name)}
+        present = indexes(table.name)
         for index in table.indexes:
-            if index.name not in present:
+            if index.name in present:
+                continue
+            try:
                 with engine.begin() as conn:
                     index.create(conn, checkfirst=True)
+            except SQLAlchemyError:
+                if index.name not in indexes(table.name):
+                    raise
+                # another process opening the store made it first
 
 
 class Database:
