@@ -135,7 +135,9 @@ def test_lookup_by_name_uuid_and_dashed_uuid(hv: LibvirtHypervisor, make_vm: Mak
     assert all(d.backing == () for d in by_name.disks)
 
 
-@pytest.mark.parametrize("vm", ["sg-lab-hv-no-such-vm", "0" * 32, "5a0b7e0e-3c1d-4f7a-9d7e-1c2b3a4d5e6f"])
+@pytest.mark.parametrize(
+    "vm", ["sg-lab-hv-no-such-vm", "0" * 32, "5a0b7e0e-3c1d-4f7a-9d7e-1c2b3a4d5e6f"]
+)
 def test_lookup_unknown_is_not_found(hv: LibvirtHypervisor, vm: str) -> None:
     with pytest.raises(NotFound) as caught:
         hv.lookup(vm)
