@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from snapgroup.engine import DeleteMode, Engine, _Merge
+from snapgroup.deleting import DeleteMode, PendingMerge
+from snapgroup.engine import Engine
 from snapgroup.errors import DeleteFailed, NotFound, OperationError, SnapgroupError
 from snapgroup.inventory import DeleteResult, zstack_date
 from snapgroup.journal import DONE, FAILED
@@ -129,7 +130,7 @@ def _delete_locked(
         snapshot = repo.snapshot(uuid)
         assert snapshot is not None
         volume = repo.volume(snapshot.volume_uuid)
-        merge = _Merge(repo.ref(uuid), snapshot, volume)
+        merge = PendingMerge(repo.ref(uuid), snapshot, volume)
         lineage = repo.lineage(volume) if volume is not None else []
         pinned = pinned_snapshots(repo)
     if snapshot.deleted:

@@ -3,7 +3,8 @@ UngroupVolumeSnapshotGroup). Metadata only, one transaction."""
 
 from __future__ import annotations
 
-from snapgroup.engine import Engine, _load_groups
+from snapgroup.core import load_groups
+from snapgroup.engine import Engine
 from snapgroup.errors import NotFound
 from snapgroup.inventory import Group
 from snapgroup.locks import vm_lock
@@ -23,7 +24,7 @@ def ungroup(engine: Engine, group_uuid: str) -> Group:
     # Under the VM's lock: a revert or delete of this group may be reading its refs.
     with vm_lock(row.vm_uuid, wait=engine.lock_wait), engine.db.transaction() as session:
         repo = Repo(session)
-        groups = _load_groups(repo, [uuid])
+        groups = load_groups(repo, [uuid])
         if not groups:
             raise NotFound(f"snapshot group {uuid} not found")
         repo.delete_snapshots(r.volume_snapshot_uuid for r in groups[0].refs if r.snapshot_deleted)

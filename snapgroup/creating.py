@@ -1,0 +1,376 @@
+"""Create: overlays made in parallel, ONE switch of every disk (one atomic libvirt
+snapshot, or one defineXML), the group recorded; and the recovery of a create."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+from snapgroup.consistency import (
+    Consistency,
+    ConsistencyRecord,
+    FreezeWindow,
+    interrupted_record,
+    thaw_report,
+    thaw_with_retries,
+)
+from snapgroup.core import EngineCore, load_groups
+from snapgroup.discovery import Discovered
+from snapgroup.errors import (
+    HypervisorUnavailable,
+    ImageToolError,
+    InvalidArgument,
+    OperationError,
+    SnapgroupError,
+)
+from snapgroup.inventory import Group
+from snapgroup.journal import DONE, FAILED, ROLLED_BACK
+from snapgroup.locks import vm_lock
+from snapgroup.models import DiskOverlay, DomainInfo, VmState
+from snapgroup.planner import (
+    expected_chain,
+    snapshot_name,
+)
+from snapgroup.store.repo import Repo
+from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow
+from snapgroup.validate import parse_uuid, validate_description, validate_name
+
+OVERLAY_WORKERS = 8
+MAX_CHAIN_DEPTH = 200  # libvirt refuses to open a deeper backing chain
+
+
+class CreateSteps(EngineCore):
+    def create(
+        self,
+        *,
+        name: str,
+        vm: str | None = None,
+        root_volume_uuid: str | None = None,
+        description: str | None = None,
+        resource_uuid: str | None = None,
+        skip_unsupported: bool = False,
+        consistency: Consistency | str = Consistency.AUTO,
+    ) -> Group:
+        """`consistency`: application (freeze the guest's filesystems or fail), crash (no
+        freeze) or auto (application when the freeze works, else crash, and why):
+        snapgroup.consistency."""
+        name = validate_name(name)
+        description = validate_description(description)
+        mode = Consistency.parse(consistency)
+        group_uuid = parse_uuid(resource_uuid, "resourceUuid") if resource_uuid else self.new_uuid()
+        domain = self._domain_of(vm=vm, root_volume_uuid=root_volume_uuid)
+        with vm_lock(domain.uuid, wait=self.lock_wait):
+            domain = self.hv.lookup(domain.uuid)  # what it is now, under the lock
+            return self._create_locked(
+                domain, group_uuid, name, description, skip_unsupported=skip_unsupported, mode=mode
+            )
+
+    def _create_locked(
+        self,
+        domain: DomainInfo,
+        group_uuid: str,
+        name: str,
+        description: str | None,
+        *,
+        skip_unsupported: bool,
+        mode: Consistency = Consistency.AUTO,
+    ) -> Group:
+        if domain.state is VmState.OTHER:
+            raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
+        self._sync(domain.uuid, domain)
+        found = self._discover(domain)
+        with self.db.transaction() as session:
+            if Repo(session).group(group_uuid) is not None:
+                raise InvalidArgument(f"resourceUuid {group_uuid} is already used by a group")
+        chosen = _choose_disks(found, skip_unsupported=skip_unsupported)
+        live = domain.state.is_live
+        with self.db.transaction() as session:  # one query for every disk's chain
+            lineages = Repo(session).lineages([found.volumes[t] for t in chosen])
+
+        def check(t: str) -> int:
+            return self._check_chain(found.volumes[t], live, lineages[found.volumes[t].uuid])
+
+        if live or len(chosen) < 2:  # shared reads: QemuImg reads them in-process (qcow2.py)
+            sizes = {t: check(t) for t in chosen}
+        else:  # a stopped VM's: a `qemu-img info` process each, in parallel (first error wins)
+            with ThreadPoolExecutor(max_workers=min(OVERLAY_WORKERS, len(chosen))) as pool:
+                sizes = dict(zip(chosen, pool.map(check, chosen), strict=True))
+        overlays = [
+            DiskOverlay(
+                target=t,
+                current=found.volumes[t].install_path,
+                overlay=os.path.join(
+                    os.path.dirname(found.volumes[t].install_path), f"{self.new_uuid()}.qcow2"
+                ),
+            )
+            for t in chosen
+        ]
+        clash = [o.overlay for o in overlays if self.images.exists(o.overlay)]
+        if clash:  # so recovery may remove every overlay the journal names: all are ours
+            raise OperationError(f"overlay path already exists: {', '.join(clash)}")
+        plan = {
+            "group_uuid": group_uuid,
+            "name": name,
+            "description": description,
+            "live": live,
+            "overlays": [asdict(o) for o in overlays],
+            "volumes": {t: found.volumes[t].uuid for t in chosen},
+            "consistency_mode": mode.value,
+        }
+        op = self.journal.begin("create", domain.uuid, plan, group_uuid=group_uuid)
+        try:
+            self._create_overlays(overlays, sizes)
+        except SnapgroupError as exc:
+            self.journal.close(op, FAILED, detail=exc.details)
+            raise
+        self.journal.step(op, "create", "overlays")
+        # The guest is frozen (when it is) only around the switch: "freezing" is
+        # journaled before the agent is asked, so `recover` thaws a guest a killed
+        # process left frozen. Nothing is journaled inside the window (it would lengthen
+        # it); create:frozen and create:thawing are fault-injection points only.
+        window = FreezeWindow(
+            self.hv,
+            domain,
+            mode,
+            timeout=self.freeze_timeout,
+            on_freezing=lambda: self.journal.step(op, "create", "freezing", freezing=True),
+        )
+        try:
+            with window:
+                if window.froze:
+                    self.journal.point("create", "frozen")
+                try:
+                    self._switch(domain.uuid, live, overlays)
+                except HypervisorUnavailable:
+                    # libvirtd went away (a restart?); when nothing was switched, one more
+                    # try on a new connection is safe.
+                    if not self._none_switched(domain.uuid, overlays):
+                        raise
+                    self._switch(domain.uuid, live, overlays)
+                if window.froze:
+                    self.journal.point("create", "thawing")
+        except SnapgroupError as exc:
+            if window.refused is not None:  # application mode, no freeze: nothing switched
+                self._remove_files([o.overlay for o in overlays])
+                self.journal.close(op, FAILED, detail=exc.details)
+                raise
+            if window.record is not None:
+                plan["consistency"] = window.record.to_plan()
+            # An error does not prove the switch did not happen (libvirtd may have died
+            # after doing it): look before removing overlays a running QEMU may be using.
+            group = self._settle_create(op, plan, domain.uuid)
+            if group is None:
+                raise
+            return group
+        assert window.record is not None
+        plan["consistency"] = window.record.to_plan()
+        if window.froze:
+            self.journal.step(op, "create", "thawed", consistency=plan["consistency"])
+        self.journal.step(op, "create", "switched", consistency=plan["consistency"])
+        try:
+            return self._record_group(op, plan, domain.uuid)
+        except SnapgroupError as exc:
+            self._undo_snapshot(domain.uuid, live, overlays)
+            self.journal.close(op, ROLLED_BACK, detail=exc.details)
+            raise
+
+    def _check_chain(self, volume: VolumeRow, live: bool, lineage: list[SnapshotRow]) -> int:
+        """The real chain must be what the metadata says; returns the virtual size."""
+        try:
+            chain = self.images.chain(volume.install_path, shared=live)
+        except ImageToolError as exc:
+            raise OperationError(
+                f"disk {volume.target} ({volume.install_path}): missing file or broken chain",
+                cause=exc,
+            ) from exc
+        if chain[0].format != "qcow2":
+            raise OperationError(f"{volume.install_path} is {chain[0].format}, not qcow2")
+        if len(chain) >= MAX_CHAIN_DEPTH:
+            raise OperationError(
+                f"disk {volume.target} has {len(chain)} layers; libvirt refuses chains deeper "
+                f"than {MAX_CHAIN_DEPTH}: delete older groups first"
+            )
+        expected = expected_chain(volume, lineage)
+        actual = [layer.path for layer in chain]
+        if actual[: len(expected)] != expected:
+            raise OperationError(
+                f"volume {volume.uuid}: the real chain {actual} does not match the "
+                f"recorded chain {expected}"
+            )
+        return chain[0].virtual_size
+
+    def _create_overlays(self, overlays: Sequence[DiskOverlay], sizes: dict[str, int]) -> None:
+        """In parallel, before any critical window. All or nothing."""
+
+        def make(o: DiskOverlay) -> None:
+            self.images.create_overlay(
+                o.overlay, backing=o.current, backing_format="qcow2", size=sizes[o.target]
+            )
+
+        workers = max(1, min(OVERLAY_WORKERS, len(overlays)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(make, o) for o in overlays]
+            errors = [f.exception() for f in futures]
+        failed = [e for e in errors if e is not None]
+        if failed:
+            # Only what we made: a failed create_overlay never leaves a file of its own,
+            # and never touches one that was there before.
+            made = [o.overlay for o, e in zip(overlays, errors, strict=True) if e is None]
+            self._remove_files(made)
+            raise failed[0]
+
+    def _undo_snapshot(self, vm_uuid: str, live: bool, overlays: Sequence[DiskOverlay]) -> None:
+        """Put every disk back on its old top (keeping what was written since), then drop
+        the overlays."""
+        if live:
+            for o in overlays:
+                self.hv.block_commit(vm_uuid, o.target, top=None, base=o.current)
+        else:
+            self.hv.set_disk_sources(vm_uuid, {o.target: o.current for o in overlays})
+        self._remove_files([o.overlay for o in overlays])
+
+    def _record_group(self, op: str, plan: dict[str, Any], vm_uuid: str) -> Group:
+        """The group, its snapshots and refs, the volumes' new tops and the journal's
+        'done': one transaction."""
+        now = self.clock()
+        group_uuid, name = plan["group_uuid"], plan["name"]
+        consistency = (
+            ConsistencyRecord.from_plan(plan["consistency"])
+            if "consistency" in plan
+            else interrupted_record(froze=False)
+        )
+        with self.db.transaction() as session:
+            repo = Repo(session)
+            repo.add(
+                GroupRow(
+                    uuid=group_uuid,
+                    name=name,
+                    description=plan["description"],
+                    vm_uuid=vm_uuid,
+                    create_date=now,
+                    last_op_date=now,
+                    consistency_type=consistency.type.value,
+                    frozen_filesystems=json.dumps(list(consistency.frozen_filesystems)),
+                    freeze_millis=consistency.freeze_millis,
+                    consistency_note=consistency.note,
+                    host=self.host,
+                )
+            )
+            # One query for the volumes and one flush per table, not one of each per disk.
+            volumes = {v.uuid: v for v in repo.volumes_of_vm(vm_uuid)}
+            snapshots: list[SnapshotRow | VolumeRow] = []
+            refs: list[RefRow] = []
+            for o in plan["overlays"]:
+                volume = volumes.get(plan["volumes"][o["target"]]) or repo.volume(
+                    plan["volumes"][o["target"]]
+                )
+                assert volume is not None
+                snap = SnapshotRow(
+                    uuid=self.new_uuid(),
+                    volume_uuid=volume.uuid,
+                    name=snapshot_name(name, volume.name),
+                    install_path=o["current"],
+                    parent_uuid=volume.parent_snapshot_uuid,
+                    create_date=now,
+                    last_op_date=now,
+                )
+                volume.install_path = o["overlay"]
+                volume.parent_snapshot_uuid = snap.uuid
+                volume.last_op_date = now
+                snapshots += (snap, volume)
+                refs.append(
+                    RefRow(
+                        volume_snapshot_uuid=snap.uuid,
+                        group_uuid=group_uuid,
+                        device_id=volume.device_id,
+                        volume_uuid=volume.uuid,
+                        volume_name=volume.name,
+                        volume_type=volume.volume_type,
+                        volume_last_attach_date=volume.last_attach_date,
+                        create_date=now,
+                        last_op_date=now,
+                    )
+                )
+            repo.add(*snapshots)  # before the refs that name them
+            repo.add(*refs)
+            self.journal.close(op, DONE, session=session)
+            return load_groups(repo, [group_uuid])[0]
+
+    def _switch(self, vm_uuid: str, live: bool, overlays: Sequence[DiskOverlay]) -> None:
+        """Every disk onto its overlay in one step: one atomic libvirt snapshot (running)
+        or one defineXML (stopped)."""
+        if live:
+            self.hv.snapshot_disks(vm_uuid, overlays)
+        else:
+            self.hv.set_disk_sources(vm_uuid, {o.target: o.overlay for o in overlays})
+
+    def _none_switched(self, vm_uuid: str, overlays: Sequence[DiskOverlay]) -> bool:
+        try:
+            paths = {d.target: d.path for d in self.hv.lookup(vm_uuid).disks}
+        except SnapgroupError:
+            return False
+        return all(paths.get(o.target) == o.current for o in overlays)
+
+    def _settle_create(self, op: str, plan: dict[str, Any], vm_uuid: str) -> Group | None:
+        """After a failed switch: the group when the switch happened after all, None when
+        it was rolled back. When even that cannot be seen, the journal stays open and
+        `recover` decides later."""
+        try:
+            domain = self.hv.lookup(vm_uuid)
+        except SnapgroupError:
+            return None
+        self._recover_create(op, plan, domain)
+        with self.db.transaction() as session:
+            exists = Repo(session).group(plan["group_uuid"]) is not None
+        return self.get(plan["group_uuid"]) if exists else None
+
+    def _recover_create(self, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+        thaw_note = ""
+        if plan.get("freezing") and "consistency" not in plan:
+            # Killed inside the freeze window: the guest may still be frozen, and every
+            # write in it blocked. Thawing is harmless when it is not.
+            thawed, error = (
+                thaw_with_retries(self.hv, domain.uuid, timeout=self.freeze_timeout)
+                if domain.state.is_live
+                else (0, None)
+            )
+            record = interrupted_record(froze=True, thawed=thawed, thaw_error=error)
+            plan = {**plan, "consistency": record.to_plan()}
+            thaw_note = f"; {thaw_report(thawed, error)}"
+        overlays = [DiskOverlay(**o) for o in plan["overlays"]]
+        paths = {d.target: d.path for d in domain.disks}
+        switched = [o for o in overlays if paths.get(o.target) == o.overlay]
+        if overlays and len(switched) == len(overlays):
+            self._record_group(op, plan, domain.uuid)  # the snapshot was taken: keep it
+            return
+        if switched:  # never seen (the switch is atomic) but never left half-done either
+            self._undo_snapshot(domain.uuid, domain.state.is_live, switched)
+        self._remove_files([o.overlay for o in overlays])
+        self.journal.close(
+            op, ROLLED_BACK, detail=f"recover: interrupted before the switch{thaw_note}"
+        )
+
+
+def _choose_disks(found: Discovered, *, skip_unsupported: bool) -> list[str]:
+    """Targets to snapshot, in deviceId order."""
+    planned = [p for p in found.planned if p.device_id is not None]
+    if not planned:
+        raise OperationError(f"VM {found.domain.name} has no disks")
+    root = planned[0]
+    if not root.eligible:
+        raise OperationError(
+            f"root disk {root.disk.target} cannot be snapshotted: {root.skip_reason}"
+        )
+    blocking = [p for p in planned if p.blocks_create]
+    if blocking and not skip_unsupported:
+        listed = "; ".join(f"{p.disk.target}: {p.skip_reason}" for p in blocking)
+        raise OperationError(
+            f"VM {found.domain.name} has writable disks that cannot be snapshotted ({listed}); "
+            "a group without them would not be the VM's point in time (skip_unsupported "
+            "to take it anyway)"
+        )
+    return [p.disk.target for p in planned if p.eligible]

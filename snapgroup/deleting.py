@@ -1,0 +1,246 @@
+"""Delete: check (Permissive refuses), merge each snapshot out of its chain, record;
+and the recovery of a delete."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from snapgroup.core import EngineCore
+from snapgroup.errors import (
+    DeleteFailed,
+    InvalidArgument,
+    NotFound,
+    OperationError,
+    SnapgroupError,
+)
+from snapgroup.inventory import DeleteReport, DeleteResult
+from snapgroup.journal import DONE
+from snapgroup.lineage import pinned_snapshots
+from snapgroup.locks import vm_lock
+from snapgroup.merging import Merger, MergeSpec
+from snapgroup.models import DomainInfo, VmState
+from snapgroup.planner import (
+    MergePlan,
+    apply_merge,
+    expected_chain,
+    plan_merge,
+)
+from snapgroup.ports import ProgressFn
+from snapgroup.store.repo import Repo
+from snapgroup.store.tables import RefRow, SnapshotRow, VolumeRow
+from snapgroup.validate import parse_uuid
+
+
+class DeleteMode(StrEnum):
+    PERMISSIVE = "Permissive"
+    ENFORCING = "Enforcing"
+
+    @classmethod
+    def parse(cls, value: str | DeleteMode) -> DeleteMode:
+        for mode in cls:
+            if value == mode or str(value).lower() == mode.value.lower():
+                return mode
+        raise InvalidArgument(f"deleteMode {value!r} is not Permissive or Enforcing")
+
+
+@dataclass
+class PendingMerge:
+    """One snapshot being deleted (with its group ref, if any): what to merge, or why not."""
+
+    ref: RefRow | None
+    snapshot: SnapshotRow
+    volume: VolumeRow | None
+    plan: MergePlan | None = None
+    blocking: str | None = None  # never merged, in any mode: it could break the chain
+    refusable: str | None = None  # Permissive refuses; Enforcing goes ahead
+
+
+class DeleteSteps(EngineCore):
+    def delete(
+        self,
+        group_uuid: str,
+        *,
+        mode: DeleteMode | str = DeleteMode.PERMISSIVE,
+        progress: ProgressFn | None = None,
+    ) -> DeleteReport:
+        uuid = parse_uuid(group_uuid, "group uuid")
+        mode = DeleteMode.parse(mode)
+        with self.db.transaction() as session:
+            group = Repo(session).group(uuid)
+        if group is None:
+            return DeleteReport(uuid, ())  # idempotent, as in ZStack
+        self.check_owner(group.vm_uuid)
+        with vm_lock(group.vm_uuid, wait=self.lock_wait):
+            return self._delete_locked(uuid, group.vm_uuid, mode, progress)
+
+    def _delete_locked(
+        self, uuid: str, vm_uuid: str, mode: DeleteMode, progress: ProgressFn | None
+    ) -> DeleteReport:
+        try:
+            self._sync(vm_uuid, self.hv.lookup(vm_uuid))
+        except NotFound:
+            self._sync(vm_uuid, None)
+        with self.db.transaction() as session:
+            repo = Repo(session)
+            if repo.group(uuid) is None:
+                return DeleteReport(uuid, ())  # deleted while we waited for the lock
+            merges = [
+                PendingMerge(ref, snap, repo.volume(snap.volume_uuid))
+                for ref, snap in repo.refs_with_snapshots([uuid])
+            ]
+            chains = repo.lineages([m.volume for m in merges if m.volume is not None])
+            pinned = pinned_snapshots(repo, chains.values())
+        domain = self._domain_for_delete(vm_uuid, mode)
+        for m in merges:
+            self._check_merge(m, domain, chains.get(m.snapshot.volume_uuid, []), pinned)
+        if mode is DeleteMode.PERMISSIVE:
+            problems = [p for m in merges for p in (m.blocking, m.refusable) if p]
+            if problems:
+                raise OperationError("cannot delete group: " + "; ".join(problems))
+        live = domain is not None and domain.state.is_live
+        specs = {
+            m.snapshot.uuid: MergeSpec.of(m.plan, m.volume.target)
+            for m in merges
+            if m.plan is not None and m.volume is not None
+        }
+        plan = {
+            "group_uuid": uuid,
+            "mode": mode.value,
+            "live": live,
+            "merges": [asdict(spec) for spec in specs.values()],
+            "noop": [m.snapshot.uuid for m in merges if m.snapshot.deleted],
+            "total": len(merges),
+        }
+        op = self.journal.begin("delete", vm_uuid, plan, group_uuid=uuid)
+        results = []
+        for m in merges:
+            spec = specs.get(m.snapshot.uuid)
+            if m.snapshot.deleted:
+                results.append(DeleteResult(m.snapshot.uuid, m.snapshot.volume_uuid, True))
+            elif spec is None:
+                error = DeleteFailed(m.blocking or "not merged")
+                results.append(DeleteResult(m.snapshot.uuid, m.snapshot.volume_uuid, False, error))
+            else:
+                results.append(self._run_merge(op, vm_uuid, live, spec, progress))
+        succeeded = [r.snapshot_uuid for r in results if r.success]
+        self._record_delete(op, uuid, succeeded, len(merges), mode)
+        return DeleteReport(uuid, tuple(results))
+
+    def _domain_for_delete(self, vm_uuid: str, mode: DeleteMode) -> DomainInfo | None:
+        try:
+            domain = self.hv.lookup(vm_uuid)
+        except NotFound:
+            if mode is DeleteMode.ENFORCING:
+                return None
+            raise OperationError(
+                f"VM {vm_uuid} no longer exists; Enforcing mode drops the group's metadata "
+                "and leaves its files"
+            ) from None
+        if domain.state is VmState.OTHER:
+            raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
+        return domain
+
+    def _check_merge(
+        self,
+        m: PendingMerge,
+        domain: DomainInfo | None,
+        chain: list[SnapshotRow],
+        pinned: dict[str, str] | None = None,
+    ) -> None:
+        """Fill in m.plan, or the reason it must not (blocking) or should not (refusable)
+        be merged. `pinned`: snapshots a clone reads (lineage.pinned_snapshots)."""
+        sid = m.snapshot.uuid
+        if m.snapshot.deleted:
+            return  # nothing left to merge
+        if domain is None:
+            m.blocking = f"snapshot {sid}: the VM no longer exists"
+            return
+        volume = m.volume
+        disk = next((d for d in domain.disks if volume and d.target == volume.target), None)
+        if volume is None or not volume.attached or disk is None:
+            m.blocking = f"snapshot {sid}: its volume is not attached to the VM"
+            return
+        if disk.path != volume.install_path:
+            m.blocking = (
+                f"snapshot {sid}: disk {disk.target} is on {disk.path}, "
+                f"the metadata says {volume.install_path}"
+            )
+            return
+        try:
+            plan = plan_merge(volume, chain, m.snapshot, pinned=pinned)
+            self._verify_real_chain(volume, chain, domain.state.is_live)
+        except SnapgroupError as exc:
+            m.blocking = f"snapshot {sid}: {exc.details}"
+            return
+        m.plan = plan
+        live = domain.state.is_live
+        needed = plan.needed_bytes(lambda p: self.images.chain(p, shared=live)[0].actual_size)
+        free = self.images.free_bytes(os.path.dirname(plan.base))
+        if free < needed:
+            m.refusable = (
+                f"snapshot {sid}: merging needs {needed} bytes beside {plan.base}, {free} free"
+            )
+
+    def _verify_real_chain(self, volume: VolumeRow, chain: list[SnapshotRow], live: bool) -> None:
+        expected = expected_chain(volume, chain)
+        for path in expected:
+            if not self.images.exists(path):
+                raise OperationError(f"file {path} is missing")
+        actual = [layer.path for layer in self.images.chain(volume.install_path, shared=live)]
+        if actual[: len(expected)] != expected:
+            raise OperationError(f"real chain {actual} does not match the metadata {expected}")
+
+    def _run_merge(
+        self, op: str, vm_uuid: str, live: bool, spec: MergeSpec, progress: ProgressFn | None
+    ) -> DeleteResult:
+        try:
+            Merger(self.hv, self.images, self.journal).finish(op, vm_uuid, live, spec, progress)
+        except SnapgroupError as exc:
+            error = DeleteFailed(f"snapshot {spec.snapshot_uuid}: merge failed", cause=exc)
+            return DeleteResult(spec.snapshot_uuid, spec.volume_uuid, False, error)
+        return DeleteResult(spec.snapshot_uuid, spec.volume_uuid, True)
+
+    def _record_delete(
+        self, op: str, uuid: str, succeeded: Sequence[str], total: int, mode: DeleteMode
+    ) -> None:
+        """One transaction: chain moves of the merged snapshots, their rows, the group,
+        and the journal's 'done'."""
+        now = self.clock()
+        with self.db.transaction() as session:
+            repo = Repo(session)
+            for snapshot_uuid in succeeded:
+                snapshot = repo.snapshot(snapshot_uuid)
+                if snapshot is None or snapshot.deleted:
+                    continue
+                volume = repo.volume(snapshot.volume_uuid)
+                assert volume is not None
+                plan = plan_merge(volume, repo.lineage(volume), snapshot)
+                apply_merge(volume, plan)
+                volume.last_op_date = now
+                repo.add(volume)
+                if plan.child_snapshot is not None:
+                    plan.child_snapshot.last_op_date = now
+                    repo.add(plan.child_snapshot)
+            repo.delete_snapshots(succeeded)
+            group = repo.group(uuid)
+            if group is not None:
+                if mode is DeleteMode.ENFORCING or len(succeeded) == total:
+                    repo.delete_group(uuid)
+                else:
+                    group.last_op_date = now
+                    repo.add(group)
+            self.journal.close(op, DONE, session=session)
+
+    def _recover_delete(self, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+        live = domain.state.is_live
+        succeeded = list(plan["noop"])
+        for spec in (MergeSpec(**m) for m in plan["merges"]):
+            if self._run_merge(op, domain.uuid, live, spec, None).success:
+                succeeded.append(spec.snapshot_uuid)
+        self._record_delete(
+            op, plan["group_uuid"], succeeded, plan["total"], DeleteMode.parse(plan["mode"])
+        )
