@@ -25,14 +25,15 @@ def step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-def sg(*args: str, capture: bool = False) -> str:
-    print(f"$ snapgroup {shlex.join(args)}", flush=True)
+def sg(*args: str, capture: bool = False, echo: bool = True) -> str:
+    if echo:
+        print(f"$ snapgroup {shlex.join(args)}", flush=True)
     result = subprocess.run([*SNAPGROUP, *args], capture_output=capture, text=True, check=False)
     if result.returncode != 0:
         if capture:
             sys.stdout.write(result.stdout + result.stderr)
         raise SystemExit(f"demo failed at: snapgroup {shlex.join(args)}")
-    if capture:
+    if capture and echo:
         sys.stdout.write(result.stdout)
     return result.stdout if capture else ""
 
@@ -45,6 +46,11 @@ def show(*argv: str) -> None:
 def _top_of(vm: str, target: str) -> str:
     out = subprocess.run(["virsh", "domblklist", vm], capture_output=True, text=True, check=True)
     return next(line.split()[1] for line in out.stdout.splitlines() if line.split()[:1] == [target])
+
+
+def _group_uuids() -> list[str]:
+    listed = json.loads(sg("--json", "list", "--vm", VM_NAME, capture=True, echo=False))
+    return [g["uuid"] for g in listed["inventories"]]
 
 
 def boot_vm() -> LabVm:
@@ -127,10 +133,24 @@ def main() -> None:
     sg("show", group)
     sg("update", group, "--name", "before-upgrade-v2")
 
-    step("Delete it: its snapshots are merged back, the VM keeps running on its data")
-    sg("delete", group)
+    step("A second restore point, and what each group can restore")
+    sg("create", "--vm", VM_NAME, "--name", "after-upgrade")
+    second = _group_uuids()[-1]
+    sg("check", group, second)
+    sg("tree", "--vm", VM_NAME)
+
+    step("Revert to the first group (a safety group keeps the current state)")
+    sg("revert", group, "--stop")
+    show("virsh", "start", VM_NAME)
+    sg("tree", "--vm", VM_NAME)
+    sg("verify", "--vm", VM_NAME)
+
+    step("Delete the groups: snapshots are merged out, the VM keeps its data")
+    for uuid in _group_uuids():
+        sg("delete", uuid)
     show("virsh", "domblklist", VM_NAME)
     sg("list", "--vm", VM_NAME)
+    sg("verify", "--vm", VM_NAME)
 
     step("Done")
     print(f"The demo VM {VM_NAME} is left running; `virsh destroy {VM_NAME}` stops it.")
