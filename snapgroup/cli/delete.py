@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from snapgroup.cli.context import Context
-from snapgroup.cli.output import ProgressPrinter, print_json, table
+from snapgroup.cli.output import ProgressPrinter, print_json, results_table
 
 
 def register(sub: Any) -> None:
@@ -28,17 +28,5 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     if ctx.as_json:
         print_json(report.to_response(), ctx.out)
-    else:
-        rows = [
-            (
-                r.snapshot_uuid,
-                r.volume_uuid,
-                "ok" if r.success else "FAILED",
-                r.error.details if r.error else "",
-            )
-            for r in report.results
-        ]
-        table(rows, ["SNAPSHOT", "VOLUME", "RESULT", "ERROR"], ctx.out)
-        if report.error:
-            ctx.err.write(f"error {report.error.code}: {report.error.details}\n")
-    return 1 if report.error else 0
+        return 1 if report.error else 0
+    return results_table(report.results, report.error, ctx.out, ctx.err)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 
 from snapgroup.errors import SnapgroupError
 from snapgroup.inventory import Group
@@ -80,6 +80,37 @@ def group_detail(group: Group, out: TextIO) -> None:
         for r in group.refs
     ]
     table(rows, ["DEV", "TYPE", "VOLUME", "SNAPSHOT", "DELETED", "INSTALL PATH"], out)
+
+
+class _Result(Protocol):  # DeleteResult, RevertResult (read-only: frozen dataclasses)
+    @property
+    def snapshot_uuid(self) -> str: ...
+    @property
+    def volume_uuid(self) -> str: ...
+    @property
+    def success(self) -> bool: ...
+    @property
+    def error(self) -> SnapgroupError | None: ...
+
+
+def results_table(
+    results: Sequence[_Result],
+    error: SnapgroupError | None,
+    out: TextIO,
+    err: TextIO,
+    *,
+    volume_first: bool = False,
+) -> int:
+    """Per-snapshot (or per-volume) results of a delete or revert; the exit status."""
+    rows = []
+    for r in results:
+        ids = (r.volume_uuid, r.snapshot_uuid) if volume_first else (r.snapshot_uuid, r.volume_uuid)
+        rows.append((*ids, "ok" if r.success else "FAILED", r.error.details if r.error else ""))
+    names = ["VOLUME", "SNAPSHOT"] if volume_first else ["SNAPSHOT", "VOLUME"]
+    table(rows, [*names, "RESULT", "ERROR"], out)
+    if error:
+        err.write(f"error {error.code}: {error.details}\n")
+    return 1 if error else 0
 
 
 class ProgressPrinter:

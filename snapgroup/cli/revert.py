@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from snapgroup.cli.context import Context
-from snapgroup.cli.output import print_json, table
+from snapgroup.cli.output import print_json, results_table
 from snapgroup.revert import DEFAULT_STOP_TIMEOUT, revert
 
 
@@ -63,16 +63,5 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     else:
         if report.safety_group is not None:
             ctx.out.write(f"safety group: {report.safety_group.uuid}\n")
-        rows = [
-            (
-                r.volume_uuid,
-                r.snapshot_uuid,
-                "ok" if r.success else "FAILED",
-                r.error.details if r.error else "",
-            )
-            for r in report.results
-        ]
-        table(rows, ["VOLUME", "SNAPSHOT", "RESULT", "ERROR"], ctx.out)
-        if report.error:
-            ctx.err.write(f"error {report.error.code}: {report.error.details}\n")
+        return results_table(report.results, report.error, ctx.out, ctx.err, volume_first=True)
     return 1 if report.error else 0
