@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup import journal
 from snapgroup.engine import Engine
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
@@ -56,3 +57,21 @@ def lab(store: Database) -> Iterator[Lab]:
 @pytest.fixture(autouse=True)
 def _private_lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SNAPGROUP_LOCK_DIR", str(tmp_path / "locks"))
+
+
+class Killed(BaseException):
+    """A simulated SIGKILL (the lab tests kill for real)."""
+
+
+@pytest.fixture
+def die_at(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Append a step name: the operation dies there, once."""
+    where: list[str] = []
+
+    def checkpoint(name: str) -> None:
+        if where and name == where[0]:
+            where.clear()
+            raise Killed(name)
+
+    monkeypatch.setattr(journal, "checkpoint", checkpoint)
+    return where

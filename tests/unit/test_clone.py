@@ -10,9 +10,8 @@ from snapgroup.errors import OperationError
 from snapgroup.models import VmState
 from snapgroup.snapshots import delete_snapshot
 from snapgroup.sync import sync
-from tests.unit.conftest import Lab
+from tests.unit.conftest import Killed, Lab
 from tests.unit.test_lifecycle import assert_whole, history, views
-from tests.unit.test_recovery import Killed
 
 VM = "a" * 32
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from snapgroup import journal
 from snapgroup.consistency import Consistency, FreezeWindow, thaw_with_retries
 from snapgroup.errors import HypervisorError, InvalidArgument, OperationError, Timeout
 from snapgroup.models import VmState
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
-from tests.unit.conftest import Lab
+from tests.unit.conftest import Killed, Lab
 
 VM = "a" * 32
 MOUNTS = ("/", "/mnt/data1", "/mnt/data2")
@@ -202,24 +201,6 @@ def test_a_failing_thaw_after_a_failing_switch_is_in_the_error() -> None:
 
 
 # -- recovery: a process killed inside the freeze window --------------------------------
-
-
-class Killed(BaseException):
-    pass
-
-
-@pytest.fixture
-def die_at(monkeypatch: pytest.MonkeyPatch, lab: Lab) -> list[str]:
-    """Simulates SIGKILL at a named step (the lab test kills for real)."""
-    where: list[str] = []
-
-    def checkpoint(name: str) -> None:
-        if where and name == where[0]:
-            where.clear()
-            raise Killed(name)
-
-    monkeypatch.setattr(journal, "checkpoint", checkpoint)
-    return where
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from snapgroup import journal
 from snapgroup.models import VmState
 from snapgroup.revert import revert
 from snapgroup.snapshots import delete_snapshot
-from tests.unit.conftest import Lab
+from tests.unit.conftest import Killed, Lab
 from tests.unit.test_lifecycle import _tree, assert_whole, history, views
-from tests.unit.test_recovery import Killed
 
 REVERT_STEPS = [
     "revert:begin",
@@ -20,20 +18,6 @@ REVERT_STEPS = [
     "revert:switched",
     "revert:removed",
 ]
-
-
-@pytest.fixture
-def kill_at(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Append a step name: the operation dies there (once)."""
-    where: list[str] = []
-
-    def checkpoint(name: str) -> None:
-        if where and name == where[0]:
-            where.clear()
-            raise Killed(name)
-
-    monkeypatch.setattr(journal, "checkpoint", checkpoint)
-    return where
 
 
 ROLLED_FORWARD = {"revert:switched", "revert:removed"}
@@ -50,13 +34,13 @@ TREE_DELETE_STEPS = [
 
 @pytest.mark.parametrize("step", REVERT_STEPS)
 @pytest.mark.parametrize("safety", [True, False], ids=["safety", "no-safety"])
-def test_revert_killed_at_every_step(lab: Lab, kill_at: list[str], step: str, safety: bool) -> None:
+def test_revert_killed_at_every_step(lab: Lab, die_at: list[str], step: str, safety: bool) -> None:
     if step == "revert:safety" and not safety:
         pytest.skip("no safety group, no such step")
     groups = history(lab)
     now = lab.view_of_vm()
     saved = {g.uuid: views(lab, g) for g in groups}
-    kill_at.append(step)
+    die_at.append(step)
     with pytest.raises(Killed):
         revert(lab.engine, groups[0].uuid, safety_group=safety)
     recovered = {op.kind: op.state for op in lab.engine.recover()}
@@ -75,13 +59,13 @@ def test_revert_killed_at_every_step(lab: Lab, kill_at: list[str], step: str, sa
 @pytest.mark.parametrize("state", [VmState.RUNNING, VmState.STOPPED])
 @pytest.mark.parametrize("step", TREE_DELETE_STEPS)
 def test_tree_delete_killed_at_every_step(
-    lab: Lab, kill_at: list[str], state: VmState, step: str
+    lab: Lab, die_at: list[str], state: VmState, step: str
 ) -> None:
     groups, safety = _tree(lab, state)
     everything = [*groups, safety]
     saved = {g.uuid: views(lab, g) for g in everything}
     now = lab.view_of_vm()
-    kill_at.append(step)
+    die_at.append(step)
     if step == "delete:committed" and state.is_live:
         lab.engine.delete(groups[0].uuid)  # live: libvirt commits, no such step
         return
@@ -106,13 +90,13 @@ def test_tree_delete_killed_at_every_step(
     ],
 )
 def test_single_snapshot_delete_killed_at_every_step(
-    lab: Lab, kill_at: list[str], step: str
+    lab: Lab, die_at: list[str], step: str
 ) -> None:
     groups = history(lab)
     now = lab.view_of_vm()
     saved = {g.uuid: views(lab, g) for g in groups}
     victim = groups[0].refs[0]
-    kill_at.append(step)
+    die_at.append(step)
     with pytest.raises(Killed):
         delete_snapshot(lab.engine, victim.volume_snapshot_uuid)
     (op,) = lab.engine.recover()
@@ -124,14 +108,14 @@ def test_single_snapshot_delete_killed_at_every_step(
     assert_whole(lab)
 
 
-def test_sync_finishes_a_dead_operation_before_looking(lab: Lab, kill_at: list[str]) -> None:
+def test_sync_finishes_a_dead_operation_before_looking(lab: Lab, die_at: list[str]) -> None:
     """An API caller that never ran `recover`: a create died after switching the disks.
     Synced over, the overlays would become new volumes; finished first, they are not."""
     from snapgroup.availability import check
     from snapgroup.store.repo import OperationRepo, Repo
 
     groups = history(lab, n=1)
-    kill_at.append("create:switched")
+    die_at.append("create:switched")
     with pytest.raises(Killed):
         lab.engine.create(vm="vm1", name="g1")
     with lab.engine.db.transaction() as session:

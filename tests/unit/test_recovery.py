@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from snapgroup import journal
 from snapgroup.models import VmState
 from snapgroup.planner import expected_chain
 from snapgroup.store.repo import Repo
 from snapgroup.testing.fakes import lab_domain
-from tests.unit.conftest import Lab
+from tests.unit.conftest import Killed, Lab
 
 VM = "a" * 32
 CREATE_STEPS = ["create:begin", "create:overlays", "create:switched"]
@@ -23,23 +22,6 @@ DELETE_STEPS = [
     "delete:merged",
     "delete:removed",
 ]
-
-
-class Killed(BaseException):
-    pass
-
-
-@pytest.fixture
-def die_at(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    where: list[str] = []
-
-    def checkpoint(name: str) -> None:
-        if where and name == where[0]:
-            where.clear()
-            raise Killed(name)
-
-    monkeypatch.setattr(journal, "checkpoint", checkpoint)
-    return where
 
 
 def assert_consistent(lab: Lab) -> None:
