@@ -21,6 +21,7 @@ import os
 from bench import lab
 from bench.timing import Row, Stats, Target, ratios, rounds, timed
 from snapgroup.engine import Engine
+from snapgroup.errors import HypervisorUnavailable
 from snapgroup.testing.labvm import LabVm
 
 NAME = "delete-merge"
@@ -57,7 +58,10 @@ class _Layout:
                 "qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", copy_base, copy_top
             )
             self.copies[target] = copy_top
-        self.eng.hv.set_disk_sources(self.base.uuid, dict(self.copies))
+        try:
+            self.eng.hv.set_disk_sources(self.base.uuid, dict(self.copies))
+        except HypervisorUnavailable:  # libvirtd restarted (other people's tests): again
+            self.eng.hv.set_disk_sources(self.base.uuid, dict(self.copies))
         os.sync()  # neither side's timing includes writing back the other's set-up
 
     def cleanup(self) -> None:

@@ -34,6 +34,7 @@ from bench import (
     metadata,
 )
 from bench.timing import Row, Stats
+from snapgroup.errors import HypervisorUnavailable
 
 Bench = Callable[[int, bool], list[Row]]
 # In the order, except the freeze window, which runs last.
@@ -119,12 +120,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         print(f"== {name} ...", file=sys.stderr, flush=True)
         t0 = time.monotonic()
-        try:
-            got = BENCHES[name](runs, args.quick)
-        except Exception as exc:  # one failing benchmark must not lose the others
-            traceback.print_exc()
-            result["errors"][name] = f"{type(exc).__name__}: {exc}"
-            got = []
+        got = []
+        for attempt in (1, 2):
+            try:
+                got = BENCHES[name](runs, args.quick)
+                break
+            except HypervisorUnavailable:  # libvirtd restarted under us (a shared host)
+                traceback.print_exc()
+                if attempt == 2:
+                    result["errors"][name] = "libvirtd went away twice"
+                else:
+                    print(f"   {name}: libvirtd went away; once more", file=sys.stderr)
+            except Exception as exc:  # one failing benchmark must not lose the others
+                traceback.print_exc()
+                result["errors"][name] = f"{type(exc).__name__}: {exc}"
+                break
         rows += got
         result["rows"] = [r.to_json() for r in rows]
         result["seconds"] = round(time.time() - started)

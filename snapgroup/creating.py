@@ -36,7 +36,7 @@ from snapgroup.planner import (
     snapshot_name,
 )
 from snapgroup.store.repo import Repo
-from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow
+from snapgroup.store.tables import GroupRow, SnapshotRow, VolumeRow
 from snapgroup.validate import parse_uuid, validate_description, validate_name
 
 OVERLAY_WORKERS = 8
@@ -260,43 +260,46 @@ class CreateSteps(EngineCore):
                     host=self.host,
                 )
             )
-            # One query for the volumes and one flush per table, not one of each per disk.
+            # One query for the volumes; the snapshots and refs inserted as rows, one
+            # statement per table (no ORM object, no flush per disk).
             volumes = {v.uuid: v for v in repo.volumes_of_vm(vm_uuid)}
-            snapshots: list[SnapshotRow | VolumeRow] = []
-            refs: list[RefRow] = []
+            snapshots: list[dict[str, Any]] = []
+            refs: list[dict[str, Any]] = []
             for o in plan["overlays"]:
                 volume = volumes.get(plan["volumes"][o["target"]]) or repo.volume(
                     plan["volumes"][o["target"]]
                 )
                 assert volume is not None
-                snap = SnapshotRow(
-                    uuid=self.new_uuid(),
-                    volume_uuid=volume.uuid,
-                    name=snapshot_name(name, volume.name),
-                    install_path=o["current"],
-                    parent_uuid=volume.parent_snapshot_uuid,
-                    create_date=now,
-                    last_op_date=now,
+                snapshot_uuid = self.new_uuid()
+                snapshots.append(
+                    {
+                        "uuid": snapshot_uuid,
+                        "volume_uuid": volume.uuid,
+                        "name": snapshot_name(name, volume.name),
+                        "install_path": o["current"],
+                        "parent_uuid": volume.parent_snapshot_uuid,
+                        "deleted": False,
+                        "create_date": now,
+                        "last_op_date": now,
+                    }
+                )
+                refs.append(
+                    {
+                        "volume_snapshot_uuid": snapshot_uuid,
+                        "group_uuid": group_uuid,
+                        "device_id": volume.device_id,
+                        "volume_uuid": volume.uuid,
+                        "volume_name": volume.name,
+                        "volume_type": volume.volume_type,
+                        "volume_last_attach_date": volume.last_attach_date,
+                        "create_date": now,
+                        "last_op_date": now,
+                    }
                 )
                 volume.install_path = o["overlay"]
-                volume.parent_snapshot_uuid = snap.uuid
+                volume.parent_snapshot_uuid = snapshot_uuid
                 volume.last_op_date = now
-                snapshots += (snap, volume)
-                refs.append(
-                    RefRow(
-                        volume_snapshot_uuid=snap.uuid,
-                        group_uuid=group_uuid,
-                        device_id=volume.device_id,
-                        volume_uuid=volume.uuid,
-                        volume_name=volume.name,
-                        volume_type=volume.volume_type,
-                        volume_last_attach_date=volume.last_attach_date,
-                        create_date=now,
-                        last_op_date=now,
-                    )
-                )
-            repo.add(*snapshots)  # before the refs that name them
-            repo.add(*refs)
+            repo.insert_snapshots(snapshots, refs)
             self.journal.close(op, DONE, session=session)
             return load_groups(repo, [group_uuid])[0]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, delete, or_
+from sqlalchemy import Row, delete, insert, or_
 from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -62,6 +62,16 @@ class Repo:
         )
         return list(self.session.exec(query))
 
+    def insert_snapshots(
+        self, snapshots: Sequence[dict[str, Any]], refs: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        """New snapshot rows, then the group refs that name them, as column values: one
+        INSERT per table for a group of any size, without an ORM object per row."""
+        if snapshots:
+            self.session.execute(insert(SnapshotRow.__table__), list(snapshots))  # type: ignore[attr-defined]
+        if refs:
+            self.session.execute(insert(RefRow.__table__), list(refs))  # type: ignore[attr-defined]
+
     def delete_snapshots(self, uuids: Iterable[str]) -> None:
         ids = list(uuids)
         if ids:
@@ -76,6 +86,9 @@ class Repo:
         """The groups of those UUIDs that exist, in one query."""
         if not uuids:
             return {}
+        if len(uuids) == 1:  # the session may hold it already (a group just recorded)
+            row = self.session.get(GroupRow, uuids[0])
+            return {} if row is None else {row.uuid: row}
         query = select(GroupRow).where(col(GroupRow.uuid).in_(list(uuids)))
         return {row.uuid: row for row in self.session.exec(query)}
 
