@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 from snapgroup.adapters.runner import run
 from snapgroup.api import open_engine
 from snapgroup.engine import Engine
-from snapgroup.errors import SnapgroupError
+from snapgroup.errors import HypervisorUnavailable, SnapgroupError
 from snapgroup.testing.labvm import LAB_ROOT, LabVm, cleanup_stale, create_lab_vm, lab_directory
 
 URI = "qemu:///system"
@@ -46,6 +47,31 @@ def virsh(*args: str, timeout: float | None = 600.0) -> str:
 
 def unique(label: str) -> str:
     return f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}"
+
+
+_GONE = ("failed to connect to the hypervisor", "Broken pipe", "End of file while reading")
+
+
+def transient(exc: BaseException) -> bool:
+    """Did libvirtd go away under us (restarted by someone else on a shared host)?"""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, HypervisorUnavailable) or any(g in str(seen) for g in _GONE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def wait_for_libvirtd(timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            virsh("version", timeout=10)
+            return
+        except BenchError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def cleanup() -> list[str]:

@@ -34,7 +34,6 @@ from bench import (
     metadata,
 )
 from bench.timing import Row, Stats
-from snapgroup.errors import HypervisorUnavailable
 
 Bench = Callable[[int, bool], list[Row]]
 # In the order, except the freeze window, which runs last.
@@ -125,14 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 got = BENCHES[name](runs, args.quick)
                 break
-            except HypervisorUnavailable:  # libvirtd restarted under us (a shared host)
-                traceback.print_exc()
-                if attempt == 2:
-                    result["errors"][name] = "libvirtd went away twice"
-                else:
-                    print(f"   {name}: libvirtd went away; once more", file=sys.stderr)
             except Exception as exc:  # one failing benchmark must not lose the others
                 traceback.print_exc()
+                if attempt == 1 and lab.transient(exc):
+                    # Other people's tests restart libvirtd on this shared host.
+                    print(f"   {name}: libvirtd went away; once more", file=sys.stderr)
+                    lab.wait_for_libvirtd()
+                    lab.cleanup()
+                    continue
                 result["errors"][name] = f"{type(exc).__name__}: {exc}"
                 break
         rows += got
