@@ -196,14 +196,20 @@ def with_disk_sources(xml: str, sources: dict[str, str]) -> str:
             raise InvalidArgument(f"disk {target} has no source to replace")
         source.set("file", path)
         source.attrib.pop("index", None)  # live-XML bookkeeping, not configuration
-        driver = disk.find("driver")
-        if driver is None:
-            driver = ET.Element("driver", name="qemu")
-            disk.insert(0, driver)
-        driver.set("type", "qcow2")
-        for store in disk.findall("backingStore"):
-            disk.remove(store)
+        _as_qcow2_top(disk)
     return ET.tostring(root, encoding="unicode")
+
+
+def _as_qcow2_top(disk: ET.Element) -> None:
+    """A qcow2 driver, and no stored <backingStore>: libvirt reads the chain anew from
+    the image headers (it would trust a stale stored chain over them)."""
+    driver = disk.find("driver")
+    if driver is None:
+        driver = ET.Element("driver", name="qemu")
+        disk.insert(0, driver)
+    driver.set("type", "qcow2")
+    for store in disk.findall("backingStore"):
+        disk.remove(store)
 
 
 _CHARDEVS = ("serial", "console", "parallel", "channel")
@@ -279,13 +285,7 @@ def _clone_disks(devices: ET.Element, sources: dict[str, str]) -> None:
             source = ET.SubElement(disk, "source")
         source.attrib.clear()
         source.set("file", sources[dev])
-        driver = disk.find("driver")
-        if driver is None:
-            driver = ET.Element("driver", name="qemu")
-            disk.insert(0, driver)
-        driver.set("type", "qcow2")
-        for store in disk.findall("backingStore"):
-            disk.remove(store)
+        _as_qcow2_top(disk)
     unknown = sorted(set(sources) - seen)
     if unknown:
         raise NotFound(f"the domain has no disk {', '.join(unknown)}")
