@@ -37,7 +37,8 @@ def _api(eng: Engine, vm: LabVm) -> float:
     return seconds
 
 
-def _cli(eng: Engine, vm: LabVm) -> float:
+def _cli(eng: Engine, vm: LabVm, env: dict[str, str]) -> float:
+    """The `snapgroup` command as a new process: standalone, or served by a daemon."""
     argv = [
         lab.SNAPGROUP_CLI,
         "--db",
@@ -55,7 +56,7 @@ def _cli(eng: Engine, vm: LabVm) -> float:
 
     def create() -> None:
         nonlocal out
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)  # noqa: S603
         if done.returncode != 0:
             raise lab.BenchError(f"snapgroup create failed: {done.stdout} {done.stderr}")
         out = done.stdout
@@ -96,24 +97,33 @@ def _switch_only(eng: Engine, vm: LabVm, counter: list[int]) -> float:
 
 
 def _imports() -> float:
-    """The CLI's floor: a new interpreter that only imports what `snapgroup create` runs
-    on (SQLAlchemy, SQLModel/pydantic, libvirt, snapgroup) and does nothing."""
+    """The standalone CLI's floor: a new interpreter that only imports what `snapgroup
+    create` runs on (SQLAlchemy, SQLModel/pydantic, libvirt, snapgroup) and does nothing."""
     argv = [sys.executable, "-c", "import snapgroup.cli.main, snapgroup.api"]
+    return timed(lambda: subprocess.run(argv, check=True))  # noqa: S603
+
+
+def _client() -> float:
+    """The daemon-served CLI's floor: a new interpreter importing the client alone."""
+    argv = [sys.executable, "-c", "import snapgroup.cli.launch"]
     return timed(lambda: subprocess.run(argv, check=True))  # noqa: S603
 
 
 def _measure(runs: int, eng: Engine, vm: LabVm) -> dict[str, list[float]]:
     counter = [0]
-    return rounds(
-        runs,
-        {
-            "api": lambda: _api(eng, vm),
-            "cli": lambda: _cli(eng, vm),
-            "imports": _imports,
-            "switch": lambda: _switch_only(eng, vm, counter),
-            "virsh": lambda: _virsh(vm, counter),
-        },
-    )
+    with lab.daemon(eng) as d:
+        return rounds(
+            runs,
+            {
+                "api": lambda: _api(eng, vm),
+                "cli": lambda: _cli(eng, vm, d.via),
+                "cli standalone": lambda: _cli(eng, vm, d.standalone),
+                "client": _client,
+                "imports": _imports,
+                "switch": lambda: _switch_only(eng, vm, counter),
+                "virsh": lambda: _virsh(vm, counter),
+            },
+        )
 
 
 def run(runs: int, quick: bool) -> list[Row]:
@@ -126,16 +136,24 @@ def run(runs: int, quick: bool) -> list[Row]:
             rows.append(
                 compare(NAME, f"{case}, Python API", samples, "api", "virsh", target=target)
             )
-            rows.append(
-                compare(NAME, f"{case}, CLI process", samples, "cli", "virsh", target=target)
+            cli = compare(NAME, f"{case}, CLI process", samples, "cli", "virsh", target=target)
+            cli.note = "served by a running `snapgroup daemon`"
+            rows.append(cli)
+            client = compare(NAME, "  floor: CLI client start-up only", samples, "client", "virsh")
+            client.note = "python -c 'import snapgroup.cli.launch'"
+            rows.append(client)
+            standalone = compare(
+                NAME, f"{case}, CLI process, standalone", samples, "cli standalone", "virsh"
             )
+            standalone.note = "no daemon: the engine's stack imported in the process"
+            rows.append(standalone)
             switch = compare(
                 NAME, "  floor: the one libvirt call alone", samples, "switch", "virsh"
             )
             switch.note = "snapshotCreateXML(DISK_ONLY|ATOMIC|NO_METADATA|REUSE_EXT)"
             rows.append(switch)
             floor = compare(
-                NAME, "  floor: CLI start-up + imports only", samples, "imports", "virsh"
+                NAME, "  floor: standalone start-up + imports only", samples, "imports", "virsh"
             )
             floor.note = "python -c 'import snapgroup.cli.main, snapgroup.api'"
             rows.append(floor)

@@ -38,15 +38,19 @@ def run(runs: int, quick: bool) -> list[Row]:
     disks = 4 if quick else DISKS
     with lab.engine(NAME) as eng, lab.lab_vm("offline", disks=disks, start=False) as vm:
         counter = [0]
-        samples = rounds(
-            runs,
-            {
-                "api": lambda: _api(eng, vm),
-                "cli": lambda: _cli(eng, vm),
-                "qemu-img loop": lambda: _loop(vm, counter),
-            },
-        )
+        with lab.daemon(eng) as d:
+            samples = rounds(
+                runs,
+                {
+                    "api": lambda: _api(eng, vm),
+                    "cli": lambda: _cli(eng, vm, d.via),
+                    "cli standalone": lambda: _cli(eng, vm, d.standalone),
+                    "qemu-img loop": lambda: _loop(vm, counter),
+                },
+            )
+    case = f"{disks} disks, CLI process"
     return [
         compare(NAME, f"{disks} disks, Python API", samples, "api", "qemu-img loop"),
-        compare(NAME, f"{disks} disks, CLI process", samples, "cli", "qemu-img loop"),
+        compare(NAME, f"{case} (daemon)", samples, "cli", "qemu-img loop"),
+        compare(NAME, f"{case}, standalone", samples, "cli standalone", "qemu-img loop"),
     ]

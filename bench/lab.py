@@ -10,7 +10,9 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -130,6 +132,39 @@ def engine(label: str) -> Iterator[Engine]:
 
 def db_url(eng: Engine) -> str:
     return eng.db.url
+
+
+class Daemon:
+    """A `snapgroup daemon` on an engine's store, and the environments that make the
+    `snapgroup` command use it (`via`) or run standalone in its own process (`standalone`)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.socket = directory / "cli.sock"
+        self.via = {**os.environ, "SNAPGROUP_SOCKET": str(self.socket)}
+        self.standalone = {**os.environ, "SNAPGROUP_NO_DAEMON": "1"}
+
+
+@contextlib.contextmanager
+def daemon(eng: Engine) -> Iterator[Daemon]:
+    directory = Path(tempfile.mkdtemp(prefix="sgd-", dir="/tmp"))  # a socket path is short
+    d = Daemon(directory)
+    argv = [SNAPGROUP_CLI, "--db", eng.db.url, "daemon", "--socket", str(d.socket)]
+    log = (directory / "daemon.log").open("w")
+    proc = subprocess.Popen(argv, env=d.standalone, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+    try:
+        deadline = time.monotonic() + 120
+        while not d.socket.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(
+                    f"snapgroup daemon did not start: {(directory / 'daemon.log').read_text()}"
+                )
+            time.sleep(0.05)
+        yield d
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+        log.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def domblklist(vm: str) -> dict[str, str]:

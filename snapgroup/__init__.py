@@ -1,27 +1,36 @@
-"""snapgroup: consistent snapshot groups of a libvirt VM's qcow2 disks."""
+"""snapgroup: consistent snapshot groups of a libvirt VM's qcow2 disks.
 
-from snapgroup.api import open_engine
-from snapgroup.consistency import Consistency
-from snapgroup.engine import DeleteMode, Engine
-from snapgroup.errors import (
-    AuthenticationError,
-    BatchDeleteError,
-    Busy,
-    DeleteFailed,
-    HypervisorError,
-    HypervisorUnavailable,
-    ImageToolError,
-    InternalError,
-    InvalidArgument,
-    InvalidSession,
-    NotFound,
-    OperationError,
-    SnapgroupError,
-    SnapshotWrongStatus,
-    StoreError,
-    Timeout,
-)
-from snapgroup.inventory import DeleteReport, DeleteResult, Group, GroupRef, VolumeView
+The names below load on first use (PEP 562): the `snapgroup` command's launcher lives in
+this package and must start without importing the engine's stack."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from snapgroup.api import open_engine
+    from snapgroup.consistency import Consistency
+    from snapgroup.engine import DeleteMode, Engine
+    from snapgroup.errors import (
+        AuthenticationError,
+        BatchDeleteError,
+        Busy,
+        DeleteFailed,
+        HypervisorError,
+        HypervisorUnavailable,
+        ImageToolError,
+        InternalError,
+        InvalidArgument,
+        InvalidSession,
+        NotFound,
+        OperationError,
+        SnapgroupError,
+        SnapshotWrongStatus,
+        StoreError,
+        Timeout,
+    )
+    from snapgroup.inventory import DeleteReport, DeleteResult, Group, GroupRef, VolumeView
 
 __all__ = [
     "AuthenticationError",
@@ -50,3 +59,27 @@ __all__ = [
     "VolumeView",
     "open_engine",
 ]
+
+_HOMES = {
+    "open_engine": "snapgroup.api",
+    "Consistency": "snapgroup.consistency",
+    "DeleteMode": "snapgroup.engine",
+    "Engine": "snapgroup.engine",
+    "DeleteReport": "snapgroup.inventory",
+    "DeleteResult": "snapgroup.inventory",
+    "Group": "snapgroup.inventory",
+    "GroupRef": "snapgroup.inventory",
+    "VolumeView": "snapgroup.inventory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'snapgroup' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES.get(name, "snapgroup.errors")), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,3 +1,3 @@
-from snapgroup.cli.main import main
+from snapgroup.cli.launch import main
 
 raise SystemExit(main())

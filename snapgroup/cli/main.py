@@ -13,6 +13,7 @@ from snapgroup.cli import (
     check,
     clone,
     create,
+    daemon,
     delete,
     delete_snapshot,
     listing,
@@ -52,12 +53,15 @@ COMMANDS = (
     verify,
     operations,
     serve,
+    daemon,
     account,
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    parser = parser_class(
         prog="snapgroup", description="Consistent snapshot groups of a libvirt VM's disks."
     )
     parser.add_argument(
@@ -100,9 +104,20 @@ def main(
         stream=err,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    return execute(args, out=out, err=err, context_factory=context_factory or Context.from_args)
+
+
+def execute(
+    args: argparse.Namespace,
+    *,
+    out: TextIO,
+    err: TextIO,
+    context_factory: Callable[[argparse.Namespace], Context],
+) -> int:
+    """Run parsed arguments: here, or in the daemon (snapgroup.cli.command_server)."""
     run: Callable[[argparse.Namespace, Context], int] = args.run
     try:
-        ctx = (context_factory or Context.from_args)(args)
+        ctx = context_factory(args)
         ctx.out, ctx.err = out, err
         if not getattr(args, "skip_auto_recover", False):
             ctx.engine.recover()  # every command starts from a consistent state

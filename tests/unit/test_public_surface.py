@@ -6,6 +6,8 @@ import re
 import types
 from pathlib import Path
 
+import pytest
+
 import snapgroup
 from snapgroup.errors import ALL_ERRORS, SnapgroupError
 
@@ -15,18 +17,20 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def test_all_names_exactly_the_public_api() -> None:
     public = {
         name
-        for name, value in vars(snapgroup).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(snapgroup)
+        if not name.startswith("_") and not isinstance(getattr(snapgroup, name), types.ModuleType)
     }
     assert set(snapgroup.__all__) == public
     for name in snapgroup.__all__:
         assert getattr(snapgroup, name) is not None
+    with pytest.raises(AttributeError):
+        snapgroup.no_such_name  # noqa: B018
 
 
 def test_every_error_is_listed_and_exported() -> None:
     exported = {
         e
-        for e in vars(snapgroup).values()
+        for e in (getattr(snapgroup, name) for name in dir(snapgroup))
         if isinstance(e, type) and issubclass(e, SnapgroupError) and e is not SnapgroupError
     }
     assert exported == set(ALL_ERRORS)

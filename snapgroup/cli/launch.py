@@ -1,0 +1,114 @@
+"""The `snapgroup` command's entry point. When a `snapgroup daemon` listens on this
+host, the command runs there, on an engine whose libvirt connection and store are
+already open, and only its output travels back (as virsh leaves the work to libvirtd,
+or Mercurial's chg to its command server). Otherwise, or whenever the daemon cannot
+run exactly this invocation, the command runs in this process.
+
+Standard library only, so that asking the daemon costs a bare interpreter's start-up:
+importing the engine (SQLAlchemy, SQLModel, libvirt) takes ~0.9 s on our lab hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+SOCKET_ENV = "SNAPGROUP_SOCKET"
+NO_DAEMON_ENV = "SNAPGROUP_NO_DAEMON"  # "1": always run in this process
+DEFAULT_SOCKET = "/run/snapgroup/cli.sock"
+# The environment that can change what a command does; the daemon runs a command only
+# when the client's agrees with its own (the store's URL and libvirt's URI are compared
+# once resolved, in snapgroup.cli.command_server).
+ENV_PREFIXES = ("SNAPGROUP_", "LIBVIRT_")
+MAX_FRAME = 1 << 20
+
+
+def socket_path() -> str:
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def relevant_env(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k.startswith(ENV_PREFIXES)}
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False).encode() + b"\n"
+
+
+def _lost(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """The daemon went away before the command's exit status: say so in the seed's
+    error shape. The journal lets `snapgroup recover` finish whatever it had begun."""
+    from snapgroup.errors import InternalError  # stdlib-only module
+
+    error = InternalError(
+        "the snapgroup daemon closed the connection before the command finished; "
+        "`snapgroup operations` shows what it was doing"
+    )
+    if "--json" in argv:
+        json.dump({"error": error.to_dict()}, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+    else:
+        err.write(f"error {error.code}: {error.details}\n")
+    return 1
+
+
+def forward(
+    argv: Sequence[str],
+    *,
+    out: TextIO,
+    err: TextIO,
+    path: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> int | None:
+    """argv's exit status, run by the daemon with its output written to out and err;
+    None when there is no daemon or it declines: then run the command here."""
+    env = dict(os.environ) if environ is None else environ
+    if env.get(NO_DAEMON_ENV) == "1":
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path or env.get(SOCKET_ENV) or DEFAULT_SOCKET)
+    except OSError:  # none listening (or not ours to use): nothing is lost
+        sock.close()
+        return None
+    with sock:
+        try:
+            return _exchange(sock, argv, env, out, err)
+        except (OSError, ValueError):  # after the request: the command may have run
+            return _lost(argv, out, err)
+
+
+def _exchange(
+    sock: socket.socket, argv: Sequence[str], env: dict[str, str], out: TextIO, err: TextIO
+) -> int | None:
+    request = {"argv": list(argv), "env": relevant_env(env), "tty": [out.isatty(), err.isatty()]}
+    sock.sendall(encode(request))
+    with sock.makefile("r", encoding="utf-8") as replies:
+        for line in replies:
+            message = json.loads(line)
+            if "fallback" in message:  # declined before running anything
+                return None
+            if "exit" in message:
+                return int(message["exit"])
+            stream = out if "out" in message else err
+            stream.write(message.get("out", message.get("err", "")))
+            stream.flush()
+    return _lost(argv, out, err)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = forward(args, out=sys.stdout, err=sys.stderr)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted (the daemon finishes what it had begun)\n")
+        return 130
+    if code is not None:
+        return code
+    from snapgroup.cli.main import main as run_here
+
+    return run_here(args)
