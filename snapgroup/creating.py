@@ -35,8 +35,8 @@ from snapgroup.planner import (
     expected_chain,
     snapshot_name,
 )
-from snapgroup.store.repo import Repo
-from snapgroup.store.tables import GroupRow, SnapshotRow, VolumeRow
+from snapgroup.store.repo import ChainLink, Repo
+from snapgroup.store.tables import GroupRow, VolumeRow
 from snapgroup.validate import parse_uuid, validate_description, validate_name
 
 OVERLAY_WORKERS = 8
@@ -89,10 +89,10 @@ class CreateSteps(EngineCore):
         chosen = _choose_disks(found, skip_unsupported=skip_unsupported)
         live = domain.state.is_live
         with self.db.transaction() as session:  # one query for every disk's chain
-            lineages = Repo(session).lineages([found.volumes[t] for t in chosen])
+            chains = Repo(session).chains([found.volumes[t] for t in chosen])
 
         def check(t: str) -> int:
-            return self._check_chain(found.volumes[t], live, lineages[found.volumes[t].uuid])
+            return self._check_chain(found.volumes[t], live, chains[found.volumes[t].uuid])
 
         if live or len(chosen) < 2:  # shared reads: QemuImg reads them in-process (qcow2.py)
             sizes = {t: check(t) for t in chosen}
@@ -178,8 +178,9 @@ class CreateSteps(EngineCore):
             self.journal.close(op, ROLLED_BACK, detail=exc.details)
             raise
 
-    def _check_chain(self, volume: VolumeRow, live: bool, lineage: list[SnapshotRow]) -> int:
-        """The real chain must be what the metadata says; returns the virtual size."""
+    def _check_chain(self, volume: VolumeRow, live: bool, recorded: list[ChainLink]) -> int:
+        """The real chain must be what the metadata says (`recorded`: Repo.chains);
+        returns the virtual size."""
         try:
             chain = self.images.chain(volume.install_path, shared=live)
         except ImageToolError as exc:
@@ -194,7 +195,7 @@ class CreateSteps(EngineCore):
                 f"disk {volume.target} has {len(chain)} layers; libvirt refuses chains deeper "
                 f"than {MAX_CHAIN_DEPTH}: delete older groups first"
             )
-        expected = expected_chain(volume, lineage)
+        expected = expected_chain(volume, recorded)
         actual = [layer.path for layer in chain]
         if actual[: len(expected)] != expected:
             raise OperationError(

@@ -9,10 +9,11 @@ disks follow in target order: bus prefix, then name length, then name (vda < vdz
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 from snapgroup.errors import OperationError
 from snapgroup.models import DomainDisk, DomainInfo, VolumeType
@@ -92,8 +93,20 @@ def snapshot_name(group_name: str, volume: str) -> str:
     return f"{group_name}-{volume}"
 
 
-def expected_chain(volume: VolumeRow, snapshots: list[SnapshotRow]) -> list[str]:
-    """The files the metadata says make up the volume, top first."""
+class ChainSnapshot(Protocol):
+    """What expected_chain reads of a snapshot: a SnapshotRow, or a Repo.chains link."""
+
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def install_path(self) -> str: ...
+    @property
+    def parent_uuid(self) -> str | None: ...
+
+
+def expected_chain(volume: VolumeRow, snapshots: Iterable[ChainSnapshot]) -> list[str]:
+    """The files the metadata says make up the volume, top first. `snapshots`: its
+    lineage, or at least every snapshot on its current chain (Repo.chains)."""
     by_uuid = {s.uuid: s for s in snapshots}
     chain = [volume.install_path]
     parent = volume.parent_snapshot_uuid

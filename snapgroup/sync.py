@@ -25,7 +25,7 @@ from snapgroup.locks import vm_lock
 from snapgroup.models import DomainInfo
 from snapgroup.planner import expected_chain
 from snapgroup.resolve import lookup_or_none, resolve_vm
-from snapgroup.store.repo import OperationRepo, Repo
+from snapgroup.store.repo import ChainLink, OperationRepo, Repo
 from snapgroup.store.tables import VolumeRow
 
 
@@ -87,14 +87,16 @@ def sync_locked(
             found = register_volumes(
                 repo, domain, now=now, new_uuid=engine.new_uuid, host=engine.host
             )
-            changes += _attachments(engine, repo, vm_uuid, before, list(found.volumes.values()))
-        changes += _removed(engine, repo, vm_uuid, now)
-        attached = repo.volumes_of_vm(vm_uuid, attached_only=True)
+        volumes = repo.volumes_of_vm(vm_uuid)  # as recorded now; read once for the steps below
+        if domain is not None:
+            changes += _attachments(engine, vm_uuid, before, volumes, list(found.volumes.values()))
+        changes += _removed(engine, repo, volumes, now)
+        attached = [v for v in volumes if v.attached]
         # Only the deep check reads them: 1,600 rows at 16 disks x 100 snapshots.
-        lineages = repo.lineages(attached) if deep and domain is not None else {}
+        chains = repo.chains(attached) if deep and domain is not None else {}
     if deep and domain is not None:
         live = domain.state.is_live
-        changes += [c for v in attached if (c := _chain_change(engine, v, lineages[v.uuid], live))]
+        changes += [c for v in attached if (c := _chain_change(engine, v, chains[v.uuid], live))]
     return changes
 
 
@@ -142,14 +144,15 @@ def _vm_gone(repo: Repo, vm_uuid: str, now: Any) -> list[Change]:
 
 def _attachments(
     engine: Engine,
-    repo: Repo,
     vm_uuid: str,
     before: dict[str, tuple[bool, str, str]],
+    volumes: list[VolumeRow],
     now_attached: list[VolumeRow],
 ) -> list[Change]:
+    """`volumes`: every volume of the VM, after register_volumes."""
     changes = []
     attached_ids = {v.uuid for v in now_attached}
-    for volume in repo.volumes_of_vm(vm_uuid):
+    for volume in volumes:
         was_attached, target, top = before.get(volume.uuid, (False, volume.target, ""))
         if was_attached and volume.uuid not in attached_ids:
             successor = next((v for v in now_attached if v.target == target), None)
@@ -196,9 +199,10 @@ def _top_changed(engine: Engine, vm_uuid: str, old: VolumeRow, new: VolumeRow) -
     )
 
 
-def _removed(engine: Engine, repo: Repo, vm_uuid: str, now: Any) -> list[Change]:
+def _removed(engine: Engine, repo: Repo, volumes: list[VolumeRow], now: Any) -> list[Change]:
+    """`volumes`: every volume of the VM (detached ones are looked at)."""
     changes = []
-    for volume in repo.volumes_of_vm(vm_uuid):
+    for volume in volumes:
         if volume.attached or engine.images.exists(volume.install_path):
             continue
         snapshots = repo.snapshots_of_volume(volume.uuid)
@@ -207,13 +211,12 @@ def _removed(engine: Engine, repo: Repo, vm_uuid: str, now: Any) -> list[Change]
         for snapshot in snapshots:
             snapshot.deleted = True
             snapshot.last_op_date = now
-            repo.add(snapshot)
         volume.parent_snapshot_uuid = None  # its chain is gone: it pins nothing any more
         volume.last_op_date = now
-        repo.add(volume)
+        repo.add(volume, *snapshots)  # one flush, not one per snapshot
         changes.append(
             Change(
-                vm_uuid,
+                volume.vm_uuid,
                 "volume-removed",
                 f"{volume.target}: its top file {volume.install_path} is gone; "
                 f"{len(snapshots)} snapshot(s) marked deleted, their files kept",
@@ -224,10 +227,10 @@ def _removed(engine: Engine, repo: Repo, vm_uuid: str, now: Any) -> list[Change]
 
 
 def _chain_change(
-    engine: Engine, volume: VolumeRow, lineage: list[Any], live: bool
+    engine: Engine, volume: VolumeRow, recorded: list[ChainLink], live: bool
 ) -> Change | None:
     try:
-        expected = expected_chain(volume, lineage)
+        expected = expected_chain(volume, recorded)
         actual = [layer.path for layer in engine.images.chain(volume.install_path, shared=live)]
     except SnapgroupError as exc:
         return Change(volume.vm_uuid, "chain-mismatch", exc.details, volume.uuid)

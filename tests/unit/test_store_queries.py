@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 
 from sqlmodel import select
 
 from snapgroup.clone import clone
+from snapgroup.core import load_groups
+from snapgroup.errors import OperationError
 from snapgroup.lineage import pinned_snapshots
 from snapgroup.models import VmState
+from snapgroup.planner import ChainSnapshot, expected_chain
+from snapgroup.revert import revert
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import VolumeRow
 from tests.unit.conftest import Lab
-from tests.unit.test_lifecycle import history
+from tests.unit.test_lifecycle import VM, history
 
 
 def _clones(lab: Lab) -> None:
@@ -53,6 +58,98 @@ def test_pinned_for_some_lineages_agrees_with_the_whole_store(lab: Lab) -> None:
             some = pinned_snapshots(repo, [lineage])
             mine = {s.uuid for s in lineage}
             assert {u for u in some if u in mine} == {u for u in everything if u in mine}
+
+
+def _branched(lab: Lab) -> None:
+    """_clones, then a revert of the VM (an old branch beside its current chain) and
+    one more group on the new branch."""
+    _clones(lab)
+    first = lab.engine.list_groups(vm="vm1")[0]
+    assert revert(lab.engine, first.uuid, safety_group=False, stop=True).error is None
+    lab.engine.create(vm="vm1", name="after-revert")
+
+
+def _chain_or_error(volume: VolumeRow, snapshots: Iterable[ChainSnapshot]) -> object:
+    try:
+        return expected_chain(volume, snapshots)
+    except OperationError as exc:
+        return exc.details
+
+
+def test_chains_give_the_chain_lineage_gives(lab: Lab) -> None:
+    _branched(lab)
+    with lab.engine.db.transaction() as session:
+        repo = Repo(session)
+        volumes = list(session.exec(select(VolumeRow)))
+        chains = repo.chains(volumes)
+        assert set(chains) == {v.uuid for v in volumes}
+        clone_disks = 0
+        for v in volumes:
+            lineage = repo.lineage(v)
+            assert {link.uuid for link in chains[v.uuid]} <= {s.uuid for s in lineage}
+            assert expected_chain(v, chains[v.uuid]) == expected_chain(v, lineage)
+            clone_disks += any(s.volume_uuid != v.uuid for s in lineage)
+        assert clone_disks  # the recursive part was taken
+        assert repo.chains([]) == {}
+
+
+def test_chains_stop_at_a_deleted_snapshot_as_lineage_does(lab: Lab) -> None:
+    _branched(lab)
+    with lab.engine.db.transaction() as session:
+        repo = Repo(session)
+        volumes = list(session.exec(select(VolumeRow)))
+        for v in volumes:  # one snapshot in the middle of every chain: own and foreign
+            chain = [s for s in repo.lineage(v) if s.uuid == v.parent_snapshot_uuid]
+            below = chain and repo.snapshot(chain[0].parent_uuid or "")
+            if below:
+                below.deleted = True
+        session.flush()
+        chains = repo.chains(volumes)
+        broken = 0
+        for v in volumes:
+            found = _chain_or_error(v, chains[v.uuid])
+            assert found == _chain_or_error(v, repo.lineage(v))
+            broken += isinstance(found, str)
+        assert broken >= 3  # the VM's disks, and the clones' through them
+        session.rollback()
+
+
+def test_group_views_read_what_the_rows_hold(lab: Lab) -> None:
+    """The column-only listing (raw dates converted once each) against the ORM rows."""
+    _branched(lab)
+    with lab.engine.db.transaction() as session:
+        repo = Repo(session)
+        rows = repo.groups(vm_uuid=VM)
+        listed = lab.engine.list_groups(vm="vm1")
+        assert [g.uuid for g in listed] == [r.uuid for r in rows]
+        for group, row in zip(listed, rows, strict=True):
+            assert (group.name, group.vm_uuid, group.create_date, group.last_op_date) == (
+                row.name,
+                row.vm_uuid,
+                row.create_date,
+                row.last_op_date,
+            )
+            assert group.create_date.tzinfo is not None
+            pairs = repo.refs_with_snapshots([row.uuid])
+            assert [r.volume_snapshot_uuid for r in group.refs] == [
+                ref.volume_snapshot_uuid for ref, _ in pairs
+            ]
+            for ref, (want, snap) in zip(group.refs, pairs, strict=True):
+                assert (ref.device_id, ref.install_path, ref.snapshot_name) == (
+                    want.device_id,
+                    snap.install_path,
+                    snap.name,
+                )
+                assert (ref.create_date, ref.volume_last_attach_date) == (
+                    want.create_date,
+                    want.volume_last_attach_date,
+                )
+                assert ref.last_op_date == max(want.last_op_date, snap.last_op_date)
+        everyone = lab.engine.list_groups()
+        assert {g.uuid for g in everyone} == {g.uuid for g in repo.groups()}
+        some = [listed[2].uuid, listed[0].uuid, listed[2].uuid, "f" * 32]
+        assert [g.uuid for g in load_groups(repo, some)] == some[:2]
+        assert load_groups(repo, []) == []
 
 
 def test_sqlite_store_is_wal_and_gets_missing_indexes(tmp_path: Path) -> None:
