@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from snapgroup.models import DomainInfo
 from snapgroup.ports import Hypervisor, ImageTool
 from snapgroup.store.db import Database
 from snapgroup.store.repo import DateParser, Repo
+from snapgroup.store.tables import VolumeRow
 from snapgroup.validate import parse_uuid
 
 
@@ -62,14 +64,21 @@ class EngineCore:
         self.host = host or local_host()
         self.journal = Journal(db, clock, new_uuid, host=self.host)
 
-    def check_owner(self, vm_uuid: str, repo: Repo | None = None) -> None:
+    def check_owner(
+        self, vm_uuid: str, repo: Repo | None = None, *, volumes: Sequence[VolumeRow] = ()
+    ) -> None:
         """OperationError unless this host owns the VM's files (or no host is recorded):
-        in a store shared by several hosts, each operates on its own VMs only."""
+        in a store shared by several hosts, each operates on its own VMs only.
+        `volumes`: the VM's volumes, when the caller has just read them all."""
         if repo is None:
             with self.db.transaction() as session:
                 self.check_owner(vm_uuid, Repo(session))
             return
-        others = repo.vm_hosts(vm_uuid) - {self.host}
+        if volumes:
+            hosts = {v.host for v in volumes if v.host is not None} | repo.group_hosts(vm_uuid)
+        else:
+            hosts = repo.vm_hosts(vm_uuid)
+        others = hosts - {self.host}
         if others:
             raise OperationError(
                 f"VM {vm_uuid} belongs to host {', '.join(sorted(others))}, not to this "
@@ -120,6 +129,15 @@ class EngineCore:
 
         assert isinstance(self, Engine)  # the only concrete use case class
         sync_locked(self, vm_uuid, domain)
+
+    def _synced(self, domain: DomainInfo) -> AbstractContextManager[tuple[Repo, Discovered]]:
+        """_sync then _discover, with one read of the VM's volumes, leaving a session
+        open to read on in: snapgroup.sync.synced."""
+        from snapgroup.engine import Engine  # both import this module
+        from snapgroup.sync import synced
+
+        assert isinstance(self, Engine)
+        return synced(self, domain)
 
     def _remove_files(self, paths: Sequence[str]) -> None:
         for path in paths:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from snapgroup.consistency import (
@@ -35,8 +36,8 @@ from snapgroup.planner import (
     expected_chain,
     snapshot_name,
 )
-from snapgroup.store.repo import ChainLink, Repo
-from snapgroup.store.tables import GroupRow, VolumeRow
+from snapgroup.store.repo import ChainLink, Repo, VolumeMove, VolumeTop
+from snapgroup.store.tables import VolumeRow
 from snapgroup.validate import parse_uuid, validate_description, validate_name
 
 OVERLAY_WORKERS = 8
@@ -81,15 +82,12 @@ class CreateSteps(EngineCore):
     ) -> Group:
         if domain.state is VmState.OTHER:
             raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
-        self._sync(domain.uuid, domain)
-        found = self._discover(domain)
-        with self.db.transaction() as session:
-            if Repo(session).group(group_uuid) is not None:
+        with self._synced(domain) as (repo, found):
+            if repo.has_group(group_uuid):
                 raise InvalidArgument(f"resourceUuid {group_uuid} is already used by a group")
-        chosen = _choose_disks(found, skip_unsupported=skip_unsupported)
+            chosen = _choose_disks(found, skip_unsupported=skip_unsupported)
+            chains = repo.chains([found.volumes[t] for t in chosen])  # one query for all
         live = domain.state.is_live
-        with self.db.transaction() as session:  # one query for every disk's chain
-            chains = Repo(session).chains([found.volumes[t] for t in chosen])
 
         def check(t: str) -> int:
             return self._check_chain(found.volumes[t], live, chains[found.volumes[t].uuid])
@@ -244,63 +242,28 @@ class CreateSteps(EngineCore):
             if "consistency" in plan
             else interrupted_record(froze=False)
         )
+        group = {
+            "uuid": group_uuid,
+            "name": name,
+            "description": plan["description"],
+            "vm_uuid": vm_uuid,
+            "create_date": now,
+            "last_op_date": now,
+            "consistency_type": consistency.type.value,
+            "frozen_filesystems": json.dumps(list(consistency.frozen_filesystems)),
+            "freeze_millis": consistency.freeze_millis,
+            "consistency_note": consistency.note,
+            "host": self.host,
+        }
         with self.db.transaction() as session:
             repo = Repo(session)
-            repo.add(
-                GroupRow(
-                    uuid=group_uuid,
-                    name=name,
-                    description=plan["description"],
-                    vm_uuid=vm_uuid,
-                    create_date=now,
-                    last_op_date=now,
-                    consistency_type=consistency.type.value,
-                    frozen_filesystems=json.dumps(list(consistency.frozen_filesystems)),
-                    freeze_millis=consistency.freeze_millis,
-                    consistency_note=consistency.note,
-                    host=self.host,
-                )
-            )
-            # One query for the volumes; the snapshots and refs inserted as rows, one
-            # statement per table (no ORM object, no flush per disk).
-            volumes = {v.uuid: v for v in repo.volumes_of_vm(vm_uuid)}
-            snapshots: list[dict[str, Any]] = []
-            refs: list[dict[str, Any]] = []
-            for o in plan["overlays"]:
-                volume = volumes.get(plan["volumes"][o["target"]]) or repo.volume(
-                    plan["volumes"][o["target"]]
-                )
-                assert volume is not None
-                snapshot_uuid = self.new_uuid()
-                snapshots.append(
-                    {
-                        "uuid": snapshot_uuid,
-                        "volume_uuid": volume.uuid,
-                        "name": snapshot_name(name, volume.name),
-                        "install_path": o["current"],
-                        "parent_uuid": volume.parent_snapshot_uuid,
-                        "deleted": False,
-                        "create_date": now,
-                        "last_op_date": now,
-                    }
-                )
-                refs.append(
-                    {
-                        "volume_snapshot_uuid": snapshot_uuid,
-                        "group_uuid": group_uuid,
-                        "device_id": volume.device_id,
-                        "volume_uuid": volume.uuid,
-                        "volume_name": volume.name,
-                        "volume_type": volume.volume_type,
-                        "volume_last_attach_date": volume.last_attach_date,
-                        "create_date": now,
-                        "last_op_date": now,
-                    }
-                )
-                volume.install_path = o["overlay"]
-                volume.parent_snapshot_uuid = snapshot_uuid
-                volume.last_op_date = now
+            # Column values only, one statement per table (no ORM object, no flush per
+            # disk): the group, its snapshots and refs, then the volumes' new tops.
+            repo.insert_group(group)
+            volumes = repo.volume_tops(plan["volumes"].values())
+            snapshots, refs, tops = _group_rows(plan, volumes, now, self.new_uuid)
             repo.insert_snapshots(snapshots, refs)
+            repo.move_tops(tops)
             self.journal.close(op, DONE, session=session)
             return load_groups(repo, [group_uuid])[0]
 
@@ -357,6 +320,48 @@ class CreateSteps(EngineCore):
         self.journal.close(
             op, ROLLED_BACK, detail=f"recover: interrupted before the switch{thaw_note}"
         )
+
+
+def _group_rows(
+    plan: dict[str, Any],
+    volumes: dict[str, VolumeTop],
+    now: datetime,
+    new_uuid: Callable[[], str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[VolumeMove]]:
+    """A new group's snapshot and ref rows, and where each volume's top moves to."""
+    snapshots: list[dict[str, Any]] = []
+    refs: list[dict[str, Any]] = []
+    tops: list[VolumeMove] = []
+    for o in plan["overlays"]:
+        volume = volumes[plan["volumes"][o["target"]]]
+        snapshot_uuid = new_uuid()
+        snapshots.append(
+            {
+                "uuid": snapshot_uuid,
+                "volume_uuid": volume.uuid,
+                "name": snapshot_name(plan["name"], volume.name),
+                "install_path": o["current"],
+                "parent_uuid": volume.parent_snapshot_uuid,
+                "deleted": False,
+                "create_date": now,
+                "last_op_date": now,
+            }
+        )
+        refs.append(
+            {
+                "volume_snapshot_uuid": snapshot_uuid,
+                "group_uuid": plan["group_uuid"],
+                "device_id": volume.device_id,
+                "volume_uuid": volume.uuid,
+                "volume_name": volume.name,
+                "volume_type": volume.volume_type,
+                "volume_last_attach_date": volume.last_attach_date,
+                "create_date": now,
+                "last_op_date": now,
+            }
+        )
+        tops.append(VolumeMove(volume.uuid, o["overlay"], snapshot_uuid, now))
+    return snapshots, refs, tops
 
 
 def _choose_disks(found: Discovered, *, skip_unsupported: bool) -> list[str]:

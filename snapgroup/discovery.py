@@ -46,13 +46,21 @@ class Discovered:
 
 
 def register_volumes(
-    repo: Repo, domain: DomainInfo, *, now: datetime, new_uuid: Callable[[], str], host: str
+    repo: Repo,
+    domain: DomainInfo,
+    *,
+    now: datetime,
+    new_uuid: Callable[[], str],
+    host: str,
+    known: list[VolumeRow] | None = None,
 ) -> Discovered:
     """`host`: the host whose libvirt shows `domain`. Its volumes are recorded as that
     host's; OperationError when the metadata says another host owns them (the same VM
-    defined on two hosts sharing a store: neither may touch the other's files)."""
+    defined on two hosts sharing a store: neither may touch the other's files).
+    `known`: the VM's volumes when the caller has just read them (repo.volumes_of_vm)."""
     planned = classify(domain)
-    known = repo.volumes_of_vm(domain.uuid)
+    if known is None:
+        known = repo.volumes_of_vm(domain.uuid)
     owners = {v.host for v in known if v.host is not None} - {host}
     if owners:
         raise OperationError(
@@ -86,9 +94,9 @@ def register_volumes(
             if not row.attached:
                 row.attached = True
                 row.last_attach_date = now
-            row.target, row.device_id = p.disk.target, p.device_id
-            row.volume_type, row.vm_name = p.volume_type.value, domain.name
-            row.host = host  # claims a row recorded before hosts were
+            # host: claims a row recorded before hosts were.
+            _assign(row, target=p.disk.target, device_id=p.device_id, host=host)
+            _assign(row, volume_type=p.volume_type.value, vm_name=domain.name)
         seen.add(row.uuid)
         volumes[p.disk.target] = row
     detached = [row for row in known if row.uuid not in seen and row.attached]
@@ -97,3 +105,11 @@ def register_volumes(
         row.last_op_date = now
     repo.add(*volumes.values(), *detached)  # one flush, not one per disk
     return Discovered(domain, tuple(planned), volumes)
+
+
+def _assign(row: VolumeRow, **values: object) -> None:
+    """Sets only what differs: the ORM would flush every set attribute's row, changed
+    or not (16 disks at the start of every operation)."""
+    for name, value in values.items():
+        if getattr(row, name) != value:
+            setattr(row, name, value)

@@ -76,15 +76,16 @@ class Journal:
         return row.uuid
 
     def step(self, op_uuid: str, kind: str, step: str, **plan_update: Any) -> None:
-        """Record that `step` is about to be done (or was just done: the name says)."""
+        """Record that `step` is about to be done (or was just done: the name says).
+        Its own commit, by primary key: the plan is read only when it changes."""
         with self.db.transaction() as session:
-            row = OperationRepo(session).get(op_uuid)
-            assert row is not None
-            row.step = step
-            row.updated = self.clock()
+            journal = OperationRepo(session)
+            values: dict[str, Any] = {"step": step, "updated": self.clock()}
             if plan_update:
-                row.plan = json.dumps({**json.loads(row.plan), **plan_update})
-            session.add(row)
+                plan = journal.plan(op_uuid)
+                assert plan is not None
+                values["plan"] = json.dumps({**json.loads(plan), **plan_update})
+            journal.update(op_uuid, values)
         checkpoint(f"{kind}:{step.partition(' ')[0]}")
 
     def point(self, kind: str, step: str) -> None:
@@ -101,10 +102,8 @@ class Journal:
             with self.db.transaction() as own:
                 self.close(op_uuid, state, detail=detail, session=own)
             return
-        row = OperationRepo(session).get(op_uuid)
-        assert row is not None
-        row.state, row.detail, row.updated = state, detail, self.clock()
-        session.add(row)
+        values = {"state": state, "detail": detail, "updated": self.clock()}
+        OperationRepo(session).update(op_uuid, values)
 
     @staticmethod
     def plan_of(row: OperationRow) -> dict[str, Any]:

@@ -15,10 +15,13 @@ outside snapgroup, or another file), and chains that do not match the metadata.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from snapgroup.discovery import register_volumes
+from snapgroup.discovery import Discovered, register_volumes
 from snapgroup.engine import Engine
 from snapgroup.errors import SnapgroupError
 from snapgroup.locks import vm_lock
@@ -72,32 +75,66 @@ def sync_locked(
     disk swapped under us). `domain` None: the VM is not defined any more."""
     if _finish_interrupted(engine, vm_uuid):
         domain = lookup_or_none(engine, vm_uuid)
+    return _sync_finished(engine, vm_uuid, domain, deep=deep)
+
+
+@contextmanager
+def synced(engine: Engine, domain: DomainInfo) -> Iterator[tuple[Repo, Discovered]]:
+    """For an operation on `domain` (the caller holds its lock): sync_locked, then the
+    discovery of its disks, with one read of the VM's volumes; the sync is committed,
+    then the caller reads on in the same session (an error there undoes no sync)."""
+    if _finish_interrupted(engine, domain.uuid):
+        # Rare: the VM may have changed since `domain`; the two steps, as ever.
+        _sync_finished(engine, domain.uuid, lookup_or_none(engine, domain.uuid), deep=False)
+        found = engine._discover(domain)
+        with engine.db.transaction() as session:
+            yield Repo(session), found
+        return
     now = engine.clock()
-    changes: list[Change] = []
     with engine.db.transaction() as session:
         repo = Repo(session)
-        # Another host's VM is not in this host's libvirt: it would look gone.
-        engine.check_owner(vm_uuid, repo)
-        before = {
-            v.uuid: (v.attached, v.target, v.install_path) for v in repo.volumes_of_vm(vm_uuid)
-        }
-        if domain is None:
-            changes += _vm_gone(repo, vm_uuid, now)
-        else:
-            found = register_volumes(
-                repo, domain, now=now, new_uuid=engine.new_uuid, host=engine.host
-            )
-        volumes = repo.volumes_of_vm(vm_uuid)  # as recorded now; read once for the steps below
-        if domain is not None:
-            changes += _attachments(engine, vm_uuid, before, volumes, list(found.volumes.values()))
-        changes += _removed(engine, repo, volumes, now)
-        attached = [v for v in volumes if v.attached]
+        _changes, discovered, _attached = _record(engine, repo, domain.uuid, domain, now)
+        assert discovered is not None
+        session.commit()  # what sync recorded stays, whatever the caller does next
+        yield repo, discovered
+
+
+def _sync_finished(
+    engine: Engine, vm_uuid: str, domain: DomainInfo | None, *, deep: bool
+) -> list[Change]:
+    """sync_locked once no interrupted operation is left on the VM."""
+    now = engine.clock()
+    with engine.db.transaction() as session:
+        repo = Repo(session)
+        changes, _found, attached = _record(engine, repo, vm_uuid, domain, now)
         # Only the deep check reads them: 1,600 rows at 16 disks x 100 snapshots.
         chains = repo.chains(attached) if deep and domain is not None else {}
     if deep and domain is not None:
         live = domain.state.is_live
         changes += [c for v in attached if (c := _chain_change(engine, v, chains[v.uuid], live))]
     return changes
+
+
+def _record(
+    engine: Engine, repo: Repo, vm_uuid: str, domain: DomainInfo | None, now: datetime
+) -> tuple[list[Change], Discovered | None, list[VolumeRow]]:
+    """What changed, recorded: the changes, the domain's disks discovered (None when it
+    is gone) and the volumes attached now. The VM's volumes are read once."""
+    known = repo.volumes_of_vm(vm_uuid)
+    # Another host's VM is not in this host's libvirt: it would look gone.
+    engine.check_owner(vm_uuid, repo, volumes=known)
+    before = {v.uuid: (v.attached, v.target, v.install_path) for v in known}
+    if domain is None:
+        return _vm_gone(repo, known, vm_uuid, now) + _removed(engine, repo, known, now), None, []
+    found = register_volumes(
+        repo, domain, now=now, new_uuid=engine.new_uuid, host=engine.host, known=known
+    )
+    new = [v for v in found.volumes.values() if v.uuid not in before]
+    # Every volume as recorded now, by deviceId as volumes_of_vm lists them.
+    volumes = sorted([*known, *new], key=lambda v: v.device_id)
+    changes = _attachments(engine, vm_uuid, before, volumes, list(found.volumes.values()))
+    changes += _removed(engine, repo, volumes, now)
+    return changes, found, [v for v in volumes if v.attached]
 
 
 def _finish_interrupted(engine: Engine, vm_uuid: str) -> bool:
@@ -116,9 +153,10 @@ def _finish_interrupted(engine: Engine, vm_uuid: str) -> bool:
     return bool(rows)
 
 
-def _vm_gone(repo: Repo, vm_uuid: str, now: Any) -> list[Change]:
+def _vm_gone(repo: Repo, volumes: list[VolumeRow], vm_uuid: str, now: Any) -> list[Change]:
+    """`volumes`: every volume of the VM, by deviceId."""
     changes = []
-    for volume in repo.volumes_of_vm(vm_uuid, attached_only=True):
+    for volume in [v for v in volumes if v.attached]:
         volume.attached = False
         volume.last_op_date = now
         repo.add(volume)

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, cast
 
-from sqlalchemy import ColumnElement, Dialect, Select, Table, delete, insert, or_, true, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Dialect,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    true,
+    type_coerce,
+)
 from sqlalchemy import select as sa_select
+from sqlalchemy import update as sa_update
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.sqltypes import NullType
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from snapgroup.store.tables import GroupRow, OperationRow, RefRow, SnapshotRow, VolumeRow
 
 _GROUPS: Table = GroupRow.__table__  # type: ignore[attr-defined]
+_VOLUMES: Table = VolumeRow.__table__  # type: ignore[attr-defined]
 _REFS: Table = RefRow.__table__  # type: ignore[attr-defined]
 _SNAPSHOTS: Table = SnapshotRow.__table__  # type: ignore[attr-defined]
+_OPERATIONS: Table = OperationRow.__table__  # type: ignore[attr-defined]
 
 # Repo.group_views' columns, in order (the dates raw: see DateParser).
 GROUP_VIEW_COLUMNS = (
@@ -60,12 +74,36 @@ class DateParser:
             return value
 
 
-class ChainLink(NamedTuple):
-    """One snapshot of a volume's current chain (Repo.chains)."""
+class ChainLink(Protocol):
+    """One snapshot of a volume's current chain (Repo.chains): a result row, its
+    columns read by name (a tuple built per row cost more than the query's rows)."""
+
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def install_path(self) -> str: ...
+    @property
+    def parent_uuid(self) -> str | None: ...
+
+
+class VolumeTop(NamedTuple):
+    """What recording a new group reads of each volume (Repo.volume_tops)."""
+
+    uuid: str
+    name: str
+    device_id: int
+    volume_type: str
+    last_attach_date: datetime
+    parent_snapshot_uuid: str | None
+
+
+class VolumeMove(NamedTuple):
+    """A volume's top moved onto a new file, above its new snapshot (Repo.move_tops)."""
 
     uuid: str
     install_path: str
-    parent_uuid: str | None
+    parent_snapshot_uuid: str
+    last_op_date: datetime
 
 
 def _group_filter(uuids: Sequence[str] | None, vm_uuid: str | None) -> ColumnElement[bool]:
@@ -93,6 +131,37 @@ class Repo:
             query = query.where(col(VolumeRow.attached).is_(True))
         return list(self.session.exec(query.order_by(col(VolumeRow.device_id))))
 
+    def volume_tops(self, uuids: Iterable[str]) -> dict[str, VolumeTop]:
+        """The volumes of those UUIDs that exist, by UUID, as plain rows: one query."""
+        v = _VOLUMES.c
+        query = sa_select(*(v[n] for n in VolumeTop._fields)).where(v.uuid.in_(list(uuids)))
+        return {row[0]: VolumeTop(*row) for row in self._rows(query)}
+
+    def move_tops(self, moves: Sequence[VolumeMove]) -> None:
+        """Each volume onto its new top: one UPDATE by primary key for all (executemany).
+        Volumes loaded into this session are refreshed on their next use."""
+        if not moves:
+            return
+        v = _VOLUMES.c
+        query = (
+            sa_update(_VOLUMES)
+            .where(v.uuid == bindparam("b_uuid"))
+            .values(
+                install_path=bindparam("b_install_path"),
+                parent_snapshot_uuid=bindparam("b_parent_snapshot_uuid"),
+                last_op_date=bindparam("b_last_op_date"),
+            )
+        )
+        self.session.execute(query, [{f"b_{k}": x for k, x in m._asdict().items()} for m in moves])
+        self._expire(VolumeRow, [m.uuid for m in moves])
+
+    def _expire(self, table: type[SQLModel], keys: Iterable[str]) -> None:
+        """Rows of this session written around the ORM are read again on next use."""
+        for key in keys:
+            row = self.session.identity_map.get(self.session.identity_key(table, key))
+            if row is not None:
+                self.session.expire(row)
+
     def vm_uuids(self, *, host: str | None = None) -> set[str]:
         """Every VM with recorded volumes; with `host`, those it owns (or no host does)."""
         query = select(VolumeRow.vm_uuid)
@@ -103,10 +172,13 @@ class Repo:
     def vm_hosts(self, vm_uuid: str) -> set[str]:
         """The hosts the VM's volume and group rows name as owner (NULL: none recorded)."""
         volumes = select(VolumeRow.host).where(VolumeRow.vm_uuid == vm_uuid)
-        groups = select(GroupRow.host).where(GroupRow.vm_uuid == vm_uuid)
         found = set(self.session.exec(volumes.distinct()))
-        found |= set(self.session.exec(groups.distinct()))
-        return {h for h in found if h is not None}
+        return {h for h in found if h is not None} | self.group_hosts(vm_uuid)
+
+    def group_hosts(self, vm_uuid: str) -> set[str]:
+        """The hosts the VM's group rows name as owner."""
+        groups = select(GroupRow.host).where(GroupRow.vm_uuid == vm_uuid)
+        return {h for h in self.session.exec(groups.distinct()) if h is not None}
 
     def all_install_paths(self) -> set[str]:
         volumes = self.session.exec(select(VolumeRow.install_path))
@@ -134,6 +206,10 @@ class Repo:
         if refs:
             self.session.execute(insert(RefRow.__table__), list(refs))  # type: ignore[attr-defined]
 
+    def insert_group(self, values: dict[str, Any]) -> None:
+        """A new group's row, every column given: one INSERT, no ORM object."""
+        self.session.execute(insert(_GROUPS), [values])
+
     def delete_snapshots(self, uuids: Iterable[str]) -> None:
         ids = list(uuids)
         if ids:
@@ -143,6 +219,10 @@ class Repo:
     # groups
     def group(self, uuid: str) -> GroupRow | None:
         return self.session.get(GroupRow, uuid)
+
+    def has_group(self, uuid: str) -> bool:
+        query = sa_select(_GROUPS.c.uuid).where(_GROUPS.c.uuid == uuid)
+        return self.session.execute(query).first() is not None
 
     def groups(self, *, vm_uuid: str | None = None, host: str | None = None) -> list[GroupRow]:
         query = select(GroupRow)
@@ -284,7 +364,7 @@ class Repo:
         )
         own: dict[str, dict[str, ChainLink]] = {v.uuid: {} for v in volumes}
         for row in self._rows(query):
-            own[row[0]][row[1]] = ChainLink(row[1], row[2], row[3])
+            own[row[0]][row[1]] = cast(ChainLink, row)
         exits = {v.uuid: _chain_exit(v.parent_snapshot_uuid, own[v.uuid]) for v in volumes}
         beyond = self._chains_from({e for e in exits.values() if e is not None})
         return {
@@ -298,7 +378,7 @@ class Repo:
         links: dict[str, list[ChainLink]] = {start: [] for start in starts}
         if starts:
             for row in self._rows(_chain_query(starts)):
-                links[row[0]].append(ChainLink(row[1], row[2], row[3]))
+                links[row[0]].append(cast(ChainLink, row))
         return links
 
     def foreign_dependents(
@@ -337,11 +417,13 @@ class Repo:
 def _chain_exit(start: str | None, own: dict[str, ChainLink]) -> str | None:
     """Where a chain starting at `start` leaves `own` (the volume's live snapshots): the
     first parent link not among them, None when the chain ends there."""
-    seen: set[str] = set()
-    while start is not None and start in own and start not in seen:
-        seen.add(start)
-        start = own[start].parent_uuid
-    return None if start in seen else start
+    # More steps than links: a cycle (counted, as a set of the links seen cost more).
+    for _ in range(len(own) + 1):
+        link = own.get(start) if start is not None else None
+        if link is None:
+            return start
+        start = link.parent_uuid
+    return None
 
 
 def _chain_query(starts: Iterable[str]) -> Select[Any]:
@@ -363,6 +445,20 @@ class OperationRepo:
 
     def get(self, uuid: str) -> OperationRow | None:
         return self.session.get(OperationRow, uuid)
+
+    def plan(self, uuid: str) -> str | None:
+        """The operation's plan (JSON) alone, without an ORM object."""
+        query = sa_select(_OPERATIONS.c.plan).where(_OPERATIONS.c.uuid == uuid)
+        found: str | None = self.session.execute(query).scalar()
+        return found
+
+    def update(self, uuid: str, values: dict[str, Any]) -> None:
+        """Sets columns of one operation by primary key: one UPDATE, no read first.
+        A row of this session's identity map is refreshed on its next use."""
+        query = sa_update(_OPERATIONS).where(_OPERATIONS.c.uuid == uuid).values(values)
+        result = self.session.execute(query, execution_options={"synchronize_session": False})
+        assert result.rowcount == 1, f"operation {uuid} is not in the journal"  # type: ignore[attr-defined]
+        Repo(self.session)._expire(OperationRow, [uuid])
 
     def unfinished(self, *, host: str) -> list[OperationRow]:
         query = select(OperationRow).where(

@@ -1,0 +1,130 @@
+"""A create reads each thing once and writes by primary key (bench 6): what those
+shortcuts could silently lose. Journal steps still record step, time and plan, each in
+its own commit; the group's record moves every volume's top; a create refused after
+its sync keeps what the sync recorded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from snapgroup.errors import InvalidArgument
+from snapgroup.journal import DONE, RUNNING
+from snapgroup.models import DomainDisk, VmState
+from snapgroup.store.db import Database
+from snapgroup.store.repo import OperationRepo, Repo, _chain_exit
+from snapgroup.testing.fakes import lab_domain
+from tests.unit.conftest import Lab
+
+VM = "a" * 32
+
+
+def _op(lab: Lab, uuid: str) -> tuple[str, str, str | None, dict[str, object], object]:
+    with lab.engine.db.transaction() as session:
+        row = OperationRepo(session).get(uuid)
+        assert row is not None
+        return row.step, row.state, row.detail, json.loads(row.plan), row.updated
+
+
+def test_a_step_written_by_primary_key_records_its_step_time_and_plan(lab: Lab) -> None:
+    journal = lab.engine.journal
+    op = journal.begin("create", VM, {"overlays": ["x"], "live": True}, group_uuid="g" * 32)
+    _, _, _, _, begun = _op(lab, op)
+    journal.step(op, "create", "overlays")
+    step, state, _, plan, updated = _op(lab, op)
+    assert (step, state, plan) == ("overlays", RUNNING, {"overlays": ["x"], "live": True})
+    assert updated > begun  # type: ignore[operator]
+    journal.step(op, "create", "switched", consistency={"type": "Crash"})
+    step, _, _, plan, _ = _op(lab, op)
+    assert step == "switched"
+    assert plan == {"overlays": ["x"], "live": True, "consistency": {"type": "Crash"}}
+    journal.step(op, "create", "thawed", live=False)  # merged into what is there now
+    assert _op(lab, op)[3] == {"overlays": ["x"], "live": False, "consistency": {"type": "Crash"}}
+
+
+def test_close_in_a_session_holding_the_row_shows_the_new_state(lab: Lab) -> None:
+    journal = lab.engine.journal
+    op = journal.begin("create", VM, {})
+    with lab.engine.db.transaction() as session:
+        loaded = OperationRepo(session).get(op)
+        assert loaded is not None and loaded.state == RUNNING
+        journal.close(op, DONE, detail="fine", session=session)
+        assert (loaded.state, loaded.detail) == (DONE, "fine")  # not the stale copy
+    assert _op(lab, op)[1:3] == (DONE, "fine")
+
+
+def test_a_step_of_an_unknown_operation_fails_and_writes_nothing(lab: Lab) -> None:
+    with pytest.raises(AssertionError):
+        lab.engine.journal.step("f" * 32, "create", "overlays")
+
+
+def test_each_step_is_its_own_commit(lab: Lab) -> None:
+    """Recovery reads the step a killed process reached: another connection sees it."""
+    if lab.engine.db.url == "sqlite://":
+        pytest.skip("an in-memory SQLite store has no other connection")
+    journal = lab.engine.journal
+    op = journal.begin("create", VM, {})
+    journal.step(op, "create", "overlays")
+    other = Database(lab.engine.db.url)
+    try:
+        with other.transaction() as session:
+            row = OperationRepo(session).get(op)
+            assert row is not None and row.step == "overlays"
+    finally:
+        other.dispose()
+
+
+def test_recording_a_group_moves_every_volume_onto_its_overlay(lab: Lab) -> None:
+    lab_domain(lab.hv)
+    first = lab.engine.create(vm="vm1", name="g1")
+    second = lab.engine.create(vm="vm1", name="g2")
+    disks = {d.target: d.path for d in lab.hv.domains[VM].disks}
+    with lab.engine.db.transaction() as session:
+        volumes = Repo(session).volumes_of_vm(VM)
+    by_volume = {r.volume_uuid: r for r in second.refs}
+    for v in volumes:
+        assert v.install_path == disks[v.target]  # the overlay the disk is on now
+        assert v.parent_snapshot_uuid == by_volume[v.uuid].volume_snapshot_uuid
+    below = {r.volume_uuid: r.volume_snapshot_uuid for r in first.refs}
+    with lab.engine.db.transaction() as session:
+        repo = Repo(session)
+        for r in second.refs:
+            snapshot = repo.snapshot(r.volume_snapshot_uuid)
+            assert snapshot is not None and snapshot.parent_uuid == below[r.volume_uuid]
+    assert lab.engine.get(second.uuid) == second
+
+
+def test_a_create_refused_after_its_sync_keeps_what_the_sync_recorded(lab: Lab) -> None:
+    lab_domain(lab.hv)
+    taken = lab.engine.create(vm="vm1", name="g1")
+    lab.images.add("/lab/new.qcow2")
+    lab.hv.domains[VM].disks.append(DomainDisk("vdz", "disk", "file", "/lab/new.qcow2", "qcow2"))
+    with pytest.raises(InvalidArgument):
+        lab.engine.create(vm="vm1", name="g2", resource_uuid=taken.uuid)
+    with lab.engine.db.transaction() as session:
+        paths = {v.install_path for v in Repo(session).volumes_of_vm(VM)}
+    assert "/lab/new.qcow2" in paths  # the new disk was recorded as a volume
+
+
+def test_a_create_on_a_stopped_vm_still_checks_chains(lab: Lab) -> None:
+    lab_domain(lab.hv, state=VmState.STOPPED)
+    lab.engine.create(vm="vm1", name="g1")
+    group = lab.engine.create(vm="vm1", name="g2")
+    assert len(group.refs) == 3
+
+
+class _Link:
+    def __init__(self, uuid: str, parent: str | None) -> None:
+        self.uuid, self.install_path, self.parent_uuid = uuid, f"/{uuid}", parent
+
+
+def test_chain_exit_finds_where_a_chain_leaves_and_ends_a_cycle() -> None:
+    own = {"a": _Link("a", "b"), "b": _Link("b", "x")}
+    assert _chain_exit("a", own) == "x"  # type: ignore[arg-type]
+    assert _chain_exit(None, own) is None  # type: ignore[arg-type]
+    assert _chain_exit("y", own) == "y"  # type: ignore[arg-type]
+    own["b"] = _Link("b", None)
+    assert _chain_exit("a", own) is None  # type: ignore[arg-type]
+    own["b"] = _Link("b", "a")  # a cycle ends the walk, as an end would
+    assert _chain_exit("a", own) is None  # type: ignore[arg-type]
