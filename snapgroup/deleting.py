@@ -116,16 +116,16 @@ class DeleteSteps(EngineCore):
             "total": len(merges),
         }
         op = self.journal.begin("delete", vm_uuid, plan, group_uuid=uuid)
+        merged = self._run_merges(op, vm_uuid, live, list(specs.values()), progress)
         results = []
         for m in merges:
-            spec = specs.get(m.snapshot.uuid)
             if m.snapshot.deleted:
                 results.append(DeleteResult(m.snapshot.uuid, m.snapshot.volume_uuid, True))
-            elif spec is None:
+            elif m.snapshot.uuid not in merged:
                 error = DeleteFailed(m.blocking or "not merged")
                 results.append(DeleteResult(m.snapshot.uuid, m.snapshot.volume_uuid, False, error))
             else:
-                results.append(self._run_merge(op, vm_uuid, live, spec, progress))
+                results.append(merged[m.snapshot.uuid])
         succeeded = [r.snapshot_uuid for r in results if r.success]
         self._record_delete(op, uuid, succeeded, len(merges), mode)
         return DeleteReport(uuid, tuple(results))
@@ -194,15 +194,31 @@ class DeleteSteps(EngineCore):
         if actual[: len(expected)] != expected:
             raise OperationError(f"real chain {actual} does not match the metadata {expected}")
 
+    def _run_merges(
+        self,
+        op: str,
+        vm_uuid: str,
+        live: bool,
+        specs: Sequence[MergeSpec],
+        progress: ProgressFn | None,
+    ) -> dict[str, DeleteResult]:
+        """Every merge's result by snapshot uuid. Live, the disks merge side by side
+        (Merger.finish_many); offline one after another, since each merge rewrites the
+        persistent definition (set_disk_sources), which would race."""
+        if not live or len(specs) < 2 or len({s.target for s in specs}) < len(specs):
+            return {s.snapshot_uuid: self._run_merge(op, vm_uuid, live, s, progress) for s in specs}
+        merger = Merger(self.hv, self.images, self.journal)
+        errors = merger.finish_many(op, vm_uuid, live, specs, progress)
+        return {s.snapshot_uuid: _result(s, errors[s.snapshot_uuid]) for s in specs}
+
     def _run_merge(
         self, op: str, vm_uuid: str, live: bool, spec: MergeSpec, progress: ProgressFn | None
     ) -> DeleteResult:
         try:
             Merger(self.hv, self.images, self.journal).finish(op, vm_uuid, live, spec, progress)
         except SnapgroupError as exc:
-            error = DeleteFailed(f"snapshot {spec.snapshot_uuid}: merge failed", cause=exc)
-            return DeleteResult(spec.snapshot_uuid, spec.volume_uuid, False, error)
-        return DeleteResult(spec.snapshot_uuid, spec.volume_uuid, True)
+            return _result(spec, exc)
+        return _result(spec, None)
 
     def _record_delete(
         self, op: str, uuid: str, succeeded: Sequence[str], total: int, mode: DeleteMode
@@ -237,10 +253,16 @@ class DeleteSteps(EngineCore):
 
     def _recover_delete(self, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
         live = domain.state.is_live
-        succeeded = list(plan["noop"])
-        for spec in (MergeSpec(**m) for m in plan["merges"]):
-            if self._run_merge(op, domain.uuid, live, spec, None).success:
-                succeeded.append(spec.snapshot_uuid)
+        specs = [MergeSpec(**m) for m in plan["merges"]]
+        merged = self._run_merges(op, domain.uuid, live, specs, None)
+        succeeded = [*plan["noop"], *(u for u, r in merged.items() if r.success)]
         self._record_delete(
             op, plan["group_uuid"], succeeded, plan["total"], DeleteMode.parse(plan["mode"])
         )
+
+
+def _result(spec: MergeSpec, error: SnapgroupError | None) -> DeleteResult:
+    if error is None:
+        return DeleteResult(spec.snapshot_uuid, spec.volume_uuid, True)
+    failed = DeleteFailed(f"snapshot {spec.snapshot_uuid}: merge failed", cause=error)
+    return DeleteResult(spec.snapshot_uuid, spec.volume_uuid, False, failed)

@@ -3,9 +3,12 @@ the recovery of a delete that was interrupted at any step."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from snapgroup.errors import OperationError
+from snapgroup.errors import OperationError, SnapgroupError
 from snapgroup.journal import Journal, checkpoint
 from snapgroup.models import BlockJobProgress
 from snapgroup.planner import MergeKind, MergePlan
@@ -22,6 +25,32 @@ def _watched(progress: ProgressFn | None, kind: str = "delete") -> ProgressFn:
             progress(p)
 
     return report
+
+
+class _CombinedProgress:
+    """One progress for block jobs running side by side: the sums of their latest
+    figures, reported under a lock (the caller's callback sees one thread at a time)."""
+
+    def __init__(self, progress: ProgressFn | None, parts: int) -> None:
+        self._progress = progress
+        self._latest = [BlockJobProgress(cur=0, end=0)] * parts
+        self._lock = threading.Lock()
+
+    def part(self, index: int) -> ProgressFn | None:
+        if self._progress is None:
+            return None
+        progress = self._progress
+
+        def report(p: BlockJobProgress) -> None:
+            with self._lock:
+                self._latest[index] = p
+                cur = sum(x.cur for x in self._latest)
+                end = sum(x.end for x in self._latest)
+                if cur >= end and any(x.end == 0 or x.cur < x.end for x in self._latest):
+                    end = cur + 1  # not done while a job has not reported its end
+                progress(BlockJobProgress(cur=cur, end=end))
+
+        return report
 
 
 @dataclass(frozen=True)
@@ -91,15 +120,117 @@ class Merger:
         """Merge the snapshot away unless that already happened, then drop the file that
         is left over. Every intermediate state is a valid tree with the same data at
         every point in time, so this same code finishes an interrupted merge."""
+        if self._begin(op, vm_uuid, live, spec):
+            self._commit(op, vm_uuid, live, spec, progress)
+        self._end(op, vm_uuid, live, spec)
+
+    def finish_many(
+        self,
+        op: str,
+        vm_uuid: str,
+        live: bool,
+        specs: Sequence[MergeSpec],
+        progress: ProgressFn | None,
+    ) -> dict[str, SnapgroupError | None]:
+        """finish() for merges on distinct disks, each one's error (None: merged) by
+        snapshot uuid. Live, every disk's block commit runs beside the others' (libvirt
+        allows one job per disk; QEMU runs them side by side), and a disk's file removal
+        (~1 s/GiB: the filesystem discards the blocks) overlaps the commits still running.
+        Only the block jobs run in worker threads: the journal and the store are written
+        from this thread, each disk's steps in finish()'s order, so recovery is as for
+        finish(). One disk failing is that disk's result; the others go on."""
+        if len({s.target for s in specs}) != len(specs):
+            raise ValueError("finish_many needs merges on distinct disks")
+        errors: dict[str, SnapgroupError | None] = {s.snapshot_uuid: None for s in specs}
+        jobs: list[MergeSpec] = []
+        here: list[MergeSpec] = []  # finished in this thread: not a libvirt block job
+        for spec in specs:
+            try:
+                if not self._begin(op, vm_uuid, live, spec):
+                    here.append(spec)  # nothing left to commit: only the removal
+                elif self._via_libvirt(live, spec):
+                    jobs.append(spec)
+                else:
+                    self._commit(op, vm_uuid, live, spec, progress)
+                    here.append(spec)
+            except SnapgroupError as exc:
+                errors[spec.snapshot_uuid] = exc
+        combined = _CombinedProgress(progress, len(jobs))
+        # Leaving the `with` waits for every job, also when this thread raises: no
+        # block job is left running unattended.
+        with ThreadPoolExecutor(max(1, len(jobs)), thread_name_prefix="snapgroup-merge") as pool:
+            futures = {
+                pool.submit(self._block_commit, vm_uuid, spec, combined.part(i)): spec
+                for i, spec in enumerate(jobs)
+            }
+            for spec in here:
+                self._end_or_error(op, vm_uuid, live, spec, errors, None)
+            for future in as_completed(futures):
+                spec = futures[future]
+                self._end_or_error(op, vm_uuid, live, spec, errors, future)
+        return errors
+
+    def _end_or_error(
+        self,
+        op: str,
+        vm_uuid: str,
+        live: bool,
+        spec: MergeSpec,
+        errors: dict[str, SnapgroupError | None],
+        job: Future[None] | None,
+    ) -> None:
+        try:
+            if job is not None:
+                job.result()
+                self.journal.step(op, self.kind, f"merged {spec.target}")
+            self._end(op, vm_uuid, live, spec)
+        except SnapgroupError as exc:
+            errors[spec.snapshot_uuid] = exc
+
+    @staticmethod
+    def _via_libvirt(live: bool, spec: MergeSpec) -> bool:
         # Only the path to the current top is open in a running QEMU: the rest of the
         # tree is plain files, for qemu-img even while the VM runs.
-        via_libvirt = live and spec.active_chain and spec.has_heir
-        if via_libvirt:
+        return live and spec.active_chain and spec.has_heir
+
+    def _begin(self, op: str, vm_uuid: str, live: bool, spec: MergeSpec) -> bool:
+        """Up to the heir's commit: finish a job left running, detach the children. True
+        when the heir's commit is still to do (its step is journaled then)."""
+        if self._via_libvirt(live, spec):
             self.hv.settle_block_job(vm_uuid, spec.target)
         for child, child_uuid in zip(spec.detach, spec.detached, strict=True):
             self._detach(op, live, spec, child, child_uuid)
+        if not spec.has_heir or not self._top_in_chain(vm_uuid, live, spec):
+            return False
+        self.journal.step(op, self.kind, f"merge {spec.target}")
+        return True
+
+    def _commit(
+        self, op: str, vm_uuid: str, live: bool, spec: MergeSpec, progress: ProgressFn | None
+    ) -> None:
+        if self._via_libvirt(live, spec):
+            self._block_commit(vm_uuid, spec, progress)
+        else:
+            self.images.commit(spec.top, base=spec.base, progress=_watched(progress, self.kind))
+            self.journal.step(op, self.kind, f"committed {spec.target}")
+            if spec.active:
+                self.hv.set_disk_sources(vm_uuid, {spec.target: spec.base})
+            elif spec.above is not None:
+                self.images.rebase(
+                    spec.above, backing=spec.base, backing_format="qcow2", unsafe=True
+                )
+        self.journal.step(op, self.kind, f"merged {spec.target}")
+
+    def _block_commit(self, vm_uuid: str, spec: MergeSpec, progress: ProgressFn | None) -> None:
+        """The live commit of the heir: hypervisor calls only (run in a worker thread)."""
+        top = None if spec.active else spec.top
+        self.hv.block_commit(
+            vm_uuid, spec.target, top=top, base=spec.base, progress=_watched(progress, self.kind)
+        )
+
+    def _end(self, op: str, vm_uuid: str, live: bool, spec: MergeSpec) -> None:
+        """After the heir's commit: re-point what still sits on the heir, drop its file."""
         if spec.has_heir:
-            self._merge_heir(op, vm_uuid, live, via_libvirt, spec, progress)
             for above in spec.above_all:
                 self._relink(op, live, spec, above)
         if not live:
@@ -135,33 +266,6 @@ class Merger:
                 row.parent_uuid = spec.parent_uuid
                 repo.add(row)
         self.journal.step(op, self.kind, f"rebased {spec.target}")
-
-    def _merge_heir(
-        self,
-        op: str,
-        vm_uuid: str,
-        live: bool,
-        via_libvirt: bool,
-        spec: MergeSpec,
-        progress: ProgressFn | None,
-    ) -> None:
-        if not self._top_in_chain(vm_uuid, live, spec):
-            return
-        self.journal.step(op, self.kind, f"merge {spec.target}")
-        progress = _watched(progress, self.kind)
-        if via_libvirt:
-            top = None if spec.active else spec.top
-            self.hv.block_commit(vm_uuid, spec.target, top=top, base=spec.base, progress=progress)
-        else:
-            self.images.commit(spec.top, base=spec.base, progress=progress)
-            self.journal.step(op, self.kind, f"committed {spec.target}")
-            if spec.active:
-                self.hv.set_disk_sources(vm_uuid, {spec.target: spec.base})
-            elif spec.above is not None:
-                self.images.rebase(
-                    spec.above, backing=spec.base, backing_format="qcow2", unsafe=True
-                )
-        self.journal.step(op, self.kind, f"merged {spec.target}")
 
     def _relink(self, op: str, live: bool, spec: MergeSpec, above: str) -> None:
         """After the commit the heir's data is also in `base`: files still backing on the

@@ -112,7 +112,12 @@ class ImageTool(Protocol):
         ...
 
     def remove(self, path: str) -> None:
-        """Delete a file the engine made; a missing file is not an error."""
+        """Delete a file the engine made; a missing file is not an error. The name is
+        gone on return; its space may be released a moment later (wait_released)."""
+        ...
+
+    def wait_released(self) -> None:
+        """Wait until the space of every file removed so far is released."""
         ...
 
     def exists(self, path: str) -> bool: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from typing import Any
 
 from snapgroup.adapters import qcow2
@@ -160,12 +161,29 @@ class QemuImg:
         run(argv, timeout=self.timeout if unsafe else None)
 
     def remove(self, path: str) -> None:
+        """The name goes now; the blocks are released by a background thread. Freeing a
+        file's written blocks is slow (on ext4 mounted with discard here: 0.8-2.5 s per
+        2 GiB, all of it inside unlink), and no caller needs to wait for it. An fd held
+        across the unlink moves that work to its close(). If the process dies first,
+        the kernel closes the fd and frees the blocks just the same: nothing leaks."""
+        try:
+            # O_PATH: no read permission or data access needed, only the reference.
+            fd: int | None = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            fd = None  # missing (fine) or not openable: the unlink below tells
         try:
             os.remove(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
+            if fd is not None:
+                os.close(fd)
             raise ImageToolError(f"cannot remove {path}: {exc.strerror}") from exc
+        if fd is not None:
+            _release(fd)
+
+    def wait_released(self) -> None:
+        _wait_released()
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
@@ -177,6 +195,34 @@ class QemuImg:
             raise ImageToolError(f"cannot stat filesystem of {directory}: {exc.strerror}") from exc
         # f_bavail: what an unprivileged writer (QEMU runs as one) can still allocate.
         return st.f_bavail * st.f_frsize
+
+
+_releasing: set[threading.Thread] = set()
+_releasing_lock = threading.Lock()
+
+
+def _release(fd: int) -> None:
+    """Close `fd` (the last reference to an unlinked file) in a daemon thread: an exit
+    does not wait for it, the kernel then frees the blocks at the process's end."""
+
+    def close() -> None:
+        try:
+            os.close(fd)
+        finally:
+            with _releasing_lock:
+                _releasing.discard(threading.current_thread())
+
+    thread = threading.Thread(target=close, name="snapgroup-release", daemon=True)
+    with _releasing_lock:
+        _releasing.add(thread)
+    thread.start()
+
+
+def _wait_released() -> None:
+    with _releasing_lock:
+        pending = list(_releasing)
+    for thread in pending:
+        thread.join()
 
 
 def _image_info(layer: dict[str, Any]) -> ImageInfo:

@@ -30,9 +30,7 @@ if (shutil.which("qemu-img") is None or shutil.which("qemu-io") is None) and os.
 
 
 def sh(*argv: str | Path) -> str:
-    done = subprocess.run(
-        [str(a) for a in argv], capture_output=True, text=True, check=False
-    )
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False)
     assert done.returncode == 0, f"{argv}: {done.stderr}"
     return done.stdout
 
@@ -367,3 +365,22 @@ def test_missing_binary_is_an_image_tool_error(tmp_path: Path) -> None:
     with pytest.raises(ImageToolError, match="qemu-img") as info:
         QemuImg(binary="/nonexistent/qemu-img").chain(str(tmp_path / "x"))
     assert info.value.code == "HOST.1003"
+
+
+def test_remove_frees_the_space_in_the_background_without_leaking_fds(
+    tool: QemuImg, tmp_path: Path
+) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    files = [tmp_path / f"f{i}" for i in range(5)]
+    for f in files:
+        f.write_bytes(b"x" * 65536)
+        tool.remove(str(f))
+        assert not f.exists()  # the name is gone at once
+    with pytest.raises(ImageToolError):
+        tool.remove(str(tmp_path))  # refused, and its reference dropped
+    tool.wait_released()
+    assert open_fds() == before
+    assert list(tmp_path.iterdir()) == []

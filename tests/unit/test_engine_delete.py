@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pytest
 
 from snapgroup.errors import HypervisorError, ImageToolError, OperationError
@@ -104,8 +107,17 @@ def test_permissive_refuses_when_space_is_short_enforcing_goes_ahead(lab: Lab) -
 def test_enforcing_attempts_every_snapshot_and_drops_the_group(lab: Lab) -> None:
     groups = _three_groups(lab, VmState.RUNNING)
     current = lab.view_of_vm()
+    # The disks merge side by side, so which call comes first is not fixed: fail by disk.
+    original = lab.hv.block_commit
+
+    def block_commit(vm_uuid: str, target: str, **kwargs: Any) -> None:
+        if target != "vda":
+            raise HypervisorError("block job failed")
+        original(vm_uuid, target, **kwargs)
+
+    lab.hv.block_commit = block_commit  # type: ignore[method-assign]
     lab.hv.fail["block_commit"] = HypervisorError("block job failed")
-    lab.hv.fail_after["block_commit"] = 1  # the first disk merges, the second fails, ...
+    lab.hv.fail_after["block_commit"] = 1  # vda merges, the others fail
     report = lab.engine.delete(groups[1].uuid, mode="Enforcing")
     assert [r.success for r in report.results] == [True, False, False]
     response = report.to_response()
@@ -116,8 +128,52 @@ def test_enforcing_attempts_every_snapshot_and_drops_the_group(lab: Lab) -> None
     assert [g.uuid for g in lab.engine.list_groups()] == [groups[0].uuid, groups[2].uuid]
     # the unmerged files stay in the chain, and the chain still matches the metadata
     del lab.hv.fail["block_commit"]
+    lab.hv.block_commit = original  # type: ignore[method-assign]
     assert lab.engine.delete(groups[2].uuid).error is None
     assert lab.view_of_vm() == current
+
+
+def test_live_disks_merge_side_by_side_and_one_failing_disk_is_its_own_result(
+    lab: Lab,
+) -> None:
+    groups = _three_groups(lab, VmState.RUNNING)
+    current = lab.view_of_vm()
+    survivor_views = [_views(lab, g) for g in (groups[0], groups[2])]
+    original = lab.hv.block_commit
+    # Every disk's job must be under way before any ends: a sequential delete would
+    # wait here for good (BrokenBarrierError after the timeout).
+    together = threading.Barrier(3, timeout=10)
+    journal_threads: set[threading.Thread] = set()
+    step = lab.engine.journal.step
+
+    def block_commit(vm_uuid: str, target: str, **kwargs: Any) -> None:
+        together.wait()
+        if target == "vdb":
+            raise HypervisorError("block job failed")
+        original(vm_uuid, target, **kwargs)
+
+    def recording_step(*args: Any, **kwargs: Any) -> None:
+        journal_threads.add(threading.current_thread())
+        step(*args, **kwargs)
+
+    lab.hv.block_commit = block_commit  # type: ignore[method-assign]
+    lab.engine.journal.step = recording_step  # type: ignore[method-assign]
+    progress: list[tuple[int, int]] = []
+    report = lab.engine.delete(groups[1].uuid, progress=lambda p: progress.append((p.cur, p.end)))
+
+    assert [r.success for r in report.results] == [True, False, True]
+    assert report.results[1].error is not None
+    assert journal_threads == {threading.main_thread()}  # the store from one thread only
+    assert progress and progress[-1][0] <= progress[-1][1]
+    assert lab.view_of_vm() == current
+    fresh = [lab.engine.get(g.uuid) for g in (groups[0], groups[2])]
+    assert [_views(lab, g) for g in fresh] == survivor_views
+    left = lab.engine.get(groups[1].uuid)  # Permissive: the group keeps the unmerged ref
+    assert [r.device_id for r in left.refs] == [1]
+    lab.hv.block_commit = original  # type: ignore[method-assign]
+    assert lab.engine.delete(groups[1].uuid).error is None
+    assert lab.view_of_vm() == current
+    assert [_views(lab, lab.engine.get(g.uuid)) for g in (groups[0], groups[2])] == survivor_views
 
 
 def test_permissive_failure_midway_keeps_the_group_with_what_remains(lab: Lab) -> None:
