@@ -104,8 +104,8 @@ def hv() -> Iterator[LibvirtHypervisor]:
 
 @pytest.fixture
 def make_vm(request: pytest.FixtureRequest) -> MakeVm:
-    def make(**kwargs: Any) -> LabVm:
-        name = f"{PREFIX}{uuid.uuid4().hex[:8]}"
+    def make(prefix: str = PREFIX, **kwargs: Any) -> LabVm:
+        name = f"{prefix}{uuid.uuid4().hex[:8]}"
         vm = create_lab_vm(lab_directory(name), name=name, uri=URI, **kwargs)
         request.addfinalizer(vm.destroy)
         return vm
@@ -520,13 +520,16 @@ def test_labvm_destroy_is_idempotent_and_removes_everything(make_vm: MakeVm) -> 
 def test_cleanup_stale_spares_live_owners_only(
     make_vm: MakeVm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mine = make_vm(start=False)
+    # A prefix of this test's own: another worker's module-start cleanup of PREFIX
+    # would otherwise remove the orphan first.
+    prefix = f"sg-lab-stale-{uuid.uuid4().hex[:6]}-"
+    mine = make_vm(prefix, start=False)
     gone = 2**22 + 7  # above the kernel's highest possible pid_max: no such process
     with monkeypatch.context() as patch:
         patch.setattr(labvm.os, "getpid", lambda: gone)
-        orphan = make_vm()
+        orphan = make_vm(prefix)
 
-    removed = cleanup_stale(PREFIX, uri=URI)
+    removed = cleanup_stale(prefix, uri=URI)
 
     assert orphan.name in removed
     assert mine.name not in removed
