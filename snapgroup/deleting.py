@@ -24,13 +24,14 @@ from snapgroup.locks import vm_lock
 from snapgroup.merging import Merger, MergeSpec
 from snapgroup.models import DomainInfo, VmState
 from snapgroup.planner import (
+    ChainSnapshot,
     MergePlan,
     apply_merge,
     expected_chain,
     plan_merge,
 )
 from snapgroup.ports import ProgressFn
-from snapgroup.store.repo import Repo
+from snapgroup.store.repo import ChainLink, Repo
 from snapgroup.store.tables import RefRow, SnapshotRow, VolumeRow
 from snapgroup.validate import parse_uuid
 
@@ -92,11 +93,13 @@ class DeleteSteps(EngineCore):
                 PendingMerge(ref, snap, repo.volume(snap.volume_uuid))
                 for ref, snap in repo.refs_with_snapshots([uuid])
             ]
-            chains = repo.lineages([m.volume for m in merges if m.volume is not None])
-            pinned = pinned_snapshots(repo, chains.values())
+            chains = repo.chains([m.volume for m in merges if m.volume is not None])
+            family = repo.merge_family([m.snapshot for m in merges if not m.snapshot.deleted])
+            pinned = pinned_snapshots(repo, _lineage_volumes(repo, merges, chains))
         domain = self._domain_for_delete(vm_uuid, mode)
         for m in merges:
-            self._check_merge(m, domain, chains.get(m.snapshot.volume_uuid, []), pinned)
+            chain = chains.get(m.snapshot.volume_uuid, [])
+            self._check_merge(m, domain, family.get(m.snapshot.uuid, []), pinned, chain=chain)
         if mode is DeleteMode.PERMISSIVE:
             problems = [p for m in merges for p in (m.blocking, m.refusable) if p]
             if problems:
@@ -148,11 +151,14 @@ class DeleteSteps(EngineCore):
         self,
         m: PendingMerge,
         domain: DomainInfo | None,
-        chain: list[SnapshotRow],
+        lineage: Sequence[SnapshotRow],
         pinned: dict[str, str] | None = None,
+        *,
+        chain: Sequence[ChainSnapshot] | None = None,
     ) -> None:
         """Fill in m.plan, or the reason it must not (blocking) or should not (refusable)
-        be merged. `pinned`: snapshots a clone reads (lineage.pinned_snapshots)."""
+        be merged. `pinned`: snapshots a clone reads (lineage.pinned_snapshots). `lineage`:
+        the volume's; or, with `chain` (Repo.chains), what plan_merge names of it."""
         sid = m.snapshot.uuid
         if m.snapshot.deleted:
             return  # nothing left to merge
@@ -171,8 +177,10 @@ class DeleteSteps(EngineCore):
             )
             return
         try:
-            plan = plan_merge(volume, chain, m.snapshot, pinned=pinned)
-            self._verify_real_chain(volume, chain, domain.state.is_live)
+            plan = plan_merge(volume, lineage, m.snapshot, pinned=pinned, chain=chain or ())
+            self._verify_real_chain(
+                volume, lineage if chain is None else chain, domain.state.is_live
+            )
         except SnapgroupError as exc:
             m.blocking = f"snapshot {sid}: {exc.details}"
             return
@@ -185,7 +193,9 @@ class DeleteSteps(EngineCore):
                 f"snapshot {sid}: merging needs {needed} bytes beside {plan.base}, {free} free"
             )
 
-    def _verify_real_chain(self, volume: VolumeRow, chain: list[SnapshotRow], live: bool) -> None:
+    def _verify_real_chain(
+        self, volume: VolumeRow, chain: Sequence[ChainSnapshot], live: bool
+    ) -> None:
         expected = expected_chain(volume, chain)
         for path in expected:
             if not self.images.exists(path):
@@ -228,19 +238,21 @@ class DeleteSteps(EngineCore):
         now = self.clock()
         with self.db.transaction() as session:
             repo = Repo(session)
-            for snapshot_uuid in succeeded:
-                snapshot = repo.snapshot(snapshot_uuid)
-                if snapshot is None or snapshot.deleted:
-                    continue
+            rows = {s.uuid: s for s in repo.snapshots_with_volumes(succeeded)}
+            snapshots = [rows[u] for u in succeeded if u in rows and not rows[u].deleted]
+            planned = _Planned(repo, snapshots)
+            moved: list[VolumeRow | SnapshotRow] = []
+            for snapshot in snapshots:
                 volume = repo.volume(snapshot.volume_uuid)
                 assert volume is not None
-                plan = plan_merge(volume, repo.lineage(volume), snapshot)
+                plan = planned.plan(volume, snapshot)
                 apply_merge(volume, plan)
                 volume.last_op_date = now
-                repo.add(volume)
+                moved.append(volume)
                 if plan.child_snapshot is not None:
                     plan.child_snapshot.last_op_date = now
-                    repo.add(plan.child_snapshot)
+                    moved.append(plan.child_snapshot)
+            repo.add(*moved)  # one flush: the UPDATEs of like rows go out as one batch
             repo.delete_snapshots(succeeded)
             group = repo.group(uuid)
             if group is not None:
@@ -259,6 +271,44 @@ class DeleteSteps(EngineCore):
         self._record_delete(
             op, plan["group_uuid"], succeeded, plan["total"], DeleteMode.parse(plan["mode"])
         )
+
+
+class _Planned:
+    """plan_merge for snapshots recorded one after another in one transaction, on the
+    chains and merge families of all read at once. A volume met again is read again:
+    the merge applied before changed its chain."""
+
+    def __init__(self, repo: Repo, snapshots: Sequence[SnapshotRow]) -> None:
+        self.repo = repo
+        volumes = [v for s in snapshots if (v := repo.volume(s.volume_uuid)) is not None]
+        self.chains = repo.chains(volumes)
+        self.family = repo.merge_family(snapshots)
+        self.seen: set[str] = set()
+
+    def plan(self, volume: VolumeRow, snapshot: SnapshotRow) -> MergePlan:
+        if volume.uuid in self.seen:
+            self.chains[volume.uuid] = self.repo.chains([volume])[volume.uuid]
+            self.family.update(self.repo.merge_family([snapshot]))
+        self.seen.add(volume.uuid)
+        family = self.family[snapshot.uuid]
+        return plan_merge(volume, family, snapshot, chain=self.chains[volume.uuid])
+
+
+def _lineage_volumes(
+    repo: Repo, merges: Sequence[PendingMerge], chains: dict[str, list[ChainLink]]
+) -> list[list[SnapshotRow]]:
+    """What pinned_snapshots reads of the volumes' lineages, the set of volumes their
+    snapshots belong to, as one snapshot row of each: the volumes with live snapshots of
+    their own, and those their chains go on into (a clone's origin)."""
+    own = {m.snapshot.volume_uuid: m.snapshot for m in merges}
+    found: dict[str, SnapshotRow] = {}
+    for link in (link for chain in chains.values() for link in chain):
+        if link.volume_uuid in found:
+            continue
+        row = own.get(link.volume_uuid) or repo.snapshot(link.uuid)
+        if row is not None:
+            found[link.volume_uuid] = row
+    return [list(found.values())]
 
 
 def _result(spec: MergeSpec, error: SnapgroupError | None) -> DeleteResult:

@@ -9,7 +9,7 @@ disks follow in target order: bus prefix, then name length, then name (vda < vdz
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -165,7 +165,7 @@ def _age(snapshot: SnapshotRow) -> tuple[datetime, str]:
     return snapshot.create_date, snapshot.uuid
 
 
-def _ancestors(start: str | None, by_uuid: dict[str, SnapshotRow]) -> list[str]:
+def _ancestors(start: str | None, by_uuid: dict[str, ChainSnapshot]) -> list[str]:
     seen: list[str] = []
     while start is not None and start in by_uuid and start not in seen:
         seen.append(start)
@@ -175,16 +175,21 @@ def _ancestors(start: str | None, by_uuid: dict[str, SnapshotRow]) -> list[str]:
 
 def plan_merge(
     volume: VolumeRow,
-    snapshots: list[SnapshotRow],
+    snapshots: Sequence[SnapshotRow],
     target: SnapshotRow,
     *,
     pinned: dict[str, str] | None = None,
+    chain: Iterable[ChainSnapshot] = (),
 ) -> MergePlan:
     """How deleting `target` keeps every other point in time intact. `pinned`: snapshots
-    whose files a clone reads (snapshot uuid -> why); those are never merged."""
+    whose files a clone reads (snapshot uuid -> why); those are never merged.
+    `snapshots`: the volume's lineage; or, with `chain` (its Repo.chains links), only
+    the rows the plan may name: the target's parent, children and grandchildren
+    (Repo.merge_family)."""
     if pinned and target.uuid in pinned:
         raise OperationError(f"snapshot {target.uuid} is {pinned[target.uuid]}: never merged")
-    by_uuid = {s.uuid: s for s in snapshots}
+    by_uuid: dict[str, ChainSnapshot] = {s.uuid: s for s in chain}
+    by_uuid.update((s.uuid, s) for s in snapshots)
     active_path = _ancestors(volume.parent_snapshot_uuid, by_uuid)
     on_active = target.uuid in active_path
     parent = by_uuid.get(target.parent_uuid or "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, cast
@@ -11,12 +12,14 @@ from sqlalchemy import (
     Dialect,
     Select,
     Table,
+    Update,
     bindparam,
     delete,
     insert,
     or_,
     true,
     type_coerce,
+    union,
 )
 from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
@@ -84,6 +87,8 @@ class ChainLink(Protocol):
     def install_path(self) -> str: ...
     @property
     def parent_uuid(self) -> str | None: ...
+    @property
+    def volume_uuid(self) -> str: ...
 
 
 class VolumeTop(NamedTuple):
@@ -155,6 +160,11 @@ class Repo:
         self.session.execute(query, [{f"b_{k}": x for k, x in m._asdict().items()} for m in moves])
         self._expire(VolumeRow, [m.uuid for m in moves])
 
+    def _hold(self, rows: Iterable[SQLModel | None]) -> None:
+        """Keeps rows loaded alongside others for the session's life: its identity map
+        holds them weakly, so a later session.get would otherwise query again."""
+        self.session.info.setdefault("held", []).extend(r for r in rows if r is not None)
+
     def _expire(self, table: type[SQLModel], keys: Iterable[str]) -> None:
         """Rows of this session written around the ORM are read again on next use."""
         for key in keys:
@@ -188,6 +198,46 @@ class Repo:
     # snapshots
     def snapshot(self, uuid: str) -> SnapshotRow | None:
         return self.session.get(SnapshotRow, uuid)
+
+    def snapshots_with_volumes(self, uuids: Iterable[str]) -> list[SnapshotRow]:
+        """The snapshots of those UUIDs that exist, their volumes loaded into the session
+        by the same query (repo.volume then costs no query): one query, not one each."""
+        query = (
+            select(SnapshotRow, VolumeRow)
+            .outerjoin(VolumeRow, col(VolumeRow.uuid) == col(SnapshotRow.volume_uuid))
+            .where(col(SnapshotRow.uuid).in_(list(uuids)))
+        )
+        rows = list(self.session.exec(query))
+        self._hold(volume for _snap, volume in rows)
+        return [snapshot for snapshot, _volume in rows]
+
+    def merge_family(self, targets: Sequence[SnapshotRow]) -> dict[str, list[SnapshotRow]]:
+        """What plan_merge may name of each target's lineage besides its chain (Repo.chains),
+        by target UUID: its live parent, and its live children and theirs, of its own
+        volume (a lineage holds no other volume's children). One query for all targets,
+        instead of their whole lineages."""
+        if not targets:
+            return {}
+        # Aliases only: the outer query is on the table itself, which would correlate.
+        t, c, g = (_SNAPSHOTS.alias(n).c for n in ("t", "c", "g"))
+        ids = [x.uuid for x in targets]
+        # Linked by parent_uuid alone, each step through its index; volumes are matched
+        # below (a volume condition here made SQLite walk the volume's every snapshot).
+        children = sa_select(c.uuid).where(c.parent_uuid.in_(ids))
+        grandchildren = sa_select(g.uuid).where(
+            g.parent_uuid == c.uuid, c.parent_uuid.in_(ids), c.deleted.is_(False)
+        )
+        parents = sa_select(t.parent_uuid).where(t.uuid.in_(ids))
+        family = union(children, grandchildren, parents)  # one IN: each looked up by key
+        query = select(SnapshotRow).where(
+            col(SnapshotRow.deleted).is_(False), col(SnapshotRow.uuid).in_(family)
+        )
+        rows = list(self.session.exec(query))
+        below: dict[str | None, list[SnapshotRow]] = {}
+        for row in rows:
+            below.setdefault(row.parent_uuid, []).append(row)
+        by_uuid = {row.uuid: row for row in rows}
+        return {x.uuid: _family(x, below, by_uuid.get(x.parent_uuid or "")) for x in targets}
 
     def snapshots_of_volume(self, volume_uuid: str) -> list[SnapshotRow]:
         """Live (not deleted) snapshots of one volume."""
@@ -247,7 +297,9 @@ class Repo:
             .where(col(RefRow.group_uuid).in_(list(group_uuids)))
             .order_by(col(RefRow.group_uuid), col(RefRow.device_id))
         )
-        return [(ref, snap) for ref, snap, _volume in self.session.exec(query)]
+        rows = list(self.session.exec(query))
+        self._hold(volume for _ref, _snap, volume in rows)
+        return [(ref, snap) for ref, snap, _volume in rows]
 
     def group_views(
         self, *, uuids: Sequence[str] | None = None, vm_uuid: str | None = None
@@ -414,6 +466,20 @@ class Repo:
         return found
 
 
+def _family(
+    target: SnapshotRow, below: dict[str | None, list[SnapshotRow]], parent: SnapshotRow | None
+) -> list[SnapshotRow]:
+    """The target's parent, children and grandchildren among `below` (rows by parent
+    UUID), those two generations of the target's own volume only."""
+
+    def kids(uuid: str) -> list[SnapshotRow]:
+        return [r for r in below.get(uuid, ()) if r.volume_uuid == target.volume_uuid]
+
+    children = kids(target.uuid)
+    grandchildren = [g for c in children for g in kids(c.uuid)]
+    return [*([parent] if parent is not None else []), *children, *grandchildren]
+
+
 def _chain_exit(start: str | None, own: dict[str, ChainLink]) -> str | None:
     """Where a chain starting at `start` leaves `own` (the volume's live snapshots): the
     first parent link not among them, None when the chain ends there."""
@@ -427,16 +493,25 @@ def _chain_exit(start: str | None, own: dict[str, ChainLink]) -> str | None:
 
 
 def _chain_query(starts: Iterable[str]) -> Select[Any]:
-    """(start, uuid, install_path, parent_uuid) of every live snapshot reached from each
-    start by parent links, the start included."""
+    """(start, uuid, install_path, parent_uuid, volume_uuid) of every live snapshot
+    reached from each start by parent links, the start included."""
     s = _SNAPSHOTS.c
     live = s.deleted.is_(False)
-    first = sa_select(s.uuid.label("start"), s.uuid, s.install_path, s.parent_uuid)
+    columns = (s.uuid, s.install_path, s.parent_uuid, s.volume_uuid)
+    first = sa_select(s.uuid.label("start"), *columns)
     chain = first.where(s.uuid.in_(list(starts)), live).cte("chain", recursive=True)
-    below = sa_select(chain.c.start, s.uuid, s.install_path, s.parent_uuid)
+    below = sa_select(chain.c.start, *columns)
     below = below.join_from(chain, _SNAPSHOTS, s.uuid == chain.c.parent_uuid).where(live)
     chain = chain.union(below)
     return sa_select(chain)
+
+
+@functools.cache
+def _operation_update(columns: frozenset[str]) -> Update:
+    """UPDATE of those columns of one operation, built once per set of columns."""
+    o = _OPERATIONS.c
+    values: dict[str, Any] = {k: bindparam(f"b_{k}") for k in sorted(columns)}
+    return sa_update(_OPERATIONS).where(o.uuid == bindparam("b_uuid")).values(values)
 
 
 class OperationRepo:
@@ -455,9 +530,12 @@ class OperationRepo:
     def update(self, uuid: str, values: dict[str, Any]) -> None:
         """Sets columns of one operation by primary key: one UPDATE, no read first.
         A row of this session's identity map is refreshed on its next use."""
-        query = sa_update(_OPERATIONS).where(_OPERATIONS.c.uuid == uuid).values(values)
-        result = self.session.execute(query, execution_options={"synchronize_session": False})
-        assert result.rowcount == 1, f"operation {uuid} is not in the journal"  # type: ignore[attr-defined]
+        query = _operation_update(frozenset(values))
+        params = {"b_uuid": uuid, **{f"b_{k}": v for k, v in values.items()}}
+        # On the session's connection: Core alone, not the ORM's bulk-update path (which
+        # cost more than the UPDATE, for a journal step each).
+        result = self.session.connection().execute(query, params)
+        assert result.rowcount == 1, f"operation {uuid} is not in the journal"
         Repo(self.session)._expire(OperationRow, [uuid])
 
     def unfinished(self, *, host: str) -> list[OperationRow]:

@@ -3,11 +3,14 @@ SQLite store is in WAL mode with every index the schema names (issue 6's fixes).
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
+from sqlalchemy import event
 from sqlmodel import select
 
 from snapgroup.clone import clone
@@ -15,7 +18,7 @@ from snapgroup.core import load_groups
 from snapgroup.errors import OperationError
 from snapgroup.lineage import pinned_snapshots
 from snapgroup.models import VmState
-from snapgroup.planner import ChainSnapshot, expected_chain
+from snapgroup.planner import ChainSnapshot, MergePlan, expected_chain, plan_merge
 from snapgroup.revert import revert
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
@@ -172,3 +175,63 @@ def test_sqlite_store_is_wal_and_gets_missing_indexes(tmp_path: Path) -> None:
         db.dispose()
     finally:
         conn.close()
+
+
+def _plan_or_error(plan: Callable[[], MergePlan]) -> object:
+    try:
+        p = plan()
+    except OperationError as exc:
+        return exc.details
+    child = p.child_snapshot.uuid if p.child_snapshot is not None else None
+    detached = [s.uuid for s in p.detached]
+    return (p.kind, p.top, p.base, child, p.above, p.above_all, p.detach, detached, p.parent)
+
+
+def test_merge_family_and_chains_plan_every_merge_as_the_lineage(lab: Lab) -> None:
+    _branched(lab)  # trees, clones of clones: merges of every kind
+    with lab.engine.db.transaction() as session:
+        repo = Repo(session)
+        volumes = list(session.exec(select(VolumeRow)))
+        chains = repo.chains(volumes)
+        for volume in volumes:
+            lineage = repo.lineage(volume)
+            targets = [s for s in lineage if s.volume_uuid == volume.uuid]
+            family = repo.merge_family(targets)
+            for target in targets:
+                whole = partial(plan_merge, volume, lineage, target)
+                part = partial(
+                    plan_merge, volume, family[target.uuid], target, chain=chains[volume.uuid]
+                )
+                assert _plan_or_error(part) == _plan_or_error(whole)
+        assert repo.merge_family([]) == {}
+
+
+def test_chain_links_name_the_volumes_of_the_lineage(lab: Lab) -> None:
+    """pinned_snapshots reads a lineage's volumes: deleting reads them from Repo.chains."""
+    _branched(lab)
+    with lab.engine.db.transaction() as session:
+        repo = Repo(session)
+        volumes = list(session.exec(select(VolumeRow)))
+        chains = repo.chains(volumes)
+        for volume in volumes:
+            expected = {s.volume_uuid for s in repo.lineage(volume)}
+            assert {link.volume_uuid for link in chains[volume.uuid]} == expected
+
+
+def test_volumes_loaded_with_refs_are_looked_up_without_a_query(lab: Lab) -> None:
+    group = history(lab, n=1)[0]
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    with lab.engine.db.transaction() as session:
+        repo = Repo(session)
+        refs = repo.refs_with_snapshots([group.uuid])
+        gc.collect()  # the session holds loaded rows weakly: only Repo keeps them
+        event.listen(session.get_bind(), "before_cursor_execute", seen)
+        try:
+            assert all(repo.volume(s.volume_uuid) is not None for _r, s in refs)
+        finally:
+            event.remove(session.get_bind(), "before_cursor_execute", seen)
+    assert refs and statements == []
