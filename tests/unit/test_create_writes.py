@@ -6,11 +6,12 @@ its sync keeps what the sync recorded."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from snapgroup.errors import InvalidArgument
-from snapgroup.journal import DONE, RUNNING
+from snapgroup.journal import DONE, RUNNING, Journal
 from snapgroup.models import DomainDisk, VmState
 from snapgroup.store.db import Database
 from snapgroup.store.repo import OperationRepo, Repo, _chain_exit
@@ -59,19 +60,21 @@ def test_a_step_of_an_unknown_operation_fails_and_writes_nothing(lab: Lab) -> No
         lab.engine.journal.step("f" * 32, "create", "overlays")
 
 
-def test_each_step_is_its_own_commit(lab: Lab) -> None:
+def test_each_step_is_its_own_commit(lab: Lab, tmp_path: Path) -> None:
     """Recovery reads the step a killed process reached: another connection sees it."""
-    if lab.engine.db.url == "sqlite://":
-        pytest.skip("an in-memory SQLite store has no other connection")
-    journal = lab.engine.journal
-    op = journal.begin("create", VM, {})
-    journal.step(op, "create", "overlays")
-    other = Database(lab.engine.db.url)
+    url = lab.engine.db.url
+    if url == "sqlite://":  # in memory: no other connection could look
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    mine, other = Database(url), Database(url)
     try:
+        journal = Journal(mine, lab.engine.clock, lab.engine.new_uuid, host="h1")
+        op = journal.begin("create", VM, {})
+        journal.step(op, "create", "overlays")
         with other.transaction() as session:
             row = OperationRepo(session).get(op)
             assert row is not None and row.step == "overlays"
     finally:
+        mine.dispose()
         other.dispose()
 
 
