@@ -22,9 +22,8 @@ from snapgroup.journal import DONE
 from snapgroup.lineage import pinned_snapshots
 from snapgroup.locks import vm_lock
 from snapgroup.merging import Merger, MergeSpec
-from snapgroup.models import DomainInfo, VmState
+from snapgroup.models import ChainSnapshot, DomainInfo, VmState
 from snapgroup.planner import (
-    ChainSnapshot,
     MergePlan,
     apply_merge,
     expected_chain,

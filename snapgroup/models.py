@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 
 class VmState(StrEnum):
@@ -80,3 +81,15 @@ class BlockJobProgress:
 class FreezeResult:
     frozen: tuple[str, ...] = field(default_factory=tuple)  # mountpoints, when known
     count: int = 0
+
+
+class ChainSnapshot(Protocol):
+    """What a chain check reads of a recorded snapshot: a SnapshotRow, or a link of
+    Repo.chains (a result row read by column name)."""
+
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def install_path(self) -> str: ...
+    @property
+    def parent_uuid(self) -> str | None: ...

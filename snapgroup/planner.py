@@ -13,10 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
 
 from snapgroup.errors import OperationError
-from snapgroup.models import DomainDisk, DomainInfo, VolumeType
+from snapgroup.models import ChainSnapshot, DomainDisk, DomainInfo, VolumeType
 from snapgroup.store.tables import SnapshotRow, VolumeRow
 
 _TARGET = re.compile(r"^([a-z]+?d)([a-z]+)$")
@@ -91,17 +90,6 @@ def volume_name(vm_name: str, volume_type: VolumeType, target: str) -> str:
 def snapshot_name(group_name: str, volume: str) -> str:
     """ZStack names a group's snapshots <groupName>-<volumeName>."""
     return f"{group_name}-{volume}"
-
-
-class ChainSnapshot(Protocol):
-    """What expected_chain reads of a snapshot: a SnapshotRow, or a Repo.chains link."""
-
-    @property
-    def uuid(self) -> str: ...
-    @property
-    def install_path(self) -> str: ...
-    @property
-    def parent_uuid(self) -> str | None: ...
 
 
 def expected_chain(volume: VolumeRow, snapshots: Iterable[ChainSnapshot]) -> list[str]:

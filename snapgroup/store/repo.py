@@ -27,6 +27,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.sqltypes import NullType
 from sqlmodel import Session, SQLModel, col, select
 
+from snapgroup.models import ChainSnapshot
 from snapgroup.store.tables import GroupRow, OperationRow, RefRow, SnapshotRow, VolumeRow
 
 _GROUPS: Table = GroupRow.__table__  # type: ignore[attr-defined]
@@ -77,16 +78,10 @@ class DateParser:
             return value
 
 
-class ChainLink(Protocol):
+class ChainLink(ChainSnapshot, Protocol):
     """One snapshot of a volume's current chain (Repo.chains): a result row, its
     columns read by name (a tuple built per row cost more than the query's rows)."""
 
-    @property
-    def uuid(self) -> str: ...
-    @property
-    def install_path(self) -> str: ...
-    @property
-    def parent_uuid(self) -> str | None: ...
     @property
     def volume_uuid(self) -> str: ...
 

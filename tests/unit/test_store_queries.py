@@ -17,8 +17,8 @@ from snapgroup.clone import clone
 from snapgroup.core import load_groups
 from snapgroup.errors import OperationError
 from snapgroup.lineage import pinned_snapshots
-from snapgroup.models import VmState
-from snapgroup.planner import ChainSnapshot, MergePlan, expected_chain, plan_merge
+from snapgroup.models import ChainSnapshot, VmState
+from snapgroup.planner import MergePlan, expected_chain, plan_merge
 from snapgroup.revert import revert
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
