@@ -60,17 +60,31 @@ class _QuietParser(argparse.ArgumentParser):
 
 
 class _Frames(io.StringIO):
-    """A command's stdout or stderr, sent to the client as it is written. A client that
-    went away (Ctrl-C) does not stop the command: it finishes, as in libvirtd."""
+    """A command's stdout or stderr for the client, buffered as a pipe is (json.dump
+    writes a document in thousands of pieces): sent on flush(), when the buffer fills,
+    and when the command ends. A client that went away (Ctrl-C) does not stop the
+    command: it finishes, as in libvirtd."""
+
+    LIMIT = 1 << 16
 
     def __init__(self, send: Callable[[dict[str, Any]], None], key: str, tty: bool) -> None:
         super().__init__()
         self._send, self._key, self._tty = send, key, tty
+        self._parts: list[str] = []
+        self._size = 0
 
     def write(self, s: str) -> int:
-        if s:
-            self._send({self._key: s})
+        self._parts.append(s)
+        self._size += len(s)
+        if self._size >= self.LIMIT:
+            self.flush()
         return len(s)
+
+    def flush(self) -> None:
+        if self._size:
+            text = "".join(self._parts)
+            self._parts, self._size = [], 0
+            self._send({self._key: text})
 
     def isatty(self) -> bool:
         return self._tty
@@ -186,14 +200,18 @@ class CommandServer:
         except OSError:
             return
         out_tty, err_tty = request["tty"]
-        out = cast(TextIO, _Frames(conn.send, "out", out_tty))
-        err = cast(TextIO, _Frames(conn.send, "err", err_tty))
+        out = _Frames(conn.send, "out", out_tty)
+        err = _Frames(conn.send, "err", err_tty)
         started = time.monotonic()
         try:
-            code = execute(args, out=out, err=err, context_factory=self._context)
+            code = execute(
+                args, out=cast(TextIO, out), err=cast(TextIO, err), context_factory=self._context
+            )
         except BaseException:  # execute keeps the seed's error shape; this is a last resort
             log.exception("command failed")
             code = 1
+        out.flush()
+        err.flush()
         log.info("%s: exit %d in %.0f ms", args.command, code, 1000 * (time.monotonic() - started))
         conn.send({"exit": code})
 

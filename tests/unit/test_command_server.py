@@ -155,15 +155,32 @@ def test_no_daemon_or_opted_out_runs_here(daemon: Daemon, tmp_path: Path) -> Non
     assert forward(["list"], out=out, err=err, path=str(daemon.socket), environ=opted_out) is None
 
 
-def test_a_client_that_goes_away_does_not_stop_the_command(daemon: Daemon) -> None:
+def _request(daemon: Daemon, *argv: str) -> bytes:
     request = {
-        "argv": daemon.argv("create", "--vm", "vm1", "--name", "orphan"),
+        "argv": daemon.argv(*argv),
         "env": {k: v for k, v in os.environ.items() if k.startswith(("SNAPGROUP_", "LIBVIRT_"))},
         "tty": [False, False],
     }
+    return json.dumps(request).encode() + b"\n"
+
+
+def test_output_travels_buffered_not_a_frame_per_write(daemon: Daemon) -> None:
+    for i in range(3):
+        assert daemon.run("create", "--vm", "vm1", "--name", f"g{i}")[0] == 0
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(daemon.socket))
-        sock.sendall(json.dumps(request).encode() + b"\n")
+        sock.sendall(_request(daemon, "--json", "list"))
+        with sock.makefile("r") as replies:
+            frames = [json.loads(line) for line in replies]
+    # json.dump writes this document in hundreds of pieces: one frame, then the status.
+    assert [list(f) for f in frames] == [["out"], ["exit"]]
+    assert len(json.loads(frames[0]["out"])["inventories"]) == 3
+
+
+def test_a_client_that_goes_away_does_not_stop_the_command(daemon: Daemon) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(daemon.socket))
+        sock.sendall(_request(daemon, "create", "--vm", "vm1", "--name", "orphan"))
     deadline = time.monotonic() + 10
     while daemon.groups() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
