@@ -14,8 +14,11 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+
+TYPE_CHECKING = False  # not typing's: importing typing costs ~14 ms of start-up
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any, TextIO
 
 SOCKET_ENV = "SNAPGROUP_SOCKET"
 NO_DAEMON_ENV = "SNAPGROUP_NO_DAEMON"  # "1": always run in this process
