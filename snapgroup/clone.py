@@ -78,11 +78,7 @@ def clone(engine: Engine, group_uuid: str, *, name: str, start: bool = False) ->
     disk on the group's point in time."""
     uuid = parse_uuid(group_uuid, "group uuid")
     name = validate_name(name)
-    with engine.db.transaction() as session:
-        group = Repo(session).group(uuid)
-    if group is None:
-        raise NotFound(f"snapshot group {uuid} not found")
-    engine.check_owner(group.vm_uuid)
+    group = engine.owned_group(uuid)
     # The original's lock: no delete may merge the snapshots away before the clone's
     # volumes (which pin them) are recorded.
     with vm_lock(group.vm_uuid, wait=engine.lock_wait):

@@ -27,7 +27,7 @@ from snapgroup.models import DomainInfo
 from snapgroup.ports import Hypervisor, ImageTool
 from snapgroup.store.db import Database
 from snapgroup.store.repo import DateParser, Repo
-from snapgroup.store.tables import VolumeRow
+from snapgroup.store.tables import GroupRow, VolumeRow
 from snapgroup.validate import parse_uuid
 
 
@@ -115,6 +115,16 @@ class EngineCore:
         if not groups:
             raise NotFound(f"snapshot group {uuid} not found")
         return groups[0]
+
+    def owned_group(self, uuid: str) -> GroupRow:
+        """The group's row (NotFound when there is none), once this host is known to own
+        its VM: where an operation on one group starts."""
+        with self.db.transaction() as session:
+            row = Repo(session).group(uuid)
+        if row is None:
+            raise NotFound(f"snapshot group {uuid} not found")
+        self.check_owner(row.vm_uuid)
+        return row
 
     def list_groups(self, *, vm: str | None = None) -> list[Group]:
         vm_uuid = self.hv.lookup(vm).uuid if vm is not None else None

@@ -110,11 +110,7 @@ def revert(
     wanted = [parse_uuid(v, "volume uuid") for v in volumes] if volumes is not None else None
     if wanted is not None and not wanted:
         raise InvalidArgument("--volumes names no volume")
-    with engine.db.transaction() as session:
-        group = Repo(session).group(uuid)
-    if group is None:
-        raise NotFound(f"snapshot group {uuid} not found")
-    engine.check_owner(group.vm_uuid)
+    group = engine.owned_group(uuid)
     with vm_lock(group.vm_uuid, wait=engine.lock_wait):
         domain = _stopped_domain(engine, group.vm_uuid, stop, stop_timeout)
         restores = _choose(engine, uuid, domain, wanted)

@@ -16,11 +16,7 @@ def ungroup(engine: Engine, group_uuid: str) -> Group:
     """The group as it was. Its snapshots stay, as snapshots of their volumes; those
     already deleted had nothing left but their ref, so they go with it."""
     uuid = parse_uuid(group_uuid, "group uuid")
-    with engine.db.transaction() as session:
-        row = Repo(session).group(uuid)
-    if row is None:
-        raise NotFound(f"snapshot group {uuid} not found")
-    engine.check_owner(row.vm_uuid)
+    row = engine.owned_group(uuid)
     # Under the VM's lock: a revert or delete of this group may be reading its refs.
     with vm_lock(row.vm_uuid, wait=engine.lock_wait), engine.db.transaction() as session:
         repo = Repo(session)
