@@ -11,26 +11,13 @@ import os
 import time
 
 from bench import lab
-from bench.timing import Row, Target, compare, rounds, timed
-from snapgroup.engine import Engine
-from snapgroup.testing.labvm import LabVm
+from bench.create_live import _api
+from bench.timing import Row, Target, compare, rounds
 
 NAME = "data-size"
 DISKS = 4
 TARGET = Target("<=", 1.1)
 SETTLE_S = 5.0
-
-
-def _create(eng: Engine, vm: LabVm) -> float:
-    uuid = ""
-
-    def create() -> None:
-        nonlocal uuid
-        uuid = eng.create(vm=vm.name, name="bench", consistency="crash").uuid
-
-    seconds = timed(create)
-    eng.delete(uuid)
-    return seconds
 
 
 def run(runs: int, quick: bool) -> list[Row]:
@@ -49,7 +36,7 @@ def run(runs: int, quick: bool) -> list[Row]:
         # A round is ~0.2 s against tens of ms of noise from the other users: 3x rounds.
         samples = rounds(
             3 * runs,
-            {"full": lambda: _create(eng, full), "empty": lambda: _create(eng, empty)},
+            {"full": lambda: _api(eng, full), "empty": lambda: _api(eng, empty)},
         )
     total_gib = DISKS * per_disk_mib / 1024
     return [
