@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,21 +13,13 @@ import pytest
 from snapgroup.adapters import qcow2
 from snapgroup.adapters.qemu_img import QemuImg
 from snapgroup.models import ImageInfo
+from tests.adapters.tools import require_qemu_tools, sh
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 TiB = 1024 * GiB
 
-if (shutil.which("qemu-img") is None or shutil.which("qemu-io") is None) and os.environ.get(
-    "SNAPGROUP_REQUIRE_LAB"
-) != "1":
-    pytest.skip("qemu-img / qemu-io not installed", allow_module_level=True)
-
-
-def sh(*argv: str | Path) -> str:
-    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"{argv}: {done.stderr}"
-    return done.stdout
+require_qemu_tools()
 
 
 def qemu_chain(path: Path) -> list[ImageInfo]:

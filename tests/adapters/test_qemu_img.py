@@ -7,7 +7,6 @@ reads each image through its whole backing chain, i.e. the guest's view.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -19,20 +18,12 @@ import pytest
 from snapgroup.adapters.qemu_img import PROGRESS_END, QemuImg
 from snapgroup.errors import ImageToolError
 from snapgroup.models import BlockJobProgress
+from tests.adapters.tools import require_qemu_tools, sh
 
 MiB = 1024 * 1024
 SIZE = 16 * MiB
 
-if (shutil.which("qemu-img") is None or shutil.which("qemu-io") is None) and os.environ.get(
-    "SNAPGROUP_REQUIRE_LAB"
-) != "1":
-    pytest.skip("qemu-img / qemu-io not installed", allow_module_level=True)
-
-
-def sh(*argv: str | Path) -> str:
-    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"{argv}: {done.stderr}"
-    return done.stdout
+require_qemu_tools()
 
 
 def qcow2(path: Path, *, backing: Path | str | None = None, size: int = SIZE) -> Path:
