@@ -57,6 +57,9 @@ class SnapshotRow(SQLModel, table=True):
     deleted: bool = False
     create_date: datetime
     last_op_date: datetime
+    # Why the file no longer holds this point in time (a merge into it failed midway);
+    # NULL: intact. Such a snapshot's group is unavailable (availability.py).
+    changed: str | None = Field(default=None, max_length=4096)
 
 
 class GroupRow(SQLModel, table=True):
