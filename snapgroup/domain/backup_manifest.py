@@ -1,0 +1,330 @@
+"""A backup's manifest: what one export of a group wrote to a repository (pure).
+
+One manifest per backup, `<DIR>/<vm-uuid>/<backup-id>/manifest.json`. It carries all a
+restore needs without the store that made it: the group (its inventory as ZStack shows
+it), the VM's domain XML, and per disk the file, its virtual size, the backups it reads
+through (its chain, oldest first) and the SHA-256 of its file. Disks carry their own base:
+a disk added since the base backup is exported full while the others are increments.
+
+Reading a manifest validates it completely: a repository may sit on a shared mount and
+its files may be damaged or edited, and every name in it becomes part of a path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from snapgroup.errors import InvalidArgument, OperationError
+
+FORMAT = "snapgroup-backup"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+_UUID = re.compile(r"[0-9a-f]{32}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def disk_file(volume_uuid: str) -> str:
+    """A disk's file name in a backup: named by the volume's UUID, never by user text."""
+    return f"{volume_uuid}.qcow2"
+
+
+def backing_name(base_backup_id: str, volume_uuid: str) -> str:
+    """The backing file name an increment's header carries: relative to the increment's
+    own directory, so a repository moved or mounted elsewhere keeps its chains."""
+    return f"../{base_backup_id}/{disk_file(volume_uuid)}"
+
+
+@dataclass(frozen=True)
+class DiskBackup:
+    device_id: int
+    volume_uuid: str
+    target: str  # vda, sdb...: where restore attaches it
+    virtual_size: int
+    base_backup_id: str | None  # None: this file is full (no backing file)
+    chain: tuple[str, ...]  # backup ids this disk reads through, oldest (full) first, ending here
+    sha256: str
+    bytes_written: int
+
+    @property
+    def file(self) -> str:
+        return disk_file(self.volume_uuid)
+
+    @property
+    def full(self) -> bool:
+        return self.base_backup_id is None
+
+
+@dataclass(frozen=True)
+class BackupManifest:
+    backup_id: str
+    created: str  # ISO 8601 UTC of the export: orders a VM's backups
+    vm_uuid: str
+    vm_name: str
+    group_uuid: str
+    group_name: str
+    group_create_date: str
+    inventory: Mapping[str, Any]  # the group's inventory (ZStack's VolumeSnapshotGroup shape)
+    domain_xml: str
+    disks: tuple[DiskBackup, ...]
+    # Why a disk (or every disk) was exported full although increments were asked for.
+    full_reason: str | None = None
+    format_version: int = FORMAT_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys a later version adds
+
+    @property
+    def full(self) -> bool:
+        return all(d.full for d in self.disks)
+
+    def disk(self, volume_uuid: str) -> DiskBackup:
+        for d in self.disks:
+            if d.volume_uuid == volume_uuid:
+                return d
+        raise InvalidArgument(f"backup {self.backup_id} has no disk {volume_uuid}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "format": FORMAT,
+            "formatVersion": self.format_version,
+            "backupId": self.backup_id,
+            "created": self.created,
+            "vm": {"uuid": self.vm_uuid, "name": self.vm_name},
+            "group": {
+                "uuid": self.group_uuid,
+                "name": self.group_name,
+                "createDate": self.group_create_date,
+                "inventory": dict(self.inventory),
+            },
+            "domainXml": self.domain_xml,
+            "fullReason": self.full_reason,
+            "disks": [
+                {
+                    "deviceId": d.device_id,
+                    "volumeUuid": d.volume_uuid,
+                    "target": d.target,
+                    "virtualSize": d.virtual_size,
+                    "file": d.file,
+                    "baseBackupId": d.base_backup_id,
+                    "chain": list(d.chain),
+                    "sha256": d.sha256,
+                    "bytesWritten": d.bytes_written,
+                }
+                for d in self.disks
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+# Keys to_dict writes; anything else at the top level is kept in `extra` (forward compatible).
+_KNOWN = {
+    "format",
+    "formatVersion",
+    "backupId",
+    "created",
+    "vm",
+    "group",
+    "domainXml",
+    "fullReason",
+    "disks",
+}
+
+
+def parse_manifest(text: str | bytes, *, where: str = "manifest") -> BackupManifest:
+    """A manifest from its JSON. InvalidArgument (SYS.1007) when it is not one of ours or
+    is inconsistent; OperationError (SYS.1006) when a newer snapgroup wrote it."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"{where}: not JSON: {exc}") from exc
+    r = _Reader(doc, where)
+    if r.str_("format") != FORMAT:
+        raise InvalidArgument(f"{where}: not a snapgroup backup manifest")
+    version = r.int_("formatVersion")
+    if version > FORMAT_VERSION:
+        raise OperationError(
+            f"{where}: repository format {version} is newer than this snapgroup reads "
+            f"({FORMAT_VERSION}); upgrade snapgroup"
+        )
+    if version < 1:
+        raise InvalidArgument(f"{where}: formatVersion {version} is not valid")
+    backup_id = r.uuid("backupId")
+    vm = _Reader(r.obj("vm"), f"{where}: vm")
+    group = _Reader(r.obj("group"), f"{where}: group")
+    disks = tuple(
+        _disk(_Reader(d, f"{where}: disks[{i}]"), backup_id) for i, d in enumerate(r.list_("disks"))
+    )
+    manifest = BackupManifest(
+        backup_id=backup_id,
+        created=r.str_("created"),
+        vm_uuid=vm.uuid("uuid"),
+        vm_name=vm.str_("name"),
+        group_uuid=group.uuid("uuid"),
+        group_name=group.str_("name"),
+        group_create_date=group.str_("createDate"),
+        inventory=group.obj("inventory"),
+        domain_xml=r.str_("domainXml"),
+        disks=disks,
+        full_reason=r.opt_str("fullReason"),
+        format_version=version,
+        extra={k: v for k, v in doc.items() if k not in _KNOWN},
+    )
+    check_manifest(manifest, where=where)
+    return manifest
+
+
+def check_manifest(m: BackupManifest, *, where: str = "manifest") -> None:
+    """The rules every manifest keeps (also run before one is written)."""
+    for name, value in (("backupId", m.backup_id), ("vm uuid", m.vm_uuid)):
+        if not _UUID.fullmatch(value):
+            raise InvalidArgument(f"{where}: {name} {value!r} is not a 32-hex UUID")
+    if not m.disks:
+        raise InvalidArgument(f"{where}: no disks")
+    for what, values in (
+        ("deviceId", [d.device_id for d in m.disks]),
+        ("volumeUuid", [d.volume_uuid for d in m.disks]),
+        ("target", [d.target for d in m.disks]),
+    ):
+        if len(set(values)) != len(values):
+            raise InvalidArgument(f"{where}: two disks with the same {what}")
+    for d in m.disks:
+        ctx = f"{where}: disk {d.target}"
+        if not _UUID.fullmatch(d.volume_uuid):
+            raise InvalidArgument(f"{ctx}: volumeUuid {d.volume_uuid!r} is not a 32-hex UUID")
+        if d.device_id < 0 or d.virtual_size <= 0 or d.bytes_written < 0:
+            raise InvalidArgument(f"{ctx}: deviceId, virtualSize or bytesWritten out of range")
+        if not _SHA256.fullmatch(d.sha256):
+            raise InvalidArgument(f"{ctx}: sha256 {d.sha256!r} is not 64 lowercase hex digits")
+        if not d.chain or d.chain[-1] != m.backup_id:
+            raise InvalidArgument(f"{ctx}: chain must end with this backup ({m.backup_id})")
+        if len(set(d.chain)) != len(d.chain) or not all(_UUID.fullmatch(c) for c in d.chain):
+            raise InvalidArgument(f"{ctx}: chain holds a repeated or malformed backup id")
+        expected_base = d.chain[-2] if len(d.chain) > 1 else None
+        if d.base_backup_id != expected_base:
+            raise InvalidArgument(
+                f"{ctx}: baseBackupId {d.base_backup_id} is not the chain's previous "
+                f"backup ({expected_base})"
+            )
+
+
+def _disk(r: _Reader, backup_id: str) -> DiskBackup:
+    volume_uuid = r.uuid("volumeUuid")
+    # The file name is derived, never read: a manifest cannot point restore at a path.
+    if r.str_("file") != disk_file(volume_uuid):
+        raise InvalidArgument(f"{r.where}: file must be {disk_file(volume_uuid)}")
+    base = r.opt_str("baseBackupId")
+    return DiskBackup(
+        device_id=r.int_("deviceId"),
+        volume_uuid=volume_uuid,
+        target=r.str_("target"),
+        virtual_size=r.int_("virtualSize"),
+        base_backup_id=base,
+        chain=tuple(_as_str(c, f"{r.where}: chain") for c in r.list_("chain")),
+        sha256=r.str_("sha256"),
+        bytes_written=r.int_("bytesWritten"),
+    )
+
+
+def _as_str(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{where}: expected a string, got {type(value).__name__}")
+    return value
+
+
+class _Reader:
+    """Typed access to one JSON object; every miss is an InvalidArgument naming the key."""
+
+    def __init__(self, doc: object, where: str) -> None:
+        if not isinstance(doc, dict):
+            raise InvalidArgument(f"{where}: expected an object")
+        self.doc: dict[str, Any] = doc
+        self.where = where
+
+    def _get(self, key: str) -> object:
+        if key not in self.doc:
+            raise InvalidArgument(f"{self.where}: missing {key!r}")
+        return self.doc[key]
+
+    def str_(self, key: str) -> str:
+        return _as_str(self._get(key), f"{self.where}: {key}")
+
+    def opt_str(self, key: str) -> str | None:
+        value = self.doc.get(key)
+        return None if value is None else _as_str(value, f"{self.where}: {key}")
+
+    def uuid(self, key: str) -> str:
+        value = self.str_(key)
+        if not _UUID.fullmatch(value):
+            raise InvalidArgument(f"{self.where}: {key} {value!r} is not a 32-hex UUID")
+        return value
+
+    def int_(self, key: str) -> int:
+        value = self._get(key)
+        # bool is an int in Python; JSON true is no size.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidArgument(f"{self.where}: {key} must be an integer")
+        return value
+
+    def obj(self, key: str) -> dict[str, Any]:
+        value = self._get(key)
+        if not isinstance(value, dict):
+            raise InvalidArgument(f"{self.where}: {key} must be an object")
+        return value
+
+    def list_(self, key: str) -> list[Any]:
+        value = self._get(key)
+        if not isinstance(value, list):
+            raise InvalidArgument(f"{self.where}: {key} must be a list")
+        return value
+
+
+# What a damaged file breaks -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """`qemu-img check` of one file by itself: corruptions make it unreadable, leaks only
+    waste space."""
+
+    corruptions: int
+    leaks: int
+    check_errors: int
+
+    @property
+    def clean(self) -> bool:
+        return self.corruptions == 0 and self.check_errors == 0
+
+
+def broken_backups(
+    manifests: Iterable[BackupManifest], bad: Iterable[tuple[str, str]]
+) -> dict[str, set[tuple[str, str]]]:
+    """Which backups a bad file breaks: `bad` holds (backup id, volume uuid) pairs whose
+    file is missing or damaged; each backup whose disk reads through one of them (its own
+    file or any in its chain) maps to the bad pairs it depends on."""
+    bad_set = set(bad)
+    broken: dict[str, set[tuple[str, str]]] = {}
+    for m in manifests:
+        for d in m.disks:
+            hits = {(b, d.volume_uuid) for b in d.chain if (b, d.volume_uuid) in bad_set}
+            if hits:
+                broken.setdefault(m.backup_id, set()).update(hits)
+    return broken
+
+
+def newest_base(
+    manifests: Iterable[BackupManifest], ancestors: Iterable[str]
+) -> BackupManifest | None:
+    """The base of an incremental export: the newest backup (by export time) whose group
+    is one of `ancestors` (the group uuids on the path from the exported group to its
+    tree's root, the group itself excluded). None: export full."""
+    wanted = set(ancestors)
+    candidates = [m for m in manifests if m.group_uuid in wanted]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda m: (m.created, m.backup_id))
