@@ -198,6 +198,7 @@ def _ref(row: Sequence[Any], date: DateParser) -> GroupRef:
         path,
         snapshot_name,
         snapshot_changed,
+        changed_reason,
     ) = row  # Repo.ref_views
     # Positional, in GroupRef's field order: keywords cost ~2 us more per ref (1,600).
     return GroupRef(
@@ -213,6 +214,7 @@ def _ref(row: Sequence[Any], date: DateParser) -> GroupRef:
         date(attached),
         date(created),
         max(date(changed), date(snapshot_changed)),
+        changed_reason,
     )
 
 

@@ -3,9 +3,11 @@ and the recovery of a delete."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -21,18 +23,28 @@ from snapgroup.inventory import DeleteReport, DeleteResult
 from snapgroup.journal import DONE
 from snapgroup.lineage import pinned_snapshots
 from snapgroup.locks import vm_lock
-from snapgroup.merging import Merger, MergeSpec
+from snapgroup.merging import Merger, MergeSpec, merging_into
 from snapgroup.models import ChainSnapshot, DomainInfo, VmState
 from snapgroup.planner import (
     MergePlan,
     apply_merge,
     expected_chain,
+    merge_room,
     plan_merge,
 )
 from snapgroup.ports import ProgressFn
-from snapgroup.store.repo import ChainLink, Repo
+from snapgroup.store.repo import ChainLink, OperationRepo, Repo
 from snapgroup.store.tables import RefRow, SnapshotRow, VolumeRow
 from snapgroup.validate import parse_uuid
+
+
+class DeleteRefused(OperationError):
+    """A Permissive delete refused before changing anything. `report`: every ref's
+    result, each saying why (the report's error is this one)."""
+
+    def __init__(self, details: str, group_uuid: str, results: Sequence[DeleteResult]) -> None:
+        super().__init__(details)
+        self.report = DeleteReport(group_uuid, tuple(results), refusal=self)
 
 
 class DeleteMode(StrEnum):
@@ -96,14 +108,15 @@ class DeleteSteps(EngineCore):
             family = repo.merge_family([m.snapshot for m in merges if not m.snapshot.deleted])
             pinned = pinned_snapshots(repo, _lineage_volumes(repo, merges, chains))
         domain = self._domain_for_delete(vm_uuid, mode)
+        live = domain is not None and domain.state.is_live
         for m in merges:
             chain = chains.get(m.snapshot.volume_uuid, [])
             self._check_merge(m, domain, family.get(m.snapshot.uuid, []), pinned, chain=chain)
+        self._check_space(merges, live, mode)
         if mode is DeleteMode.PERMISSIVE:
             problems = [p for m in merges for p in (m.blocking, m.refusable) if p]
             if problems:
-                raise OperationError("cannot delete group: " + "; ".join(problems))
-        live = domain is not None and domain.state.is_live
+                raise _refused(uuid, merges, problems)
         specs = {
             m.snapshot.uuid: MergeSpec.of(m.plan, m.volume.target)
             for m in merges
@@ -129,8 +142,8 @@ class DeleteSteps(EngineCore):
             else:
                 results.append(merged[m.snapshot.uuid])
         succeeded = [r.snapshot_uuid for r in results if r.success]
-        self._record_delete(op, uuid, succeeded, len(merges), mode)
-        return DeleteReport(uuid, tuple(results))
+        changed = self._record_delete(op, uuid, succeeded, len(merges), mode, merged)
+        return DeleteReport(uuid, tuple(_name_changed(r, changed, uuid) for r in results))
 
     def _domain_for_delete(self, vm_uuid: str, mode: DeleteMode) -> DomainInfo | None:
         try:
@@ -177,6 +190,11 @@ class DeleteSteps(EngineCore):
             return
         try:
             plan = plan_merge(volume, lineage, m.snapshot, pinned=pinned, chain=chain or ())
+            # Every file the merge reads or writes, on any branch of the tree: a missing
+            # one (moved away behind our back) is that snapshot's failure, not the group's.
+            for path in _plan_files(plan):
+                if not self.images.exists(path):
+                    raise OperationError(f"file {path} is missing")
             self._verify_real_chain(
                 volume, lineage if chain is None else chain, domain.state.is_live
             )
@@ -184,13 +202,57 @@ class DeleteSteps(EngineCore):
             m.blocking = f"snapshot {sid}: {exc.details}"
             return
         m.plan = plan
-        live = domain.state.is_live
-        needed = plan.needed_bytes(lambda p: self.images.chain(p, shared=live)[0].actual_size)
-        free = self.images.free_bytes(os.path.dirname(plan.base))
-        if free < needed:
-            m.refusable = (
-                f"snapshot {sid}: merging needs {needed} bytes beside {plan.base}, {free} free"
+
+    def _check_space(self, merges: Sequence[PendingMerge], live: bool, mode: DeleteMode) -> None:
+        """What every merge of one delete may write to a filesystem (data and qcow2
+        metadata: planner.merge_room) must fit in its free space together: a running VM's
+        disks merge side by side, a stopped one's before the space of the files removed
+        is back. Permissive refuses (refusable, with the figures). Enforcing never starts
+        a merge that could run dry halfway (that would change the snapshot's file): it
+        starts those that fit, in order, and fails the others with the figures."""
+        demand: dict[int, tuple[str, list[tuple[PendingMerge, int]]]] = {}
+        for m in merges:
+            if m.plan is None:
+                continue
+            try:
+                for fs, directory, room in self._merge_room(m.plan, live):
+                    demand.setdefault(fs, (directory, []))[1].append((m, room))
+            except SnapgroupError as exc:
+                m.plan, m.blocking = None, f"snapshot {m.snapshot.uuid}: {exc.details}"
+        for directory, needs in demand.values():
+            free = self.images.free_bytes(directory)
+            total = sum(room for _m, room in needs)
+            if total <= free:
+                continue
+            figures = (
+                f"the {len(needs)} merge(s) of this delete writing to the filesystem of "
+                f"{directory} need {total} bytes together (data and qcow2 metadata), "
+                f"{free} free"
             )
+            if mode is DeleteMode.PERMISSIVE:
+                for m, _room in needs:
+                    m.refusable = f"snapshot {m.snapshot.uuid}: {figures}"
+                continue
+            admitted = 0
+            for m, room in needs:
+                if m.plan is not None and admitted + room <= free:
+                    admitted += room
+                elif m.plan is not None:
+                    m.plan = None
+                    m.blocking = (
+                        f"snapshot {m.snapshot.uuid}: not merged, it needs {room} bytes and "
+                        f"would not fit ({figures})"
+                    )
+
+    def _merge_room(self, plan: MergePlan, live: bool) -> list[tuple[int, str, int]]:
+        """(filesystem, directory, bytes) for each file the merge writes into."""
+        rooms = []
+        for written, source in plan.writes():
+            data = self.images.chain(source, shared=live)[0].actual_size
+            room = merge_room(data, self.images.chain(written, shared=live)[0])
+            directory = os.path.dirname(written)
+            rooms.append((self.images.filesystem(directory), directory, room))
+        return rooms
 
     def _verify_real_chain(
         self, volume: VolumeRow, chain: Sequence[ChainSnapshot], live: bool
@@ -230,13 +292,22 @@ class DeleteSteps(EngineCore):
         return _result(spec, None)
 
     def _record_delete(
-        self, op: str, uuid: str, succeeded: Sequence[str], total: int, mode: DeleteMode
-    ) -> None:
+        self,
+        op: str,
+        uuid: str,
+        succeeded: Sequence[str],
+        total: int,
+        mode: DeleteMode,
+        merged: dict[str, DeleteResult] | None = None,
+    ) -> dict[str, str]:
         """One transaction: chain moves of the merged snapshots, their rows, the group,
-        and the journal's 'done'."""
+        the snapshots whose files a merge that did not complete wrote into (marked
+        changed; returned: uuid -> reason), and the journal's 'done'."""
         now = self.clock()
         with self.db.transaction() as session:
             repo = Repo(session)
+            causes = {u: r.error.cause if r.error else None for u, r in (merged or {}).items()}
+            changed = mark_changed(repo, op, set(succeeded), causes, now)
             rows = {s.uuid: s for s in repo.snapshots_with_volumes(succeeded)}
             snapshots = [rows[u] for u in succeeded if u in rows and not rows[u].deleted]
             planned = _Planned(repo, snapshots)
@@ -261,14 +332,22 @@ class DeleteSteps(EngineCore):
                     group.last_op_date = now
                     repo.add(group)
             self.journal.close(op, DONE, session=session)
+        return changed
 
     def _recover_delete(self, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+        """Runs the planned merges again: a commit cut short is finished now; one that
+        fails again leaves its snapshot marked changed (_record_delete)."""
         live = domain.state.is_live
         specs = [MergeSpec(**m) for m in plan["merges"]]
         merged = self._run_merges(op, domain.uuid, live, specs, None)
         succeeded = [*plan["noop"], *(u for u, r in merged.items() if r.success)]
         self._record_delete(
-            op, plan["group_uuid"], succeeded, plan["total"], DeleteMode.parse(plan["mode"])
+            op,
+            plan["group_uuid"],
+            succeeded,
+            plan["total"],
+            DeleteMode.parse(plan["mode"]),
+            merged,
         )
 
 
@@ -308,6 +387,83 @@ def _lineage_volumes(
         if row is not None:
             found[link.volume_uuid] = row
     return [list(found.values())]
+
+
+def _plan_files(plan: MergePlan) -> list[str]:
+    names = [plan.base, plan.top, *plan.above_all, *plan.detach]
+    if plan.parent is not None:
+        names.append(plan.parent)
+    return list(dict.fromkeys(names))
+
+
+def _refused(uuid: str, merges: Sequence[PendingMerge], problems: Sequence[str]) -> DeleteRefused:
+    """Permissive's refusal: nothing was done; each ref's result says why, or that it
+    was not attempted because of the others."""
+    results = []
+    for m in merges:
+        sid, vid = m.snapshot.uuid, m.snapshot.volume_uuid
+        if m.snapshot.deleted:
+            results.append(DeleteResult(sid, vid, True))
+            continue
+        reason = (
+            m.blocking
+            or m.refusable
+            or (
+                f"snapshot {sid}: not attempted: Permissive refused the group delete "
+                "(see the other snapshots' results), nothing was changed"
+            )
+        )
+        results.append(DeleteResult(sid, vid, False, DeleteFailed(reason)))
+    return DeleteRefused("cannot delete group: " + "; ".join(problems), uuid, results)
+
+
+def changed_reason(base: str, top: str, error: SnapgroupError | None) -> str:
+    why = f": {error.details}" if error is not None else ""
+    return (
+        f"a merge of {top} into this file ({base}) began and did not complete{why}; the "
+        "file holds part of that later layer, no longer this snapshot's point in time"
+    )
+
+
+def mark_changed(
+    repo: Repo,
+    op: str,
+    succeeded: set[str],
+    errors: dict[str, SnapgroupError | None],
+    now: datetime,
+) -> dict[str, str]:
+    """Mark every snapshot the journal says a commit began writing into (merging_into)
+    whose merge did not complete: its file is no longer its point in time. `errors`: why
+    each merge failed, where known. Returns uuid -> the reason recorded."""
+    plan: dict[str, Any] = json.loads(OperationRepo(repo.session).plan(op) or "{}")
+    specs = [*plan.get("merges", ()), *([plan["merge"]] if "merge" in plan else [])]
+    tops = {m["snapshot_uuid"]: m["top"] for m in specs}
+    changed: dict[str, str] = {}
+    for sid, base in merging_into(plan).items():
+        if sid in succeeded:
+            continue  # the commit completed and the snapshot is gone: nothing stale left
+        row = repo.snapshot(sid)
+        if row is None or row.deleted:
+            continue
+        reason = changed_reason(base, tops.get(sid, "a later layer"), errors.get(sid))
+        row.changed, row.last_op_date = reason[:4096], now
+        repo.add(row)
+        changed[sid] = row.changed
+    return changed
+
+
+def _name_changed(result: DeleteResult, changed: dict[str, str], group: str) -> DeleteResult:
+    """A failed result whose snapshot's file was written into says so: the group is no
+    longer a valid restore point."""
+    reason = changed.get(result.snapshot_uuid)
+    if reason is None or result.success:
+        return result
+    error = DeleteFailed(
+        f"snapshot {result.snapshot_uuid}: merge failed and its file was changed ({reason}); "
+        f"group {group} is no longer a valid restore point",
+        cause=result.error.cause if result.error else None,
+    )
+    return replace(result, error=error)
 
 
 def _result(spec: MergeSpec, error: SnapgroupError | None) -> DeleteResult:

@@ -37,6 +37,9 @@ class GroupRef:
     volume_last_attach_date: datetime
     create_date: datetime
     last_op_date: datetime
+    # **ours**: why the snapshot's file no longer holds its point in time (a merge into
+    # it did not complete: SnapshotRow.changed); None: intact.
+    snapshot_changed: str | None = None
 
     def to_inventory(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,8 @@ class GroupRef:
             "volumeLastAttachDate": zstack_date(self.volume_last_attach_date),
             "createDate": zstack_date(self.create_date),
             "lastOpDate": zstack_date(self.last_op_date),
+            "snapshotStatus": "Changed" if self.snapshot_changed else "Ready",
+            "statusReason": self.snapshot_changed,
         }
 
 
@@ -112,10 +117,15 @@ class DeleteResult:
 class DeleteReport:
     group_uuid: str
     results: tuple[DeleteResult, ...]
+    # A Permissive delete that refused before changing anything: its error, and every
+    # ref's result says why (deleting.DeleteRefused carries such a report).
+    refusal: SnapgroupError | None = None
 
     @property
-    def error(self) -> BatchDeleteError | None:
+    def error(self) -> SnapgroupError | None:
         """**ours**: set whenever any snapshot failed (ZStack reports success regardless)."""
+        if self.refusal is not None:
+            return self.refusal
         failed = [r for r in self.results if not r.success]
         if not failed:
             return None

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import Any
 
 from snapgroup.errors import OperationError, SnapgroupError
 from snapgroup.journal import Journal, checkpoint
@@ -51,6 +52,17 @@ class _CombinedProgress:
                 progress(BlockJobProgress(cur=cur, end=end))
 
         return report
+
+
+# Journal plan key prefix: WRITING + snapshot uuid -> the snapshot's file, a commit into
+# which has begun (merging_into).
+WRITING = "writing:"
+
+
+def merging_into(plan: dict[str, Any]) -> dict[str, str]:
+    """Snapshot uuid -> its file, for every merge of the journaled operation whose commit
+    into that file began (it holds a later layer's data unless the merge completed)."""
+    return {k.removeprefix(WRITING): v for k, v in plan.items() if k.startswith(WRITING)}
 
 
 @dataclass(frozen=True)
@@ -202,7 +214,12 @@ class Merger:
             self._detach(op, live, spec, child, child_uuid)
         if not spec.has_heir or not self._top_in_chain(vm_uuid, live, spec):
             return False
-        self.journal.step(op, self.kind, f"merge {spec.target}")
+        # Committed before the commit starts: from here until the merge is recorded, S's
+        # file may hold part of the heir's data. A merge that does not complete (an error,
+        # or a process killed mid-commit whose recovery fails too) marks S changed.
+        self.journal.step(
+            op, self.kind, f"merge {spec.target}", **{WRITING + spec.snapshot_uuid: spec.base}
+        )
         return True
 
     def _commit(

@@ -69,6 +69,7 @@ class ImageInfo:
     actual_size: int
     backing: str | None  # absolute path of the backing file, None at the base
     backing_format: str | None = None
+    cluster_size: int = 65536  # qcow2's default; what a merge's metadata margin is sized by
 
 
 @dataclass(frozen=True)

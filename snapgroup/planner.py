@@ -9,13 +9,13 @@ disks follow in target order: bus prefix, then name length, then name (vda < vdz
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from snapgroup.errors import OperationError
-from snapgroup.models import ChainSnapshot, DomainDisk, DomainInfo, VolumeType
+from snapgroup.models import ChainSnapshot, DomainDisk, DomainInfo, ImageInfo, VolumeType
 from snapgroup.store.tables import SnapshotRow, VolumeRow
 
 _TARGET = re.compile(r"^([a-z]+?d)([a-z]+)$")
@@ -142,11 +142,30 @@ class MergePlan:
     parent: str | None = None
     active_chain: bool = True  # S is below the volume's current top
 
-    def needed_bytes(self, size_of: Callable[[str], int]) -> int:
-        """Room the merge may take: the heir's data, plus S's data per detached child."""
-        detached = size_of(self.base) * len(self.detach) if self.detach else 0
-        heir = 0 if self.kind is MergeKind.DETACH else size_of(self.top)
-        return heir + detached
+    def writes(self) -> list[tuple[str, str]]:
+        """(file written, file whose data is copied into it): S's data into each detached
+        child, then the heir's into S's file."""
+        copies = [(child, self.base) for child in self.detach]
+        if self.kind is not MergeKind.DETACH:
+            copies.append((self.base, self.top))
+        return copies
+
+
+# What else qcow2 may allocate beside the data and its L2 tables and refcount blocks
+# (a grown L1 or refcount table, clusters freed only once a job ends).
+METADATA_SLACK = 256 << 10
+
+
+def merge_room(data: int, written: ImageInfo) -> int:
+    """Bytes copying `data` bytes of clusters into the image `written` may take: the data
+    in whole clusters, the L2 tables mapping it (one per cluster/8 clusters, at most as
+    many as the virtual size needs), the refcount blocks counting both (16-bit refcounts:
+    one per cluster/2 clusters) and one cluster of refcount table, plus METADATA_SLACK."""
+    cluster = max(written.cluster_size, 512)
+    clusters = -(-data // cluster)
+    l2 = min(clusters, -(-written.virtual_size // (cluster * (cluster // 8))))
+    refcounts = -(-(clusters + l2) // (cluster // 2)) + 1
+    return (clusters + l2 + refcounts + 1) * cluster + METADATA_SLACK
 
 
 def _age(snapshot: SnapshotRow) -> tuple[datetime, str]:

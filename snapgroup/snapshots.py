@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from snapgroup.deleting import DeleteMode, PendingMerge
+from snapgroup.deleting import DeleteMode, PendingMerge, mark_changed
 from snapgroup.engine import Engine
 from snapgroup.errors import DeleteFailed, NotFound, OperationError, SnapgroupError
 from snapgroup.inventory import DeleteResult, zstack_date
@@ -45,6 +45,7 @@ class SnapshotView:
     latest: bool  # the volume's current top sits on it
     create_date: datetime
     last_op_date: datetime
+    changed: str | None = None  # SnapshotRow.changed: the file no longer holds its point
 
     def to_inventory(self) -> dict[str, Any]:
         """ZStack's VolumeSnapshotInventory, the fields that mean something here."""
@@ -59,7 +60,8 @@ class SnapshotView:
             "format": "qcow2",
             "latest": self.latest,
             "state": "Enabled",
-            "status": "Ready",
+            "status": "Changed" if self.changed else "Ready",
+            "statusReason": self.changed,
             "groupUuid": self.group_uuid,
             "createDate": zstack_date(self.create_date),
             "lastOpDate": zstack_date(self.last_op_date),
@@ -93,6 +95,7 @@ def list_snapshots(engine: Engine, vm: str) -> list[SnapshotView]:
                         latest=volume.parent_snapshot_uuid == s.uuid,
                         create_date=s.create_date,
                         last_op_date=s.last_op_date,
+                        changed=s.changed,
                     )
                 )
     return views
@@ -136,6 +139,7 @@ def _delete_locked(
     if snapshot.deleted:
         return DeleteResult(uuid, snapshot.volume_uuid, True)  # deleted before: nothing to do
     engine._check_merge(merge, domain, lineage, pinned)
+    engine._check_space([merge], domain is not None and domain.state.is_live, mode)
     problem = merge.blocking or (merge.refusable if mode is DeleteMode.PERMISSIVE else None)
     if problem is not None and mode is DeleteMode.PERMISSIVE:
         raise OperationError(f"cannot delete snapshot: {problem}")
@@ -164,9 +168,17 @@ def _finish(
             op, vm_uuid, live, spec, progress
         )
     except SnapgroupError as exc:
-        # The Merger leaves a whole tree when it fails; the metadata still describes it.
-        engine.journal.close(op, FAILED, detail=f"merge failed: {exc.details}")
-        error = DeleteFailed(f"snapshot {spec.snapshot_uuid}: merge failed", cause=exc)
+        # The Merger leaves a whole tree when it fails; the metadata still describes it,
+        # and says so where a commit began writing into the snapshot's file.
+        with engine.db.transaction() as session:
+            changed = mark_changed(
+                Repo(session), op, set(), {spec.snapshot_uuid: exc}, engine.clock()
+            )
+            engine.journal.close(op, FAILED, detail=f"merge failed: {exc.details}", session=session)
+        what = "merge failed"
+        if spec.snapshot_uuid in changed:
+            what += f" and its file was changed ({changed[spec.snapshot_uuid]})"
+        error = DeleteFailed(f"snapshot {spec.snapshot_uuid}: {what}", cause=exc)
         return DeleteResult(spec.snapshot_uuid, spec.volume_uuid, False, error)
     _record(engine, op, spec.snapshot_uuid)
     return DeleteResult(spec.snapshot_uuid, spec.volume_uuid, True)

@@ -113,7 +113,7 @@ def _layer(path: str, declared: str | None) -> ImageInfo:
         if ":" in name or backing_format is None:
             raise _NotPlain  # protocol prefixes, json: names, probed formats
         backing = os.path.abspath(os.path.join(os.path.dirname(path), name))
-    return ImageInfo(path, "qcow2", size, actual, backing, backing_format)
+    return ImageInfo(path, "qcow2", size, actual, backing, backing_format, 1 << cluster_bits)
 
 
 def read_chain(path: str, *, limit: int = 1000) -> list[ImageInfo] | None:

@@ -196,6 +196,12 @@ class QemuImg:
         # f_bavail: what an unprivileged writer (QEMU runs as one) can still allocate.
         return st.f_bavail * st.f_frsize
 
+    def filesystem(self, directory: str) -> int:
+        try:
+            return os.stat(directory).st_dev
+        except OSError as exc:
+            raise ImageToolError(f"cannot stat {directory}: {exc.strerror}") from exc
+
 
 _releasing: set[threading.Thread] = set()
 _releasing_lock = threading.Lock()
@@ -238,4 +244,5 @@ def _image_info(layer: dict[str, Any]) -> ImageInfo:
         actual_size=int(layer.get("actual-size", 0)),
         backing=os.path.abspath(backing) if backing else None,
         backing_format=layer.get("backing-filename-format"),
+        cluster_size=int(layer.get("cluster-size", 65536)),
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import ProgressPrinter, print_json, results_table
+from snapgroup.deleting import DeleteRefused
 
 
 def register(sub: Any) -> None:
@@ -23,9 +24,12 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    report = ctx.engine.delete(
-        args.uuid, mode=args.mode, progress=ProgressPrinter("merging", ctx.err)
-    )
+    try:
+        report = ctx.engine.delete(
+            args.uuid, mode=args.mode, progress=ProgressPrinter("merging", ctx.err)
+        )
+    except DeleteRefused as refused:
+        report = refused.report  # nothing was done; each ref's result says why
     if ctx.as_json:
         print_json(report.to_response(), ctx.out)
         return 1 if report.error else 0

@@ -125,6 +125,8 @@ class GroupRefInventory(_Response):
     volumeSnapshotName: str
     createDate: str
     lastOpDate: str
+    snapshotStatus: str = Field("Ready", description="Changed: a merge into its file failed")
+    statusReason: str | None = None
 
 
 class GroupInventory(_Response):

@@ -329,6 +329,7 @@ class Repo:
             s.install_path,
             s.name,
             _raw(s.last_op_date),
+            s.changed,
         ).join_from(_REFS, _SNAPSHOTS, s.uuid == r.volume_snapshot_uuid)
         if uuids is not None:
             query = query.where(r.group_uuid.in_(list(uuids)))

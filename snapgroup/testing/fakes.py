@@ -166,6 +166,9 @@ class FakeImageTool(_Faults):
     def free_bytes(self, directory: str) -> int:
         return self.free
 
+    def filesystem(self, directory: str) -> int:
+        return 0  # one filesystem holds every fake image
+
 
 def _merge_down(images: dict[str, FakeImage], top: str, base: str) -> None:
     """Copy every cluster between top and base (top winning) into base."""

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
 import pytest
 
+from snapgroup.deleting import DeleteRefused
 from snapgroup.errors import HypervisorError, ImageToolError, OperationError
 from snapgroup.inventory import Group
 from snapgroup.models import VmState
@@ -95,13 +97,48 @@ def test_permissive_refuses_on_a_missing_file_and_changes_nothing(lab: Lab) -> N
     assert lab.hv.called("block_commit") == []
 
 
-def test_permissive_refuses_when_space_is_short_enforcing_goes_ahead(lab: Lab) -> None:
+def test_short_space_permissive_refuses_enforcing_starts_no_merge_that_cannot_fit(
+    lab: Lab,
+) -> None:
     groups = _three_groups(lab, VmState.STOPPED)
+    current, files = lab.view_of_vm(), dict(lab.images.images)
     lab.images.free = 0
-    with pytest.raises(OperationError, match="free"):
+    with pytest.raises(DeleteRefused, match="free") as err:
         lab.engine.delete(groups[0].uuid)
+    assert err.value.code == "SYS.1006"
+    refused = err.value.report.results
+    assert [r.success for r in refused] == [False, False, False]
+    assert all(r.error is not None and "0 free" in r.error.details for r in refused)
+    # Enforcing skips refusable checks, but a merge running dry halfway would leave the
+    # snapshot's file holding part of a later layer: such a merge is never started.
     report = lab.engine.delete(groups[0].uuid, mode="Enforcing")
-    assert report.error is None and len(report.results) == 3
+    assert [r.success for r in report.results] == [False, False, False]
+    assert all(r.error is not None and "would not fit" in r.error.details for r in report.results)
+    assert lab.images.called("commit") == []
+    assert lab.view_of_vm() == current and set(lab.images.images) == set(files)
+    assert [g.uuid for g in lab.engine.list_groups()] == [g.uuid for g in groups[1:]]
+
+
+@pytest.mark.parametrize("state", [VmState.RUNNING, VmState.STOPPED])
+def test_space_is_counted_for_all_merges_of_a_delete_together(lab: Lab, state: VmState) -> None:
+    """Room for 1.5 merges: each alone would fit, the three together do not."""
+    groups = _three_groups(lab, state)
+    lab.images.free = 0
+    with pytest.raises(DeleteRefused) as err:
+        lab.engine.delete(groups[0].uuid)
+    figures = re.search(r"need (\d+) bytes together", err.value.details)
+    assert figures is not None
+    one = int(figures.group(1)) // 3
+    assert one > 64 * 1024  # data, L2 table, refcount block and slack, not just the data
+    lab.images.free = one + one // 2
+    current = lab.view_of_vm()
+    with pytest.raises(DeleteRefused, match=f"{one * 3} bytes together.*{one + one // 2} free"):
+        lab.engine.delete(groups[0].uuid)
+    assert lab.hv.called("block_commit") == [] and lab.images.called("commit") == []
+    assert lab.engine.get(groups[0].uuid).snapshot_count == 3
+    report = lab.engine.delete(groups[0].uuid, mode="Enforcing")
+    assert [r.success for r in report.results] == [True, False, False]  # the one that fits
+    assert lab.view_of_vm() == current
 
 
 def test_enforcing_attempts_every_snapshot_and_drops_the_group(lab: Lab) -> None:

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from snapgroup.availability import check
-from snapgroup.engine import DeleteMode
+from snapgroup.deleting import DeleteRefused
+from snapgroup.engine import DeleteMode, Engine
 from snapgroup.errors import InvalidArgument, NotFound
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import JOB_HEADER, Work
@@ -92,9 +93,16 @@ def delete_group(
         if row is not None:  # an unknown group is deleted already (ZStack: success)
             engine.check_owner(row.vm_uuid)
             prechecks.vm_idle(engine, row.vm_uuid)
-        return lambda: engine.delete(group_uuid, mode=mode).to_response()
+        return lambda: _delete(engine, group_uuid, mode)
 
     return svc.start_job(request, "delete", job, precheck)
+
+
+def _delete(engine: Engine, group_uuid: str, mode: DeleteMode) -> dict[str, Any]:
+    try:
+        return engine.delete(group_uuid, mode=mode).to_response()
+    except DeleteRefused as refused:  # Permissive refused: every ref's result, and why
+        return refused.report.to_response()
 
 
 @router.put(
