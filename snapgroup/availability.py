@@ -2,13 +2,18 @@
 
 A group is unavailable when one of its snapshots was deleted, one of its volumes is no
 longer attached, or a volume attached now is not in it (reverting would leave that
-volume in the present while the others go back), and when its VM is gone.
+volume in the present while the others go back), and when its VM is gone. Also when a
+file a revert would read is not there: a snapshot's file or any file of its recorded
+backing chain (on whichever branch of the tree it is), or when one of those snapshots
+is marked changed (a merge into its file failed midway: it no longer holds its point
+in time). Files are only looked for (a stat each), not opened: revert and clone read
+the real chain before they build on it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +24,7 @@ from snapgroup.models import DomainInfo
 from snapgroup.planner import classify
 from snapgroup.resolve import lookup_or_none
 from snapgroup.store.repo import Repo
-from snapgroup.store.tables import GroupRow
+from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow
 from snapgroup.sync import sync_locked
 from snapgroup.validate import parse_uuid
 
@@ -50,13 +55,26 @@ def check(engine: Engine, group_uuids: Sequence[str]) -> list[Availability]:
         if row.vm_uuid not in domains:
             domains[row.vm_uuid] = _synced_domain(engine, row.vm_uuid)
     results = []
+    exists = file_checker(engine)  # one stat per file however many groups read it
     with engine.db.transaction() as session:
         repo = Repo(session)
         for uuid in uuids:
             group = repo.group(uuid)
             assert group is not None
-            results.append(availability(repo, group, domains[group.vm_uuid]))
+            results.append(availability(repo, group, domains[group.vm_uuid], exists=exists))
     return results
+
+
+def file_checker(engine: Engine) -> Callable[[str], bool]:
+    """engine.images.exists, each path looked at once per call of the caller."""
+    seen: dict[str, bool] = {}
+
+    def exists(path: str) -> bool:
+        if path not in seen:
+            seen[path] = engine.images.exists(path)
+        return seen[path]
+
+    return exists
 
 
 def _synced_domain(engine: Engine, vm_uuid: str) -> DomainInfo | None:
@@ -74,14 +92,22 @@ def _synced_domain(engine: Engine, vm_uuid: str) -> DomainInfo | None:
         os.close(fd)
 
 
-def availability(repo: Repo, group: GroupRow, domain: DomainInfo | None) -> Availability:
-    """For a synced VM (`domain` None: it is gone)."""
+def availability(
+    repo: Repo, group: GroupRow, domain: DomainInfo | None, *, exists: Callable[[str], bool]
+) -> Availability:
+    """For a synced VM (`domain` None: it is gone). `exists`: does a file exist
+    (file_checker, or an ImageTool's exists)."""
     reasons: list[str] = []
     volumes: dict[str, str | None] = {}
     if domain is None:
         reasons.append(f"VM {group.vm_uuid} is no longer defined")
     in_group: set[str] = set()
-    for ref, snapshot in repo.refs_with_snapshots([group.uuid]):
+    refs = repo.refs_with_snapshots([group.uuid])
+    attached = [
+        v for ref, _ in refs if (v := repo.volume(ref.volume_uuid)) is not None and v.attached
+    ]
+    lineages = repo.lineages(attached) if domain is not None else {}
+    for ref, snapshot in refs:
         in_group.add(ref.volume_uuid)
         volume = repo.volume(ref.volume_uuid)
         problem = None
@@ -89,6 +115,8 @@ def availability(repo: Repo, group: GroupRow, domain: DomainInfo | None) -> Avai
             problem = f"snapshot {snapshot.uuid} of volume {ref.volume_name} was deleted"
         elif volume is None or not volume.attached or domain is None:
             problem = f"volume {ref.volume_name} ({ref.volume_uuid}) is no longer attached"
+        else:
+            problem = _files_problem(repo, ref, snapshot, lineages[volume.uuid], exists)
         volumes[ref.volume_uuid] = problem
         if problem is not None and domain is not None:
             reasons.append(problem)
@@ -102,3 +130,34 @@ def availability(repo: Repo, group: GroupRow, domain: DomainInfo | None) -> Avai
                     f"volume {volume.name} ({volume.target}) is attached now but not in the group"
                 )
     return Availability(group.uuid, not reasons, "; ".join(reasons) or None, volumes)
+
+
+def _files_problem(
+    repo: Repo,
+    ref: RefRow,
+    snapshot: SnapshotRow,
+    lineage: list[SnapshotRow],
+    exists: Callable[[str], bool],
+) -> str | None:
+    """Why the snapshot's point in time cannot be read back: a file of its recorded
+    chain (itself first) missing, or a snapshot of it marked changed. None: it can."""
+    by_uuid = {s.uuid: s for s in lineage}
+    volume = f"volume {ref.volume_name} ({ref.volume_uuid})"
+    current: SnapshotRow | None = snapshot
+    seen: set[str] = set()
+    while current is not None and current.uuid not in seen:
+        seen.add(current.uuid)
+        what = "its snapshot" if current is snapshot else "the snapshot below it"
+        if current.changed:
+            return f"{volume}: {what} {current.uuid} changed: {current.changed}"
+        if not exists(current.install_path):
+            return f"{volume}: file {current.install_path} of {what} {current.uuid} is missing"
+        parent = current.parent_uuid
+        if parent is None:
+            return None
+        # A parent outside the lineage is a deleted row whose file may still be there
+        # (sync keeps a removed volume's files): its file decides.
+        current = by_uuid.get(parent) or repo.snapshot(parent)
+        if current is None:
+            return f"{volume}: the metadata names a parent snapshot {parent} it does not hold"
+    return None

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from snapgroup.availability import availability
+from snapgroup.availability import availability, file_checker
 from snapgroup.engine import Engine
 from snapgroup.errors import InvalidArgument, NotFound, OperationError, SnapgroupError
 from snapgroup.journal import DONE, ROLLED_BACK
@@ -101,7 +101,7 @@ def _clone_locked(engine: Engine, uuid: str, vm_uuid: str, name: str) -> Clone:
         group = repo.group(uuid)
         if group is None:
             raise NotFound(f"snapshot group {uuid} not found")
-        state = availability(repo, group, domain)
+        state = availability(repo, group, domain, exists=file_checker(engine))
         if not state.available:
             raise OperationError(
                 f"group {uuid} is unavailable, it cannot be cloned: {state.reason}"

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from snapgroup.availability import availability
+from snapgroup.availability import availability, file_checker
 from snapgroup.engine import Engine
 from snapgroup.errors import (
     InvalidArgument,
@@ -147,7 +147,7 @@ def _choose(
         group = repo.group(uuid)
         if group is None:
             raise NotFound(f"snapshot group {uuid} not found")  # deleted while we waited
-        state = availability(repo, group, domain)
+        state = availability(repo, group, domain, exists=file_checker(engine))
         refs = repo.refs_with_snapshots([uuid])
         in_group = {ref.volume_uuid for ref, _ in refs}
         if wanted is None:

@@ -14,9 +14,8 @@ from typing import Any
 
 from snapgroup.engine import Engine
 from snapgroup.errors import NotFound, SnapgroupError
-from snapgroup.planner import expected_chain
 from snapgroup.store.repo import OperationRepo, Repo
-from snapgroup.store.tables import VolumeRow
+from snapgroup.store.tables import SnapshotRow, VolumeRow
 
 _OURS = re.compile(r"^[0-9a-f]{32}\.qcow2$")  # overlays are named by UUID
 
@@ -28,6 +27,7 @@ class Difference:
     detail: str
     volume_uuid: str | None = None
     repaired: bool = False
+    groups: tuple[str, ...] = ()  # the groups a revert to which needs what is wrong
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,7 +36,20 @@ class Difference:
             "kind": self.kind,
             "detail": self.detail,
             "repaired": self.repaired,
+            "groups": list(self.groups),
         }
+
+
+@dataclass(frozen=True)
+class _File:
+    """A file the metadata names: a volume's top or a live snapshot's, on any branch."""
+
+    path: str
+    volume: VolumeRow
+    what: str  # "snapshot <uuid>" or "the current top"
+    parent: str | None  # the recorded backing file; None: not recorded (the original base)
+    below: tuple[str, ...]  # the recorded chain under it, parent first
+    groups: tuple[str, ...]  # groups whose ref reads this file (its own or one above it)
 
 
 def verify(engine: Engine, *, vm: str | None = None, repair: bool = False) -> list[Difference]:
@@ -77,15 +90,15 @@ def _verify_vm(engine: Engine, vm_uuid: str, *, repair: bool) -> list[Difference
     live = domain.state.is_live
     disks = {d.target: d for d in domain.disks}
     diffs: list[Difference] = []
-    known_files: set[str] = set()
+    files: list[_File] = []
     with engine.db.transaction() as session:
         repo = Repo(session)
         volumes = repo.volumes_of_vm(vm_uuid, attached_only=True)
+        lineages = repo.lineages(volumes)
+        groups_of = _groups_by_snapshot(repo, vm_uuid, lineages)
         for volume in volumes:
-            snapshots = repo.lineage(volume)
-            known_files.update(s.install_path for s in snapshots)
-            known_files.add(volume.install_path)
             disk = disks.get(volume.target)
+            top_ok = disk is not None and disk.path == volume.install_path
             if disk is None or disk.path is None:
                 diffs.append(
                     Difference(
@@ -100,7 +113,7 @@ def _verify_vm(engine: Engine, vm_uuid: str, *, repair: bool) -> list[Difference
                     volume.attached = False
                     repo.add(volume)
                 continue
-            if disk.path != volume.install_path:
+            if not top_ok:
                 diffs.append(
                     Difference(
                         vm_uuid,
@@ -110,36 +123,152 @@ def _verify_vm(engine: Engine, vm_uuid: str, *, repair: bool) -> list[Difference
                         volume.uuid,
                     )
                 )
-                continue
-            diffs.extend(_verify_chain(engine, volume, expected_chain(volume, snapshots), live))
+            # Every branch, not only the current top's chain: a revert to any group
+            # reads its snapshots' files and everything below them.
+            found, broken = _recorded_files(volume, lineages[volume.uuid], groups_of, top_ok)
+            files.extend(found)
+            diffs.extend(broken)
+    diffs.extend(_verify_files(engine, files))
+    known_files = {f.path for f in files}
+    for volume in volumes:
+        known_files.add(volume.install_path)
+        known_files.update(s.install_path for s in lineages[volume.uuid])
     diffs.extend(_orphans(engine, vm_uuid, volumes, known_files, live, repair=repair))
     return diffs
 
 
-def _verify_chain(
-    engine: Engine, volume: VolumeRow, expected: list[str], live: bool
-) -> list[Difference]:
-    missing = [p for p in expected if not engine.images.exists(p)]
-    if missing:
-        return [
-            Difference(
-                volume.vm_uuid, "file-missing", f"missing: {', '.join(missing)}", volume.uuid
+def _groups_by_snapshot(
+    repo: Repo, vm_uuid: str, lineages: dict[str, list[SnapshotRow]]
+) -> dict[str, str]:
+    """snapshot uuid -> the group whose ref names it, for every snapshot of the lineages
+    (by volume uuid): the VM's groups in one query, then one by one the few snapshots of
+    other VMs' volumes that a clone's chain reads."""
+    groups = [g.uuid for g in repo.groups(vm_uuid=vm_uuid)]
+    found = {
+        ref.volume_snapshot_uuid: ref.group_uuid for ref, _ in repo.refs_with_snapshots(groups)
+    }
+    for lineage in lineages.values():
+        for snapshot in lineage:
+            if snapshot.volume_uuid in lineages or snapshot.uuid in found:
+                continue
+            if (ref := repo.ref(snapshot.uuid)) is not None:
+                found[snapshot.uuid] = ref.group_uuid
+    return found
+
+
+def _recorded_files(
+    volume: VolumeRow, lineage: list[SnapshotRow], groups_of: dict[str, str], with_top: bool
+) -> tuple[list[_File], list[Difference]]:
+    """The volume's top (`with_top`) and each live snapshot of its lineage, each with its
+    recorded chain and the groups that read it."""
+    by_uuid = {s.uuid: s for s in lineage}
+    readers: dict[str, set[str]] = {s.uuid: set() for s in lineage}
+    broken: list[Difference] = []
+    below: dict[str, tuple[str, ...]] = {}
+    for snapshot in lineage:
+        chain: list[str] = []
+        current = snapshot
+        seen = {snapshot.uuid}
+        group = groups_of.get(snapshot.uuid)
+        if group is not None:
+            readers[snapshot.uuid].add(group)
+        while current.parent_uuid is not None:
+            parent = by_uuid.get(current.parent_uuid)
+            if parent is None or parent.uuid in seen:
+                if current is snapshot:
+                    broken.append(
+                        _dangling(volume, f"snapshot {snapshot.uuid}", snapshot.parent_uuid)
+                    )
+                break
+            seen.add(parent.uuid)
+            chain.append(parent.install_path)
+            if group is not None:
+                readers[parent.uuid].add(group)
+            current = parent
+        below[snapshot.uuid] = tuple(chain)
+    files = []
+    for snapshot in lineage:
+        parent = by_uuid.get(snapshot.parent_uuid or "")
+        files.append(
+            _File(
+                snapshot.install_path,
+                volume,
+                f"snapshot {snapshot.uuid}",
+                parent.install_path if parent is not None else None,
+                below[snapshot.uuid],
+                tuple(sorted(readers[snapshot.uuid])),
             )
-        ]
-    try:
-        actual = [layer.path for layer in engine.images.chain(volume.install_path, shared=live)]
-    except SnapgroupError as exc:
-        return [Difference(volume.vm_uuid, "chain-unreadable", exc.details, volume.uuid)]
-    if actual[: len(expected)] != expected:
-        return [
-            Difference(
-                volume.vm_uuid,
+        )
+    if with_top:
+        parent = by_uuid.get(volume.parent_snapshot_uuid or "")
+        if volume.parent_snapshot_uuid is not None and parent is None:
+            broken.append(_dangling(volume, "the current top", volume.parent_snapshot_uuid))
+        top_below = (parent.install_path, *below[parent.uuid]) if parent is not None else ()
+        files.append(
+            _File(
+                volume.install_path,
+                volume,
+                "the current top",
+                parent.install_path if parent is not None else None,
+                top_below,
+                (),
+            )
+        )
+    return files, broken
+
+
+def _dangling(volume: VolumeRow, what: str, parent_uuid: str | None) -> Difference:
+    return Difference(
+        volume.vm_uuid,
+        "metadata-broken",
+        f"{volume.target}: {what} names a parent snapshot {parent_uuid} the metadata does not hold",
+        volume.uuid,
+    )
+
+
+def _verify_files(engine: Engine, files: list[_File]) -> list[Difference]:
+    """Each file exists, and its real backing file is its recorded parent's file.
+
+    Chains are read top first from the longest recorded chains down (the tips of the
+    tree), each read giving the backing file of every layer under it, so a tree costs
+    a read per branch, not per file. Reads take no lock (in-process headers, or
+    `qemu-img info -U`): safe while QEMU runs. A file whose recorded chain misses a
+    file is not read: the missing one is what is reported."""
+    diffs: list[Difference] = []
+    unique = list({f.path: f for f in files}.values())
+    missing = {f.path for f in unique if not engine.images.exists(f.path)}
+    for f in unique:
+        if f.path in missing:
+            diffs.append(_diff(f, "file-missing", f"{f.path} is missing ({f.what})"))
+    backing: dict[str, str | None] = {}
+    for f in sorted(unique, key=lambda f: -len(f.below)):
+        if f.path in backing or f.path in missing or missing.intersection(f.below):
+            continue
+        try:
+            layers = engine.images.chain(f.path, shared=True)
+        except SnapgroupError as exc:
+            diffs.append(_diff(f, "chain-unreadable", f"{f.path} ({f.what}): {exc.details}"))
+            continue
+        for layer in layers:
+            backing.setdefault(layer.path, layer.backing)
+    for f in unique:
+        if f.parent is None or f.path not in backing or backing[f.path] == f.parent:
+            continue
+        diffs.append(
+            _diff(
+                f,
                 "chain-mismatch",
-                f"real chain {actual}, recorded {expected}",
-                volume.uuid,
+                f"{f.path} ({f.what}) is backed by {backing[f.path] or 'nothing'}, the "
+                f"metadata says {f.parent}",
             )
-        ]
-    return []
+        )
+    return diffs
+
+
+def _diff(f: _File, kind: str, detail: str) -> Difference:
+    return Difference(
+        f.volume.vm_uuid, kind, f"{f.volume.target}: {detail}", f.volume.uuid, groups=f.groups
+    )
 
 
 def _orphans(

@@ -23,10 +23,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print_json({"differences": [d.to_dict() for d in diffs]}, ctx.out)
     elif diffs:
         rows = [
-            (d.vm_uuid, d.volume_uuid, d.kind, "yes" if d.repaired else "no", d.detail)
+            (
+                d.vm_uuid,
+                d.volume_uuid,
+                d.kind,
+                "yes" if d.repaired else "no",
+                ",".join(d.groups) or "-",
+                d.detail,
+            )
             for d in diffs
         ]
-        table(rows, ["VM", "VOLUME", "DIFFERENCE", "REPAIRED", "DETAIL"], ctx.out)
+        table(rows, ["VM", "VOLUME", "DIFFERENCE", "REPAIRED", "GROUPS", "DETAIL"], ctx.out)
     else:
         ctx.out.write("metadata matches reality\n")
     return 1 if any(not d.repaired for d in diffs) else 0
