@@ -9,12 +9,14 @@ import os
 from snapgroup.core import EngineCore, load_groups
 from snapgroup.creating import MAX_CHAIN_DEPTH, CreateSteps
 from snapgroup.deleting import DeleteMode, DeleteSteps
+from snapgroup.domain.zquery import Query
 from snapgroup.errors import (
     NotFound,
 )
 from snapgroup.inventory import Group, VolumeView
 from snapgroup.journal import FAILED, Journal
 from snapgroup.locks import try_vm_lock
+from snapgroup.querying import GroupPage, query_groups
 from snapgroup.store.repo import OperationRepo, Repo
 from snapgroup.store.tables import OperationRow
 from snapgroup.validate import parse_uuid, validate_description, validate_name
@@ -28,6 +30,10 @@ _LIFECYCLE_KINDS = frozenset({"revert", "clone", "delete-snapshot"})
 class Engine(CreateSteps, DeleteSteps):
     def volumes(self, vm: str) -> list[VolumeView]:
         return self._discover(self.hv.lookup(vm)).views()
+
+    def query_groups(self, query: Query) -> GroupPage:
+        """One page of the groups a ZStack query matches, selected in SQL."""
+        return query_groups(self.db, query)
 
     def update(
         self, group_uuid: str, *, name: str | None = None, description: str | None = None

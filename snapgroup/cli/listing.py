@@ -1,4 +1,4 @@
-"""snapgroup list [--vm VM]."""
+"""snapgroup list [--vm VM] [--limit N] [--start N]."""
 
 from __future__ import annotations
 
@@ -7,18 +7,44 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import group_summary, print_json
+from snapgroup.domain.zquery import Query
+from snapgroup.errors import InvalidArgument
+
+# One page by default: a store of 100k groups lists in milliseconds, not in minutes.
+DEFAULT_PAGE = 100
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("list", help="list snapshot groups")
+    parser = sub.add_parser("list", help="list snapshot groups (oldest first, one page)")
     parser.add_argument("--vm", help="only this VM's groups (name or UUID)")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_PAGE,
+        metavar="N",
+        help=f"at most N groups (default {DEFAULT_PAGE}; 0: none, only the note)",
+    )
+    parser.add_argument("--start", type=int, default=0, metavar="N", help="skip the first N")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    groups = ctx.engine.list_groups(vm=args.vm)
+    if args.limit < 0 or args.start < 0:
+        raise InvalidArgument("--limit and --start must not be negative")
+    query = Query(limit=args.limit, start=args.start, reply_with_count=True)
+    if args.vm is not None:
+        everything = ctx.engine.list_groups(vm=args.vm)  # a VM has few: at most its chains'
+        groups, total = everything[args.start : args.start + args.limit], len(everything)
+    else:
+        page = ctx.engine.query_groups(query)
+        groups, total = page.groups, page.total or 0
     if ctx.as_json:
         print_json({"inventories": [g.to_inventory() for g in groups]}, ctx.out)
     else:
         group_summary(groups, ctx.out)
+    if args.start + len(groups) < total:
+        ctx.err.write(
+            f"{len(groups)} of {total} groups shown (from {args.start}); "
+            f"--start {args.start + len(groups)} for the next page, --limit for more\n"
+        )
     return 0

@@ -91,7 +91,8 @@ class RefRow(SQLModel, table=True):
     )
     group_uuid: str = Field(sa_column=_fk("volume_snapshot_group.uuid", cascade=True))
     device_id: int
-    volume_uuid: str = Field(max_length=UUID_LEN)
+    # Indexed: queries find a volume's groups by it (volumeSnapshotRefs.volumeUuid=).
+    volume_uuid: str = Field(max_length=UUID_LEN, index=True)
     volume_name: str = Field(max_length=255)
     volume_type: str = Field(max_length=8)
     volume_last_attach_date: datetime

@@ -16,7 +16,6 @@ from snapgroup.engine import DeleteMode, Engine
 from snapgroup.errors import InvalidArgument, NotFound
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import JOB_HEADER, Work
-from snapgroup.rest.query import CONDITION_PATTERN, FIELDS_PATTERN, SORT_PATTERN, parse_query
 from snapgroup.rest.routes.common import AUTH, documented
 from snapgroup.rest.schemas import (
     UUID_LIST_PATTERN,
@@ -185,7 +184,7 @@ def query_groups(
         sort=sort,
         fields=fields,
     )
-    return query.run(svc.engine.list_groups())
+    return svc.engine.query_groups(query).reply(query)
 
 
 @router.get(GROUP + "/{uuid}", responses=documented(200, QueryDocument, 400, 401))
