@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from snapgroup.domain.backup_manifest import ImageCheck
 from snapgroup.models import BlockJobProgress, DiskOverlay, DomainInfo, FreezeResult, ImageInfo
 
 ProgressFn = Callable[[BlockJobProgress], None]
@@ -109,6 +110,36 @@ class ImageTool(Protocol):
     def rebase(self, image: str, *, backing: str | None, backing_format: str, unsafe: bool) -> None:
         """Offline: point `image` at `backing` (None: standalone); `unsafe` only rewrites
         the header, a safe rebase first copies what differs between old and new backing."""
+        ...
+
+    # Backups (a repository's files).
+    def flatten(
+        self, source: str, target: str, *, shared: bool, progress: ProgressFn | None = None
+    ) -> None:
+        """A new standalone qcow2 `target` with the guest view of `source`'s chain (full
+        export, restore). `shared` (-U): the source may be a running QEMU's backing file."""
+        ...
+
+    def export_incremental(
+        self,
+        layers: Sequence[str],
+        target: str,
+        *,
+        base_name: str,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        """A new qcow2 `target` backed by `base_name` (a name relative to target's
+        directory, written as is) holding exactly the clusters allocated in `layers`
+        (bottom first: the files above the base's point in time up to the exported one)."""
+        ...
+
+    def check(self, path: str) -> ImageCheck:
+        """`qemu-img check` of the file by itself (its backing file is not opened)."""
+        ...
+
+    def set_backing(self, image: str, *, backing_name: str | None, safe: bool) -> None:
+        """Point `image` at `backing_name` (relative to its directory; None: standalone).
+        `safe` first copies what differs between old and new backing view."""
         ...
 
     def remove(self, path: str) -> None:

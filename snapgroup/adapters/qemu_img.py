@@ -11,10 +11,12 @@ import json
 import os
 import re
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from snapgroup.adapters import qcow2
 from snapgroup.adapters.runner import run
+from snapgroup.domain.backup_manifest import ImageCheck
 from snapgroup.errors import ImageToolError
 from snapgroup.models import BlockJobProgress, ImageInfo
 from snapgroup.ports import ProgressFn
@@ -160,6 +162,106 @@ class QemuImg:
         # A safe rebase copies every cluster that differs between old and new backing.
         run(argv, timeout=self.timeout if unsafe else None)
 
+    # Backups: the repository's files (adapters/backup_repo.py says why these commands).
+
+    def flatten(
+        self, source: str, target: str, *, shared: bool, progress: ProgressFn | None = None
+    ) -> None:
+        """A new standalone qcow2 `target` holding the guest view of `source`'s chain: a
+        full export (`shared`: -U, the source may be a running QEMU's backing file) or a
+        restore. -W: out-of-order writes; the target means nothing until it is complete."""
+        argv = [self.binary, "convert", "-f", "qcow2", "-O", "qcow2", "-W", "-m", "16"]
+        if shared:
+            argv.append("-U")
+        argv += [_abspath(source, "source image"), _abspath(target, "target image")]
+        self._copy(argv, progress, 0, 1)
+
+    def export_incremental(
+        self,
+        layers: Sequence[str],
+        target: str,
+        *,
+        base_name: str,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        """A new qcow2 `target` backed by `base_name` (relative to target's directory,
+        written as is) holding exactly the clusters allocated in `layers`, the local files
+        bottom first above the base's point in time up to the exported one. convert -B
+        copies only its source's TOP layer, so each layer is copied onto the previous
+        copy and the copies are committed into the first one."""
+        if not layers:
+            raise ImageToolError(f"incremental export {target}: no layers given")
+        target = _abspath(target, "target image")
+        outs = [target] + [f"{target}.layer{i}" for i in range(1, len(layers))]
+        steps = len(layers) + (1 if len(layers) > 1 else 0)
+        try:
+            for i, layer in enumerate(layers):
+                backing = base_name if i == 0 else os.path.basename(outs[i - 1])
+                argv = [self.binary, "convert", "-U", "-f", "qcow2", "-O", "qcow2", "-W"]
+                argv += ["-m", "16", "-B", backing, "-F", "qcow2"]
+                argv += [_abspath(layer, "layer"), outs[i]]
+                self._copy(argv, progress, i, steps)
+            if len(outs) > 1:
+                self.commit(outs[-1], base=target, progress=_scaled(progress, steps - 1, steps))
+        finally:
+            for extra in outs[1:]:
+                self.remove(extra)
+
+    def check(self, path: str) -> ImageCheck:
+        """`qemu-img check` of the file by itself: its backing file is not opened (a
+        missing base is the repository's finding, not this file's corruption)."""
+        spec = {"driver": "qcow2", "file": {"driver": "file", "filename": _abspath(path, "image")}}
+        argv = [
+            self.binary,
+            "check",
+            "--output=json",
+            "json:" + json.dumps({**spec, "backing": None}),
+        ]
+        # 2: corruptions, 3: leaks only; both print their report.
+        out = run(argv, ok_codes=(0, 2, 3))
+        try:
+            report = json.loads(out)
+            return ImageCheck(
+                corruptions=int(report.get("corruptions", 0)),
+                leaks=int(report.get("leaks", 0)),
+                check_errors=int(report.get("check-errors", 0)),
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ImageToolError(f"qemu-img check: unexpected output for {path}: {exc}") from exc
+
+    def set_backing(self, image: str, *, backing_name: str | None, safe: bool) -> None:
+        """Point `image` at `backing_name`, relative to the image's directory and written
+        as is (None: standalone). `safe` first copies into `image` every cluster that
+        differs between its old and new backing view, so its own view never changes."""
+        image = _abspath(image, "image")
+        argv = [self.binary, "rebase", "-q", "-f", "qcow2"]
+        if not safe:
+            argv.append("-u")
+        if backing_name is None:
+            argv += ["-b", "", image]
+        else:
+            resolved = os.path.join(os.path.dirname(image), backing_name)
+            if os.path.isabs(backing_name) or not os.path.exists(resolved):
+                raise ImageToolError(f"rebase {image}: no backing file {backing_name} beside it")
+            argv += ["-F", "qcow2", "-b", backing_name, image]
+        run(argv, timeout=None if safe else self.timeout)
+
+    def _copy(self, argv: list[str], progress: ProgressFn | None, step: int, steps: int) -> None:
+        """Run a copying command; its -p meter becomes step `step` of `steps`."""
+        if progress is None:
+            run(argv)
+            return
+        report = _scaled(progress, step, steps)
+        assert report is not None
+
+        def on_line(line: str) -> None:
+            match = _PROGRESS.search(line)
+            if match:
+                cur = round(float(match.group(1)) * 100)
+                report(BlockJobProgress(cur=min(cur, PROGRESS_END), end=PROGRESS_END))
+
+        run([*argv[:2], "-p", *argv[2:]], on_line=on_line)
+
     def remove(self, path: str) -> None:
         """The name goes now; the blocks are released by a background thread. Freeing a
         file's written blocks is slow (on ext4 mounted with discard here: 0.8-2.5 s per
@@ -229,6 +331,19 @@ def _wait_released() -> None:
         pending = list(_releasing)
     for thread in pending:
         thread.join()
+
+
+def _scaled(progress: ProgressFn | None, step: int, steps: int) -> ProgressFn | None:
+    """A progress callback for step `step` of `steps` that reports to `progress` on the
+    whole operation's scale."""
+    if progress is None:
+        return None
+
+    def report(p: BlockJobProgress) -> None:
+        done = (step + p.cur / max(p.end, 1)) / steps
+        progress(BlockJobProgress(cur=round(done * PROGRESS_END), end=PROGRESS_END))
+
+    return report
 
 
 def _image_info(layer: dict[str, Any]) -> ImageInfo:

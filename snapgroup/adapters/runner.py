@@ -113,13 +113,15 @@ def run(
     timeout: float | None = None,
     on_line: Callable[[str], None] | None = None,
     error: type[SnapgroupError] = ImageToolError,
+    ok_codes: tuple[int, ...] = (0,),
 ) -> str:
     """Run `argv` and return its stdout.
 
     `on_line` receives each stripped, non-blank stdout line as it arrives (a \\r ends a
     line too). Raises `error` when the binary cannot be started, exits non-zero or
     outlives `timeout` seconds (it is then killed); details name the tool, the exit code
-    and the end of stderr.
+    and the end of stderr. `ok_codes`: exit codes that are answers, not failures (qemu-img
+    check exits 2 on corruptions with its report on stdout).
     """
     args = [str(a) for a in argv]
     if not args:
@@ -151,7 +153,7 @@ def run(
         proc.stderr.close()
 
     rc = proc.returncode
-    if rc != 0:
+    if rc not in ok_codes:
         how = f"exit code {rc}" if rc > 0 else f"killed by signal {-rc}"
         raise error(f"{tool} failed ({how}): {_trim(stderr)} [command: {command}]")
     if stderr.strip():

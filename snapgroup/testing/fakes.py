@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from snapgroup.domain.backup_manifest import ImageCheck
 from snapgroup.errors import HypervisorError, ImageToolError, NotFound, SnapgroupError
 from snapgroup.models import (
     BlockJobProgress,
@@ -67,6 +68,7 @@ class FakeImageTool(_Faults):
         super().__init__()
         self.images: dict[str, FakeImage] = {}
         self.free = free
+        self.corrupt: set[str] = set()
         self._layers: dict[tuple[str, str, int, int, str | None], ImageInfo] = {}
 
     # helpers for tests
@@ -152,6 +154,44 @@ class FakeImageTool(_Faults):
                 if cluster not in target.clusters and old.get(cluster) != new.get(cluster):
                     target.clusters[cluster] = old.get(cluster, ZERO)
         target.backing = backing
+
+    # Backups. A file's damage for `check`: `corrupt` holds the paths that report it.
+    def flatten(
+        self, source: str, target: str, *, shared: bool, progress: ProgressFn | None = None
+    ) -> None:
+        self._call("flatten", source, target)
+        size = self.images[self.chain(source)[0].path].virtual_size
+        self.images[target] = FakeImage(virtual_size=size, clusters=self.read(source))
+
+    def export_incremental(
+        self,
+        layers: Sequence[str],
+        target: str,
+        *,
+        base_name: str,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self._call("export_incremental", tuple(layers), target, base_name)
+        base = os.path.normpath(os.path.join(os.path.dirname(target), base_name))
+        if not layers or base not in self.images:
+            raise ImageToolError(f"incremental export {target}: no layers or no base {base}")
+        clusters: dict[int, str] = {}
+        for layer in layers:  # bottom first: the top layer wins
+            clusters.update(self.images[layer].clusters)
+        size = self.images[layers[-1]].virtual_size
+        self.images[target] = FakeImage(virtual_size=size, backing=base, clusters=clusters)
+
+    def check(self, path: str) -> ImageCheck:
+        self._call("check", path)
+        if path not in self.images:
+            raise ImageToolError(f"qemu-img: could not open '{path}'")
+        return ImageCheck(corruptions=int(path in self.corrupt), leaks=0, check_errors=0)
+
+    def set_backing(self, image: str, *, backing_name: str | None, safe: bool) -> None:
+        base = None
+        if backing_name is not None:
+            base = os.path.normpath(os.path.join(os.path.dirname(image), backing_name))
+        self.rebase(image, backing=base, backing_format="qcow2", unsafe=not safe)
 
     def remove(self, path: str) -> None:
         self._call("remove", path)
