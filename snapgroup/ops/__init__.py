@@ -1,0 +1,1 @@
+"""Use cases: functions taking a context object."""
