@@ -18,7 +18,7 @@ import sys
 TYPE_CHECKING = False  # not typing's: importing typing costs ~14 ms of start-up
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from typing import Any, TextIO
+    from typing import Any, NoReturn, TextIO
 
 SOCKET_ENV = "SNAPGROUP_SOCKET"
 NO_DAEMON_ENV = "SNAPGROUP_NO_DAEMON"  # "1": always run in this process
@@ -57,6 +57,10 @@ def _lost(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     else:
         err.write(f"error {error.code}: {error.details}\n")
     return 1
+
+
+class ReaderGone(Exception):
+    """Whoever reads our stdout or stderr closed it (`snapgroup ... | head`)."""
 
 
 def forward(
@@ -98,20 +102,43 @@ def _exchange(
             if "exit" in message:
                 return int(message["exit"])
             stream = out if "out" in message else err
-            stream.write(message.get("out", message.get("err", "")))
-            stream.flush()
+            try:
+                stream.write(message.get("out", message.get("err", "")))
+                stream.flush()
+            except BrokenPipeError as gone:  # our reader went away, not the daemon
+                raise ReaderGone from gone
     return _lost(argv, out, err)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        return _run(args)
+    except (BrokenPipeError, ReaderGone):
+        _die_of_sigpipe()
+
+
+def _run(args: list[str]) -> int:
+    try:
         code = forward(args, out=sys.stdout, err=sys.stderr)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted (the daemon finishes what it had begun)\n")
         return 130
-    if code is not None:
-        return code
-    from snapgroup.cli.main import main as run_here
+    if code is None:
+        from snapgroup.cli.main import main as run_here
 
-    return run_here(args)
+        code = run_here(args)
+    sys.stdout.flush()  # here, not at exit, where a closed pipe is a printed traceback
+    sys.stderr.flush()
+    return code
+
+
+def _die_of_sigpipe() -> NoReturn:
+    """As coreutils do when the reader went away: no message, killed by SIGPIPE (status
+    141 in a shell). Python ignores SIGPIPE, so the write failed instead; nobody reads
+    what is left to write. A daemon finishes the command regardless."""
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    os._exit(128 + signal.SIGPIPE)  # not reached: the signal ends the process first

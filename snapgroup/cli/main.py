@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from typing import TextIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn, TextIO
 
 from snapgroup.cli import (
     account,
@@ -31,8 +31,8 @@ from snapgroup.cli import (
     volumes,
 )
 from snapgroup.cli.context import Context
-from snapgroup.cli.output import Abort, abort
-from snapgroup.errors import InternalError, SnapgroupError
+from snapgroup.cli.output import Abort, abort, print_json
+from snapgroup.errors import InternalError, InvalidArgument, SnapgroupError
 
 COMMANDS = (
     volumes,
@@ -57,36 +57,95 @@ COMMANDS = (
     account,
 )
 
+# argparse's status for a usage error, under --json too: it is not a failed operation (1).
+USAGE_STATUS = 2
+
+
+class UsageError(Exception):
+    """argparse's error, raised instead of printed so that --json can shape it."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options every command takes, before or after its name. After it (suppress),
+    an option not given sets nothing, so a value given before the name stands (the
+    subcommand's parser fills its own namespace, copied over the top-level one)."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options") if suppress else parser
+    group.add_argument(
+        "--connect",
+        metavar="URI",
+        default=default(None),
+        help="libvirt URI (default: LIBVIRT_DEFAULT_URI or qemu:///system)",
+    )
+    group.add_argument(
+        "--db",
+        metavar="URL",
+        default=default(None),
+        help="SQLAlchemy URL (default: SNAPGROUP_DB or sqlite:////var/lib/snapgroup/snapgroup.db)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print the seed API's JSON documents",
+    )
+    group.add_argument(
+        "--wait",
+        type=float,
+        default=default(0.0),
+        metavar="SECONDS",
+        help="wait this long for another operation on the same VM (default: fail at once)",
+    )
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default(False), help="log every tool call"
+    )
+
 
 def build_parser(
-    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+    parser_class: type[argparse.ArgumentParser] = _Parser,
 ) -> argparse.ArgumentParser:
     parser = parser_class(
         prog="snapgroup", description="Consistent snapshot groups of a libvirt VM's disks."
     )
-    parser.add_argument(
-        "--connect",
-        metavar="URI",
-        help="libvirt URI (default: LIBVIRT_DEFAULT_URI or qemu:///system)",
-    )
-    parser.add_argument(
-        "--db",
-        metavar="URL",
-        help="SQLAlchemy URL (default: SNAPGROUP_DB or sqlite:////var/lib/snapgroup/snapgroup.db)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the seed API's JSON documents")
-    parser.add_argument(
-        "--wait",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="wait this long for another operation on the same VM (default: fail at once)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every tool call")
+    add_global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
+    for command_parser in _all_subparsers(parser):
+        add_global_options(command_parser, suppress=True)
     return parser
+
+
+def _all_subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every command's parser, and its actions' (`account list`)."""
+    for action in parser._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases: once
+                yield child
+                yield from _all_subparsers(child)
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """--json given on either side of the command, as argparse reads the command line
+    (not an option's value, not after `--`); for an error argparse stops on."""
+    probe = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    probe.add_argument("--json", action="store_true")
+    try:
+        return bool(probe.parse_known_args(list(argv))[0].json)
+    except argparse.ArgumentError:  # `--json=x`: argparse says so, in its words
+        return False
 
 
 def main(
@@ -98,7 +157,14 @@ def main(
 ) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as usage:
+        if not wants_json(argv):  # argparse's usage and message on stderr, status 2
+            argparse.ArgumentParser.error(usage.parser, usage.message)
+        print_json({"error": InvalidArgument(usage.message).to_dict()}, out)
+        return USAGE_STATUS
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         stream=err,

@@ -8,8 +8,11 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -18,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.cli.command_server import CommandServer, listen
+from snapgroup.cli.command_server import CommandServer, Declined, listen
 from snapgroup.cli.context import Context
-from snapgroup.cli.launch import forward
+from snapgroup.cli.launch import forward, relevant_env
+from snapgroup.cli.launch import main as launch_main
 from snapgroup.cli.main import main
 from snapgroup.engine import Engine
 from snapgroup.errors import OperationError
@@ -219,3 +223,97 @@ def test_the_socket_is_private_and_never_shared(tmp_path: Path) -> None:
         listen(path).close()
     finally:
         shutil.rmtree(path.parent.parent)
+
+
+def test_global_options_after_the_command_run_in_the_daemon(daemon: Daemon) -> None:
+    code, out, err = daemon.run("list", "--json")
+    assert (code, json.loads(out), err) == (0, {"inventories": []}, "")
+    assert daemon.run("list", "--json") == daemon.run("--json", "list")
+    daemon.waits.clear()
+    assert daemon.run("list", "--wait", "2.5")[0] == 0
+    assert daemon.waits == [2.5]
+    # The store and URI after the command: the daemon's own, so it runs there.
+    argv = ["create", "--vm", "vm1", "--name", "g", "--json", "--connect", CONNECT]
+    argv += ["--db", daemon.db_url]
+    out_io, err_io = io.StringIO(), io.StringIO()
+    assert forward(argv, out=out_io, err=err_io, path=str(daemon.socket)) == 0
+    assert json.loads(out_io.getvalue())["inventory"]["name"] == "g"
+    assert daemon.groups() == 1
+
+
+@pytest.mark.parametrize(
+    ("after", "reason"),
+    [
+        (["--db", "sqlite:////elsewhere.db"], "another store than the daemon's"),
+        (["--connect", "qemu:///system"], f"libvirt qemu:///system, not the daemon's {CONNECT}"),
+        (["-v"], "--verbose logs on the client's terminal"),
+    ],
+)
+def test_another_store_or_uri_after_the_command_is_declined_for_that_reason(
+    daemon: Daemon, after: list[str], reason: str
+) -> None:
+    argv = daemon.argv("create", "--vm", "vm1", "--name", "g", *after)
+    with pytest.raises(Declined) as declined:
+        daemon.server.admit(argv, relevant_env(os.environ))
+    assert str(declined.value) == reason
+    out, err = io.StringIO(), io.StringIO()
+    assert forward(argv, out=out, err=err, path=str(daemon.socket)) is None
+    assert (out.getvalue(), err.getvalue(), daemon.groups()) == ("", "", 0)
+
+
+USAGE_ERROR = {
+    "code": "SYS.1007",
+    "description": "invalid argument",
+    "details": "argument --mode: invalid choice: 'banana' (choose from 'Permissive', 'Enforcing')",
+    "elaboration": None,
+    "opaque": None,
+    "cause": None,
+}
+
+
+@pytest.mark.parametrize("with_daemon", [True, False])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--json", "delete", "e" * 32, "--mode", "banana"),
+        ("delete", "e" * 32, "--mode", "banana", "--json"),
+    ],
+)
+def test_the_client_prints_a_usage_error_as_json_with_or_without_a_daemon(
+    daemon: Daemon,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: tuple[str, ...],
+    with_daemon: bool,
+) -> None:
+    monkeypatch.setenv("SNAPGROUP_SOCKET", str(daemon.socket))
+    if not with_daemon:
+        monkeypatch.setenv("SNAPGROUP_NO_DAEMON", "1")
+    assert launch_main(daemon.argv(*argv)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == json.dumps({"error": USAGE_ERROR}, indent=2) + "\n"
+    assert captured.err == ""
+    assert daemon.run(*argv) == (None, "", "")  # the daemon left it to the client
+
+
+def test_a_reader_gone_early_ends_the_client_quietly_and_the_command_still_runs(
+    daemon: Daemon,
+) -> None:
+    env = {**os.environ, "SNAPGROUP_SOCKET": str(daemon.socket)}
+    argv = daemon.argv("--json", "create", "--vm", "vm1", "--name", "piped")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `| head` that has already exited
+    try:
+        client = subprocess.run(
+            [sys.executable, "-m", "snapgroup", *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (client.returncode, client.stderr) == (-signal.SIGPIPE, "")
+    # Only the daemon could create it (test:///fake is no URI the client can open).
+    assert [g.name for g in daemon.engine_for(0).list_groups()] == ["piped"]
