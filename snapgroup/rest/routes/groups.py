@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from snapgroup.availability import check
 from snapgroup.deleting import DeleteRefused
+from snapgroup.domain.zquery import CONDITION_PATTERN, FIELDS_PATTERN, SORT_PATTERN, parse_query
 from snapgroup.engine import DeleteMode, Engine
 from snapgroup.errors import InvalidArgument, NotFound
 from snapgroup.rest import prechecks
