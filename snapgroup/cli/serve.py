@@ -35,6 +35,13 @@ def register(sub: Any) -> None:
         "--session-timeout", type=float, default=7200.0, metavar="SECONDS", help="default 7200"
     )
     parser.add_argument("--workers", type=int, default=4, help="operations run at once (default 4)")
+    parser.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long an operation on a busy VM waits its turn, then fails Busy (default 600)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -64,6 +71,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
     if args.workers < 1:
         raise InvalidArgument("--workers must be at least 1")
+    if args.queue_timeout < 0:
+        raise InvalidArgument("--queue-timeout must not be negative")
     # Only now: the web stack is not loaded for the other commands.
     import uvicorn
 
@@ -76,6 +85,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         context_path=args.context_path,
         session_timeout=args.session_timeout,
         workers=args.workers,
+        queue_timeout=args.queue_timeout,
     )
     shown = f"[{host}]" if ":" in host else host
     ctx.err.write(

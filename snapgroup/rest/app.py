@@ -17,9 +17,15 @@ from snapgroup.engine import Engine
 from snapgroup.rest import status
 from snapgroup.rest.auth import DEFAULT_SESSION_TIMEOUT
 from snapgroup.rest.guard import SessionGuard
-from snapgroup.rest.jobs import DEFAULT_RETENTION, DEFAULT_WORKERS, JobRegistry
+from snapgroup.rest.jobs import (
+    DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_RETENTION,
+    DEFAULT_WORKERS,
+    JobRegistry,
+)
 from snapgroup.rest.routes import accounts, groups, jobs
 from snapgroup.rest.services import Services
+from snapgroup.store.jobs import JobStore
 
 DEFAULT_CONTEXT_PATH = "/zstack"
 
@@ -37,13 +43,14 @@ def create_app(
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     workers: int = DEFAULT_WORKERS,
     job_retention: float = DEFAULT_RETENTION,
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     new_uuid: Callable[[], str] = lambda: uuidlib.uuid4().hex,
 ) -> FastAPI:
     """`engine_factory` is called once, at first use, from a worker thread; the engine
     it returns is shared by every request and job (see snapgroup.rest.jobs)."""
     ctx = normalize_context_path(context_path)
-    registry = JobRegistry(workers=workers, retention=job_retention)
+    registry = JobRegistry(workers=workers, retention=job_retention, queue_timeout=queue_timeout)
     services = Services(
         engine_factory,
         context_path=ctx,
@@ -52,6 +59,7 @@ def create_app(
         clock=clock,
         new_uuid=new_uuid,
     )
+    registry.attach(lambda: JobStore(services.engine.db))  # jobs outlive the process
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

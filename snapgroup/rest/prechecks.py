@@ -4,13 +4,14 @@ only the work's own failures reach the job's result."""
 
 from __future__ import annotations
 
-import os
+import threading
 
 from snapgroup.engine import Engine
-from snapgroup.errors import Busy, InvalidArgument, NotFound
-from snapgroup.locks import try_vm_lock
+from snapgroup.errors import InvalidArgument, NotFound
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow
+
+_named = threading.local()  # the VM a precheck named, read by Services.start_job
 
 
 def root_volume_vm(engine: Engine, volume_uuid: str) -> str:
@@ -42,11 +43,15 @@ def own_group(engine: Engine, group_uuid: str) -> GroupRow:
 
 
 def vm_idle(engine: Engine, vm_uuid: str) -> None:
-    """Busy (409) when another operation holds the VM now and the engine would not wait
-    for it. The job may still meet one that starts in between (then it fails, 503)."""
-    if engine.lock_wait > 0:
-        return  # the job waits its turn
-    fd = try_vm_lock(vm_uuid)
-    if fd is None:
-        raise Busy(f"another snapgroup operation on VM {vm_uuid} is in progress")
-    os.close(fd)
+    """Names the VM the job works on: the job waits for it to be idle (its turn, as in
+    ZStack's queue; snapgroup.rest.jobs) instead of the request being refused. The
+    callers have checked that this host owns it."""
+    del engine  # the signature of every precheck
+    _named.vm = vm_uuid
+
+
+def take_named_vm() -> str | None:
+    """The VM the last precheck on this thread named (vm_idle), and forget it."""
+    vm: str | None = getattr(_named, "vm", None)
+    _named.vm = None
+    return vm

@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from snapgroup.engine import Engine
+from snapgroup.rest import prechecks
 from snapgroup.rest.auth import Accounts
 from snapgroup.rest.jobs import JobRegistry, Work, job_uuid_from_header
 
@@ -70,7 +71,9 @@ class Services:
         job_uuid = job_uuid_from_header(job_header or None, self.new_uuid)
         job = self.jobs.find(job_uuid, kind)
         if job is None:
-            job = self.jobs.submit(job_uuid, kind, precheck())
+            prechecks.take_named_vm()  # nothing left from an earlier request
+            work = precheck()
+            job = self.jobs.submit(job_uuid, kind, work, vm_uuid=prechecks.take_named_vm())
         location = f"{str(request.base_url).rstrip('/')}{self.prefix}/api-jobs/{job.uuid}"
         return JSONResponse({"location": location}, status_code=202)
 

@@ -144,3 +144,19 @@ class SessionRow(SQLModel, table=True):
     )
     create_date: datetime
     expired_date: datetime = Field(index=True)
+
+
+class JobRow(SQLModel, table=True):
+    """A REST job (snapgroup.rest.jobs): its state and result, shared by every `serve`
+    process on the store and kept across restarts until it expires."""
+
+    __tablename__ = "api_job"
+
+    uuid: str = Field(primary_key=True, max_length=UUID_LEN)
+    kind: str = Field(max_length=32)  # create, delete, ... : a uuid names one request
+    state: str = Field(max_length=16)  # Waiting, Running, Done
+    status: int | None = None  # the poll's answer once Done: 200 or 503
+    document: str | None = None  # JSON: the result or error document
+    owner: str = Field(max_length=300)  # host:pid:start of the process running it
+    created: datetime
+    finished: datetime | None = Field(default=None, index=True)

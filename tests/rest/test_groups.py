@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from snapgroup.errors import HypervisorError
-from snapgroup.locks import vm_lock
 from snapgroup.models import VmState
 from snapgroup.store.repo import Repo
 from tests.rest.conftest import PREFIX, VM, Api
@@ -74,15 +73,6 @@ def test_a_failed_create_is_503_with_the_error_and_leaves_nothing(api: Api) -> N
     assert done.json()["error"]["code"] == "HOST.1002"
     assert api.engine.list_groups() == []
     assert set(api.images.images) == set(before)
-
-
-def test_a_busy_vm_is_409_at_once(api: Api) -> None:
-    root = api.root_volume()
-    with vm_lock(VM):  # another operation holds the VM
-        response = api.call("POST", GROUPS, json={"params": {"rootVolumeUuid": root, "name": "g"}})
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "SYS.1011"
-    assert api.engine.list_groups() == []
 
 
 def test_query_with_conditions_sort_and_paging(api: Api) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Response
 from fastapi.responses import JSONResponse
 
+from snapgroup.rest.jobs import STATE_HEADER
 from snapgroup.rest.routes.common import AUTH, documented
 from snapgroup.rest.schemas import UUID_PATTERN, ErrorDocument, ResultsDocument
 from snapgroup.rest.services import Services, services
@@ -15,7 +16,10 @@ router = APIRouter(tags=["jobs"], dependencies=[AUTH])
 
 _RESPONSES: dict[int | str, Any] = {
     **documented(200, ResultsDocument, 400, 401, 404),
-    202: {"description": "still running: poll again (empty body, as ZStack)"},
+    202: {
+        "description": "not done: poll again (empty body, as ZStack); the X-Job-State "
+        "header says Waiting (for its turn on the VM) or Running"
+    },
     503: {"model": ErrorDocument, "description": "the operation failed: its error document"},
 }
 
@@ -26,5 +30,5 @@ def poll_job(
 ) -> Response:
     job = svc.jobs.get(uuid)
     if job.status is None:
-        return Response(status_code=202)
+        return Response(status_code=202, headers={STATE_HEADER: job.state})
     return JSONResponse(job.document, status_code=job.status)
