@@ -1,0 +1,187 @@
+"""Jobs on a real `snapgroup serve` and a real lab VM: 8 creates sent at once on one
+VM all succeed, one after another (the queue); a job waiting for its turn when `serve`
+is restarted (SIGTERM) finishes first, and the client polling the new server gets its
+result; after a kill -9 the poll answers the job's honest failure and nothing is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from snapgroup.api import open_engine
+from snapgroup.locks import vm_lock
+from snapgroup.testing.labvm import LabVm
+from snapgroup.verify import verify
+from tests.lab.test_rest_e2e import (
+    GROUPS,
+    PASSWORD,
+    ROOT,
+    Client,
+    _free_port,
+    _login,
+    _snapgroup,
+)
+from tests.lab.tools import backing_chain, domblklist
+
+pytestmark = pytest.mark.lab
+
+
+class Server:
+    """A `snapgroup serve` process that the test stops and starts again."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.proc: subprocess.Popen[str] | None = None
+        self.client: Client | None = None
+
+    def start(self) -> Client:
+        port = _free_port()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "snapgroup",
+                "--db",
+                self.db_url,
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, self.proc.communicate()[1]
+            try:
+                if http.get("/zstack/v1/openapi.json").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        old = self.client.session if self.client else ""
+        self.client = Client(http, old)
+        if not old:
+            login = _login(self.client)
+            assert login.status_code == 200, login.text
+            self.client.session = login.json()["inventory"]["uuid"]
+        return self.client
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None and self.client is not None
+        self.client.http.close()
+        self.proc.send_signal(sig)
+
+    def wait_exit(self) -> str:
+        assert self.proc is not None
+        _, stderr = self.proc.communicate(timeout=120)
+        return stderr
+
+
+@pytest.fixture
+def server(labdir: Path) -> Iterator[Server]:
+    db_url = f"sqlite:///{labdir / 'jobs.db'}"
+    _snapgroup(db_url, "account", "set-password", "admin", "--password-stdin", stdin=PASSWORD)
+    running = Server(db_url)
+    running.start()
+    yield running
+    if running.proc is not None and running.proc.poll() is None:
+        running.proc.terminate()
+        running.wait_exit()
+
+
+def _root(server: Server, vm: LabVm) -> str:
+    views = json.loads(_snapgroup(server.db_url, "--json", "volumes", "--vm", vm.name))
+    return str(next(v["volumeUuid"] for v in views["inventories"] if v["volumeType"] == "Root"))
+
+
+def _relative(location: str) -> str:
+    return location[location.index("/zstack/v1/") :]
+
+
+def test_eight_creates_at_once_on_one_vm_all_succeed_in_turn(
+    server: Server, running_vm: LabVm
+) -> None:
+    client = server.client
+    assert client is not None
+    root = _root(server, running_vm)
+    before = domblklist(running_vm.name)
+
+    def create(n: int) -> httpx.Response:
+        body = {"params": {"rootVolumeUuid": root, "name": f"q{n}"}}
+        return client.poll(client.call("POST", GROUPS, json=body))
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(create, range(8)))
+    assert [r.status_code for r in outcomes] == [200] * 8, [r.text for r in outcomes]
+    # In turn: every disk's chain grew by exactly 8, one group's overlay on the other's.
+    after = domblklist(running_vm.name)
+    for target, original in before.items():
+        chain = backing_chain(after[target])
+        assert len(chain) == 9 and chain[-1] == original
+    engine = open_engine(db=server.db_url)
+    try:
+        assert verify(engine, vm=running_vm.name) == []
+        assert len(engine.list_groups(vm=running_vm.name)) == 8
+    finally:
+        engine.db.dispose()
+
+
+def test_a_restart_mid_job_still_gives_the_client_its_result(
+    server: Server, running_vm: LabVm
+) -> None:
+    client = server.client
+    assert client is not None
+    root = _root(server, running_vm)
+    with vm_lock(running_vm.uuid):  # another operation holds the VM: the job waits
+        accepted = client.call(
+            "POST", GROUPS, json={"params": {"rootVolumeUuid": root, "name": "restarted"}}
+        )
+        location = _relative(accepted.json()["location"])
+        waiting = client.http.get(location, headers=client.auth)
+        deadline = time.monotonic() + 10
+        while waiting.headers.get("X-Job-State") != "Waiting":
+            assert waiting.status_code == 202 and time.monotonic() < deadline
+            time.sleep(0.05)
+            waiting = client.http.get(location, headers=client.auth)
+        server.stop()  # SIGTERM: the server finishes its jobs before it exits
+        time.sleep(0.5)
+        assert server.proc is not None and server.proc.poll() is None  # still finishing
+    assert "Traceback" not in server.wait_exit()
+    client = server.start()  # a new process; the session is in the store
+    done = client.http.get(location, headers=client.auth)
+    assert done.status_code == 200, done.text
+    assert done.json()["inventory"]["name"] == "restarted"
+
+    # kill -9 while a job waits: the new server answers its failure; nothing was done.
+    before = domblklist(running_vm.name)
+    with vm_lock(running_vm.uuid):
+        accepted = client.call(
+            "POST", GROUPS, json={"params": {"rootVolumeUuid": root, "name": "killed"}}
+        )
+        location = _relative(accepted.json()["location"])
+        time.sleep(0.5)
+        server.stop(signal.SIGKILL)
+        server.wait_exit()
+    client = server.start()
+    failed = client.http.get(location, headers=client.auth)
+    assert failed.status_code == 503, failed.text
+    assert failed.json()["error"]["code"] == "SYS.1001"
+    assert domblklist(running_vm.name) == before
+    names = [g["name"] for g in client.call("GET", GROUPS).json()["inventories"]]
+    assert names == ["restarted"]
+    assert os.path.exists(before["vda"])
