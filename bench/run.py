@@ -32,6 +32,7 @@ from bench import (
     machine,
     merge,
     metadata,
+    rest_query,
 )
 from bench.timing import Row, Stats
 
@@ -43,6 +44,7 @@ BENCHES: dict[str, Bench] = {
     create_offline.NAME: create_offline.run,
     merge.NAME: merge.run,
     metadata.NAME: metadata.run,
+    rest_query.NAME: rest_query.run,
     chain.NAME: chain.run,
     freeze.NAME: freeze.run,
 }
