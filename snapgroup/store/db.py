@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
 
 from snapgroup.errors import StoreError
-from snapgroup.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from snapgroup.store import policy_tables, tables  # noqa: F401  (registers their tables)
 
 DEFAULT_DB_DIR = Path("/var/lib/snapgroup")
 DEFAULT_DB_URL = f"sqlite:///{DEFAULT_DB_DIR / 'snapgroup.db'}"

@@ -77,6 +77,10 @@ class GroupRow(SQLModel, table=True):
     freeze_millis: int | None = None
     consistency_note: str | None = Field(default=None, max_length=4096)
     host: str | None = Field(default=None, max_length=255, index=True)  # as VolumeRow.host
+    # Snapshot policies (store/policy_tables.py). NULL policy: made by hand, never pruned.
+    policy: str | None = Field(default=None, max_length=1024)  # the policies' names, a,b
+    policy_label: str | None = Field(default=None, max_length=16)  # hourly, daily, ...
+    protected: bool | None = None  # True: never pruned, a plain delete refused
 
 
 class RefRow(SQLModel, table=True):

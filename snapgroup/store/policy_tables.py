@@ -1,0 +1,35 @@
+"""Snapshot policies in the store (snapgroup.domain.retention.Policy). Portable SQL only.
+
+A group a policy took carries its marks in GroupRow (policy, policy_label, protected).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from snapgroup.store.tables import UUID_LEN
+
+
+class PolicyRow(SQLModel, table=True):
+    __tablename__ = "snapshot_policy"
+
+    uuid: str = Field(primary_key=True, max_length=UUID_LEN)
+    name: str = Field(max_length=64, unique=True)
+    # JSON lists of VM names or UUIDs, as given. vms NULL: every VM but those excluded.
+    vms: str | None = None
+    exclude: str = "[]"
+    frequent: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    every: int = 15  # minutes between frequent groups
+    consistency: str = Field(default="auto", max_length=16)
+    min_free_percent: float | None = None
+    # Where and how many groups to export (a later issue); NULL: no export.
+    export_to: str | None = Field(default=None, max_length=4096)
+    export_keep: int | None = None
+    create_date: datetime
+    last_op_date: datetime
