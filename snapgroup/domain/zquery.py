@@ -125,7 +125,13 @@ class Condition:
         return self.field[len(REFS) :] if self.field.startswith(REFS) else None
 
 
-def parse_condition(text: str) -> Condition:
+def parse_condition(
+    text: str,
+    fields: Mapping[str, Kind] = GROUP_FIELDS,
+    refs: Mapping[str, Kind] = REF_FIELDS,
+) -> Condition:
+    """One condition on `fields` (and `volumeSnapshotRefs.<refs>`): a group's by default;
+    the other resources' queries name theirs."""
     match = _CONDITION.match(text)
     if match is None:
         raise InvalidArgument(
@@ -133,12 +139,12 @@ def parse_condition(text: str) -> Condition:
             "= != > < >= <= ?= !?= ~= !~=, or '<field> is null' / '<field> not null'"
         )
     field = match["name"]
-    if field.startswith(REFS) and field[len(REFS) :] in REF_FIELDS:
-        kind = REF_FIELDS[field[len(REFS) :]]
-    elif field in GROUP_FIELDS:
-        kind = GROUP_FIELDS[field]
+    if field.startswith(REFS) and field[len(REFS) :] in refs:
+        kind = refs[field[len(REFS) :]]
+    elif field in fields:
+        kind = fields[field]
     else:
-        known = [*GROUP_FIELDS, *(REFS + f for f in REF_FIELDS)]
+        known = [*fields, *(REFS + f for f in refs)]
         raise InvalidArgument(f"unknown query field {field!r}; queryable: {', '.join(known)}")
     if match["null"]:
         return Condition(field, kind, " ".join(match["null"].split()), None)
@@ -190,6 +196,14 @@ class Query:
         return reply
 
 
+def patterns(schema: Mapping[str, Kind]) -> tuple[str, str, str]:
+    """(condition, sort, fields) patterns of a resource's query, for OpenAPI."""
+    names = "|".join(re.escape(f) for f in schema)
+    condition = rf"^\s*(?:{names})\s*(?:\s(?:is|not)\s+null\s*|(?:{_OPS})[\s\S]*)$"
+    field = rf" *(?:{names}) *"
+    return condition, rf"^[ +-]?(?:{names})$", rf"^{field}(?:,{field})*$"
+
+
 def _flag(value: str | None) -> bool:
     """Java's Boolean.valueOf, as ZStack reads these flags: only "true" is true."""
     return value is not None and value.strip().lower() == "true"
@@ -204,7 +218,10 @@ def parse_query(
     reply_with_count: str | None = None,
     sort: str | None = None,
     fields: str | None = None,
+    schema: Mapping[str, Kind] = GROUP_FIELDS,
+    refs: Mapping[str, Kind] = REF_FIELDS,
 ) -> Query:
+    """A group query by default; another resource's with its `schema` (and no refs)."""
     if limit is not None and limit < 0:
         raise InvalidArgument("'limit' must not be negative")
     if start is not None and start < 0:
@@ -215,17 +232,18 @@ def parse_query(
         text = sort.strip(" ")
         descending = text.startswith("-")
         sort_by = text.lstrip("+-").strip()
-        if sort_by not in GROUP_FIELDS:
-            sortable = ", ".join(GROUP_FIELDS)
+        if sort_by not in schema:
+            sortable = ", ".join(schema)
             raise InvalidArgument(f"cannot sort by {sort_by!r}; sortable: {sortable}")
     wanted = None
     if fields is not None:
         wanted = tuple(f.strip() for f in fields.split(",") if f.strip())
-        unknown = [f for f in wanted if f not in GROUP_FIELDS and f != "volumeSnapshotRefs"]
+        nested = {"volumeSnapshotRefs"} if refs else set()
+        unknown = [f for f in wanted if f not in schema and f not in nested]
         if not wanted or unknown:
             raise InvalidArgument(f"'fields' names unknown or no fields: {fields!r}")
     return Query(
-        conditions=tuple(parse_condition(c) for c in q),
+        conditions=tuple(parse_condition(c, schema, refs) for c in q),
         limit=DEFAULT_LIMIT if limit is None else limit,
         start=start or 0,
         count=_flag(count),

@@ -13,7 +13,7 @@ import hmac
 import os
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -175,6 +175,19 @@ class Accounts:
         if row.expired_date <= self.clock():
             raise InvalidSession("the session has expired (log in again)")
         return Session(row.uuid, account.uuid, account.name, row.create_date, row.expired_date)
+
+    def renew(self, session_uuid: str, duration: float | None = None) -> Session:
+        """RenewSession: a live session now expires `duration` seconds from now (default
+        the session timeout); InvalidSession when it is not live."""
+        current = self.validate(session_uuid)
+        expires = self.clock() + timedelta(seconds=duration or self.session_timeout)
+        with self.db.transaction() as session:
+            row = session.get(SessionRow, current.uuid)
+            if row is None:  # logged out in between
+                raise InvalidSession("no such session (log in again)")
+            row.expired_date = expires
+            session.add(row)
+        return replace(current, expired_date=expires)
 
     def logout(self, session_uuid: str) -> None:
         """Idempotent: an unknown session is already logged out."""

@@ -26,7 +26,8 @@ class SessionGuard:
             rf"^(?:PUT {prefix}/accounts/login"
             rf"|DELETE {prefix}/accounts/sessions/[^/]+"
             rf"|GET {prefix}/accounts/sessions/[^/]+/valid"
-            rf"|GET {prefix}/openapi\.json)/?$"
+            rf"|GET {prefix}/openapi\.json"
+            rf"|PUT {prefix}/management-nodes/actions)/?$"  # GetVersion needs no session
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

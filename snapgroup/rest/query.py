@@ -1,12 +1,13 @@
 """ZStack's query language evaluated in Python over Group objects: the reference the
 store's SQL (store/group_query.py) is tested against, condition by condition. The
-language itself is parsed in snapgroup.domain.zquery; the API serves queries from SQL.
+language itself is parsed in snapgroup.domain.zquery; the API serves group queries
+from SQL, and the small resources' (VMs, volumes: run_plain) in Python.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from snapgroup.domain.zquery import COMPARISONS, Condition, Query, like_regex, p
 from snapgroup.domain.zquery import parse_query as _parse
 from snapgroup.inventory import Group, GroupRef
 
-__all__ = ["ReferenceQuery", "holds", "parse_condition", "parse_query"]
+__all__ = ["ReferenceQuery", "holds", "parse_condition", "parse_query", "run_plain"]
 
 
 def _utc(moment: datetime) -> datetime:
@@ -88,6 +89,24 @@ class ReferenceQuery:
             matched = present + [g for g in matched if get(g) is None]  # nulls last
         page = [] if q.count else matched[q.start : q.start + q.limit]
         return q.reply([g.to_inventory() for g in page], len(matched))
+
+
+def run_plain(
+    query: Query, items: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
+) -> dict[str, Any]:
+    """A query over a small resource in Python: each item is (its values by field, dates
+    as datetimes; its inventory). Sorted as the groups are: nulls last, stable."""
+    matched = [i for i in items if all(_test(c, i[0].get(c.field)) for c in query.conditions)]
+    if query.sort_by is not None:
+        key = query.sort_by
+        present = sorted(
+            (i for i in matched if i[0].get(key) is not None),
+            key=lambda i: i[0][key],
+            reverse=query.descending,
+        )
+        matched = present + [i for i in matched if i[0].get(key) is None]
+    page = [] if query.count else matched[query.start : query.start + query.limit]
+    return query.reply([i[1] for i in page], len(matched))
 
 
 def parse_query(**params: Any) -> ReferenceQuery:

@@ -1,0 +1,196 @@
+"""Read-only ZStack resources a client's journey needs before it creates a group:
+QueryVmInstance (`GET /vm-instances`: uuid, name, state, rootVolumeUuid, allVolumes)
+and QueryVolume (`GET /volumes`), in ZStack's inventory shapes (the fields that mean
+something on a libvirt host), with the groups' query language, run in Python: a host has
+few VMs and volumes. What is listed is what snapgroup recorded (`snapgroup volumes`, or
+any operation, records a VM); the state is libvirt's now."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict
+
+from snapgroup.domain.zquery import Kind, parse_query, patterns
+from snapgroup.errors import NotFound, SnapgroupError
+from snapgroup.inventory import zstack_date
+from snapgroup.rest.query import run_plain
+from snapgroup.rest.routes.common import AUTH, documented
+from snapgroup.rest.services import Services, services
+from snapgroup.store.resource_rows import all_volumes
+from snapgroup.store.tables import VolumeRow
+
+router = APIRouter(tags=["vm instances and volumes"], dependencies=[AUTH])
+ServicesDep = Annotated[Services, Depends(services)]
+
+VOLUME_FIELDS: dict[str, Kind] = {
+    "uuid": Kind.TEXT,
+    "name": Kind.TEXT,
+    "vmInstanceUuid": Kind.TEXT,
+    "lastVmInstanceUuid": Kind.TEXT,
+    "installPath": Kind.TEXT,
+    "type": Kind.TEXT,
+    "format": Kind.TEXT,
+    "deviceId": Kind.INT,
+    "state": Kind.TEXT,
+    "status": Kind.TEXT,
+    "createDate": Kind.DATE,
+    "lastOpDate": Kind.DATE,
+    "lastAttachDate": Kind.DATE,
+}
+VM_FIELDS: dict[str, Kind] = {
+    "uuid": Kind.TEXT,
+    "name": Kind.TEXT,
+    "state": Kind.TEXT,
+    "rootVolumeUuid": Kind.TEXT,
+    "type": Kind.TEXT,
+    "hypervisorType": Kind.TEXT,
+    "createDate": Kind.DATE,
+    "lastOpDate": Kind.DATE,
+}
+
+
+class _Inventories(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    inventories: list[dict[str, Any]] | None = None
+    total: int | None = None
+
+
+class VolumeQueryDocument(_Inventories):
+    """`{"inventories": [VolumeInventory]}` (+ "total"), or `{"total"}` with count."""
+
+
+class VmQueryDocument(_Inventories):
+    """`{"inventories": [VmInstanceInventory]}` (+ "total"), or `{"total"}` with count."""
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _volume(row: VolumeRow) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(values to query, ZStack's VolumeInventory)."""
+    values: dict[str, Any] = {
+        "uuid": row.uuid,
+        "name": row.name,
+        "vmInstanceUuid": row.vm_uuid if row.attached else None,
+        "lastVmInstanceUuid": row.vm_uuid,
+        "installPath": row.install_path,
+        "type": row.volume_type,
+        "format": row.format,
+        "deviceId": row.device_id,
+        "state": "Enabled",
+        "status": "Ready",
+        "createDate": _utc(row.create_date),
+        "lastOpDate": _utc(row.last_op_date),
+        "lastAttachDate": _utc(row.last_attach_date),
+    }
+    inventory = {
+        **values,
+        "description": None,
+        "isShareable": False,
+        "createDate": zstack_date(row.create_date),
+        "lastOpDate": zstack_date(row.last_op_date),
+        "lastAttachDate": zstack_date(row.last_attach_date),
+    }
+    return values, inventory
+
+
+def _state(svc: Services, vm_uuid: str) -> str:
+    try:
+        return str(svc.engine.hv.lookup(vm_uuid).state)
+    except NotFound:
+        return "Destroyed"  # undefined: ZStack's word for a VM that is gone
+    except SnapgroupError:
+        return "Unknown"  # libvirt unreachable: the store still answers
+
+
+def _vm(svc: Services, rows: list[VolumeRow]) -> tuple[dict[str, Any], dict[str, Any]]:
+    attached = [r for r in rows if r.attached]
+    root = next((r for r in attached if r.volume_type == "Root"), None)
+    first, last = min(r.create_date for r in rows), max(r.last_op_date for r in rows)
+    values: dict[str, Any] = {
+        "uuid": rows[0].vm_uuid,
+        "name": rows[-1].vm_name,
+        "state": _state(svc, rows[0].vm_uuid),
+        "rootVolumeUuid": root.uuid if root else None,
+        "type": "UserVm",
+        "hypervisorType": "KVM",
+        "createDate": _utc(first),
+        "lastOpDate": _utc(last),
+    }
+    inventory = {
+        **values,
+        "description": None,
+        "createDate": zstack_date(first),
+        "lastOpDate": zstack_date(last),
+        "allVolumes": [_volume(r)[1] for r in attached],
+        "vmNics": [],
+        "vmCdRoms": [],
+    }
+    return values, inventory
+
+
+_VOL_CONDITION, _VOL_SORT, _VOL_FIELDS = patterns(VOLUME_FIELDS)
+_VM_CONDITION, _VM_SORT, _VM_FIELDS = patterns(VM_FIELDS)
+
+
+def _query(
+    schema: Mapping[str, Kind], items: list[tuple[dict[str, Any], dict[str, Any]]], **params: Any
+) -> dict[str, Any]:
+    query = parse_query(schema=schema, refs={}, **params)
+    return run_plain(query, items)
+
+
+@router.get(
+    "/volumes",
+    responses=documented(200, VolumeQueryDocument, 400, 401),
+    summary="QueryVolume",
+)
+def query_volumes(
+    svc: ServicesDep,
+    q: Annotated[list[Annotated[str, Query(pattern=_VOL_CONDITION)]] | None, Query()] = None,
+    limit: Annotated[int | None, Query(ge=0)] = None,
+    start: Annotated[int | None, Query(ge=0)] = None,
+    count: str | None = None,
+    replyWithCount: str | None = None,
+    sort: Annotated[str | None, Query(pattern=_VOL_SORT)] = None,
+    fields: Annotated[str | None, Query(pattern=_VOL_FIELDS)] = None,
+) -> dict[str, Any]:
+    with svc.engine.db.transaction() as session:
+        rows = all_volumes(session)
+    items = [_volume(r) for r in rows]
+    return _query(
+        VOLUME_FIELDS, items, q=q or (), limit=limit, start=start, count=count,
+        reply_with_count=replyWithCount, sort=sort, fields=fields,
+    )  # fmt: skip
+
+
+@router.get(
+    "/vm-instances",
+    responses=documented(200, VmQueryDocument, 400, 401),
+    summary="QueryVmInstance",
+)
+def query_vms(
+    svc: ServicesDep,
+    q: Annotated[list[Annotated[str, Query(pattern=_VM_CONDITION)]] | None, Query()] = None,
+    limit: Annotated[int | None, Query(ge=0)] = None,
+    start: Annotated[int | None, Query(ge=0)] = None,
+    count: str | None = None,
+    replyWithCount: str | None = None,
+    sort: Annotated[str | None, Query(pattern=_VM_SORT)] = None,
+    fields: Annotated[str | None, Query(pattern=_VM_FIELDS)] = None,
+) -> dict[str, Any]:
+    with svc.engine.db.transaction() as session:
+        rows = all_volumes(session)
+    by_vm: dict[str, list[VolumeRow]] = {}
+    for row in rows:
+        by_vm.setdefault(row.vm_uuid, []).append(row)
+    items = [_vm(svc, vm_rows) for vm_rows in by_vm.values()]
+    return _query(
+        VM_FIELDS, items, q=q or (), limit=limit, start=start, count=count,
+        reply_with_count=replyWithCount, sort=sort, fields=fields,
+    )  # fmt: skip
