@@ -13,7 +13,7 @@ from snapgroup.domain.zquery import Query
 from snapgroup.errors import (
     NotFound,
 )
-from snapgroup.inventory import Group, VolumeView
+from snapgroup.inventory import DeleteResult, Group, VolumeView
 from snapgroup.journal import FAILED, Journal
 from snapgroup.locks import try_vm_lock
 from snapgroup.querying import GroupPage, query_groups
@@ -34,6 +34,14 @@ class Engine(CreateSteps, DeleteSteps):
     def query_groups(self, query: Query) -> GroupPage:
         """One page of the groups a ZStack query matches, selected in SQL."""
         return query_groups(self.db, query)
+
+    def delete_snapshot(
+        self, snapshot_uuid: str, *, mode: DeleteMode | str = DeleteMode.PERMISSIVE
+    ) -> DeleteResult:
+        """One volume snapshot merged away alone (snapgroup.snapshots.delete_snapshot)."""
+        from snapgroup.snapshots import delete_snapshot  # it imports this module
+
+        return delete_snapshot(self, snapshot_uuid, mode=mode)
 
     def update(
         self, group_uuid: str, *, name: str | None = None, description: str | None = None

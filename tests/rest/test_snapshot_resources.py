@@ -1,0 +1,44 @@
+"""QueryVolumeSnapshot, QueryVolumeSnapshotTree and DeleteVolumeSnapshot on the fakes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snapgroup.models import VmState
+from tests.rest.conftest import VM, Api
+
+
+def _get(api: Api, path: str, **params: Any) -> dict[str, Any]:
+    response = api.call("GET", path, params=params)
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def test_snapshots_trees_and_deleting_one(api: Api) -> None:
+    first, second = api.create("one"), api.create("two")
+    root = api.root_volume()
+    snaps = _get(api, "/volume-snapshots", q=f"volumeUuid={root}", sort="createDate")
+    listed = snaps["inventories"]
+    assert [s["groupUuid"] for s in listed] == [first["uuid"], second["uuid"]]
+    assert [s["latest"] for s in listed] == [False, True]
+    assert listed[1]["parentUuid"] == listed[0]["uuid"]
+    assert listed[0]["primaryStorageInstallPath"] == "/lab/disk0.qcow2"
+    assert _get(api, "/volume-snapshots", count="true") == {"total": 6}
+    assert _get(api, "/volume-snapshots", q="latest=true", count="true") == {"total": 3}
+
+    (tree,) = _get(api, "/volume-snapshots/trees", q=f"volumeUuid={root}")["inventories"]
+    assert tree["uuid"] == root and tree["current"] is True
+    assert tree["tree"]["inventory"]["uuid"] == listed[0]["uuid"]
+    assert [c["inventory"]["uuid"] for c in tree["tree"]["children"]] == [listed[1]["uuid"]]
+
+    api.hv.domains[VM].state = VmState.STOPPED
+    done = api.wait(api.call("DELETE", f"/volume-snapshots/{listed[0]['uuid']}"))
+    assert done.status_code == 200, done.text
+    assert done.json()["results"][0]["success"] is True
+    left = _get(api, "/volume-snapshots", q=f"volumeUuid={root}")["inventories"]
+    assert [s["uuid"] for s in left] == [listed[1]["uuid"]]
+    group = _get(api, f"/volume-snapshots/group/{first['uuid']}")["inventories"][0]
+    assert any(r["snapshotDeleted"] for r in group["volumeSnapshotRefs"])
+    missing = api.call("DELETE", f"/volume-snapshots/{listed[0]['uuid']}")
+    assert missing.status_code == 404
