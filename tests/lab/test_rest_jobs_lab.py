@@ -185,3 +185,58 @@ def test_a_restart_mid_job_still_gives_the_client_its_result(
     names = [g["name"] for g in client.call("GET", GROUPS).json()["inventories"]]
     assert names == ["restarted"]
     assert os.path.exists(before["vda"])
+
+
+def test_a_zstack_clients_journey_on_a_real_vm(server: Server, running_vm: LabVm) -> None:
+    """Find the VM and its root volume, create, query, look at the tree, delete one
+    snapshot, renew the session, ask the version: each as ZStack's SDK calls it."""
+    client = server.client
+    assert client is not None
+    _root(server, running_vm)  # the VM recorded (`snapgroup volumes`)
+    found = client.call("GET", "/vm-instances", params={"q": f"name={running_vm.name}"})
+    (vm,) = found.json()["inventories"]
+    assert (vm["uuid"], vm["state"]) == (running_vm.uuid, "Running")
+    root = vm["rootVolumeUuid"]
+    volumes = client.call("GET", "/volumes", params={"q": f"uuid={root}"}).json()["inventories"]
+    assert (
+        volumes[0]["type"] == "Root"
+        and volumes[0]["installPath"] == domblklist(running_vm.name)["vda"]
+    )
+    made = []
+    for name in ("j1", "j2"):
+        body = {"params": {"rootVolumeUuid": root, "name": name}}
+        done = client.poll(client.call("POST", GROUPS, json=body))
+        assert done.status_code == 200, done.text
+        made.append(done.json()["inventory"])
+    query = {"q": f"vmInstanceUuid={vm['uuid']}", "sort": "+createDate"}
+    assert [g["name"] for g in client.call("GET", GROUPS, params=query).json()["inventories"]] == [
+        "j1",
+        "j2",
+    ]
+    snaps = client.call("GET", "/volume-snapshots", params={"q": f"volumeUuid={root}"})
+    assert len(snaps.json()["inventories"]) == 2
+    trees = client.call("GET", "/volume-snapshots/trees", params={"q": f"volumeUuid={root}"})
+    (tree,) = trees.json()["inventories"]
+    oldest = tree["tree"]["inventory"]
+    assert oldest["groupUuid"] == made[0]["uuid"]
+    deleted = client.poll(client.call("DELETE", f"/volume-snapshots/{oldest['uuid']}"))
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["results"][0]["success"] is True
+    # Merged away: the child's data went down into the oldest file, the chain is one
+    # shorter, and the snapshot is no longer listed.
+    assert len(backing_chain(domblklist(running_vm.name)["vda"])) == 2
+    left = client.call("GET", "/volume-snapshots", params={"q": f"volumeUuid={root}"})
+    assert [s["groupUuid"] for s in left.json()["inventories"]] == [made[1]["uuid"]]
+    renewed = client.call(
+        "PUT",
+        f"/accounts/sessions/{client.session}/renew",
+        json={"renewSession": {"duration": 600}},
+    )
+    assert renewed.status_code == 200, renewed.text
+    version = client.http.put("/zstack/v1/management-nodes/actions", json={"getVersion": {}})
+    assert version.status_code == 200 and version.json()["version"]
+    engine = open_engine(db=server.db_url)
+    try:
+        assert verify(engine, vm=running_vm.name) == []
+    finally:
+        engine.db.dispose()
