@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.convertors import Convertor, register_url_convertor
 
 from snapgroup.domain.zquery import Kind, parse_query, patterns
 from snapgroup.engine import DeleteMode
@@ -30,6 +31,22 @@ from snapgroup.store.tables import SnapshotRow, VolumeRow
 from snapgroup.validate import parse_uuid
 
 router = APIRouter(tags=["volume snapshots"], dependencies=[AUTH])
+
+
+class _UuidConvertor(Convertor[str]):
+    """Routes /volume-snapshots/{uuid} by a UUID only: /volume-snapshots/group is not
+    one (else its Allow header would name this route's DELETE)."""
+
+    regex = "[0-9a-fA-F-]{32,36}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("zuuid", _UuidConvertor())
 ServicesDep = Annotated[Services, Depends(services)]
 
 SNAPSHOT_FIELDS: dict[str, Kind] = {
@@ -170,7 +187,7 @@ def query_trees(
 
 
 @router.delete(
-    "/volume-snapshots/{uuid}",
+    "/volume-snapshots/{uuid:zuuid}",
     status_code=202,
     responses=documented(202, Location, 400, 401, 404, 409),
     summary="DeleteVolumeSnapshot",
