@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, ForeignKey, String
+from sqlalchemy import Column, ForeignKey, Index, String
 from sqlmodel import Field, SQLModel
 
 UUID_LEN = 32
@@ -64,9 +64,12 @@ class SnapshotRow(SQLModel, table=True):
 
 class GroupRow(SQLModel, table=True):
     __tablename__ = "volume_snapshot_group"
+    # Queries page in the store's order, oldest first (store/group_query.py): the index
+    # gives a page without sorting every group that shares a date.
+    __table_args__ = (Index("ix_volume_snapshot_group_created_uuid", "create_date", "uuid"),)
 
     uuid: str = Field(primary_key=True, max_length=UUID_LEN)
-    name: str = Field(max_length=255)
+    name: str = Field(max_length=255, index=True)  # q=name=... finds a group by it
     description: str | None = Field(default=None, max_length=2048)
     vm_uuid: str = Field(index=True, max_length=UUID_LEN)
     create_date: datetime = Field(index=True)
