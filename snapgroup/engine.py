@@ -5,12 +5,14 @@ store/. Create and delete steps live in creating.py and deleting.py."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from snapgroup.core import EngineCore, load_groups
 from snapgroup.creating import MAX_CHAIN_DEPTH, CreateSteps
 from snapgroup.deleting import DeleteMode, DeleteSteps
 from snapgroup.domain.zquery import Query
 from snapgroup.errors import (
+    InvalidArgument,
     NotFound,
 )
 from snapgroup.inventory import DeleteResult, Group, VolumeView
@@ -20,6 +22,9 @@ from snapgroup.querying import GroupPage, query_groups
 from snapgroup.store.repo import OperationRepo, Repo
 from snapgroup.store.tables import OperationRow
 from snapgroup.validate import parse_uuid, validate_description, validate_name
+
+if TYPE_CHECKING:
+    from snapgroup.revert import RevertReport
 
 __all__ = ["MAX_CHAIN_DEPTH", "DeleteMode", "Engine", "EngineCore"]
 
@@ -42,6 +47,25 @@ class Engine(CreateSteps, DeleteSteps):
         from snapgroup.snapshots import delete_snapshot  # it imports this module
 
         return delete_snapshot(self, snapshot_uuid, mode=mode)
+
+    def revert_volume(self, snapshot_uuid: str) -> RevertReport:
+        """ZStack's RevertVolumeFromSnapshot where a group revert serves it: the
+        snapshot's volume alone restored from its group (snapgroup.revert: the VM must be
+        stopped; a safety group of the current state first). An ungrouped snapshot is
+        refused (InvalidArgument): snapgroup reverts to groups."""
+        from snapgroup.revert import revert  # it imports this module
+
+        uuid = parse_uuid(snapshot_uuid, "snapshot uuid")
+        with self.db.transaction() as session:
+            repo = Repo(session)
+            snapshot, ref = repo.snapshot(uuid), repo.ref(uuid)
+        if snapshot is None or snapshot.deleted:
+            raise NotFound(f"volume snapshot {uuid} not found")
+        if ref is None:
+            raise InvalidArgument(
+                f"volume snapshot {uuid} is in no group: only a group's can be reverted to"
+            )
+        return revert(self, ref.group_uuid, volumes=[snapshot.volume_uuid])
 
     def update(
         self, group_uuid: str, *, name: str | None = None, description: str | None = None

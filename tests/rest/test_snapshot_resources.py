@@ -42,3 +42,23 @@ def test_snapshots_trees_and_deleting_one(api: Api) -> None:
     assert any(r["snapshotDeleted"] for r in group["volumeSnapshotRefs"])
     missing = api.call("DELETE", f"/volume-snapshots/{listed[0]['uuid']}")
     assert missing.status_code == 404
+
+
+def test_revert_volume_from_a_groups_snapshot(api: Api) -> None:
+    first = api.create("one")
+    api.create("two")
+    root = api.root_volume()
+    snap = next(r for r in first["volumeSnapshotRefs"] if r["volumeUuid"] == root)
+    path = f"/volume-snapshots/{snap['volumeSnapshotUuid']}/actions"
+    body: dict[str, Any] = {"revertVolumeFromSnapshot": {}}
+    running = api.wait(api.call("PUT", path, json=body))
+    assert running.status_code == 503, running.text  # the VM must be stopped first
+    api.hv.domains[VM].state = VmState.STOPPED
+    done = api.wait(api.call("PUT", path, json=body))
+    assert done.status_code == 200, done.text
+    assert done.json()["safetyGroupUuid"]
+    assert [r["volumeUuid"] for r in done.json()["results"]] == [root]
+    # The root disk now sits on a fresh overlay of that snapshot; the data disks did not move.
+    top = api.engine.hv.lookup(VM).disks[0].path
+    assert top is not None and api.images.images[top].backing == snap["volumeSnapshotInstallPath"]
+    assert api.call("PUT", path, json={"other": {}}).status_code == 400

@@ -2,7 +2,8 @@
 query language in Python), QueryVolumeSnapshotTree (`GET /volume-snapshots/trees`: one
 tree per volume, its snapshots by parent link) and DeleteVolumeSnapshot (`DELETE
 /volume-snapshots/{uuid}`, a job, as `snapgroup delete-snapshot`: merged away alone, its
-group ref kept as snapshotDeleted)."""
+group ref kept as snapshotDeleted) and RevertVolumeFromSnapshot (`PUT
+/volume-snapshots/{uuid}/actions`, a job: a group revert of that volume alone)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.convertors import Convertor, register_url_convertor
 
 from snapgroup.domain.zquery import Kind, parse_query, patterns
 from snapgroup.engine import DeleteMode
-from snapgroup.errors import NotFound
+from snapgroup.errors import InvalidArgument, NotFound
 from snapgroup.inventory import zstack_date
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import Work
@@ -228,3 +230,51 @@ def delete_snapshot(
         return work
 
     return svc.start_job(request, "delete-snapshot", job, precheck)
+
+
+class RevertParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class RevertVolumeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    revertVolumeFromSnapshot: RevertParams
+    systemTags: list[str] | None = None
+    userTags: list[str] | None = None
+
+
+@router.put(
+    "/volume-snapshots/{uuid:zuuid}/actions",
+    status_code=202,
+    responses=documented(202, Location, 400, 401, 404, 409),
+    summary="RevertVolumeFromSnapshot",
+)
+def revert_volume(
+    uuid: Annotated[str, Path(pattern=UUID_PATTERN)],
+    body: RevertVolumeRequest,
+    request: Request,
+    svc: ServicesDep,
+    job: JobHeader = "",
+) -> JSONResponse:
+    """Served by a group revert of that volume alone: the snapshot must be in a group
+    (400 otherwise) and the VM stopped (the job fails otherwise); a safety group of the
+    current state is taken first. The job's result: `{"results", "safetyGroupUuid"}`."""
+
+    def precheck() -> Work:
+        snapshot_uuid = parse_uuid(uuid, "uuid")
+        engine = svc.engine
+        with engine.db.transaction() as session:
+            repo = Repo(session)
+            snapshot, ref = repo.snapshot(snapshot_uuid), repo.ref(snapshot_uuid)
+            volume = repo.volume(snapshot.volume_uuid) if snapshot is not None else None
+        if snapshot is None or snapshot.deleted or volume is None:
+            raise NotFound(f"volume snapshot {snapshot_uuid} not found")
+        if ref is None:
+            raise InvalidArgument(
+                f"volume snapshot {snapshot_uuid} is in no group: only a group's can be reverted to"
+            )
+        engine.check_owner(volume.vm_uuid)
+        prechecks.vm_idle(engine, volume.vm_uuid)
+        return lambda: engine.revert_volume(snapshot_uuid).to_response()
+
+    return svc.start_job(request, "revert-volume", job, precheck)
