@@ -94,6 +94,7 @@ class AutoGroup:
     policies: frozenset[str] = field(default_factory=frozenset)
     protected: bool = False
     pinned: bool = False  # a clone reads it
+    name: str = field(default="", compare=False)  # for reports
     minute: int = field(init=False, repr=False, compare=False)  # since the epoch
     month: int = field(init=False, repr=False, compare=False)  # monthly bucket
 
@@ -117,6 +118,19 @@ class Take:
 
 def _kind(label: str, every: int) -> SlotKind:
     return SlotKind(label, every if label == "frequent" else 0)
+
+
+def combined_consistency(policies: Iterable[Policy]) -> str:
+    """Several policies on one VM: the strongest asked for (application > auto > crash)."""
+    asked = {p.consistency for p in policies}
+    return next((c for c in ("application", "auto") if c in asked), "crash")
+
+
+def combined_min_free(policies: Iterable[Policy]) -> float | None:
+    """Several policies on one VM: the strictest space guard."""
+    return max(
+        (p.min_free_percent for p in policies if p.min_free_percent is not None), default=None
+    )
 
 
 def validate_policy(policy: Policy) -> None:
