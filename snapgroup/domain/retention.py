@@ -327,11 +327,25 @@ class SlotStatus:
 
 def slot_status(now: datetime, kind: SlotKind, groups: Sequence[AutoGroup]) -> SlotStatus:
     """WARN when the newest policy-made group is older than 1.5 periods, CRIT past 2
-    (or none at all)."""
+    (or none at all). WARN too when it is more than a period ahead of `now`: the clock
+    went back, and nothing is taken until it passes that group's time again."""
     newest = max((g.taken for g in groups), default=None)
     if newest is None:
         return SlotStatus(kind, None, None, CRIT)
     age = utc(now) - newest
     period = period_length(kind, now)
-    state = CRIT if age > 2 * period else WARN if age > 1.5 * period else OK
+    state = CRIT if age > 2 * period else WARN if age > 1.5 * period or -age > period else OK
     return SlotStatus(kind, newest, age, state)
+
+
+def vm_status(
+    now: datetime, policies: Sequence[Policy], groups: Sequence[AutoGroup]
+) -> list[SlotStatus]:
+    """`policy status` for one VM: each slot kind its policies keep, finest first."""
+    mine = policy_groups(groups, (p.name for p in policies))
+    kinds = sorted(combined_counts(p.retention for p in policies), key=_finest_first)
+    return [slot_status(now, k, mine) for k in kinds]
+
+
+def _finest_first(kind: SlotKind) -> tuple[int, int]:
+    return LABELS.index(kind.label), kind.every

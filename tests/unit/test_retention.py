@@ -32,6 +32,7 @@ from snapgroup.domain.retention import (
     plan_take,
     slot_status,
     validate_policy,
+    vm_status,
 )
 from snapgroup.errors import InvalidArgument
 
@@ -314,3 +315,27 @@ def test_status_goes_warn_then_crit() -> None:
     s = slot_status(at + timedelta(minutes=121), H, [g])
     assert (s.state, s.exit_code, s.age) == (CRIT, 2, timedelta(minutes=121))
     assert slot_status(at, D, []).state == CRIT
+    # the clock went back: a group from the future holds every slot until it passes
+    assert slot_status(at - timedelta(minutes=59), H, [g]).state == OK
+    ahead = slot_status(at - timedelta(minutes=61), H, [g])
+    assert ahead.state == WARN and ahead.age == -timedelta(minutes=61)
+
+
+def test_vm_status_per_slot_kind() -> None:
+    at = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
+    groups = [
+        AutoGroup("p", at - timedelta(minutes=100), frozenset({"b"})),
+        AutoGroup("hand", at - timedelta(minutes=1)),  # fills no slot
+        AutoGroup("other", at - timedelta(minutes=2), frozenset({"removed"})),
+    ]
+    states = [(str(s.kind), s.state) for s in vm_status(at, [A, B], groups)]
+    assert states == [
+        ("frequent/15m", CRIT),
+        ("frequent/30m", CRIT),
+        ("hourly", WARN),
+        ("daily", OK),
+        ("weekly", OK),
+        ("monthly", OK),
+    ]
+    assert max(s.exit_code for s in vm_status(at, [A, B], groups)) == 2
+    assert [s.state for s in vm_status(at, [C], [])] == [CRIT]
