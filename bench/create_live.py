@@ -16,8 +16,8 @@ import sys
 
 from bench import lab
 from bench.timing import Row, Target, compare, rounds, timed
+from snapgroup.domain.models import DiskOverlay
 from snapgroup.engine import Engine
-from snapgroup.models import DiskOverlay
 from snapgroup.testing.labvm import LabVm
 
 NAME = "create-live"

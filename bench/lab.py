@@ -20,8 +20,8 @@ from pathlib import Path
 
 from snapgroup.adapters.runner import run
 from snapgroup.api import open_engine
+from snapgroup.domain.errors import HypervisorUnavailable, SnapgroupError
 from snapgroup.engine import Engine
-from snapgroup.errors import HypervisorUnavailable, SnapgroupError
 from snapgroup.testing.labvm import LAB_ROOT, LabVm, cleanup_stale, create_lab_vm, lab_directory
 
 URI = "qemu:///system"

@@ -30,10 +30,10 @@ from sqlalchemy import insert, text
 
 from bench import lab
 from bench.timing import Row, Stats, Target, clock, ms
-from snapgroup.consistency import ConsistencyRecord, ConsistencyType
+from snapgroup.domain.models import DomainDisk, VmState
 from snapgroup.engine import Engine
-from snapgroup.host import local_host
-from snapgroup.models import DomainDisk, VmState
+from snapgroup.infra.host import local_host
+from snapgroup.ops.consistency import ConsistencyRecord, ConsistencyType
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow

@@ -13,9 +13,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from snapgroup.api import open_engine
-    from snapgroup.consistency import Consistency
-    from snapgroup.engine import DeleteMode, Engine
-    from snapgroup.errors import (
+    from snapgroup.domain.errors import (
         AuthenticationError,
         BatchDeleteError,
         Busy,
@@ -33,7 +31,9 @@ if TYPE_CHECKING:
         StoreError,
         Timeout,
     )
-    from snapgroup.inventory import DeleteReport, DeleteResult, Group, GroupRef, VolumeView
+    from snapgroup.domain.inventory import DeleteReport, DeleteResult, Group, GroupRef, VolumeView
+    from snapgroup.engine import DeleteMode, Engine
+    from snapgroup.ops.consistency import Consistency
 
 __all__ = [
     "AuthenticationError",
@@ -65,21 +65,21 @@ __all__ = [
 
 _HOMES = {
     "open_engine": "snapgroup.api",
-    "Consistency": "snapgroup.consistency",
+    "Consistency": "snapgroup.ops.consistency",
     "DeleteMode": "snapgroup.engine",
     "Engine": "snapgroup.engine",
-    "DeleteReport": "snapgroup.inventory",
-    "DeleteResult": "snapgroup.inventory",
-    "Group": "snapgroup.inventory",
-    "GroupRef": "snapgroup.inventory",
-    "VolumeView": "snapgroup.inventory",
+    "DeleteReport": "snapgroup.domain.inventory",
+    "DeleteResult": "snapgroup.domain.inventory",
+    "Group": "snapgroup.domain.inventory",
+    "GroupRef": "snapgroup.domain.inventory",
+    "VolumeView": "snapgroup.domain.inventory",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module 'snapgroup' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES.get(name, "snapgroup.errors")), name)
+    value = getattr(importlib.import_module(_HOMES.get(name, "snapgroup.domain.errors")), name)
     globals()[name] = value
     return value
 

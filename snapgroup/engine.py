@@ -7,24 +7,24 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from snapgroup.core import EngineCore, load_groups
-from snapgroup.creating import MAX_CHAIN_DEPTH, CreateSteps
-from snapgroup.deleting import DeleteMode, DeleteSteps
-from snapgroup.domain.zquery import Query
-from snapgroup.errors import (
+from snapgroup.domain.errors import (
     InvalidArgument,
     NotFound,
 )
-from snapgroup.inventory import DeleteResult, Group, VolumeView
-from snapgroup.journal import FAILED, Journal
-from snapgroup.locks import try_vm_lock
-from snapgroup.querying import GroupPage, query_groups
+from snapgroup.domain.inventory import DeleteResult, Group, VolumeView
+from snapgroup.domain.validate import parse_uuid, validate_description, validate_name
+from snapgroup.domain.zquery import Query
+from snapgroup.infra.locks import try_vm_lock
+from snapgroup.ops.context import EngineCore, load_groups
+from snapgroup.ops.create import MAX_CHAIN_DEPTH, CreateSteps
+from snapgroup.ops.delete import DeleteMode, DeleteSteps
+from snapgroup.ops.journal import FAILED, Journal
+from snapgroup.ops.querying import GroupPage, query_groups
 from snapgroup.store.repo import OperationRepo, Repo
 from snapgroup.store.tables import OperationRow
-from snapgroup.validate import parse_uuid, validate_description, validate_name
 
 if TYPE_CHECKING:
-    from snapgroup.revert import RevertReport
+    from snapgroup.ops.revert import RevertReport
 
 __all__ = ["MAX_CHAIN_DEPTH", "DeleteMode", "Engine", "EngineCore"]
 
@@ -43,17 +43,17 @@ class Engine(CreateSteps, DeleteSteps):
     def delete_snapshot(
         self, snapshot_uuid: str, *, mode: DeleteMode | str = DeleteMode.PERMISSIVE
     ) -> DeleteResult:
-        """One volume snapshot merged away alone (snapgroup.snapshots.delete_snapshot)."""
-        from snapgroup.snapshots import delete_snapshot  # it imports this module
+        """One volume snapshot merged away alone (snapgroup.ops.delete_snapshot.delete_snapshot)."""
+        from snapgroup.ops.delete_snapshot import delete_snapshot  # it imports this module
 
         return delete_snapshot(self, snapshot_uuid, mode=mode)
 
     def revert_volume(self, snapshot_uuid: str) -> RevertReport:
         """ZStack's RevertVolumeFromSnapshot where a group revert serves it: the
-        snapshot's volume alone restored from its group (snapgroup.revert: the VM must be
+        snapshot's volume alone restored from its group (snapgroup.ops.revert: the VM must be
         stopped; a safety group of the current state first). An ungrouped snapshot is
         refused (InvalidArgument): snapgroup reverts to groups."""
-        from snapgroup.revert import revert  # it imports this module
+        from snapgroup.ops.revert import revert  # it imports this module
 
         uuid = parse_uuid(snapshot_uuid, "snapshot uuid")
         with self.db.transaction() as session:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapgroup.clone import recover_clone
+from snapgroup.domain.models import DomainInfo
 from snapgroup.engine import Engine
-from snapgroup.journal import FAILED
-from snapgroup.models import DomainInfo
-from snapgroup.revert import recover_revert
-from snapgroup.snapshots import recover_delete_snapshot
+from snapgroup.ops.clone import recover_clone
+from snapgroup.ops.delete_snapshot import recover_delete_snapshot
+from snapgroup.ops.journal import FAILED
+from snapgroup.ops.revert import recover_revert
 
 
 def recover_lifecycle(

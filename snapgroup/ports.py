@@ -6,7 +6,13 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from snapgroup.domain.backup_manifest import ImageCheck
-from snapgroup.models import BlockJobProgress, DiskOverlay, DomainInfo, FreezeResult, ImageInfo
+from snapgroup.domain.models import (
+    BlockJobProgress,
+    DiskOverlay,
+    DomainInfo,
+    FreezeResult,
+    ImageInfo,
+)
 
 ProgressFn = Callable[[BlockJobProgress], None]
 

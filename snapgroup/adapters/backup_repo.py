@@ -65,7 +65,7 @@ from snapgroup.domain.backup_manifest import (
     disk_file,
     parse_manifest,
 )
-from snapgroup.errors import InvalidArgument, NotFound, OperationError
+from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError
 
 PARTIAL_PREFIX = ".partial-"
 PRUNE_PLAN = "prune.json"

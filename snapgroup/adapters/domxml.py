@@ -12,8 +12,8 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 
-from snapgroup.errors import InvalidArgument, NotFound
-from snapgroup.models import DiskOverlay, DomainDisk, DomainInfo, VmState
+from snapgroup.domain.errors import InvalidArgument, NotFound
+from snapgroup.domain.models import DiskOverlay, DomainDisk, DomainInfo, VmState
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 # ElementTree invents ns0, ns1... itself and refuses to have them registered.

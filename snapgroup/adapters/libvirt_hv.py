@@ -30,7 +30,7 @@ from snapgroup.adapters.domxml import (
     snapshot_xml,
     with_disk_sources,
 )
-from snapgroup.errors import (
+from snapgroup.domain.errors import (
     HypervisorError,
     HypervisorUnavailable,
     InvalidArgument,
@@ -38,7 +38,7 @@ from snapgroup.errors import (
     SnapgroupError,
     Timeout,
 )
-from snapgroup.models import (
+from snapgroup.domain.models import (
     BlockJobProgress,
     DiskOverlay,
     DomainDisk,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import struct
 
-from snapgroup.models import ImageInfo
+from snapgroup.domain.models import ImageInfo
 
 MAGIC = b"QFI\xfb"
 CLUSTER_BITS = 16

@@ -17,8 +17,8 @@ from typing import Any
 from snapgroup.adapters import qcow2
 from snapgroup.adapters.runner import run
 from snapgroup.domain.backup_manifest import ImageCheck
-from snapgroup.errors import ImageToolError
-from snapgroup.models import BlockJobProgress, ImageInfo
+from snapgroup.domain.errors import ImageToolError
+from snapgroup.domain.models import BlockJobProgress, ImageInfo
 from snapgroup.ports import ProgressFn
 
 # `qemu-img -p` draws "    (12.34/100%)".

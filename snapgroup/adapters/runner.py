@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from snapgroup.errors import ImageToolError, SnapgroupError
+from snapgroup.domain.errors import ImageToolError, SnapgroupError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json
-from snapgroup.errors import InvalidArgument
+from snapgroup.domain.errors import InvalidArgument
 
 
 def register(sub: Any) -> None:

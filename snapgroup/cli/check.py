@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from snapgroup.availability import check
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
+from snapgroup.ops.availability import check
 
 
 def register(sub: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
-from snapgroup.clone import clone
+from snapgroup.ops.clone import clone
 
 
 def register(sub: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import group_detail, print_json
-from snapgroup.consistency import Consistency
+from snapgroup.ops.consistency import Consistency
 
 
 def register(sub: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import ProgressPrinter, print_json, results_table
-from snapgroup.deleting import DeleteRefused
+from snapgroup.ops.delete import DeleteRefused
 
 
 def register(sub: Any) -> None:

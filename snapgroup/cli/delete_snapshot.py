@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import ProgressPrinter, print_json, table
-from snapgroup.snapshots import delete_snapshot
+from snapgroup.ops.delete_snapshot import delete_snapshot
 
 
 def register(sub: Any) -> None:

@@ -45,7 +45,7 @@ def encode(message: dict[str, Any]) -> bytes:
 def _lost(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     """The daemon went away before the command's exit status: say so in the seed's
     error shape. The journal lets `snapgroup recover` finish whatever it had begun."""
-    from snapgroup.errors import InternalError  # stdlib-only module
+    from snapgroup.domain.errors import InternalError  # stdlib-only module
 
     error = InternalError(
         "the snapgroup daemon closed the connection before the command finished; "

@@ -7,8 +7,8 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import group_summary, print_json
+from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.zquery import Query
-from snapgroup.errors import InvalidArgument
 
 # One page by default: a store of 100k groups lists in milliseconds, not in minutes.
 DEFAULT_PAGE = 100

@@ -32,7 +32,7 @@ from snapgroup.cli import (
 )
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import Abort, abort, print_json
-from snapgroup.errors import InternalError, InvalidArgument, SnapgroupError
+from snapgroup.domain.errors import InternalError, InvalidArgument, SnapgroupError
 
 COMMANDS = (
     volumes,

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol, TextIO
 
-from snapgroup.errors import SnapgroupError
-from snapgroup.inventory import Group
-from snapgroup.models import BlockJobProgress
+from snapgroup.domain.errors import SnapgroupError
+from snapgroup.domain.inventory import Group
+from snapgroup.domain.models import BlockJobProgress
 
 
 class Abort(SystemExit):

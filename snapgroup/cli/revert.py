@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, results_table
-from snapgroup.revert import DEFAULT_STOP_TIMEOUT, revert
+from snapgroup.ops.revert import DEFAULT_STOP_TIMEOUT, revert
 
 
 def register(sub: Any) -> None:

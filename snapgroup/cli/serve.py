@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from snapgroup.cli.context import Context
-from snapgroup.errors import InvalidArgument
+from snapgroup.domain.errors import InvalidArgument
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 

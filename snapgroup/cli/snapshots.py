@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
-from snapgroup.snapshots import list_snapshots
+from snapgroup.ops.delete_snapshot import list_snapshots
 
 
 def register(sub: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
-from snapgroup.sync import sync
+from snapgroup.ops.syncing import sync
 
 
 def register(sub: Any) -> None:

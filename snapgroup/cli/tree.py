@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json
-from snapgroup.tree import group_tree
+from snapgroup.ops.tree import group_tree
 
 
 def register(sub: Any) -> None:

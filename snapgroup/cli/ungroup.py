@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import group_detail, print_json
-from snapgroup.ungroup import ungroup
+from snapgroup.ops.ungroup import ungroup
 
 
 def register(sub: Any) -> None:

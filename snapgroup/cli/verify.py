@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
-from snapgroup.verify import verify
+from snapgroup.ops.verify import verify
 
 
 def register(sub: Any) -> None:

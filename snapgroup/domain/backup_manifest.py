@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from snapgroup.errors import InvalidArgument, OperationError
+from snapgroup.domain.errors import InvalidArgument, OperationError
 
 FORMAT = "snapgroup-backup"
 FORMAT_VERSION = 1

@@ -26,7 +26,7 @@ from functools import cached_property
 from operator import attrgetter
 from typing import NamedTuple
 
-from snapgroup.errors import InvalidArgument
+from snapgroup.domain.errors import InvalidArgument
 
 # Finest first: the name of a group that takes several slots carries the coarsest.
 LABELS = ("frequent", "hourly", "daily", "weekly", "monthly")

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from snapgroup.errors import InvalidArgument
+from snapgroup.domain.errors import InvalidArgument
 
 DEFAULT_LIMIT = 1000  # ZStack's
 

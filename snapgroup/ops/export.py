@@ -30,7 +30,7 @@ from snapgroup.domain.backup_manifest import (
     broken_backups,
     newest_base,
 )
-from snapgroup.errors import ImageToolError, OperationError
+from snapgroup.domain.errors import ImageToolError, OperationError
 from snapgroup.ports import ImageTool, ProgressFn
 
 

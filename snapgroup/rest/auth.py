@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import delete
 from sqlmodel import col, select
 
-from snapgroup.errors import AuthenticationError, InvalidArgument, InvalidSession, NotFound
-from snapgroup.inventory import zstack_date
+from snapgroup.domain.errors import AuthenticationError, InvalidArgument, InvalidSession, NotFound
+from snapgroup.domain.inventory import zstack_date
 from snapgroup.store.db import Database
 from snapgroup.store.tables import AccountRow, SessionRow
 

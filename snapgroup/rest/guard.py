@@ -11,7 +11,7 @@ import re
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from snapgroup.errors import InvalidSession, SnapgroupError
+from snapgroup.domain.errors import InvalidSession, SnapgroupError
 from snapgroup.rest.auth import session_from_header
 from snapgroup.rest.services import Services
 from snapgroup.rest.status import http_status

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from snapgroup.errors import (
+from snapgroup.domain.errors import (
     Busy,
     InternalError,
     InvalidArgument,
@@ -40,7 +40,7 @@ from snapgroup.errors import (
     OperationError,
     SnapgroupError,
 )
-from snapgroup.locks import POLL_SECONDS, try_vm_lock
+from snapgroup.infra.locks import POLL_SECONDS, try_vm_lock
 from snapgroup.rest.status import FAILED_JOB
 from snapgroup.store.jobs import JobRecord, JobStore
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from snapgroup.domain.inventory import Group, GroupRef
 from snapgroup.domain.zquery import COMPARISONS, Condition, Query, like_regex, parse_condition
 from snapgroup.domain.zquery import parse_query as _parse
-from snapgroup.inventory import Group, GroupRef
 
 __all__ = ["ReferenceQuery", "holds", "parse_condition", "parse_query", "run_plain"]
 

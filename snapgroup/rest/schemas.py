@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from snapgroup.validate import DESCRIPTION_MAX, NAME_MAX
+from snapgroup.domain.validate import DESCRIPTION_MAX, NAME_MAX
 
 # Patterns say in the OpenAPI document what validate.py checks, so a schema-valid
 # request is a valid one (the fuzzer holds the API to that).

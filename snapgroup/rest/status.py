@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from snapgroup.errors import (
+from snapgroup.domain.errors import (
     AuthenticationError,
     Busy,
     HypervisorUnavailable,

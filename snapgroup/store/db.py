@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
 
-from snapgroup.errors import StoreError
+from snapgroup.domain.errors import StoreError
 from snapgroup.store import policy_tables, tables  # noqa: F401  (registers their tables)
 
 DEFAULT_DB_DIR = Path("/var/lib/snapgroup")

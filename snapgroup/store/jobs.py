@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Table, delete, select, update
 
-from snapgroup.errors import StoreError
+from snapgroup.domain.errors import StoreError
 from snapgroup.store.db import Database
 from snapgroup.store.tables import JobRow
 

@@ -12,8 +12,8 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, delete, insert, select, update
 from sqlmodel import Session
 
+from snapgroup.domain.errors import InvalidArgument, NotFound
 from snapgroup.domain.retention import Policy, Retention, validate_policy
-from snapgroup.errors import InvalidArgument, NotFound
 from snapgroup.store.policy_tables import PolicyRow
 from snapgroup.store.tables import GroupRow
 

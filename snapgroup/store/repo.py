@@ -27,7 +27,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.sqltypes import NullType
 from sqlmodel import Session, SQLModel, col, select
 
-from snapgroup.models import ChainSnapshot
+from snapgroup.domain.models import ChainSnapshot
 from snapgroup.store.tables import GroupRow, OperationRow, RefRow, SnapshotRow, VolumeRow
 
 _GROUPS: Table = GroupRow.__table__  # type: ignore[attr-defined]

@@ -41,7 +41,7 @@ class VolumeRow(SQLModel, table=True):
     last_attach_date: datetime
     create_date: datetime
     last_op_date: datetime
-    # The host whose libvirt runs the VM (snapgroup.host). NULL: recorded before hosts
+    # The host whose libvirt runs the VM (snapgroup.infra.host). NULL: recorded before hosts
     # were; the first host to see the VM claims it.
     host: str | None = Field(default=None, max_length=255, index=True)
 
@@ -74,7 +74,7 @@ class GroupRow(SQLModel, table=True):
     vm_uuid: str = Field(index=True, max_length=UUID_LEN)
     create_date: datetime = Field(index=True)
     last_op_date: datetime
-    # snapgroup.consistency. Nullable: groups recorded before these columns have none.
+    # snapgroup.ops.consistency. Nullable: groups recorded before these columns have none.
     consistency_type: str | None = Field(default=None, max_length=16)  # Application/Crash
     frozen_filesystems: str | None = None  # JSON list of the mountpoints frozen
     freeze_millis: int | None = None

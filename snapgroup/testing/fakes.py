@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from snapgroup.domain.backup_manifest import ImageCheck
-from snapgroup.errors import HypervisorError, ImageToolError, NotFound, SnapgroupError
-from snapgroup.models import (
+from snapgroup.domain.errors import HypervisorError, ImageToolError, NotFound, SnapgroupError
+from snapgroup.domain.models import (
     BlockJobProgress,
     DiskOverlay,
     DomainDisk,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from snapgroup.adapters.domxml import normalize_uuid
 from snapgroup.adapters.runner import run
-from snapgroup.errors import SnapgroupError
+from snapgroup.domain.errors import SnapgroupError
 
 DEFAULT_URI = "qemu:///system"
 # Where lab VMs should live. Not under pytest's tmp_path: every pytest session start

@@ -24,8 +24,8 @@ from snapgroup.domain.backup_manifest import (
     backing_name,
     broken_backups,
 )
-from snapgroup.errors import ImageToolError, InvalidArgument, NotFound
-from snapgroup.models import BlockJobProgress
+from snapgroup.domain.errors import ImageToolError, InvalidArgument, NotFound
+from snapgroup.domain.models import BlockJobProgress
 from tests.adapters.test_qemu_img import qcow2, reads, same_view, write
 from tests.adapters.tools import require_qemu_tools, sh
 

@@ -15,8 +15,8 @@ from snapgroup.adapters.domxml import (
     snapshot_xml,
     with_disk_sources,
 )
-from snapgroup.errors import InvalidArgument, NotFound
-from snapgroup.models import DiskOverlay, DomainDisk, VmState
+from snapgroup.domain.errors import InvalidArgument, NotFound
+from snapgroup.domain.models import DiskOverlay, DomainDisk, VmState
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "domxml"
 VM1 = "/var/lib/snapgroup/vm1"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from snapgroup.adapters.domxml import clone_xml, parse_domain
-from snapgroup.errors import InvalidArgument, NotFound
-from snapgroup.models import VmState
+from snapgroup.domain.errors import InvalidArgument, NotFound
+from snapgroup.domain.models import VmState
 
 SOURCE = (
     Path(__file__).resolve().parents[2] / "fixtures" / "domxml" / "inactive_clone_source.xml"

@@ -12,7 +12,7 @@ import pytest
 
 from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.adapters.qemu_img import QemuImg
-from snapgroup.errors import OperationError
+from snapgroup.domain.errors import OperationError
 from snapgroup.ops.export import (
     SourceDisk,
     SourceGroup,

@@ -12,7 +12,7 @@ import pytest
 
 from snapgroup.adapters import qcow2
 from snapgroup.adapters.qemu_img import QemuImg
-from snapgroup.models import ImageInfo
+from snapgroup.domain.models import ImageInfo
 from tests.adapters.tools import require_qemu_tools, sh
 
 MiB = 1024 * 1024

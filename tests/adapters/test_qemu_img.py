@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from snapgroup.adapters.qemu_img import PROGRESS_END, QemuImg
-from snapgroup.errors import ImageToolError
-from snapgroup.models import BlockJobProgress
+from snapgroup.domain.errors import ImageToolError
+from snapgroup.domain.models import BlockJobProgress
 from tests.adapters.tools import require_qemu_tools, sh
 
 MiB = 1024 * 1024

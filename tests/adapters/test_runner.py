@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from snapgroup.adapters.runner import run
-from snapgroup.errors import HypervisorError, ImageToolError
+from snapgroup.domain.errors import HypervisorError, ImageToolError
 
 PY = sys.executable
 

@@ -9,7 +9,7 @@ import random
 import time
 
 from snapgroup.api import open_engine
-from snapgroup.errors import SnapgroupError
+from snapgroup.domain.errors import SnapgroupError
 
 
 def main() -> None:

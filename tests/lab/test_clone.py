@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.clone import Clone, clone
+from snapgroup.domain.errors import OperationError
 from snapgroup.engine import Engine
-from snapgroup.errors import OperationError
-from snapgroup.sync import sync
+from snapgroup.ops.clone import Clone, clone
+from snapgroup.ops.syncing import sync
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import backing_chain, domblklist, export, reads, same, sh, virsh, write_live
 

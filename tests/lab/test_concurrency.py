@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from snapgroup.engine import Engine
+from snapgroup.ops.verify import verify
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
-from snapgroup.verify import verify
 from tests.lab.tools import backing_chain
 
 pytestmark = pytest.mark.lab

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup import journal
-from snapgroup.availability import check
-from snapgroup.deleting import DeleteRefused
+from snapgroup.domain.inventory import Group
 from snapgroup.engine import Engine
-from snapgroup.inventory import Group
-from snapgroup.revert import revert
+from snapgroup.ops import journal
+from snapgroup.ops.availability import check
+from snapgroup.ops.delete import DeleteRefused
+from snapgroup.ops.revert import revert
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
 from tests.lab.tools import domblklist, export, reads, same, sh, write_live, write_offline
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup import journal
+from snapgroup.domain.errors import SnapgroupError
 from snapgroup.engine import Engine
-from snapgroup.errors import SnapgroupError
+from snapgroup.ops import journal
+from snapgroup.ops.verify import verify
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
-from snapgroup.verify import verify
 from tests.lab.tools import domblklist, export, same, sh, write_live
 
 pytestmark = pytest.mark.lab

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.availability import check
+from snapgroup.domain.errors import OperationError
+from snapgroup.domain.inventory import Group, zstack_date
+from snapgroup.domain.planner import expected_chain
 from snapgroup.engine import Engine
-from snapgroup.errors import OperationError
-from snapgroup.inventory import Group, zstack_date
-from snapgroup.planner import expected_chain
-from snapgroup.revert import revert
-from snapgroup.snapshots import delete_snapshot
+from snapgroup.ops.availability import check
+from snapgroup.ops.delete_snapshot import delete_snapshot
+from snapgroup.ops.revert import revert
 from snapgroup.store.repo import Repo
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import (

@@ -9,9 +9,9 @@ import pytest
 from pytest_mock import MockerFixture
 
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
+from snapgroup.domain.errors import HypervisorError, StoreError
+from snapgroup.domain.models import DiskOverlay
 from snapgroup.engine import Engine
-from snapgroup.errors import HypervisorError, StoreError
-from snapgroup.models import DiskOverlay
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import (
     backing_chain,
@@ -207,7 +207,7 @@ def test_offline_delete_then_start_boots_on_the_merged_chain(
     assert live_top == top
     assert same(saved, live_top)
     from snapgroup.adapters.domxml import parse_domain
-    from snapgroup.models import VmState
+    from snapgroup.domain.models import VmState
     from tests.lab.tools import virsh
 
     disk = next(

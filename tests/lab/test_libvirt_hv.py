@@ -25,8 +25,13 @@ import pytest
 from snapgroup.adapters.domxml import parse_domain
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
 from snapgroup.adapters.runner import run
-from snapgroup.errors import HypervisorError, HypervisorUnavailable, InvalidArgument, NotFound
-from snapgroup.models import BlockJobProgress, DiskOverlay, VmState
+from snapgroup.domain.errors import (
+    HypervisorError,
+    HypervisorUnavailable,
+    InvalidArgument,
+    NotFound,
+)
+from snapgroup.domain.models import BlockJobProgress, DiskOverlay, VmState
 from snapgroup.testing import labvm
 from snapgroup.testing.labvm import LabVm, cleanup_stale, create_lab_vm, lab_directory
 

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from snapgroup.api import open_engine
+from snapgroup.ops.verify import verify
 from snapgroup.testing.labvm import LabVm
-from snapgroup.verify import verify
 from tests.lab.tools import backing_chain, domblklist
 from tests.pgtools import configured_url, private_database
 

@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from snapgroup.api import open_engine
-from snapgroup.locks import vm_lock
+from snapgroup.infra.locks import vm_lock
+from snapgroup.ops.verify import verify
 from snapgroup.testing.labvm import LabVm
-from snapgroup.verify import verify
 from tests.lab.test_rest_e2e import (
     GROUPS,
     PASSWORD,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from snapgroup.engine import Engine
-from snapgroup.revert import revert
+from snapgroup.ops.revert import revert
 from snapgroup.testing.labvm import LabVm
 from tests.lab.test_fault_recovery import TARGETS, _kill_then_recover
 from tests.lab.test_group_life import (

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.availability import check
+from snapgroup.domain.errors import OperationError
+from snapgroup.domain.inventory import Group
 from snapgroup.engine import Engine
-from snapgroup.errors import OperationError
-from snapgroup.inventory import Group
-from snapgroup.revert import revert
+from snapgroup.ops.availability import check
+from snapgroup.ops.revert import revert
+from snapgroup.ops.verify import verify
 from snapgroup.testing.labvm import LabVm
-from snapgroup.verify import verify
 from tests.lab.tools import backing_chain, domblklist, export, same, sh, write_offline
 
 pytestmark = pytest.mark.lab

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from snapgroup.errors import ALL_ERRORS, InvalidArgument, SnapgroupError
+from snapgroup.domain.errors import ALL_ERRORS, InvalidArgument, SnapgroupError
 from snapgroup.rest.status import http_status
 from tests.rest.conftest import PREFIX, Api
 

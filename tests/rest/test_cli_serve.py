@@ -14,7 +14,7 @@ import pytest
 from snapgroup.cli.context import Context
 from snapgroup.cli.main import main
 from snapgroup.cli.serve import is_loopback, parse_listen
-from snapgroup.errors import InvalidArgument, InvalidSession
+from snapgroup.domain.errors import InvalidArgument, InvalidSession
 from snapgroup.rest.auth import Accounts, sha512_hex
 from snapgroup.store.db import Database
 from tests.rest.conftest import Clock, fake_engine

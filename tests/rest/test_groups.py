@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapgroup.errors import HypervisorError
-from snapgroup.models import VmState
+from snapgroup.domain.errors import HypervisorError
+from snapgroup.domain.models import VmState
 from snapgroup.store.repo import Repo
 from tests.rest.conftest import PREFIX, VM, Api
 

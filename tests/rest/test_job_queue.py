@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from snapgroup.locks import vm_lock
+from snapgroup.infra.locks import vm_lock
 from snapgroup.rest.jobs import JobRegistry
 from snapgroup.store.db import Database
 from snapgroup.store.jobs import JobStore

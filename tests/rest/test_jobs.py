@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from snapgroup.errors import Busy, InvalidArgument, NotFound, OperationError
+from snapgroup.domain.errors import Busy, InvalidArgument, NotFound, OperationError
 from snapgroup.rest.jobs import Job, JobRegistry, job_uuid_from_header
 from tests.rest.conftest import PREFIX, Api
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from snapgroup.errors import InvalidArgument
-from snapgroup.inventory import Group, GroupRef
+from snapgroup.domain.errors import InvalidArgument
+from snapgroup.domain.inventory import Group, GroupRef
 from snapgroup.rest.query import parse_condition, parse_query
 
 T0 = datetime(2017, 11, 14, 22, 20, 57, tzinfo=UTC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapgroup.models import VmState
+from snapgroup.domain.models import VmState
 from tests.rest.conftest import VM, Api
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup import journal
 from snapgroup.engine import Engine
+from snapgroup.ops import journal
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
 from tests.pgtools import empty_all_tables

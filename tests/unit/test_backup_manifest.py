@@ -19,7 +19,7 @@ from snapgroup.domain.backup_manifest import (
     newest_base,
     parse_manifest,
 )
-from snapgroup.errors import InvalidArgument, OperationError
+from snapgroup.domain.errors import InvalidArgument, OperationError
 
 VM = "a" * 32
 VDA, VDB = "b" * 32, "c" * 32

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.errors import OperationError, StoreError
+from snapgroup.domain.errors import OperationError, StoreError
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Lab
@@ -79,7 +79,7 @@ def test_missing_backing_file_is_a_clear_operation_error(lab: Lab) -> None:
 
 
 def test_vm_lock_held_elsewhere_fails_fast_with_busy(lab: Lab) -> None:
-    from snapgroup.locks import vm_lock
+    from snapgroup.infra.locks import vm_lock
 
     lab_domain(lab.hv)
     with vm_lock(VM), pytest.raises(Exception) as err:
@@ -89,7 +89,7 @@ def test_vm_lock_held_elsewhere_fails_fast_with_busy(lab: Lab) -> None:
 
 
 def test_a_chain_libvirt_would_refuse_is_refused_first(lab: Lab) -> None:
-    from snapgroup.creating import MAX_CHAIN_DEPTH
+    from snapgroup.ops.create import MAX_CHAIN_DEPTH
 
     paths = lab_domain(lab.hv, data_disks=0)
     below = paths[0]

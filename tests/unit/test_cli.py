@@ -33,7 +33,7 @@ GROUP_KEYS = {
     "createDate",
     "lastOpDate",
     "volumeSnapshotRefs",
-    # ours, beside the seed's (snapgroup.consistency)
+    # ours, beside the seed's (snapgroup.ops.consistency)
     "consistencyType",
     "frozenFilesystems",
     "freezeMillis",

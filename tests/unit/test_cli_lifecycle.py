@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from snapgroup.models import VmState
+from snapgroup.domain.models import VmState
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Lab
 from tests.unit.test_cli import cli
@@ -51,7 +51,7 @@ def test_revert_json_and_refusal_while_running(lab: Lab) -> None:
 
 
 def test_revert_failure_has_a_top_level_error(lab: Lab) -> None:
-    from snapgroup.errors import HypervisorError
+    from snapgroup.domain.errors import HypervisorError
 
     g0, _ = _groups(lab, 2)
     lab.hv.fail["set_disk_sources"] = HypervisorError("refused")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from snapgroup import journal
-from snapgroup.clone import clone
-from snapgroup.errors import OperationError
-from snapgroup.models import VmState
-from snapgroup.snapshots import delete_snapshot
-from snapgroup.sync import sync
+from snapgroup.domain.errors import OperationError
+from snapgroup.domain.models import VmState
+from snapgroup.ops import journal
+from snapgroup.ops.clone import clone
+from snapgroup.ops.delete_snapshot import delete_snapshot
+from snapgroup.ops.syncing import sync
 from tests.unit.conftest import Killed, Lab
 from tests.unit.test_lifecycle import assert_whole, history, views
 

@@ -26,8 +26,8 @@ from snapgroup.cli.context import Context
 from snapgroup.cli.launch import forward, relevant_env
 from snapgroup.cli.launch import main as launch_main
 from snapgroup.cli.main import main
+from snapgroup.domain.errors import OperationError
 from snapgroup.engine import Engine
-from snapgroup.errors import OperationError
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from snapgroup.consistency import Consistency, FreezeWindow, thaw_with_retries
-from snapgroup.errors import HypervisorError, InvalidArgument, OperationError, Timeout
-from snapgroup.models import VmState
+from snapgroup.domain.errors import HypervisorError, InvalidArgument, OperationError, Timeout
+from snapgroup.domain.models import VmState
+from snapgroup.ops.consistency import Consistency, FreezeWindow, thaw_with_retries
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
 from tests.unit.conftest import Killed, Lab
 

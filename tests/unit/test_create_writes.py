@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.errors import InvalidArgument
-from snapgroup.journal import DONE, RUNNING, Journal
-from snapgroup.models import DomainDisk, VmState
+from snapgroup.domain.errors import InvalidArgument
+from snapgroup.domain.models import DomainDisk, VmState
+from snapgroup.ops.journal import DONE, RUNNING, Journal
 from snapgroup.store.db import Database
 from snapgroup.store.repo import OperationRepo, Repo, _chain_exit
 from snapgroup.testing.fakes import lab_domain

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from snapgroup.errors import ImageToolError
-from snapgroup.inventory import Group
-from snapgroup.models import BlockJobProgress, VmState
-from snapgroup.snapshots import list_snapshots
+from snapgroup.domain.errors import ImageToolError
+from snapgroup.domain.inventory import Group
+from snapgroup.domain.models import BlockJobProgress, VmState
+from snapgroup.ops.delete_snapshot import list_snapshots
 from snapgroup.store.repo import Repo
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Killed, Lab

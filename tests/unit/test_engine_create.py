@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pytest_mock import MockerFixture
 
-from snapgroup.errors import (
+from snapgroup.domain.errors import (
     HypervisorError,
     ImageToolError,
     InvalidArgument,
@@ -11,7 +11,7 @@ from snapgroup.errors import (
     OperationError,
     StoreError,
 )
-from snapgroup.models import DomainDisk, VmState
+from snapgroup.domain.models import DomainDisk, VmState
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Lab
 
@@ -188,7 +188,7 @@ def test_an_error_after_the_switch_happened_keeps_the_snapshot(lab: Lab) -> None
 
 
 def test_a_lost_connection_before_the_switch_is_retried_once(lab: Lab) -> None:
-    from snapgroup.errors import HypervisorUnavailable
+    from snapgroup.domain.errors import HypervisorUnavailable
 
     lab_domain(lab.hv)
     lab.hv.fail["snapshot_disks"] = HypervisorUnavailable("Cannot write data: Broken pipe")

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from snapgroup.deleting import DeleteRefused
-from snapgroup.errors import HypervisorError, ImageToolError, OperationError
-from snapgroup.inventory import Group
-from snapgroup.models import VmState
+from snapgroup.domain.errors import HypervisorError, ImageToolError, OperationError
+from snapgroup.domain.inventory import Group
+from snapgroup.domain.models import VmState
+from snapgroup.ops.delete import DeleteRefused
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Lab
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.availability import check
+from snapgroup.domain.errors import OperationError
 from snapgroup.engine import Engine
-from snapgroup.errors import OperationError
-from snapgroup.revert import revert
+from snapgroup.ops.availability import check
+from snapgroup.ops.revert import revert
+from snapgroup.ops.syncing import sync
+from snapgroup.ops.ungroup import ungroup
+from snapgroup.ops.verify import verify
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
-from snapgroup.sync import sync
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
-from snapgroup.ungroup import ungroup
-from snapgroup.verify import verify
 
 VM_A, VM_B = "a" * 32, "b" * 32
 

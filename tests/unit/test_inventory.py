@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from snapgroup.inventory import zstack_date
+from snapgroup.domain.inventory import zstack_date
 
 
 def test_dates_use_the_seed_format() -> None:

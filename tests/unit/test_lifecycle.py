@@ -7,18 +7,18 @@ from dataclasses import replace
 
 import pytest
 
-from snapgroup.availability import check
-from snapgroup.errors import InvalidArgument, NotFound, OperationError
-from snapgroup.inventory import Group
-from snapgroup.models import DomainDisk, VmState
-from snapgroup.planner import expected_chain
-from snapgroup.revert import revert
-from snapgroup.snapshots import delete_snapshot, list_snapshots
+from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError
+from snapgroup.domain.inventory import Group
+from snapgroup.domain.models import DomainDisk, VmState
+from snapgroup.domain.planner import expected_chain
+from snapgroup.ops.availability import check
+from snapgroup.ops.delete_snapshot import delete_snapshot, list_snapshots
+from snapgroup.ops.revert import revert
+from snapgroup.ops.syncing import sync
+from snapgroup.ops.tree import group_tree
+from snapgroup.ops.ungroup import ungroup
 from snapgroup.store.repo import Repo
-from snapgroup.sync import sync
 from snapgroup.testing.fakes import lab_domain
-from snapgroup.tree import group_tree
-from snapgroup.ungroup import ungroup
 from tests.unit.conftest import Lab
 
 VM = "a" * 32
@@ -226,7 +226,7 @@ def test_unavailable_group_needs_volumes_to_revert(lab: Lab) -> None:
 
 
 def test_failed_switch_rolls_back_and_keeps_the_safety_group(lab: Lab) -> None:
-    from snapgroup.errors import HypervisorError
+    from snapgroup.domain.errors import HypervisorError
 
     groups = history(lab)
     now = lab.view_of_vm()
@@ -320,7 +320,7 @@ def test_tree_branches_after_a_revert_and_a_new_group(lab: Lab) -> None:
 
 
 def _date(lab: Lab, uuid: str) -> str:
-    from snapgroup.inventory import zstack_date
+    from snapgroup.domain.inventory import zstack_date
 
     return zstack_date(lab.engine.get(uuid).create_date)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from snapgroup.models import VmState
-from snapgroup.revert import revert
-from snapgroup.snapshots import delete_snapshot
+from snapgroup.domain.models import VmState
+from snapgroup.ops.delete_snapshot import delete_snapshot
+from snapgroup.ops.revert import revert
 from tests.unit.conftest import Killed, Lab
 from tests.unit.test_lifecycle import _tree, assert_whole, history, views
 
@@ -119,7 +119,7 @@ def test_single_snapshot_delete_killed_at_every_step(
 def test_sync_finishes_a_dead_operation_before_looking(lab: Lab, die_at: list[str]) -> None:
     """An API caller that never ran `recover`: a create died after switching the disks.
     Synced over, the overlays would become new volumes; finished first, they are not."""
-    from snapgroup.availability import check
+    from snapgroup.ops.availability import check
     from snapgroup.store.repo import OperationRepo, Repo
 
     groups = history(lab, n=1)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
+from snapgroup.domain.errors import InvalidArgument, NotFound
 from snapgroup.domain.retention import AutoGroup, Policy, Retention, plan_prune
-from snapgroup.errors import InvalidArgument, NotFound
 from snapgroup.store.db import Database
 from snapgroup.store.policy_repo import PolicyRepo, decode_marks, encode_marks
 from snapgroup.store.tables import GroupRow

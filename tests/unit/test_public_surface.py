@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import snapgroup
-from snapgroup.errors import ALL_ERRORS, SnapgroupError
+from snapgroup.domain.errors import ALL_ERRORS, SnapgroupError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from snapgroup.models import VmState
-from snapgroup.planner import expected_chain
+from snapgroup.domain.models import VmState
+from snapgroup.domain.planner import expected_chain
 from snapgroup.store.repo import Repo
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Killed, Lab
@@ -96,7 +96,7 @@ def test_delete_killed_at_any_step_recovers(
 
 
 def test_recover_leaves_an_operation_whose_process_holds_the_lock(lab: Lab) -> None:
-    from snapgroup.locks import vm_lock
+    from snapgroup.infra.locks import vm_lock
 
     _history(lab, VmState.RUNNING)
     op = lab.engine.journal.begin("create", VM, {"overlays": []})

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.retention import (
     CRIT,
     OK,
@@ -34,7 +35,6 @@ from snapgroup.domain.retention import (
     validate_policy,
     vm_status,
 )
-from snapgroup.errors import InvalidArgument
 
 BERLIN = ZoneInfo("Europe/Berlin")
 F15, F30 = SlotKind("frequent", 15), SlotKind("frequent", 30)

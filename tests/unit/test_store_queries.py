@@ -13,13 +13,13 @@ from pathlib import Path
 from sqlalchemy import event
 from sqlmodel import select
 
-from snapgroup.clone import clone
-from snapgroup.core import load_groups
-from snapgroup.errors import OperationError
-from snapgroup.lineage import pinned_snapshots
-from snapgroup.models import ChainSnapshot, VmState
-from snapgroup.planner import MergePlan, expected_chain, plan_merge
-from snapgroup.revert import revert
+from snapgroup.domain.errors import OperationError
+from snapgroup.domain.models import ChainSnapshot, VmState
+from snapgroup.domain.planner import MergePlan, expected_chain, plan_merge
+from snapgroup.ops.clone import clone
+from snapgroup.ops.context import load_groups
+from snapgroup.ops.lineage import pinned_snapshots
+from snapgroup.ops.revert import revert
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import VolumeRow

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.availability import check
-from snapgroup.errors import OperationError
-from snapgroup.inventory import Group
-from snapgroup.models import VmState
-from snapgroup.revert import revert
+from snapgroup.domain.errors import OperationError
+from snapgroup.domain.inventory import Group
+from snapgroup.domain.models import VmState
+from snapgroup.ops.availability import check
+from snapgroup.ops.revert import revert
+from snapgroup.ops.verify import verify
 from snapgroup.store.repo import Repo
 from snapgroup.testing.fakes import lab_domain
-from snapgroup.verify import verify
 from tests.unit.conftest import Lab
 
 VM = "a" * 32

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from snapgroup.errors import InvalidSession
+from snapgroup.domain.errors import InvalidSession
 from snapgroup.rest.routes.common import documented
 from snapgroup.rest.schemas import LoginRequest, SessionDocument, ValidSessionDocument
 from snapgroup.rest.services import Services, services

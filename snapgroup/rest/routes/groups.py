@@ -10,11 +10,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from snapgroup.availability import check
-from snapgroup.deleting import DeleteRefused
+from snapgroup.domain.errors import InvalidArgument, NotFound
+from snapgroup.domain.validate import parse_uuid, validate_description, validate_name
 from snapgroup.domain.zquery import CONDITION_PATTERN, FIELDS_PATTERN, SORT_PATTERN, parse_query
 from snapgroup.engine import DeleteMode, Engine
-from snapgroup.errors import InvalidArgument, NotFound
+from snapgroup.ops.availability import check
+from snapgroup.ops.delete import DeleteRefused
+from snapgroup.ops.revert import revert
+from snapgroup.ops.ungroup import ungroup
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import JOB_HEADER, Work
 from snapgroup.rest.routes.common import AUTH, documented
@@ -29,9 +32,6 @@ from snapgroup.rest.schemas import (
     UpdateAction,
 )
 from snapgroup.rest.services import Services, services
-from snapgroup.revert import revert
-from snapgroup.ungroup import ungroup
-from snapgroup.validate import parse_uuid, validate_description, validate_name
 
 router = APIRouter(tags=["volume snapshot groups"], dependencies=[AUTH])
 ServicesDep = Annotated[Services, Depends(services)]

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict
 
+from snapgroup.domain.errors import NotFound, SnapgroupError
+from snapgroup.domain.inventory import zstack_date
 from snapgroup.domain.zquery import Kind, parse_query, patterns
-from snapgroup.errors import NotFound, SnapgroupError
-from snapgroup.inventory import zstack_date
 from snapgroup.rest.query import run_plain
 from snapgroup.rest.routes.common import AUTH, documented
 from snapgroup.rest.services import Services, services

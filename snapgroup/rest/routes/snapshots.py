@@ -15,10 +15,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.convertors import Convertor, register_url_convertor
 
+from snapgroup.domain.errors import InvalidArgument, NotFound
+from snapgroup.domain.inventory import zstack_date
+from snapgroup.domain.validate import parse_uuid
 from snapgroup.domain.zquery import Kind, parse_query, patterns
 from snapgroup.engine import DeleteMode
-from snapgroup.errors import InvalidArgument, NotFound
-from snapgroup.inventory import zstack_date
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import Work
 from snapgroup.rest.query import run_plain
@@ -30,7 +31,6 @@ from snapgroup.rest.services import Services, services
 from snapgroup.store.repo import Repo
 from snapgroup.store.resource_rows import live_snapshots
 from snapgroup.store.tables import SnapshotRow, VolumeRow
-from snapgroup.validate import parse_uuid
 
 router = APIRouter(tags=["volume snapshots"], dependencies=[AUTH])
 

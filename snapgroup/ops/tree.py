@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from snapgroup.domain.inventory import zstack_date
 from snapgroup.engine import Engine
-from snapgroup.inventory import zstack_date
-from snapgroup.resolve import resolve_vm
+from snapgroup.ops.resolve import resolve_vm
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from snapgroup.errors import OperationError, SnapgroupError
+from snapgroup.domain.errors import OperationError, SnapgroupError
 from snapgroup.ports import ImageTool
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from snapgroup.errors import OperationError
-from snapgroup.inventory import VolumeView
-from snapgroup.models import DomainInfo
-from snapgroup.planner import PlannedDisk, classify, volume_name
+from snapgroup.domain.errors import OperationError
+from snapgroup.domain.inventory import VolumeView
+from snapgroup.domain.models import DomainInfo
+from snapgroup.domain.planner import PlannedDisk, classify, volume_name
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import VolumeRow
 

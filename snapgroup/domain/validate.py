@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from snapgroup.errors import InvalidArgument
+from snapgroup.domain.errors import InvalidArgument
 
 NAME_MAX = 255
 DESCRIPTION_MAX = 2048

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from snapgroup.errors import Busy
-from snapgroup.validate import parse_uuid
+from snapgroup.domain.errors import Busy
+from snapgroup.domain.validate import parse_uuid
 
 DEFAULT_LOCK_DIR = Path("/run/snapgroup/locks")
 POLL_SECONDS = 0.05

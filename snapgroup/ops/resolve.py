@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+from snapgroup.domain.errors import InvalidArgument, NotFound
+from snapgroup.domain.models import DomainInfo
+from snapgroup.domain.validate import looks_like_uuid, parse_uuid
 from snapgroup.engine import Engine
-from snapgroup.errors import InvalidArgument, NotFound
-from snapgroup.models import DomainInfo
 from snapgroup.store.repo import Repo
-from snapgroup.validate import looks_like_uuid, parse_uuid
 
 
 def resolve_vm(engine: Engine, vm: str) -> tuple[str, DomainInfo | None]:

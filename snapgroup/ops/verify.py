@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from snapgroup.domain.errors import NotFound, SnapgroupError
 from snapgroup.engine import Engine
-from snapgroup.errors import NotFound, SnapgroupError
 from snapgroup.store.repo import OperationRepo, Repo
 from snapgroup.store.tables import SnapshotRow, VolumeRow
 

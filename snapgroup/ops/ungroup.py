@@ -3,13 +3,13 @@ UngroupVolumeSnapshotGroup). Metadata only, one transaction."""
 
 from __future__ import annotations
 
-from snapgroup.core import load_groups
+from snapgroup.domain.errors import NotFound
+from snapgroup.domain.inventory import Group
+from snapgroup.domain.validate import parse_uuid
 from snapgroup.engine import Engine
-from snapgroup.errors import NotFound
-from snapgroup.inventory import Group
-from snapgroup.locks import vm_lock
+from snapgroup.infra.locks import vm_lock
+from snapgroup.ops.context import load_groups
 from snapgroup.store.repo import Repo
-from snapgroup.validate import parse_uuid
 
 
 def ungroup(engine: Engine, group_uuid: str) -> Group:

@@ -9,10 +9,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from snapgroup.errors import OperationError, SnapgroupError
-from snapgroup.journal import Journal, checkpoint
-from snapgroup.models import BlockJobProgress
-from snapgroup.planner import MergeKind, MergePlan
+from snapgroup.domain.errors import OperationError, SnapgroupError
+from snapgroup.domain.models import BlockJobProgress
+from snapgroup.domain.planner import MergeKind, MergePlan
+from snapgroup.ops.journal import Journal, checkpoint
 from snapgroup.ports import Hypervisor, ImageTool, ProgressFn
 from snapgroup.store.repo import Repo
 

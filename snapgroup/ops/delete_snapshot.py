@@ -11,21 +11,21 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from snapgroup.deleting import DeleteMode, PendingMerge, mark_changed
+from snapgroup.domain.errors import DeleteFailed, NotFound, OperationError, SnapgroupError
+from snapgroup.domain.inventory import DeleteResult, zstack_date
+from snapgroup.domain.models import DomainInfo
+from snapgroup.domain.planner import apply_merge, plan_merge
+from snapgroup.domain.validate import parse_uuid
 from snapgroup.engine import Engine
-from snapgroup.errors import DeleteFailed, NotFound, OperationError, SnapgroupError
-from snapgroup.inventory import DeleteResult, zstack_date
-from snapgroup.journal import DONE, FAILED
-from snapgroup.lineage import pinned_snapshots
-from snapgroup.locks import vm_lock
-from snapgroup.merging import Merger, MergeSpec
-from snapgroup.models import DomainInfo
-from snapgroup.planner import apply_merge, plan_merge
+from snapgroup.infra.locks import vm_lock
+from snapgroup.ops.delete import DeleteMode, PendingMerge, mark_changed
+from snapgroup.ops.journal import DONE, FAILED
+from snapgroup.ops.lineage import pinned_snapshots
+from snapgroup.ops.merging import Merger, MergeSpec
+from snapgroup.ops.resolve import resolve_vm
+from snapgroup.ops.syncing import sync_locked
 from snapgroup.ports import ProgressFn
-from snapgroup.resolve import resolve_vm
 from snapgroup.store.repo import Repo
-from snapgroup.sync import sync_locked
-from snapgroup.validate import parse_uuid
 
 KIND = "delete-snapshot"
 

@@ -19,19 +19,19 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from snapgroup.availability import availability, file_checker
+from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError, SnapgroupError
+from snapgroup.domain.models import DomainInfo, VolumeType
+from snapgroup.domain.planner import volume_name
+from snapgroup.domain.validate import parse_uuid, validate_name
 from snapgroup.engine import Engine
-from snapgroup.errors import InvalidArgument, NotFound, OperationError, SnapgroupError
-from snapgroup.journal import DONE, ROLLED_BACK
-from snapgroup.lineage import check_snapshot_chain
-from snapgroup.locks import vm_lock
-from snapgroup.models import DomainInfo, VolumeType
-from snapgroup.planner import volume_name
-from snapgroup.resolve import lookup_or_none
+from snapgroup.infra.locks import vm_lock
+from snapgroup.ops.availability import availability, file_checker
+from snapgroup.ops.journal import DONE, ROLLED_BACK
+from snapgroup.ops.lineage import check_snapshot_chain
+from snapgroup.ops.resolve import lookup_or_none
+from snapgroup.ops.syncing import sync_locked
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import VolumeRow
-from snapgroup.sync import sync_locked
-from snapgroup.validate import parse_uuid, validate_name
 
 KIND = "clone"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from snapgroup.errors import BatchDeleteError, SnapgroupError
+from snapgroup.domain.errors import BatchDeleteError, SnapgroupError
 
 
 def zstack_date(moment: datetime) -> str:
@@ -69,7 +69,7 @@ class Group:
     create_date: datetime
     last_op_date: datetime
     refs: tuple[GroupRef, ...]
-    # **ours** (snapgroup.consistency), beside the seed's fields; None for groups
+    # **ours** (snapgroup.ops.consistency), beside the seed's fields; None for groups
     # recorded before snapgroup recorded them.
     consistency_type: str | None = None  # Application / Crash
     frozen_filesystems: tuple[str, ...] = ()  # the mountpoints the guest agent froze

@@ -11,7 +11,22 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from snapgroup.consistency import (
+from snapgroup.domain.errors import (
+    HypervisorUnavailable,
+    ImageToolError,
+    InvalidArgument,
+    OperationError,
+    SnapgroupError,
+)
+from snapgroup.domain.inventory import Group
+from snapgroup.domain.models import DiskOverlay, DomainInfo, VmState
+from snapgroup.domain.planner import (
+    expected_chain,
+    snapshot_name,
+)
+from snapgroup.domain.validate import parse_uuid, validate_description, validate_name
+from snapgroup.infra.locks import vm_lock
+from snapgroup.ops.consistency import (
     Consistency,
     ConsistencyRecord,
     FreezeWindow,
@@ -19,26 +34,11 @@ from snapgroup.consistency import (
     thaw_report,
     thaw_with_retries,
 )
-from snapgroup.core import EngineCore, load_groups
-from snapgroup.discovery import Discovered
-from snapgroup.errors import (
-    HypervisorUnavailable,
-    ImageToolError,
-    InvalidArgument,
-    OperationError,
-    SnapgroupError,
-)
-from snapgroup.inventory import Group
-from snapgroup.journal import DONE, FAILED, ROLLED_BACK
-from snapgroup.locks import vm_lock
-from snapgroup.models import DiskOverlay, DomainInfo, VmState
-from snapgroup.planner import (
-    expected_chain,
-    snapshot_name,
-)
+from snapgroup.ops.context import EngineCore, load_groups
+from snapgroup.ops.discovery import Discovered
+from snapgroup.ops.journal import DONE, FAILED, ROLLED_BACK
 from snapgroup.store.repo import ChainLink, Repo, VolumeMove, VolumeTop
 from snapgroup.store.tables import VolumeRow
-from snapgroup.validate import parse_uuid, validate_description, validate_name
 
 OVERLAY_WORKERS = 8
 MAX_CHAIN_DEPTH = 200  # libvirt refuses to open a deeper backing chain
@@ -58,7 +58,7 @@ class CreateSteps(EngineCore):
     ) -> Group:
         """`consistency`: application (freeze the guest's filesystems or fail), crash (no
         freeze) or auto (application when the freeze works, else crash, and why):
-        snapgroup.consistency."""
+        snapgroup.ops.consistency."""
         name = validate_name(name)
         description = validate_description(description)
         mode = Consistency.parse(consistency)

@@ -22,23 +22,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from snapgroup.availability import availability, file_checker
-from snapgroup.engine import Engine
-from snapgroup.errors import (
+from snapgroup.domain.errors import (
     InvalidArgument,
     NotFound,
     OperationError,
     SnapgroupError,
 )
-from snapgroup.inventory import Group
-from snapgroup.journal import DONE, ROLLED_BACK
-from snapgroup.lineage import check_snapshot_chain
-from snapgroup.locks import vm_lock
-from snapgroup.models import DomainInfo, VmState
+from snapgroup.domain.inventory import Group
+from snapgroup.domain.models import DomainInfo, VmState
+from snapgroup.domain.validate import NAME_MAX, parse_uuid
+from snapgroup.engine import Engine
+from snapgroup.infra.locks import vm_lock
+from snapgroup.ops.availability import availability, file_checker
+from snapgroup.ops.journal import DONE, ROLLED_BACK
+from snapgroup.ops.lineage import check_snapshot_chain
+from snapgroup.ops.syncing import sync_locked
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow, VolumeRow
-from snapgroup.sync import sync_locked
-from snapgroup.validate import NAME_MAX, parse_uuid
 
 KIND = "revert"
 DEFAULT_STOP_TIMEOUT = 60.0

@@ -11,31 +11,31 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from snapgroup.core import EngineCore
-from snapgroup.errors import (
+from snapgroup.domain.errors import (
     DeleteFailed,
     InvalidArgument,
     NotFound,
     OperationError,
     SnapgroupError,
 )
-from snapgroup.inventory import DeleteReport, DeleteResult
-from snapgroup.journal import DONE
-from snapgroup.lineage import pinned_snapshots
-from snapgroup.locks import vm_lock
-from snapgroup.merging import Merger, MergeSpec, merging_into
-from snapgroup.models import ChainSnapshot, DomainInfo, VmState
-from snapgroup.planner import (
+from snapgroup.domain.inventory import DeleteReport, DeleteResult
+from snapgroup.domain.models import ChainSnapshot, DomainInfo, VmState
+from snapgroup.domain.planner import (
     MergePlan,
     apply_merge,
     expected_chain,
     merge_room,
     plan_merge,
 )
+from snapgroup.domain.validate import parse_uuid
+from snapgroup.infra.locks import vm_lock
+from snapgroup.ops.context import EngineCore
+from snapgroup.ops.journal import DONE
+from snapgroup.ops.lineage import pinned_snapshots
+from snapgroup.ops.merging import Merger, MergeSpec, merging_into
 from snapgroup.ports import ProgressFn
 from snapgroup.store.repo import ChainLink, OperationRepo, Repo
 from snapgroup.store.tables import RefRow, SnapshotRow, VolumeRow
-from snapgroup.validate import parse_uuid
 
 
 class DeleteRefused(OperationError):

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from snapgroup.discovery import Discovered, register_volumes
+from snapgroup.domain.errors import SnapgroupError
+from snapgroup.domain.models import DomainInfo
+from snapgroup.domain.planner import expected_chain
 from snapgroup.engine import Engine
-from snapgroup.errors import SnapgroupError
-from snapgroup.locks import vm_lock
-from snapgroup.models import DomainInfo
-from snapgroup.planner import expected_chain
-from snapgroup.resolve import lookup_or_none, resolve_vm
+from snapgroup.infra.locks import vm_lock
+from snapgroup.ops.discovery import Discovered, register_volumes
+from snapgroup.ops.resolve import lookup_or_none, resolve_vm
 from snapgroup.store.repo import ChainLink, OperationRepo, Repo
 from snapgroup.store.tables import VolumeRow
 

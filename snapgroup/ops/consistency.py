@@ -30,8 +30,8 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-from snapgroup.errors import InvalidArgument, OperationError, SnapgroupError
-from snapgroup.models import DomainInfo, VmState
+from snapgroup.domain.errors import InvalidArgument, OperationError, SnapgroupError
+from snapgroup.domain.models import DomainInfo, VmState
 from snapgroup.ports import Hypervisor
 
 log = logging.getLogger(__name__)

@@ -17,16 +17,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from snapgroup.domain.errors import NotFound
+from snapgroup.domain.models import DomainInfo
+from snapgroup.domain.planner import classify
+from snapgroup.domain.validate import parse_uuid
 from snapgroup.engine import Engine
-from snapgroup.errors import NotFound
-from snapgroup.locks import try_vm_lock
-from snapgroup.models import DomainInfo
-from snapgroup.planner import classify
-from snapgroup.resolve import lookup_or_none
+from snapgroup.infra.locks import try_vm_lock
+from snapgroup.ops.resolve import lookup_or_none
+from snapgroup.ops.syncing import sync_locked
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow
-from snapgroup.sync import sync_locked
-from snapgroup.validate import parse_uuid
 
 
 @dataclass(frozen=True)

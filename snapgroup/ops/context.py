@@ -10,25 +10,25 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
-from snapgroup.consistency import (
-    FREEZE_TIMEOUT_S,
-)
-from snapgroup.discovery import Discovered, register_volumes
-from snapgroup.errors import (
+from snapgroup.domain.errors import (
     InvalidArgument,
     NotFound,
     OperationError,
     SnapgroupError,
 )
-from snapgroup.host import local_host
-from snapgroup.inventory import Group, GroupRef
-from snapgroup.journal import Journal
-from snapgroup.models import DomainInfo
+from snapgroup.domain.inventory import Group, GroupRef
+from snapgroup.domain.models import DomainInfo
+from snapgroup.domain.validate import parse_uuid
+from snapgroup.infra.host import local_host
+from snapgroup.ops.consistency import (
+    FREEZE_TIMEOUT_S,
+)
+from snapgroup.ops.discovery import Discovered, register_volumes
+from snapgroup.ops.journal import Journal
 from snapgroup.ports import Hypervisor, ImageTool
 from snapgroup.store.db import Database
 from snapgroup.store.repo import DateParser, Repo
 from snapgroup.store.tables import GroupRow, VolumeRow
-from snapgroup.validate import parse_uuid
 
 
 def _utcnow() -> datetime:
@@ -53,7 +53,7 @@ class EngineCore:
         host: str | None = None,
     ) -> None:
         """`host`: this host's name in a store shared by several (default
-        snapgroup.host.local_host()); the engine only operates on VMs it owns."""
+        snapgroup.infra.host.local_host()); the engine only operates on VMs it owns."""
         self.hv = hypervisor
         self.images = images
         self.db = db
@@ -133,18 +133,18 @@ class EngineCore:
 
     def _sync(self, vm_uuid: str, domain: DomainInfo | None) -> None:
         """Record what changed behind our back first (detached or removed volumes, a VM
-        that is gone): snapgroup.sync. The caller holds the VM's lock."""
+        that is gone): snapgroup.ops.syncing. The caller holds the VM's lock."""
         from snapgroup.engine import Engine  # both import this module
-        from snapgroup.sync import sync_locked
+        from snapgroup.ops.syncing import sync_locked
 
         assert isinstance(self, Engine)  # the only concrete use case class
         sync_locked(self, vm_uuid, domain)
 
     def _synced(self, domain: DomainInfo) -> AbstractContextManager[tuple[Repo, Discovered]]:
         """_sync then _discover, with one read of the VM's volumes, leaving a session
-        open to read on in: snapgroup.sync.synced."""
+        open to read on in: snapgroup.ops.syncing.synced."""
         from snapgroup.engine import Engine  # both import this module
-        from snapgroup.sync import synced
+        from snapgroup.ops.syncing import synced
 
         assert isinstance(self, Engine)
         return synced(self, domain)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from snapgroup.core import load_groups
+from snapgroup.domain.inventory import Group
 from snapgroup.domain.zquery import Query
-from snapgroup.inventory import Group
+from snapgroup.ops.context import load_groups
 from snapgroup.store import group_query
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo

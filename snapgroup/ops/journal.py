@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from snapgroup.host import local_host
+from snapgroup.infra.host import local_host
 from snapgroup.store.db import Database
 from snapgroup.store.repo import OperationRepo
 from snapgroup.store.tables import OperationRow

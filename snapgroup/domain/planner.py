@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from snapgroup.errors import OperationError
-from snapgroup.models import ChainSnapshot, DomainDisk, DomainInfo, ImageInfo, VolumeType
+from snapgroup.domain.errors import OperationError
+from snapgroup.domain.models import ChainSnapshot, DomainDisk, DomainInfo, ImageInfo, VolumeType
 from snapgroup.store.tables import SnapshotRow, VolumeRow
 
 _TARGET = re.compile(r"^([a-z]+?d)([a-z]+)$")
