@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bench import lab
 from bench.timing import Row, compare, rounds, timed
-from snapgroup.engine import Engine
+from snapgroup.api import Engine
 from snapgroup.testing.labvm import LabVm
 
 NAME = "chain-length"

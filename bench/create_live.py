@@ -16,8 +16,8 @@ import sys
 
 from bench import lab
 from bench.timing import Row, Target, compare, rounds, timed
+from snapgroup.api import Engine
 from snapgroup.domain.models import DiskOverlay
-from snapgroup.engine import Engine
 from snapgroup.testing.labvm import LabVm
 
 NAME = "create-live"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench import lab
 from bench.timing import Row, Stats, Target, compare, rounds
-from snapgroup.engine import Engine
+from snapgroup.api import Engine
 from snapgroup.testing.labvm import LAB_ROOT, LabVm
 
 NAME = "freeze-window"

@@ -19,9 +19,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from snapgroup.adapters.runner import run
-from snapgroup.api import open_engine
+from snapgroup.api import Engine, open_engine
 from snapgroup.domain.errors import HypervisorUnavailable, SnapgroupError
-from snapgroup.engine import Engine
 from snapgroup.testing.labvm import LAB_ROOT, LabVm, cleanup_stale, create_lab_vm, lab_directory
 
 URI = "qemu:///system"

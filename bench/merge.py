@@ -20,8 +20,8 @@ import os
 
 from bench import lab
 from bench.timing import Row, Stats, Target, ratios, rounds, timed
+from snapgroup.api import Engine
 from snapgroup.domain.errors import HypervisorUnavailable
-from snapgroup.engine import Engine
 from snapgroup.testing.labvm import LabVm
 
 NAME = "delete-merge"

@@ -30,9 +30,10 @@ from sqlalchemy import insert, text
 
 from bench import lab
 from bench.timing import Row, Stats, Target, clock, ms
+from snapgroup.api import Engine
 from snapgroup.domain.models import DomainDisk, VmState
-from snapgroup.engine import Engine
 from snapgroup.infra.host import local_host
+from snapgroup.ops import creating
 from snapgroup.ops.consistency import ConsistencyRecord, ConsistencyType
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
@@ -243,7 +244,7 @@ def _commit_floor(directory: Path, n: int) -> tuple[list[float], list[float]]:
 
 
 def _record(eng: Engine, vm_uuid: str, n: int) -> tuple[list[float], list[float]]:
-    """The recording part of a create alone (Engine._record_group: the group, its
+    """The recording part of a create alone (ops.creating._record_group: the group, its
     snapshots and refs, the volumes' new tops and the journal's close, in one
     transaction), each time on a journal entry begun untimed. Run last: it moves the
     volumes' tops to files the fakes do not have."""
@@ -267,7 +268,7 @@ def _record(eng: Engine, vm_uuid: str, n: int) -> tuple[list[float], list[float]
             "consistency": crash,
         }
         op = eng.journal.begin("create", vm_uuid, plan, group_uuid=group_uuid)
-        w, c = _repeat(1, functools.partial(eng._record_group, op, plan, vm_uuid))
+        w, c = _repeat(1, functools.partial(creating._record_group, eng.ctx, op, plan, vm_uuid))
         if i:  # the first is a warm-up
             wall += w
             cpu += c
@@ -349,9 +350,9 @@ def run(runs: int, quick: bool) -> list[Row]:
             target=TARGET,
         ),
         row(
-            "  of which recording it (Engine._record_group, one transaction)",
+            "  of which recording it (ops.creating._record_group, one transaction)",
             recorded,
-            "Engine._record_group",
+            "ops.creating._record_group",
             target=TARGET,
         ),
         row(

@@ -29,9 +29,9 @@ from sqlalchemy import text
 from bench import lab
 from bench.metadata import _generate, _Store
 from bench.timing import Row, Stats, Target, clock, ms
+from snapgroup.api import Engine
 from snapgroup.cli.context import Context
 from snapgroup.cli.main import main as cli_main
-from snapgroup.engine import Engine
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
 from snapgroup.testing.labvm import LAB_ROOT

@@ -46,9 +46,8 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor  # noqa: E402
 from snapgroup.adapters.qemu_img import QemuImg  # noqa: E402
-from snapgroup.api import open_engine  # noqa: E402
+from snapgroup.api import Engine, open_engine  # noqa: E402
 from snapgroup.domain.models import DiskOverlay  # noqa: E402
-from snapgroup.engine import Engine  # noqa: E402
 from snapgroup.testing.labvm import (  # noqa: E402
     LAB_ROOT,
     LabVm,

@@ -12,7 +12,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from snapgroup.api import open_engine
+    from snapgroup.api import DeleteMode, Engine, open_engine
     from snapgroup.domain.errors import (
         AuthenticationError,
         BatchDeleteError,
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
         Timeout,
     )
     from snapgroup.domain.inventory import DeleteReport, DeleteResult, Group, GroupRef, VolumeView
-    from snapgroup.engine import DeleteMode, Engine
     from snapgroup.ops.consistency import Consistency
 
 __all__ = [
@@ -66,8 +65,8 @@ __all__ = [
 _HOMES = {
     "open_engine": "snapgroup.api",
     "Consistency": "snapgroup.ops.consistency",
-    "DeleteMode": "snapgroup.engine",
-    "Engine": "snapgroup.engine",
+    "DeleteMode": "snapgroup.api",
+    "Engine": "snapgroup.api",
     "DeleteReport": "snapgroup.domain.inventory",
     "DeleteResult": "snapgroup.domain.inventory",
     "Group": "snapgroup.domain.inventory",

@@ -1,13 +1,56 @@
-"""Wiring: an Engine on the real adapters (libvirt, qemu-img, SQLModel store)."""
+"""The public Python API: `open_engine` (the real adapters: libvirt, qemu-img, the
+SQLModel store) and `Engine`, whose methods hand each call to its use case in ops/.
+Only the entry points (cli/, rest/) and callers outside the package import this."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
 from snapgroup.adapters.qemu_img import QemuImg
-from snapgroup.engine import Engine
+from snapgroup.domain.inventory import DeleteReport, DeleteResult, Group, VolumeView
+from snapgroup.domain.models import DeleteMode
+from snapgroup.domain.zquery import Query
+from snapgroup.ops import (
+    availability,
+    clone,
+    create,
+    delete,
+    delete_snapshot,
+    queries,
+    querying,
+    revert,
+    snapshots,
+    sync,
+    tree,
+    ungroup,
+    update,
+    verify,
+)
+from snapgroup.ops.consistency import FREEZE_TIMEOUT_S, Consistency
+from snapgroup.ops.context import OpContext
+from snapgroup.ops.context import new_uuid as random_uuid
+from snapgroup.ops.context import utcnow as now_utc
+from snapgroup.ops.creating import MAX_CHAIN_DEPTH
+from snapgroup.ops.recovery import recover_pending
+from snapgroup.ports import Clock, Hypervisor, ImageTool, ProgressFn
 from snapgroup.store.db import Database
+from snapgroup.store.tables import GroupRow, OperationRow
+
+if TYPE_CHECKING:
+    from snapgroup.ops.availability_rules import Availability
+    from snapgroup.ops.clone import Clone
+    from snapgroup.ops.journal import Journal
+    from snapgroup.ops.querying import GroupPage
+    from snapgroup.ops.revert import RevertReport
+    from snapgroup.ops.snapshots import SnapshotView
+    from snapgroup.ops.syncing import Change
+    from snapgroup.ops.tree import VmTree
+    from snapgroup.ops.verify import Difference
+
+__all__ = ["MAX_CHAIN_DEPTH", "DeleteMode", "Engine", "open_engine"]
 
 DEFAULT_URI = "qemu:///system"
 
@@ -27,3 +70,187 @@ def open_engine(
         db=Database(db),
         lock_wait=lock_wait,
     )
+
+
+class _FromContext:
+    """An Engine attribute kept in its OpContext (settable: tests swap a port)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, engine: Engine | None, owner: type) -> object:
+        return self if engine is None else getattr(engine.ctx, self.name)
+
+    def __set__(self, engine: Engine, value: object) -> None:
+        setattr(engine.ctx, self.name, value)
+
+
+class Engine:
+    """Snapshot groups of a VM's disks: every method is one use case (ops/)."""
+
+    if TYPE_CHECKING:  # the attributes below, typed as the context holds them
+        hv: Hypervisor
+        images: ImageTool
+        db: Database
+        journal: Journal
+        clock: Clock
+        new_uuid: Callable[[], str]
+        host: str
+        lock_wait: float
+        freeze_timeout: int
+    else:
+        hv = _FromContext()
+        images = _FromContext()
+        db = _FromContext()
+        journal = _FromContext()
+        clock = _FromContext()
+        new_uuid = _FromContext()
+        host = _FromContext()
+        lock_wait = _FromContext()
+        freeze_timeout = _FromContext()
+
+    def __init__(
+        self,
+        *,
+        hypervisor: Hypervisor,
+        images: ImageTool,
+        db: Database,
+        clock: Clock = now_utc,
+        new_uuid: Callable[[], str] = random_uuid,
+        lock_wait: float = 0.0,
+        freeze_timeout: int = FREEZE_TIMEOUT_S,
+        host: str | None = None,
+    ) -> None:
+        """`host`: this host's name in a store shared by several (default
+        snapgroup.infra.host.local_host()); the engine only operates on VMs it owns.
+        `lock_wait`: seconds to wait for another operation on the same VM."""
+        self.ctx = OpContext.make(
+            hypervisor=hypervisor,
+            images=images,
+            db=db,
+            clock=clock,
+            new_uuid=new_uuid,
+            lock_wait=lock_wait,
+            freeze_timeout=freeze_timeout,
+            host=host,
+        )
+
+    # Groups
+    def create(
+        self,
+        *,
+        name: str,
+        vm: str | None = None,
+        root_volume_uuid: str | None = None,
+        description: str | None = None,
+        resource_uuid: str | None = None,
+        skip_unsupported: bool = False,
+        consistency: Consistency | str = Consistency.AUTO,
+    ) -> Group:
+        return create.create(
+            self.ctx,
+            name=name,
+            vm=vm,
+            root_volume_uuid=root_volume_uuid,
+            description=description,
+            resource_uuid=resource_uuid,
+            skip_unsupported=skip_unsupported,
+            consistency=consistency,
+        )
+
+    def get(self, group_uuid: str) -> Group:
+        return queries.get(self.ctx, group_uuid)
+
+    def query_groups(self, query: Query) -> GroupPage:
+        """One page of the groups a ZStack query matches, selected in SQL."""
+        return querying.query_groups(self.ctx.db, query)
+
+    def list_groups(self, *, vm: str | None = None) -> list[Group]:
+        return queries.list_groups(self.ctx, vm=vm)
+
+    def update(
+        self, group_uuid: str, *, name: str | None = None, description: str | None = None
+    ) -> Group:
+        return update.update(self.ctx, group_uuid, name=name, description=description)
+
+    def delete(
+        self,
+        group_uuid: str,
+        *,
+        mode: DeleteMode | str = DeleteMode.PERMISSIVE,
+        progress: ProgressFn | None = None,
+    ) -> DeleteReport:
+        return delete.delete(self.ctx, group_uuid, mode=mode, progress=progress)
+
+    def check(self, group_uuids: Sequence[str]) -> list[Availability]:
+        return availability.check(self.ctx, group_uuids)
+
+    def revert(
+        self,
+        group_uuid: str,
+        *,
+        volumes: Sequence[str] | None = None,
+        safety_group: bool = True,
+        stop: bool = False,
+        stop_timeout: float = revert.DEFAULT_STOP_TIMEOUT,
+    ) -> RevertReport:
+        return revert.revert(
+            self.ctx,
+            group_uuid,
+            volumes=volumes,
+            safety_group=safety_group,
+            stop=stop,
+            stop_timeout=stop_timeout,
+        )
+
+    def clone(self, group_uuid: str, *, name: str, start: bool = False) -> Clone:
+        return clone.clone(self.ctx, group_uuid, name=name, start=start)
+
+    def revert_volume(self, snapshot_uuid: str) -> RevertReport:
+        """ZStack's RevertVolumeFromSnapshot: the snapshot's volume alone, from its group."""
+        return revert.revert_volume(self.ctx, snapshot_uuid)
+
+    def ungroup(self, group_uuid: str) -> Group:
+        return ungroup.ungroup(self.ctx, group_uuid)
+
+    def owned_group(self, uuid: str) -> GroupRow:
+        return self.ctx.owned_group(uuid)
+
+    def check_owner(self, vm_uuid: str) -> None:
+        self.ctx.check_owner(vm_uuid)
+
+    # A VM's volumes and snapshots
+    def volumes(self, vm: str) -> list[VolumeView]:
+        return queries.volumes(self.ctx, vm)
+
+    def list_snapshots(self, vm: str) -> list[SnapshotView]:
+        return snapshots.list_snapshots(self.ctx, vm)
+
+    def delete_snapshot(
+        self,
+        snapshot_uuid: str,
+        *,
+        mode: DeleteMode | str = DeleteMode.PERMISSIVE,
+        progress: ProgressFn | None = None,
+    ) -> DeleteResult:
+        return delete_snapshot.delete_snapshot(
+            self.ctx, snapshot_uuid, mode=mode, progress=progress
+        )
+
+    def group_tree(self, vm: str) -> VmTree:
+        return tree.group_tree(self.ctx, vm)
+
+    # Metadata against reality, and the journal
+    def sync(self, vm: str | None = None, *, deep: bool = True) -> list[Change]:
+        return sync.sync(self.ctx, vm, deep=deep)
+
+    def verify(self, *, vm: str | None = None, repair: bool = False) -> list[Difference]:
+        return verify.verify(self.ctx, vm=vm, repair=repair)
+
+    def recover(self) -> list[OperationRow]:
+        """Finish or roll back every interrupted operation of this host whose VM lock is
+        free (a held lock means its process is still at work). Idempotent."""
+        return recover_pending(self.ctx)
+
+    def operations(self, *, limit: int = 100) -> list[OperationRow]:
+        return queries.operations(self.ctx, limit=limit)

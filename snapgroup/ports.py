@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Protocol
 
 from snapgroup.domain.backup_manifest import ImageCheck
@@ -15,6 +16,7 @@ from snapgroup.domain.models import (
 )
 
 ProgressFn = Callable[[BlockJobProgress], None]
+Clock = Callable[[], datetime]  # now, timezone-aware (tests pass a fixed one)
 
 
 class Hypervisor(Protocol):

@@ -7,7 +7,6 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
-from snapgroup.ops.availability import check
 
 
 def register(sub: Any) -> None:
@@ -17,7 +16,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    results = check(ctx.engine, args.uuids)
+    results = ctx.engine.check(args.uuids)
     if ctx.as_json:
         print_json({"results": [r.to_dict() for r in results]}, ctx.out)
     else:

@@ -7,7 +7,6 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
-from snapgroup.ops.clone import clone
 
 
 def register(sub: Any) -> None:
@@ -25,7 +24,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    made = clone(ctx.engine, args.uuid, name=args.name, start=args.start)
+    made = ctx.engine.clone(args.uuid, name=args.name, start=args.start)
     if ctx.as_json:
         print_json({"inventory": made.to_inventory()}, ctx.out)
         return 0

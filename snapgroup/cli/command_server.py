@@ -25,12 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, cast
 
-from snapgroup.api import DEFAULT_URI
+from snapgroup.api import DEFAULT_URI, Engine
 from snapgroup.cli.context import Context
 from snapgroup.cli.launch import MAX_FRAME, NO_DAEMON_ENV, SOCKET_ENV, encode, relevant_env
 from snapgroup.cli.main import build_parser, execute
 from snapgroup.domain.errors import OperationError
-from snapgroup.engine import Engine
 from snapgroup.store.db import DEFAULT_DB_URL
 
 log = logging.getLogger("snapgroup.daemon")

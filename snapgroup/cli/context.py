@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from snapgroup.engine import Engine
+from snapgroup.api import Engine
 
 
 @dataclass

@@ -15,9 +15,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from snapgroup.api import Engine
 from snapgroup.cli.context import Context
 from snapgroup.cli.launch import DEFAULT_SOCKET, SOCKET_ENV, socket_path
-from snapgroup.engine import Engine
 
 
 def register(sub: Any) -> None:

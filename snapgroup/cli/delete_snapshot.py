@@ -7,7 +7,6 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import ProgressPrinter, print_json, table
-from snapgroup.ops.delete_snapshot import delete_snapshot
 
 
 def register(sub: Any) -> None:
@@ -28,8 +27,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    result = delete_snapshot(
-        ctx.engine, args.uuid, mode=args.mode, progress=ProgressPrinter("merging", ctx.err)
+    result = ctx.engine.delete_snapshot(
+        args.uuid, mode=args.mode, progress=ProgressPrinter("merging", ctx.err)
     )
     response: dict[str, Any] = {"results": [result.to_dict()]}
     if result.error is not None:

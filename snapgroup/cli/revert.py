@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, results_table
-from snapgroup.ops.revert import DEFAULT_STOP_TIMEOUT, revert
+from snapgroup.ops.revert import DEFAULT_STOP_TIMEOUT
 
 
 def register(sub: Any) -> None:
@@ -50,8 +50,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     volumes = [v for v in args.volumes.split(",") if v.strip()] if args.volumes else None
-    report = revert(
-        ctx.engine,
+    report = ctx.engine.revert(
         args.uuid,
         volumes=volumes,
         safety_group=not args.no_safety_group,

@@ -7,7 +7,6 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
-from snapgroup.ops.delete_snapshot import list_snapshots
 
 
 def register(sub: Any) -> None:
@@ -17,7 +16,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    views = list_snapshots(ctx.engine, args.vm)
+    views = ctx.engine.list_snapshots(args.vm)
     if ctx.as_json:
         print_json({"inventories": [v.to_inventory() for v in views]}, ctx.out)
         return 0

@@ -7,7 +7,6 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
-from snapgroup.ops.syncing import sync
 
 
 def register(sub: Any) -> None:
@@ -22,7 +21,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    changes = sync(ctx.engine, args.vm)
+    changes = ctx.engine.sync(args.vm)
     if ctx.as_json:
         print_json({"changes": [c.to_dict() for c in changes]}, ctx.out)
     elif changes:

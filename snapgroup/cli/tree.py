@@ -7,7 +7,6 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json
-from snapgroup.ops.tree import group_tree
 
 
 def register(sub: Any) -> None:
@@ -19,7 +18,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    tree = group_tree(ctx.engine, args.vm)
+    tree = ctx.engine.group_tree(args.vm)
     if ctx.as_json:
         print_json(tree.to_dict(), ctx.out)
     else:

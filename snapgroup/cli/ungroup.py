@@ -7,7 +7,6 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import group_detail, print_json
-from snapgroup.ops.ungroup import ungroup
 
 
 def register(sub: Any) -> None:
@@ -17,7 +16,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    group = ungroup(ctx.engine, args.uuid)
+    group = ctx.engine.ungroup(args.uuid)
     if ctx.as_json:
         print_json({"inventory": group.to_inventory()}, ctx.out)
     else:

@@ -7,7 +7,6 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
-from snapgroup.ops.verify import verify
 
 
 def register(sub: Any) -> None:
@@ -18,7 +17,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    diffs = verify(ctx.engine, vm=args.vm, repair=args.repair)
+    diffs = ctx.engine.verify(vm=args.vm, repair=args.repair)
     if ctx.as_json:
         print_json({"differences": [d.to_dict() for d in diffs]}, ctx.out)
     elif diffs:

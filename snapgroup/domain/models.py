@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from snapgroup.domain.errors import InvalidArgument
+
 
 class VmState(StrEnum):
     RUNNING = "Running"
@@ -94,3 +96,15 @@ class ChainSnapshot(Protocol):
     def install_path(self) -> str: ...
     @property
     def parent_uuid(self) -> str | None: ...
+
+
+class DeleteMode(StrEnum):
+    PERMISSIVE = "Permissive"
+    ENFORCING = "Enforcing"
+
+    @classmethod
+    def parse(cls, value: str | DeleteMode) -> DeleteMode:
+        for mode in cls:
+            if value == mode or str(value).lower() == mode.value.lower():
+                return mode
+        raise InvalidArgument(f"deleteMode {value!r} is not Permissive or Enforcing")

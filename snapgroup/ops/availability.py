@@ -13,38 +13,23 @@ the real chain before they build on it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 from snapgroup.domain.errors import NotFound
 from snapgroup.domain.models import DomainInfo
-from snapgroup.domain.planner import classify
 from snapgroup.domain.validate import parse_uuid
-from snapgroup.engine import Engine
 from snapgroup.infra.locks import try_vm_lock
+from snapgroup.ops.availability_rules import Availability, availability, file_checker
+from snapgroup.ops.context import OpContext
 from snapgroup.ops.resolve import lookup_or_none
 from snapgroup.ops.syncing import sync_locked
 from snapgroup.store.repo import Repo
-from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow
 
 
-@dataclass(frozen=True)
-class Availability:
-    uuid: str
-    available: bool
-    reason: str | None
-    # volume uuid -> why its snapshot cannot be restored (None: it can)
-    volumes: dict[str, str | None] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "available": self.available, "reason": self.reason}
-
-
-def check(engine: Engine, group_uuids: Sequence[str]) -> list[Availability]:
+def check(ctx: OpContext, group_uuids: Sequence[str]) -> list[Availability]:
     """Availability of each group, in the order given; NotFound for an unknown group."""
     uuids = [parse_uuid(u, "group uuid") for u in group_uuids]
-    with engine.db.transaction() as session:
+    with ctx.db.transaction() as session:
         rows = {u: Repo(session).group(u) for u in uuids}
     missing = [u for u, row in rows.items() if row is None]
     if missing:
@@ -53,10 +38,10 @@ def check(engine: Engine, group_uuids: Sequence[str]) -> list[Availability]:
     for row in rows.values():
         assert row is not None
         if row.vm_uuid not in domains:
-            domains[row.vm_uuid] = _synced_domain(engine, row.vm_uuid)
+            domains[row.vm_uuid] = _synced_domain(ctx, row.vm_uuid)
     results = []
-    exists = file_checker(engine)  # one stat per file however many groups read it
-    with engine.db.transaction() as session:
+    exists = file_checker(ctx)  # one stat per file however many groups read it
+    with ctx.db.transaction() as session:
         repo = Repo(session)
         for uuid in uuids:
             group = repo.group(uuid)
@@ -65,99 +50,16 @@ def check(engine: Engine, group_uuids: Sequence[str]) -> list[Availability]:
     return results
 
 
-def file_checker(engine: Engine) -> Callable[[str], bool]:
-    """engine.images.exists, each path looked at once per call of the caller."""
-    seen: dict[str, bool] = {}
-
-    def exists(path: str) -> bool:
-        if path not in seen:
-            seen[path] = engine.images.exists(path)
-        return seen[path]
-
-    return exists
-
-
-def _synced_domain(engine: Engine, vm_uuid: str) -> DomainInfo | None:
+def _synced_domain(ctx: OpContext, vm_uuid: str) -> DomainInfo | None:
     """The VM's domain after a sync. A query does not wait for a busy VM: when another
     operation holds its lock, the metadata is read as recorded."""
-    domain = lookup_or_none(engine, vm_uuid)
+    domain = lookup_or_none(ctx, vm_uuid)
     fd = try_vm_lock(vm_uuid)
     if fd is None:
         return domain
     try:
-        domain = lookup_or_none(engine, vm_uuid)  # what it is now, under the lock
-        sync_locked(engine, vm_uuid, domain)
+        domain = lookup_or_none(ctx, vm_uuid)  # what it is now, under the lock
+        sync_locked(ctx, vm_uuid, domain)
         return domain
     finally:
         os.close(fd)
-
-
-def availability(
-    repo: Repo, group: GroupRow, domain: DomainInfo | None, *, exists: Callable[[str], bool]
-) -> Availability:
-    """For a synced VM (`domain` None: it is gone). `exists`: does a file exist
-    (file_checker, or an ImageTool's exists)."""
-    reasons: list[str] = []
-    volumes: dict[str, str | None] = {}
-    if domain is None:
-        reasons.append(f"VM {group.vm_uuid} is no longer defined")
-    in_group: set[str] = set()
-    refs = repo.refs_with_snapshots([group.uuid])
-    attached = [
-        v for ref, _ in refs if (v := repo.volume(ref.volume_uuid)) is not None and v.attached
-    ]
-    lineages = repo.lineages(attached) if domain is not None else {}
-    for ref, snapshot in refs:
-        in_group.add(ref.volume_uuid)
-        volume = repo.volume(ref.volume_uuid)
-        problem = None
-        if snapshot.deleted:
-            problem = f"snapshot {snapshot.uuid} of volume {ref.volume_name} was deleted"
-        elif volume is None or not volume.attached or domain is None:
-            problem = f"volume {ref.volume_name} ({ref.volume_uuid}) is no longer attached"
-        else:
-            problem = _files_problem(repo, ref, snapshot, lineages[volume.uuid], exists)
-        volumes[ref.volume_uuid] = problem
-        if problem is not None and domain is not None:
-            reasons.append(problem)
-    if domain is not None:
-        snapshottable = {
-            p.disk.target for p in classify(domain) if p.device_id is not None and p.eligible
-        }
-        for volume in repo.volumes_of_vm(group.vm_uuid, attached_only=True):
-            if volume.uuid not in in_group and volume.target in snapshottable:
-                reasons.append(
-                    f"volume {volume.name} ({volume.target}) is attached now but not in the group"
-                )
-    return Availability(group.uuid, not reasons, "; ".join(reasons) or None, volumes)
-
-
-def _files_problem(
-    repo: Repo,
-    ref: RefRow,
-    snapshot: SnapshotRow,
-    lineage: list[SnapshotRow],
-    exists: Callable[[str], bool],
-) -> str | None:
-    """Why the snapshot's point in time cannot be read back: a file of its recorded
-    chain (itself first) missing, or a snapshot of it marked changed. None: it can."""
-    by_uuid = {s.uuid: s for s in lineage}
-    volume = f"volume {ref.volume_name} ({ref.volume_uuid})"
-    current: SnapshotRow | None = snapshot
-    seen: set[str] = set()
-    while current is not None and current.uuid not in seen:
-        seen.add(current.uuid)
-        what = "its snapshot" if current is snapshot else "the snapshot below it"
-        if current.changed:
-            return f"{volume}: {what} {current.uuid} changed: {current.changed}"
-        if not exists(current.install_path):
-            return f"{volume}: file {current.install_path} of {what} {current.uuid} is missing"
-        parent = current.parent_uuid
-        if parent is None:
-            return None
-        # A parent outside the lineage is a deleted row whose file may still be there
-        # (sync keeps a removed volume's files): its file decides.
-        current = by_uuid.get(parent) or repo.snapshot(parent)
-        if current is None:
-            return f"{volume}: the metadata names a parent snapshot {parent} it does not hold"
-    return None

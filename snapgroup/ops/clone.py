@@ -23,11 +23,12 @@ from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError, S
 from snapgroup.domain.models import DomainInfo, VolumeType
 from snapgroup.domain.planner import volume_name
 from snapgroup.domain.validate import parse_uuid, validate_name
-from snapgroup.engine import Engine
 from snapgroup.infra.locks import vm_lock
-from snapgroup.ops.availability import availability, file_checker
+from snapgroup.ops.availability_rules import availability, file_checker
+from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.lineage import check_snapshot_chain
+from snapgroup.ops.recovery import recovers
 from snapgroup.ops.resolve import lookup_or_none
 from snapgroup.ops.syncing import sync_locked
 from snapgroup.store.repo import Repo
@@ -72,36 +73,36 @@ class Clone:
         }
 
 
-def clone(engine: Engine, group_uuid: str, *, name: str, start: bool = False) -> Clone:
+def clone(ctx: OpContext, group_uuid: str, *, name: str, start: bool = False) -> Clone:
     """Define (and with `start`, start) a new VM named `name` from the group. The group
     must be available: the clone gets exactly the original's devices, every writable
     disk on the group's point in time."""
     uuid = parse_uuid(group_uuid, "group uuid")
     name = validate_name(name)
-    group = engine.owned_group(uuid)
+    group = ctx.owned_group(uuid)
     # The original's lock: no delete may merge the snapshots away before the clone's
     # volumes (which pin them) are recorded.
-    with vm_lock(group.vm_uuid, wait=engine.lock_wait):
-        made = _clone_locked(engine, uuid, group.vm_uuid, name)
+    with vm_lock(group.vm_uuid, wait=ctx.lock_wait):
+        made = _clone_locked(ctx, uuid, group.vm_uuid, name)
     if start:
-        engine.hv.start(made.uuid)
-        made = _described(engine, made)
+        ctx.hv.start(made.uuid)
+        made = _described(ctx, made)
     return made
 
 
-def _clone_locked(engine: Engine, uuid: str, vm_uuid: str, name: str) -> Clone:
-    domain = lookup_or_none(engine, vm_uuid)
+def _clone_locked(ctx: OpContext, uuid: str, vm_uuid: str, name: str) -> Clone:
+    domain = lookup_or_none(ctx, vm_uuid)
     if domain is None:
         raise OperationError(f"VM {vm_uuid} is no longer defined: there is nothing to clone")
-    if lookup_or_none(engine, name) is not None:
+    if lookup_or_none(ctx, name) is not None:
         raise InvalidArgument(f"a VM named {name!r} already exists")
-    sync_locked(engine, vm_uuid, domain)
-    with engine.db.transaction() as session:
+    sync_locked(ctx, vm_uuid, domain)
+    with ctx.db.transaction() as session:
         repo = Repo(session)
         group = repo.group(uuid)
         if group is None:
             raise NotFound(f"snapshot group {uuid} not found")
-        state = availability(repo, group, domain, exists=file_checker(engine))
+        state = availability(repo, group, domain, exists=file_checker(ctx))
         if not state.available:
             raise OperationError(
                 f"group {uuid} is unavailable, it cannot be cloned: {state.reason}"
@@ -111,29 +112,29 @@ def _clone_locked(engine: Engine, uuid: str, vm_uuid: str, name: str) -> Clone:
             volume = repo.volume(ref.volume_uuid)
             assert volume is not None
             sources.append((volume, snapshot, repo.lineage(volume)))
-    clone_uuid = engine.new_uuid()
+    clone_uuid = ctx.new_uuid()
     disks: list[dict[str, Any]] = []
     for volume, snapshot, lineage in sources:
-        check_snapshot_chain(engine.images, snapshot, lineage)
+        check_snapshot_chain(ctx.images, snapshot, lineage)
         disks.append(
             {
                 "target": volume.target,
                 "device_id": volume.device_id,
                 "volume_type": volume.volume_type,
-                "volume_uuid": engine.new_uuid(),
+                "volume_uuid": ctx.new_uuid(),
                 "snapshot_uuid": snapshot.uuid,
                 "snapshot_path": snapshot.install_path,
                 "overlay": os.path.join(
-                    os.path.dirname(snapshot.install_path), f"{engine.new_uuid()}.qcow2"
+                    os.path.dirname(snapshot.install_path), f"{ctx.new_uuid()}.qcow2"
                 ),
             }
         )
     plan = {"clone_uuid": clone_uuid, "name": name, "group_uuid": uuid, "disks": disks}
-    op = engine.journal.begin(KIND, vm_uuid, plan, group_uuid=uuid)
+    op = ctx.journal.begin(KIND, vm_uuid, plan, group_uuid=uuid)
     try:
-        _create_overlays(engine, disks)
-        engine.journal.step(op, KIND, "overlays")
-        engine.hv.define_clone(
+        _create_overlays(ctx, disks)
+        ctx.journal.step(op, KIND, "overlays")
+        ctx.hv.define_clone(
             vm_uuid,
             name=name,
             new_uuid=clone_uuid,
@@ -142,39 +143,39 @@ def _clone_locked(engine: Engine, uuid: str, vm_uuid: str, name: str) -> Clone:
     except SnapgroupError:
         # defineXML is one call; when it failed the clone may still exist (libvirtd
         # died after it): look before removing overlays a domain may name.
-        recover_clone(engine, op, plan, domain)
-        if lookup_or_none(engine, clone_uuid) is None:
+        recover_clone(ctx, op, plan, domain)
+        if lookup_or_none(ctx, clone_uuid) is None:
             raise
     else:
-        engine.journal.step(op, KIND, "defined")
+        ctx.journal.step(op, KIND, "defined")
         try:
-            _record(engine, op, plan)
+            _record(ctx, op, plan)
         except SnapgroupError as exc:
-            _undo(engine, op, plan, exc)
+            _undo(ctx, op, plan, exc)
             raise
-    return _described(engine, _clone_of(plan, vm_uuid, "Stopped"))
+    return _described(ctx, _clone_of(plan, vm_uuid, "Stopped"))
 
 
-def _create_overlays(engine: Engine, disks: list[dict[str, Any]]) -> None:
+def _create_overlays(ctx: OpContext, disks: list[dict[str, Any]]) -> None:
     made: list[str] = []
     try:
         for d in disks:
             # The size from the image (read with -U): with it qemu-img does not open the
             # snapshot, which the running original holds as a backing file.
-            size = engine.images.chain(d["snapshot_path"], shared=True)[0].virtual_size
-            engine.images.create_overlay(
+            size = ctx.images.chain(d["snapshot_path"], shared=True)[0].virtual_size
+            ctx.images.create_overlay(
                 d["overlay"], backing=d["snapshot_path"], backing_format="qcow2", size=size
             )
             made.append(d["overlay"])
     except BaseException:
-        engine._remove_files(made)
+        ctx.remove_files(made)
         raise
 
 
-def _record(engine: Engine, op: str, plan: dict[str, Any]) -> None:
+def _record(ctx: OpContext, op: str, plan: dict[str, Any]) -> None:
     """The clone's volumes (which pin the snapshots) and the journal's 'done'."""
-    now = engine.clock()
-    with engine.db.transaction() as session:
+    now = ctx.clock()
+    with ctx.db.transaction() as session:
         repo = Repo(session)
         for d in plan["disks"]:
             if repo.volume(d["volume_uuid"]) is not None:
@@ -191,30 +192,31 @@ def _record(engine: Engine, op: str, plan: dict[str, Any]) -> None:
                     install_path=d["overlay"],
                     format="qcow2",
                     parent_snapshot_uuid=d["snapshot_uuid"],
-                    host=engine.host,  # defined in this host's libvirt
+                    host=ctx.host,  # defined in this host's libvirt
                     attached=True,
                     last_attach_date=now,
                     create_date=now,
                     last_op_date=now,
                 )
             )
-        engine.journal.close(op, DONE, session=session)
+        ctx.journal.close(op, DONE, session=session)
 
 
-def _undo(engine: Engine, op: str, plan: dict[str, Any], exc: SnapgroupError) -> None:
+def _undo(ctx: OpContext, op: str, plan: dict[str, Any], exc: SnapgroupError) -> None:
     with contextlib.suppress(NotFound):
-        engine.hv.undefine(plan["clone_uuid"])
-    engine._remove_files([d["overlay"] for d in plan["disks"]])
-    engine.journal.close(op, ROLLED_BACK, detail=f"clone not recorded: {exc.details}")
+        ctx.hv.undefine(plan["clone_uuid"])
+    ctx.remove_files([d["overlay"] for d in plan["disks"]])
+    ctx.journal.close(op, ROLLED_BACK, detail=f"clone not recorded: {exc.details}")
 
 
-def recover_clone(engine: Engine, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+@recovers(KIND)
+def recover_clone(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
     """Forward when the clone was defined, else drop its overlays."""
-    if lookup_or_none(engine, plan["clone_uuid"]) is not None:
-        _record(engine, op, plan)
+    if lookup_or_none(ctx, plan["clone_uuid"]) is not None:
+        _record(ctx, op, plan)
         return
-    engine._remove_files([d["overlay"] for d in plan["disks"]])
-    engine.journal.close(op, ROLLED_BACK, detail="clone: rolled back before the definition")
+    ctx.remove_files([d["overlay"] for d in plan["disks"]])
+    ctx.journal.close(op, ROLLED_BACK, detail="clone: rolled back before the definition")
 
 
 def _clone_of(plan: dict[str, Any], vm_uuid: str, state: str) -> Clone:
@@ -231,7 +233,7 @@ def _clone_of(plan: dict[str, Any], vm_uuid: str, state: str) -> Clone:
     )
 
 
-def _described(engine: Engine, made: Clone) -> Clone:
-    domain = lookup_or_none(engine, made.uuid)
+def _described(ctx: OpContext, made: Clone) -> Clone:
+    domain = lookup_or_none(ctx, made.uuid)
     state = domain.state.value if domain is not None else "Unknown"
     return Clone(made.uuid, made.name, made.source_vm_uuid, made.group_uuid, state, made.disks)

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from snapgroup.domain.errors import OperationError
+from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError
 from snapgroup.domain.inventory import VolumeView
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.planner import PlannedDisk, classify, volume_name
+from snapgroup.domain.validate import parse_uuid
+from snapgroup.ops.context import OpContext
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import VolumeRow
 
@@ -113,3 +115,28 @@ def _assign(row: VolumeRow, **values: object) -> None:
     for name, value in values.items():
         if getattr(row, name) != value:
             setattr(row, name, value)
+
+
+def discover(ctx: OpContext, domain: DomainInfo) -> Discovered:
+    """The domain's disks recorded as volumes, in a transaction of their own."""
+    with ctx.db.transaction() as session:
+        return register_volumes(
+            Repo(session), domain, now=ctx.clock(), new_uuid=ctx.new_uuid, host=ctx.host
+        )
+
+
+def domain_of(ctx: OpContext, *, vm: str | None, root_volume_uuid: str | None) -> DomainInfo:
+    """The domain named by exactly one of a VM (name or UUID) or its root volume."""
+    if (vm is None) == (root_volume_uuid is None):
+        raise InvalidArgument("give exactly one of a VM (name or UUID) or a root volume UUID")
+    if vm is not None:
+        return ctx.hv.lookup(vm)
+    volume_uuid = parse_uuid(root_volume_uuid or "", "rootVolumeUuid")
+    with ctx.db.transaction() as session:
+        volume = Repo(session).volume(volume_uuid)
+    if volume is None:
+        raise NotFound(f"volume {volume_uuid} is not known (run `snapgroup volumes` first)")
+    if volume.volume_type != "Root":
+        raise InvalidArgument(f"volume {volume_uuid} is a {volume.volume_type} volume, not Root")
+    ctx.check_owner(volume.vm_uuid)
+    return ctx.hv.lookup(volume.vm_uuid)

@@ -9,7 +9,7 @@ from typing import Any
 
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.zquery import Query
-from snapgroup.ops.context import load_groups
+from snapgroup.ops.group_views import load_groups
 from snapgroup.store import group_query
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo

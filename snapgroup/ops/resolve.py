@@ -6,27 +6,27 @@ from __future__ import annotations
 from snapgroup.domain.errors import InvalidArgument, NotFound
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.validate import looks_like_uuid, parse_uuid
-from snapgroup.engine import Engine
+from snapgroup.ops.context import OpContext
 from snapgroup.store.repo import Repo
 
 
-def resolve_vm(engine: Engine, vm: str) -> tuple[str, DomainInfo | None]:
+def resolve_vm(ctx: OpContext, vm: str) -> tuple[str, DomainInfo | None]:
     """(VM uuid, its domain or None when it is gone). NotFound when neither libvirt nor
     the metadata knows it."""
     try:
-        domain = engine.hv.lookup(vm)
+        domain = ctx.hv.lookup(vm)
     except NotFound:
         pass
     else:
         return domain.uuid, domain
     if looks_like_uuid(vm):
         uuid = parse_uuid(vm, "VM")
-        with engine.db.transaction() as session:
+        with ctx.db.transaction() as session:
             known = bool(Repo(session).volumes_of_vm(uuid) or Repo(session).groups(vm_uuid=uuid))
         if known:
             return uuid, None
         raise NotFound(f"VM {vm} is neither defined in libvirt nor known to snapgroup")
-    with engine.db.transaction() as session:
+    with ctx.db.transaction() as session:
         uuids = sorted({v.vm_uuid for v in Repo(session).volumes_named(vm)})
     if not uuids:
         raise NotFound(f"no VM named {vm!r} in libvirt or in snapgroup's metadata")
@@ -38,8 +38,8 @@ def resolve_vm(engine: Engine, vm: str) -> tuple[str, DomainInfo | None]:
     return uuids[0], None
 
 
-def lookup_or_none(engine: Engine, vm_uuid: str) -> DomainInfo | None:
+def lookup_or_none(ctx: OpContext, vm_uuid: str) -> DomainInfo | None:
     try:
-        return engine.hv.lookup(vm_uuid)
+        return ctx.hv.lookup(vm_uuid)
     except NotFound:
         return None

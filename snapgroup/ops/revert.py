@@ -31,11 +31,13 @@ from snapgroup.domain.errors import (
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.models import DomainInfo, VmState
 from snapgroup.domain.validate import NAME_MAX, parse_uuid
-from snapgroup.engine import Engine
 from snapgroup.infra.locks import vm_lock
-from snapgroup.ops.availability import availability, file_checker
+from snapgroup.ops.availability_rules import availability, file_checker
+from snapgroup.ops.context import OpContext
+from snapgroup.ops.creating import create_locked
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.lineage import check_snapshot_chain
+from snapgroup.ops.recovery import recovers
 from snapgroup.ops.syncing import sync_locked
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow, VolumeRow
@@ -95,7 +97,7 @@ class _Restore:
 
 
 def revert(
-    engine: Engine,
+    ctx: OpContext,
     group_uuid: str,
     *,
     volumes: Sequence[str] | None = None,
@@ -110,16 +112,16 @@ def revert(
     wanted = [parse_uuid(v, "volume uuid") for v in volumes] if volumes is not None else None
     if wanted is not None and not wanted:
         raise InvalidArgument("--volumes names no volume")
-    group = engine.owned_group(uuid)
-    with vm_lock(group.vm_uuid, wait=engine.lock_wait):
-        domain = _stopped_domain(engine, group.vm_uuid, stop, stop_timeout)
-        restores = _choose(engine, uuid, domain, wanted)
-        return _revert_locked(engine, uuid, domain, restores, safety_group)
+    group = ctx.owned_group(uuid)
+    with vm_lock(group.vm_uuid, wait=ctx.lock_wait):
+        domain = _stopped_domain(ctx, group.vm_uuid, stop, stop_timeout)
+        restores = _choose(ctx, uuid, domain, wanted)
+        return _revert_locked(ctx, uuid, domain, restores, safety_group)
 
 
-def _stopped_domain(engine: Engine, vm_uuid: str, stop: bool, timeout: float) -> DomainInfo:
+def _stopped_domain(ctx: OpContext, vm_uuid: str, stop: bool, timeout: float) -> DomainInfo:
     try:
-        domain = engine.hv.lookup(vm_uuid)
+        domain = ctx.hv.lookup(vm_uuid)
     except NotFound:
         raise OperationError(
             f"VM {vm_uuid} is no longer defined: its groups cannot be reverted to"
@@ -131,23 +133,23 @@ def _stopped_domain(engine: Engine, vm_uuid: str, stop: bool, timeout: float) ->
             f"VM {domain.name} is {domain.state.value}: a revert needs it stopped "
             "(shut it down, or pass --stop)"
         )
-    engine.hv.shutdown(vm_uuid, timeout=timeout)
-    domain = engine.hv.lookup(vm_uuid)
+    ctx.hv.shutdown(vm_uuid, timeout=timeout)
+    domain = ctx.hv.lookup(vm_uuid)
     if domain.state is not VmState.STOPPED:
         raise OperationError(f"VM {domain.name} is still {domain.state.value} after the stop")
     return domain
 
 
 def _choose(
-    engine: Engine, uuid: str, domain: DomainInfo, wanted: list[str] | None
+    ctx: OpContext, uuid: str, domain: DomainInfo, wanted: list[str] | None
 ) -> list[_Restore]:
-    sync_locked(engine, domain.uuid, domain)
-    with engine.db.transaction() as session:
+    sync_locked(ctx, domain.uuid, domain)
+    with ctx.db.transaction() as session:
         repo = Repo(session)
         group = repo.group(uuid)
         if group is None:
             raise NotFound(f"snapshot group {uuid} not found")  # deleted while we waited
-        state = availability(repo, group, domain, exists=file_checker(engine))
+        state = availability(repo, group, domain, exists=file_checker(ctx))
         refs = repo.refs_with_snapshots([uuid])
         in_group = {ref.volume_uuid for ref, _ in refs}
         if wanted is None:
@@ -169,12 +171,12 @@ def _choose(
             if ref.volume_uuid in wanted and volume is not None:
                 restores.append(_Restore(volume, snapshot, repo.lineage(volume)))
     for r in restores:
-        check_snapshot_chain(engine.images, r.snapshot, r.lineage)
+        check_snapshot_chain(ctx.images, r.snapshot, r.lineage)
     return restores
 
 
 def _revert_locked(
-    engine: Engine, uuid: str, domain: DomainInfo, restores: list[_Restore], safety: bool
+    ctx: OpContext, uuid: str, domain: DomainInfo, restores: list[_Restore], safety: bool
 ) -> RevertReport:
     vm_uuid = domain.uuid
     disks = [
@@ -184,31 +186,31 @@ def _revert_locked(
             "snapshot_uuid": r.snapshot.uuid,
             "snapshot_path": r.snapshot.install_path,
             "overlay": os.path.join(
-                os.path.dirname(r.volume.install_path), f"{engine.new_uuid()}.qcow2"
+                os.path.dirname(r.volume.install_path), f"{ctx.new_uuid()}.qcow2"
             ),
         }
         for r in restores
     ]
-    safety_uuid = engine.new_uuid() if safety else None
+    safety_uuid = ctx.new_uuid() if safety else None
     plan: dict[str, Any] = {
         "group_uuid": uuid,
         "safety_group_uuid": safety_uuid,
         "disks": disks,
         "old_tops": None,  # known once the safety group is taken
     }
-    op = engine.journal.begin(KIND, vm_uuid, plan, group_uuid=uuid)
+    op = ctx.journal.begin(KIND, vm_uuid, plan, group_uuid=uuid)
     safety_group: Group | None = None
     try:
         if safety_uuid is not None:
-            engine.journal.step(op, KIND, "safety")
-            safety_group = _take_safety_group(engine, domain, uuid, safety_uuid)
-        tops = {d.target: d.path for d in engine.hv.lookup(vm_uuid).disks}
+            ctx.journal.step(op, KIND, "safety")
+            safety_group = _take_safety_group(ctx, domain, uuid, safety_uuid)
+        tops = {d.target: d.path for d in ctx.hv.lookup(vm_uuid).disks}
         plan["old_tops"] = {d["target"]: tops.get(d["target"]) for d in disks}
-        _create_overlays(engine, disks)
-        engine.journal.step(op, KIND, "overlays", old_tops=plan["old_tops"])
-        engine.hv.set_disk_sources(vm_uuid, {d["target"]: d["overlay"] for d in disks})
+        _create_overlays(ctx, disks)
+        ctx.journal.step(op, KIND, "overlays", old_tops=plan["old_tops"])
+        ctx.hv.set_disk_sources(vm_uuid, {d["target"]: d["overlay"] for d in disks})
     except SnapgroupError as exc:
-        if not _settle(engine, op, plan, vm_uuid):
+        if not _settle(ctx, op, plan, vm_uuid):
             return RevertReport(
                 uuid,
                 tuple(
@@ -217,45 +219,45 @@ def _revert_locked(
                 safety_group,
             )
     else:
-        engine.journal.step(op, KIND, "switched")
-        _roll_forward(engine, op, plan)
+        ctx.journal.step(op, KIND, "switched")
+        _roll_forward(ctx, op, plan)
     results = tuple(RevertResult(d["volume_uuid"], d["snapshot_uuid"], True) for d in disks)
     return RevertReport(uuid, results, safety_group)
 
 
-def _take_safety_group(engine: Engine, domain: DomainInfo, uuid: str, safety_uuid: str) -> Group:
-    with engine.db.transaction() as session:
+def _take_safety_group(ctx: OpContext, domain: DomainInfo, uuid: str, safety_uuid: str) -> Group:
+    with ctx.db.transaction() as session:
         group = Repo(session).group(uuid)
     target_name = group.name if group is not None else uuid
     name = f"before revert to {target_name}"[:NAME_MAX]
     description = f"taken by `snapgroup revert` before VM {domain.name} went back to group {uuid}"
     # The VM's lock is already held by this process: the create runs inside it.
-    return engine._create_locked(
-        engine.hv.lookup(domain.uuid), safety_uuid, name, description, skip_unsupported=True
+    return create_locked(
+        ctx, ctx.hv.lookup(domain.uuid), safety_uuid, name, description, skip_unsupported=True
     )
 
 
-def _create_overlays(engine: Engine, disks: list[dict[str, Any]]) -> None:
+def _create_overlays(ctx: OpContext, disks: list[dict[str, Any]]) -> None:
     made: list[str] = []
     try:
         for d in disks:
-            engine.images.create_overlay(
+            ctx.images.create_overlay(
                 d["overlay"], backing=d["snapshot_path"], backing_format="qcow2"
             )
             made.append(d["overlay"])
     except BaseException:
-        engine._remove_files(made)
+        ctx.remove_files(made)
         raise
 
 
-def _settle(engine: Engine, op: str, plan: dict[str, Any], vm_uuid: str) -> bool:
+def _settle(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -> bool:
     """After a failure: finish the revert when the switch happened after all (True), else
     roll it back (False). When the domain cannot even be read, `recover` decides later."""
     try:
-        domain = engine.hv.lookup(vm_uuid)
+        domain = ctx.hv.lookup(vm_uuid)
     except SnapgroupError:
         return False
-    recover_revert(engine, op, plan, domain)
+    recover_revert(ctx, op, plan, domain)
     return _switched(plan, domain)
 
 
@@ -266,35 +268,36 @@ def _switched(plan: dict[str, Any], domain: DomainInfo) -> bool:
     )
 
 
-def recover_revert(engine: Engine, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+@recovers(KIND)
+def recover_revert(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
     """Forward once the domain is on the new overlays (one defineXML: all or none are),
     else back. The safety group is its own journaled create: kept if it was taken."""
     if _switched(plan, domain):
-        _roll_forward(engine, op, plan)
+        _roll_forward(ctx, op, plan)
         return
-    engine._remove_files([d["overlay"] for d in plan["disks"]])
-    engine.journal.close(op, ROLLED_BACK, detail="revert: rolled back before the switch")
+    ctx.remove_files([d["overlay"] for d in plan["disks"]])
+    ctx.journal.close(op, ROLLED_BACK, detail="revert: rolled back before the switch")
 
 
-def _roll_forward(engine: Engine, op: str, plan: dict[str, Any]) -> None:
+def _roll_forward(ctx: OpContext, op: str, plan: dict[str, Any]) -> None:
     disks: list[dict[str, Any]] = plan["disks"]
     old_tops: dict[str, str | None] = plan["old_tops"] or {}
-    with engine.db.transaction() as session:
+    with ctx.db.transaction() as session:
         repo = Repo(session)
         # Never remove a file a snapshot or another volume still names.
         kept = repo.all_install_paths() - {
             v.install_path for d in disks if (v := repo.volume(d["volume_uuid"])) is not None
         }
-    engine._remove_files(
+    ctx.remove_files(
         [
             p
             for d in disks
             if (p := old_tops.get(d["target"])) and p != d["overlay"] and p not in kept
         ]
     )
-    engine.journal.step(op, KIND, "removed")
-    now = engine.clock()
-    with engine.db.transaction() as session:
+    ctx.journal.step(op, KIND, "removed")
+    now = ctx.clock()
+    with ctx.db.transaction() as session:
         repo = Repo(session)
         for d in disks:
             volume = repo.volume(d["volume_uuid"])
@@ -307,4 +310,22 @@ def _roll_forward(engine: Engine, op: str, plan: dict[str, Any]) -> None:
         if group is not None:
             group.last_op_date = now
             repo.add(group)
-        engine.journal.close(op, DONE, session=session)
+        ctx.journal.close(op, DONE, session=session)
+
+
+def revert_volume(ctx: OpContext, snapshot_uuid: str) -> RevertReport:
+    """ZStack's RevertVolumeFromSnapshot where a group revert serves it: the snapshot's
+    volume alone restored from its group (the VM must be stopped; a safety group of the
+    current state first). An ungrouped snapshot is refused (InvalidArgument): snapgroup
+    reverts to groups."""
+    uuid = parse_uuid(snapshot_uuid, "snapshot uuid")
+    with ctx.db.transaction() as session:
+        repo = Repo(session)
+        snapshot, ref = repo.snapshot(uuid), repo.ref(uuid)
+    if snapshot is None or snapshot.deleted:
+        raise NotFound(f"volume snapshot {uuid} not found")
+    if ref is None:
+        raise InvalidArgument(
+            f"volume snapshot {uuid} is in no group: only a group's can be reverted to"
+        )
+    return revert(ctx, ref.group_uuid, volumes=[snapshot.volume_uuid])

@@ -1,5 +1,5 @@
-"""Metadata against what libvirt and the files say now, run by `snapgroup sync` and,
-implicitly, at the start of every operation on a VM.
+"""Metadata against what libvirt and the files say now: the machinery of `snapgroup
+sync` (ops/sync.py), run implicitly at the start of every operation on a VM.
 
 What it records (metadata only; it never removes or rewrites a file):
 * a disk attached since the last look becomes a volume; one that left is detached (its
@@ -24,10 +24,10 @@ from typing import Any
 from snapgroup.domain.errors import SnapgroupError
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.planner import expected_chain
-from snapgroup.engine import Engine
-from snapgroup.infra.locks import vm_lock
-from snapgroup.ops.discovery import Discovered, register_volumes
-from snapgroup.ops.resolve import lookup_or_none, resolve_vm
+from snapgroup.ops.context import OpContext
+from snapgroup.ops.discovery import Discovered, discover, register_volumes
+from snapgroup.ops.recovery import recover_one
+from snapgroup.ops.resolve import lookup_or_none
 from snapgroup.store.repo import ChainLink, OperationRepo, Repo
 from snapgroup.store.tables import VolumeRow
 
@@ -49,107 +49,88 @@ class Change:
         }
 
 
-def sync(engine: Engine, vm: str | None = None, *, deep: bool = True) -> list[Change]:
-    """Sync one VM (name or UUID, also of an undefined VM) or every VM snapgroup knows.
-    `deep` also compares each attached volume's real chain with the metadata."""
-    engine.recover()  # an interrupted operation is finished first, never "synced" over
-    if vm is not None:
-        vm_uuids = [resolve_vm(engine, vm)[0]]
-    else:
-        with engine.db.transaction() as session:
-            repo = Repo(session)
-            host = engine.host  # another host's VMs are its own to sync
-            groups = repo.groups(host=host)
-            vm_uuids = sorted(repo.vm_uuids(host=host) | {g.vm_uuid for g in groups})
-    changes: list[Change] = []
-    for vm_uuid in vm_uuids:
-        with vm_lock(vm_uuid, wait=engine.lock_wait):
-            changes += sync_locked(engine, vm_uuid, lookup_or_none(engine, vm_uuid), deep=deep)
-    return changes
-
-
 def sync_locked(
-    engine: Engine, vm_uuid: str, domain: DomainInfo | None, *, deep: bool = False
+    ctx: OpContext, vm_uuid: str, domain: DomainInfo | None, *, deep: bool = False
 ) -> list[Change]:
     """The caller holds the VM's lock (an operation half-way through would look like a
     disk swapped under us). `domain` None: the VM is not defined any more."""
-    if _finish_interrupted(engine, vm_uuid):
-        domain = lookup_or_none(engine, vm_uuid)
-    return _sync_finished(engine, vm_uuid, domain, deep=deep)
+    if _finish_interrupted(ctx, vm_uuid):
+        domain = lookup_or_none(ctx, vm_uuid)
+    return _sync_finished(ctx, vm_uuid, domain, deep=deep)
 
 
 @contextmanager
-def synced(engine: Engine, domain: DomainInfo) -> Iterator[tuple[Repo, Discovered]]:
+def synced(ctx: OpContext, domain: DomainInfo) -> Iterator[tuple[Repo, Discovered]]:
     """For an operation on `domain` (the caller holds its lock): sync_locked, then the
     discovery of its disks, with one read of the VM's volumes; the sync is committed,
     then the caller reads on in the same session (an error there undoes no sync)."""
-    if _finish_interrupted(engine, domain.uuid):
+    if _finish_interrupted(ctx, domain.uuid):
         # Rare: the VM may have changed since `domain`; the two steps, as ever.
-        _sync_finished(engine, domain.uuid, lookup_or_none(engine, domain.uuid), deep=False)
-        found = engine._discover(domain)
-        with engine.db.transaction() as session:
+        _sync_finished(ctx, domain.uuid, lookup_or_none(ctx, domain.uuid), deep=False)
+        found = discover(ctx, domain)
+        with ctx.db.transaction() as session:
             yield Repo(session), found
         return
-    now = engine.clock()
-    with engine.db.transaction() as session:
+    now = ctx.clock()
+    with ctx.db.transaction() as session:
         repo = Repo(session)
-        _changes, discovered, _attached = _record(engine, repo, domain.uuid, domain, now)
+        _changes, discovered, _attached = _record(ctx, repo, domain.uuid, domain, now)
         assert discovered is not None
         session.commit()  # what sync recorded stays, whatever the caller does next
         yield repo, discovered
 
 
 def _sync_finished(
-    engine: Engine, vm_uuid: str, domain: DomainInfo | None, *, deep: bool
+    ctx: OpContext, vm_uuid: str, domain: DomainInfo | None, *, deep: bool
 ) -> list[Change]:
     """sync_locked once no interrupted operation is left on the VM."""
-    now = engine.clock()
-    with engine.db.transaction() as session:
+    now = ctx.clock()
+    with ctx.db.transaction() as session:
         repo = Repo(session)
-        changes, _found, attached = _record(engine, repo, vm_uuid, domain, now)
+        changes, _found, attached = _record(ctx, repo, vm_uuid, domain, now)
         # Only the deep check reads them: 1,600 rows at 16 disks x 100 snapshots.
         chains = repo.chains(attached) if deep and domain is not None else {}
     if deep and domain is not None:
         live = domain.state.is_live
-        changes += [c for v in attached if (c := _chain_change(engine, v, chains[v.uuid], live))]
+        changes += [c for v in attached if (c := _chain_change(ctx, v, chains[v.uuid], live))]
     return changes
 
 
 def _record(
-    engine: Engine, repo: Repo, vm_uuid: str, domain: DomainInfo | None, now: datetime
+    ctx: OpContext, repo: Repo, vm_uuid: str, domain: DomainInfo | None, now: datetime
 ) -> tuple[list[Change], Discovered | None, list[VolumeRow]]:
     """What changed, recorded: the changes, the domain's disks discovered (None when it
     is gone) and the volumes attached now. The VM's volumes are read once."""
     known = repo.volumes_of_vm(vm_uuid)
     # Another host's VM is not in this host's libvirt: it would look gone.
-    engine.check_owner(vm_uuid, repo, volumes=known)
+    ctx.check_owner(vm_uuid, repo, volumes=known)
     before = {v.uuid: (v.attached, v.target, v.install_path) for v in known}
     if domain is None:
-        return _vm_gone(repo, known, vm_uuid, now) + _removed(engine, repo, known, now), None, []
+        return _vm_gone(repo, known, vm_uuid, now) + _removed(ctx, repo, known, now), None, []
     found = register_volumes(
-        repo, domain, now=now, new_uuid=engine.new_uuid, host=engine.host, known=known
+        repo, domain, now=now, new_uuid=ctx.new_uuid, host=ctx.host, known=known
     )
     new = [v for v in found.volumes.values() if v.uuid not in before]
     # Every volume as recorded now, by deviceId as volumes_of_vm lists them.
     volumes = sorted([*known, *new], key=lambda v: v.device_id)
-    changes = _attachments(engine, vm_uuid, before, volumes, list(found.volumes.values()))
-    changes += _removed(engine, repo, volumes, now)
+    changes = _attachments(ctx, vm_uuid, before, volumes, list(found.volumes.values()))
+    changes += _removed(ctx, repo, volumes, now)
     return changes, found, [v for v in volumes if v.attached]
 
 
-def _finish_interrupted(engine: Engine, vm_uuid: str) -> bool:
+def _finish_interrupted(ctx: OpContext, vm_uuid: str) -> bool:
     """Operations on the VM whose process died half-way are finished first: synced over,
     disks switched to overlays not yet recorded would look like new volumes. Holding the
     lock, an operation of another process is a dead one; this process's own are in
     flight (a revert takes its safety group inside its lock) and left alone."""
-    with engine.db.transaction() as session:
+    with ctx.db.transaction() as session:
         rows = [
             row
-            for row in OperationRepo(session).unfinished(host=engine.journal.host)
+            for row in OperationRepo(session).unfinished(host=ctx.journal.host)
             if row.vm_uuid == vm_uuid and row.pid != os.getpid()
         ]
     for row in rows:
-        engine._recover_one(row)
+        recover_one(ctx, row)
     return bool(rows)
 
 
@@ -181,7 +162,7 @@ def _vm_gone(repo: Repo, volumes: list[VolumeRow], vm_uuid: str, now: Any) -> li
 
 
 def _attachments(
-    engine: Engine,
+    ctx: OpContext,
     vm_uuid: str,
     before: dict[str, tuple[bool, str, str]],
     volumes: list[VolumeRow],
@@ -195,7 +176,7 @@ def _attachments(
         if was_attached and volume.uuid not in attached_ids:
             successor = next((v for v in now_attached if v.target == target), None)
             if successor is not None and successor.uuid not in before:
-                changes.append(_top_changed(engine, vm_uuid, volume, successor))
+                changes.append(_top_changed(ctx, vm_uuid, volume, successor))
             else:
                 changes.append(
                     Change(vm_uuid, "volume-detached", f"{target} ({top}) left the VM", volume.uuid)
@@ -217,9 +198,9 @@ def _attachments(
     return changes
 
 
-def _top_changed(engine: Engine, vm_uuid: str, old: VolumeRow, new: VolumeRow) -> Change:
+def _top_changed(ctx: OpContext, vm_uuid: str, old: VolumeRow, new: VolumeRow) -> Change:
     try:
-        below = [layer.path for layer in engine.images.chain(new.install_path, shared=True)]
+        below = [layer.path for layer in ctx.images.chain(new.install_path, shared=True)]
     except SnapgroupError:
         below = []
     how = (
@@ -237,11 +218,11 @@ def _top_changed(engine: Engine, vm_uuid: str, old: VolumeRow, new: VolumeRow) -
     )
 
 
-def _removed(engine: Engine, repo: Repo, volumes: list[VolumeRow], now: Any) -> list[Change]:
+def _removed(ctx: OpContext, repo: Repo, volumes: list[VolumeRow], now: Any) -> list[Change]:
     """`volumes`: every volume of the VM (detached ones are looked at)."""
     changes = []
     for volume in volumes:
-        if volume.attached or engine.images.exists(volume.install_path):
+        if volume.attached or ctx.images.exists(volume.install_path):
             continue
         snapshots = repo.snapshots_of_volume(volume.uuid)
         if not snapshots and volume.parent_snapshot_uuid is None:
@@ -265,11 +246,11 @@ def _removed(engine: Engine, repo: Repo, volumes: list[VolumeRow], now: Any) -> 
 
 
 def _chain_change(
-    engine: Engine, volume: VolumeRow, recorded: list[ChainLink], live: bool
+    ctx: OpContext, volume: VolumeRow, recorded: list[ChainLink], live: bool
 ) -> Change | None:
     try:
         expected = expected_chain(volume, recorded)
-        actual = [layer.path for layer in engine.images.chain(volume.install_path, shared=live)]
+        actual = [layer.path for layer in ctx.images.chain(volume.install_path, shared=live)]
     except SnapgroupError as exc:
         return Change(volume.vm_uuid, "chain-mismatch", exc.details, volume.uuid)
     if actual[: len(expected)] == expected:

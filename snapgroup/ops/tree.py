@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from snapgroup.domain.inventory import zstack_date
-from snapgroup.engine import Engine
+from snapgroup.ops.context import OpContext
 from snapgroup.ops.resolve import resolve_vm
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow
@@ -74,9 +74,9 @@ def _render(node: TreeNode, first: str, rest: str, lines: list[str]) -> None:
         )
 
 
-def group_tree(engine: Engine, vm: str) -> VmTree:
-    vm_uuid, domain = resolve_vm(engine, vm)
-    with engine.db.transaction() as session:
+def group_tree(ctx: OpContext, vm: str) -> VmTree:
+    vm_uuid, domain = resolve_vm(ctx, vm)
+    with ctx.db.transaction() as session:
         repo = Repo(session)
         groups = repo.groups(vm_uuid=vm_uuid)
         volumes = repo.volumes_of_vm(vm_uuid)

@@ -6,19 +6,19 @@ from __future__ import annotations
 from snapgroup.domain.errors import NotFound
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.validate import parse_uuid
-from snapgroup.engine import Engine
 from snapgroup.infra.locks import vm_lock
-from snapgroup.ops.context import load_groups
+from snapgroup.ops.context import OpContext
+from snapgroup.ops.group_views import load_groups
 from snapgroup.store.repo import Repo
 
 
-def ungroup(engine: Engine, group_uuid: str) -> Group:
+def ungroup(ctx: OpContext, group_uuid: str) -> Group:
     """The group as it was. Its snapshots stay, as snapshots of their volumes; those
     already deleted had nothing left but their ref, so they go with it."""
     uuid = parse_uuid(group_uuid, "group uuid")
-    row = engine.owned_group(uuid)
+    row = ctx.owned_group(uuid)
     # Under the VM's lock: a revert or delete of this group may be reading its refs.
-    with vm_lock(row.vm_uuid, wait=engine.lock_wait), engine.db.transaction() as session:
+    with vm_lock(row.vm_uuid, wait=ctx.lock_wait), ctx.db.transaction() as session:
         repo = Repo(session)
         groups = load_groups(repo, [uuid])
         if not groups:

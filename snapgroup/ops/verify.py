@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from snapgroup.domain.errors import NotFound, SnapgroupError
-from snapgroup.engine import Engine
+from snapgroup.ops.context import OpContext
+from snapgroup.ops.recovery import recover_pending
 from snapgroup.store.repo import OperationRepo, Repo
 from snapgroup.store.tables import SnapshotRow, VolumeRow
 
@@ -52,18 +53,18 @@ class _File:
     groups: tuple[str, ...]  # groups whose ref reads this file (its own or one above it)
 
 
-def verify(engine: Engine, *, vm: str | None = None, repair: bool = False) -> list[Difference]:
+def verify(ctx: OpContext, *, vm: str | None = None, repair: bool = False) -> list[Difference]:
     if repair:
-        engine.recover()
-    with engine.db.transaction() as session:
+        recover_pending(ctx)
+    with ctx.db.transaction() as session:
         repo = Repo(session)
         if vm is not None:
-            vm_uuids = [engine.hv.lookup(vm).uuid]
+            vm_uuids = [ctx.hv.lookup(vm).uuid]
         else:
-            host = engine.host  # another host's VMs are not in this host's libvirt
+            host = ctx.host  # another host's VMs are not in this host's libvirt
             groups = repo.groups(host=host)
             vm_uuids = sorted({g.vm_uuid for g in groups} | repo.vm_uuids(host=host))
-        pending = {op.vm_uuid for op in OperationRepo(session).unfinished(host=engine.journal.host)}
+        pending = {op.vm_uuid for op in OperationRepo(session).unfinished(host=ctx.journal.host)}
     diffs: list[Difference] = []
     for vm_uuid in vm_uuids:
         if vm_uuid in pending:
@@ -74,13 +75,13 @@ def verify(engine: Engine, *, vm: str | None = None, repair: bool = False) -> li
                     "an interrupted operation awaits `snapgroup recover`",
                 )
             )
-        diffs.extend(_verify_vm(engine, vm_uuid, repair=repair))
+        diffs.extend(_verify_vm(ctx, vm_uuid, repair=repair))
     return diffs
 
 
-def _verify_vm(engine: Engine, vm_uuid: str, *, repair: bool) -> list[Difference]:
+def _verify_vm(ctx: OpContext, vm_uuid: str, *, repair: bool) -> list[Difference]:
     try:
-        domain = engine.hv.lookup(vm_uuid)
+        domain = ctx.hv.lookup(vm_uuid)
     except NotFound:
         return [
             Difference(
@@ -91,7 +92,7 @@ def _verify_vm(engine: Engine, vm_uuid: str, *, repair: bool) -> list[Difference
     disks = {d.target: d for d in domain.disks}
     diffs: list[Difference] = []
     files: list[_File] = []
-    with engine.db.transaction() as session:
+    with ctx.db.transaction() as session:
         repo = Repo(session)
         volumes = repo.volumes_of_vm(vm_uuid, attached_only=True)
         lineages = repo.lineages(volumes)
@@ -128,12 +129,12 @@ def _verify_vm(engine: Engine, vm_uuid: str, *, repair: bool) -> list[Difference
             found, broken = _recorded_files(volume, lineages[volume.uuid], groups_of, top_ok)
             files.extend(found)
             diffs.extend(broken)
-    diffs.extend(_verify_files(engine, files))
+    diffs.extend(_verify_files(ctx, files))
     known_files = {f.path for f in files}
     for volume in volumes:
         known_files.add(volume.install_path)
         known_files.update(s.install_path for s in lineages[volume.uuid])
-    diffs.extend(_orphans(engine, vm_uuid, volumes, known_files, live, repair=repair))
+    diffs.extend(_orphans(ctx, vm_uuid, volumes, known_files, live, repair=repair))
     return diffs
 
 
@@ -226,7 +227,7 @@ def _dangling(volume: VolumeRow, what: str, parent_uuid: str | None) -> Differen
     )
 
 
-def _verify_files(engine: Engine, files: list[_File]) -> list[Difference]:
+def _verify_files(ctx: OpContext, files: list[_File]) -> list[Difference]:
     """Each file exists, and its real backing file is its recorded parent's file.
 
     Chains are read top first from the longest recorded chains down (the tips of the
@@ -236,7 +237,7 @@ def _verify_files(engine: Engine, files: list[_File]) -> list[Difference]:
     file is not read: the missing one is what is reported."""
     diffs: list[Difference] = []
     unique = list({f.path: f for f in files}.values())
-    missing = {f.path for f in unique if not engine.images.exists(f.path)}
+    missing = {f.path for f in unique if not ctx.images.exists(f.path)}
     for f in unique:
         if f.path in missing:
             diffs.append(_diff(f, "file-missing", f"{f.path} is missing ({f.what})"))
@@ -245,7 +246,7 @@ def _verify_files(engine: Engine, files: list[_File]) -> list[Difference]:
         if f.path in backing or f.path in missing or missing.intersection(f.below):
             continue
         try:
-            layers = engine.images.chain(f.path, shared=True)
+            layers = ctx.images.chain(f.path, shared=True)
         except SnapgroupError as exc:
             diffs.append(_diff(f, "chain-unreadable", f"{f.path} ({f.what}): {exc.details}"))
             continue
@@ -272,7 +273,7 @@ def _diff(f: _File, kind: str, detail: str) -> Difference:
 
 
 def _orphans(
-    engine: Engine,
+    ctx: OpContext,
     vm_uuid: str,
     volumes: list[VolumeRow],
     known: set[str],
@@ -285,11 +286,11 @@ def _orphans(
     for volume in volumes:
         try:
             in_chains.update(
-                layer.path for layer in engine.images.chain(volume.install_path, shared=live)
+                layer.path for layer in ctx.images.chain(volume.install_path, shared=live)
             )
         except SnapgroupError:
             continue
-    with engine.db.transaction() as session:
+    with ctx.db.transaction() as session:
         recorded = Repo(session).all_install_paths()
     diffs = []
     for directory in sorted({os.path.dirname(v.install_path) for v in volumes}):
@@ -297,11 +298,11 @@ def _orphans(
             path = os.path.join(directory, name)
             if not _OURS.match(name) or path in in_chains or path in recorded:
                 continue
-            backing = _backing(engine, path)
+            backing = _backing(ctx, path)
             if backing not in in_chains:
                 continue  # not on top of this VM's files: not ours to judge
             if repair:
-                engine.images.remove(path)
+                ctx.images.remove(path)
             diffs.append(
                 Difference(
                     vm_uuid, "orphan-file", f"{path}: an overlay no chain uses", repaired=repair
@@ -310,8 +311,8 @@ def _orphans(
     return diffs
 
 
-def _backing(engine: Engine, path: str) -> str | None:
+def _backing(ctx: OpContext, path: str) -> str | None:
     try:
-        return engine.images.chain(path, shared=True)[0].backing
+        return ctx.images.chain(path, shared=True)[0].backing
     except SnapgroupError:
         return None

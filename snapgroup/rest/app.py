@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
-from snapgroup.engine import Engine
+from snapgroup.api import Engine
 from snapgroup.rest import status
 from snapgroup.rest.auth import DEFAULT_SESSION_TIMEOUT
 from snapgroup.rest.guard import SessionGuard

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import threading
 
+from snapgroup.api import Engine
 from snapgroup.domain.errors import InvalidArgument, NotFound
-from snapgroup.engine import Engine
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow
 

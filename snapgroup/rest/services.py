@@ -10,7 +10,7 @@ from datetime import datetime
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from snapgroup.engine import Engine
+from snapgroup.api import Engine
 from snapgroup.rest import prechecks
 from snapgroup.rest.auth import Accounts
 from snapgroup.rest.jobs import JobRegistry, Work, job_uuid_from_header

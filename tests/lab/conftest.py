@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.api import open_engine
-from snapgroup.engine import Engine
+from snapgroup.api import Engine, open_engine
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.domain.errors import OperationError
-from snapgroup.engine import Engine
-from snapgroup.ops.clone import Clone, clone
-from snapgroup.ops.syncing import sync
+from snapgroup.ops.clone import Clone
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import backing_chain, domblklist, export, reads, same, sh, virsh, write_live
 
@@ -62,7 +61,7 @@ def test_clone_boots_beside_the_running_original(
 
     name = f"{vm.name}-clone"
     clones.append(name)
-    made: Clone = clone(engine, group.uuid, name=name, start=True)
+    made: Clone = engine.clone(group.uuid, name=name, start=True)
 
     assert made.state == "Running" and made.uuid != vm.uuid
     assert "running" in virsh("domstate", vm.name) and "running" in virsh("domstate", name)
@@ -97,7 +96,7 @@ def test_clone_of_a_stopped_vm_is_defined_stopped(
     group = engine.create(vm=vm.name, name="g0")
     name = f"{vm.name}-c"
     clones.append(name)
-    made = clone(engine, group.uuid, name=name)
+    made = engine.clone(group.uuid, name=name)
     assert made.state == "Stopped"
     assert "shut off" in virsh("domstate", name)
     assert engine.volumes(name)[0].volume_uuid == made.disks[0].volume_uuid
@@ -108,11 +107,11 @@ def test_clone_of_a_stopped_vm_is_defined_stopped(
     # undefined, the clone still pins the group while its disks exist...
     engine.hv.undefine(made.uuid)
     assert name not in virsh("list", "--all", "--name").split()
-    assert sync(engine, made.uuid)[0].kind == "vm-gone"
+    assert engine.sync(made.uuid)[0].kind == "vm-gone"
     with pytest.raises(OperationError, match="a clone"):
         engine.delete(group.uuid)
     # ...and releases it once they are gone and sync has seen it
     for disk in made.disks:
         Path(disk.install_path).unlink()
-    assert [c.kind for c in sync(engine, made.uuid)] == ["volume-removed"] * 3
+    assert [c.kind for c in engine.sync(made.uuid)] == ["volume-removed"] * 3
     assert engine.delete(group.uuid).error is None

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.engine import Engine
-from snapgroup.ops.verify import verify
+from snapgroup.api import Engine
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
 from tests.lab.tools import backing_chain
 
@@ -74,7 +73,7 @@ def test_hammering_one_vm_and_several(engine: Engine, two_vms: list[LabVm]) -> N
     print(f"\n{len(procs)} processes, {creates} creates + {deletes} deletes in {elapsed:.1f} s")
     assert [e for r in reports for e in r["errors"]] == []
     assert creates == len(procs) * ROUNDS
-    assert verify(engine) == []
+    assert engine.verify() == []
     for vm in two_vms:
         groups = engine.list_groups(vm=vm.name)
         assert len(groups) == WORKERS_PER_VM * ROUNDS - sum(

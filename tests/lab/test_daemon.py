@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.engine import Engine
+from snapgroup.api import Engine
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import backing_chain, domblklist
 

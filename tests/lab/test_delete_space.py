@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.domain.inventory import Group
-from snapgroup.engine import Engine
 from snapgroup.ops import journal
-from snapgroup.ops.availability import check
 from snapgroup.ops.delete import DeleteRefused
-from snapgroup.ops.revert import revert
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
 from tests.lab.tools import domblklist, export, reads, same, sh, write_live, write_offline
 
@@ -179,7 +177,7 @@ def test_a_commit_that_runs_dry_midway_marks_the_group_changed_and_unavailable(
     ref = engine.get(g0.uuid).to_inventory()["volumeSnapshotRefs"]
     assert [(r["deviceId"], r["snapshotStatus"]) for r in ref] == [(1, "Changed")]
     assert "did not complete" in ref[0]["statusReason"]
-    (availability,) = check(engine, [g0.uuid])
+    (availability,) = engine.check([g0.uuid])
     assert availability.available is False
     assert availability.reason is not None and "changed" in availability.reason
     # Nothing else moved: the current data, the other restore points, the VM's disks.
@@ -207,7 +205,7 @@ def test_a_group_whose_side_branch_file_is_gone_can_still_be_deleted(
     write_offline(domblklist(vm.name, inactive=True)["vdb"], 0x62, 1)
     g2 = engine.create(vm=vm.name, name="g2")
     write_offline(domblklist(vm.name, inactive=True)["vdb"], 0x63, 2)
-    assert revert(engine, g1.uuid).error is None  # a safety group of the present is taken
+    assert engine.revert(g1.uuid).error is None  # a safety group of the present is taken
     moved_from = g2.refs[1].install_path
     moved = shutil.move(moved_from, tmp_path / "away.qcow2")
     try:

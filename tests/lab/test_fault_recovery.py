@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.domain.planner import expected_chain
-from snapgroup.engine import Engine
 from snapgroup.store.repo import Repo
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import backing_chain, domblklist, export, same, write_live, write_offline

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.domain.errors import SnapgroupError
-from snapgroup.engine import Engine
 from snapgroup.ops import journal
-from snapgroup.ops.verify import verify
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
 from tests.lab.tools import domblklist, export, same, sh, write_live
 
@@ -87,7 +86,7 @@ def test_libvirtd_restarted_during_create(
     at_step(step, restart_libvirtd)
     group = engine.create(vm=running_vm.name, name="g")
     assert [r.install_path for r in group.refs] == [str(d) for d in running_vm.disks]
-    assert verify(engine, vm=running_vm.name) == []
+    assert engine.verify(vm=running_vm.name) == []
 
 
 @pytest.mark.serial
@@ -106,7 +105,7 @@ def test_libvirtd_restarted_during_delete(
     if report.error is not None:  # the job's watcher lost libvirtd: a retry finishes it
         assert engine.delete(groups[0]).error is None
     assert [g.uuid for g in engine.list_groups()] == [groups[1]]
-    assert verify(engine, vm=running_vm.name) == []
+    assert engine.verify(vm=running_vm.name) == []
     assert_same_state(running_vm, True, saved)
 
 
@@ -134,9 +133,9 @@ def test_vm_shut_down_during_delete(
     at_step("delete:merge", running_vm.stop)
     report = engine.delete(groups[0])
     assert report.error is not None and report.error.code == "VOLUME_SNAPSHOT.1002"
-    assert verify(engine, vm=running_vm.name) == []
+    assert engine.verify(vm=running_vm.name) == []
     assert engine.delete(groups[0]).error is None  # offline now
-    assert verify(engine, vm=running_vm.name) == []
+    assert engine.verify(vm=running_vm.name) == []
     assert_same_state(running_vm, False, saved)
 
 
@@ -154,7 +153,7 @@ def test_a_failing_block_job_leaves_the_chain_intact(
     assert [r.success for r in report.results] == [True, False, True]
     assert report.results[1].error is not None
     assert [r.device_id for r in engine.get(groups[1]).refs] == [1]  # what is left of it
-    assert verify(engine, vm=running_vm.name) == []
+    assert engine.verify(vm=running_vm.name) == []
     assert_same_state(running_vm, True, saved)
     assert engine.delete(groups[1]).error is None
     assert_same_state(running_vm, True, saved)
@@ -205,10 +204,10 @@ def test_disk_full_during_a_merge(engine: Engine, small_disk_vm: LabVm, tmp_path
     fill(vm.directory, 1024)
     with pytest.raises(SnapgroupError, match="free"):
         engine.delete(group.uuid)  # Permissive: refused by the space check, nothing done
-    assert verify(engine, vm=vm.name) == []
+    assert engine.verify(vm=vm.name) == []
     report = engine.delete(group.uuid, mode="Enforcing")  # tries, and the merge runs dry
     assert report.results[1].success is False
-    assert verify(engine, vm=vm.name) == []
+    assert engine.verify(vm=vm.name) == []
     assert_same_state(vm, True, saved)
 
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from lab.consistency import agent, booted_guest
-from snapgroup.api import open_engine
-from snapgroup.engine import Engine
+from snapgroup.api import Engine, open_engine
 from snapgroup.testing.labvm import LAB_ROOT, LabVm
 from tests.lab.test_fault_recovery import assert_whole, snapgroup
 

@@ -10,13 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.domain.errors import OperationError
 from snapgroup.domain.inventory import Group, zstack_date
 from snapgroup.domain.planner import expected_chain
-from snapgroup.engine import Engine
-from snapgroup.ops.availability import check
-from snapgroup.ops.delete_snapshot import delete_snapshot
-from snapgroup.ops.revert import revert
 from snapgroup.store.repo import Repo
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import (
@@ -116,7 +113,7 @@ def test_revert_to_the_first_of_three_then_to_the_later_ones(
     groups = three_groups(engine, vm)
     saved = save_views(engine, vm, tmp_path / "saved")
 
-    report = revert(engine, groups[0].uuid)
+    report = engine.revert(groups[0].uuid)
 
     assert report.error is None, report.to_response()
     assert [r.success for r in report.results] == [True] * 3
@@ -131,7 +128,7 @@ def test_revert_to_the_first_of_three_then_to_the_later_ones(
     assert_tree_whole(engine, vm)
     # the later groups still revert correctly (no safety group: their data is kept anyway)
     for g in (groups[2], groups[1]):
-        assert revert(engine, g.uuid, safety_group=False).error is None
+        assert engine.revert(g.uuid, safety_group=False).error is None
         assert_vm_is(vm, saved, g)
         assert_points_kept(engine, saved)
         assert_tree_whole(engine, vm)
@@ -150,11 +147,11 @@ def test_revert_is_refused_while_running_and_stop_does_it(
     write(vm, 0x42, 0, live=True)
     before = tops(vm, live=True)
     with pytest.raises(OperationError, match="needs it stopped"):
-        revert(engine, group.uuid)
+        engine.revert(group.uuid)
     assert tops(vm, live=True) == before
     assert "running" in virsh("domstate", vm.name)
 
-    report = revert(engine, group.uuid, stop=True, stop_timeout=1)  # ACPI, then off
+    report = engine.revert(group.uuid, stop=True, stop_timeout=1)  # ACPI, then off
 
     assert report.error is None
     assert "shut off" in virsh("domstate", vm.name)
@@ -170,14 +167,14 @@ def test_partial_revert_of_an_unavailable_group(
     groups = three_groups(engine, vm)
     saved = save_views(engine, vm, tmp_path / "saved")
     gone = groups[0].refs[2]
-    assert delete_snapshot(engine, gone.volume_snapshot_uuid).success
-    (state,) = check(engine, [groups[0].uuid])
+    assert engine.delete_snapshot(gone.volume_snapshot_uuid).success
+    (state,) = engine.check([groups[0].uuid])
     assert not state.available and gone.volume_snapshot_uuid in (state.reason or "")
     with pytest.raises(OperationError, match="unavailable"):
-        revert(engine, groups[0].uuid)
+        engine.revert(groups[0].uuid)
 
     keep = [r.volume_uuid for r in groups[0].refs[:2]]
-    report = revert(engine, groups[0].uuid, volumes=keep)
+    report = engine.revert(groups[0].uuid, volumes=keep)
 
     assert [r.volume_uuid for r in report.results] == keep
     now = tops(vm)
@@ -198,7 +195,7 @@ def test_delete_in_a_tree(engine: Engine, any_vm: LabVm, tmp_path: Path) -> None
     live = "running" in virsh("domstate", vm.name)
     vm.stop()
     groups = three_groups(engine, vm)
-    report = revert(engine, groups[1].uuid)
+    report = engine.revert(groups[1].uuid)
     assert report.safety_group is not None
     if live:
         vm.start()
@@ -246,12 +243,12 @@ def test_attach_and_detach_a_data_disk_between_groups(engine: Engine, stopped_vm
     _attach(vm, "vdd")
     g1 = engine.create(vm=vm.name, name="g1")
     assert g1.snapshot_count == 4
-    r0, r1 = check(engine, [g0.uuid, g1.uuid])
+    r0, r1 = engine.check([g0.uuid, g1.uuid])
     assert not r0.available and "vdd) is attached now but not in the group" in (r0.reason or "")
     assert r1.available
     vdd_top = tops(vm)["vdd"]
     virsh("detach-disk", vm.name, "vdd", "--config")
-    r0, r1 = check(engine, [g0.uuid, g1.uuid])
+    r0, r1 = engine.check([g0.uuid, g1.uuid])
     assert r0.available  # the VM has g0's volumes again
     assert not r1.available and "is no longer attached" in (r1.reason or "")
     virsh(
@@ -265,11 +262,11 @@ def test_attach_and_detach_a_data_disk_between_groups(engine: Engine, stopped_vm
         "qcow2",
         "--config",
     )
-    assert [r.available for r in check(engine, [g0.uuid, g1.uuid])] == [False, True]
+    assert [r.available for r in engine.check([g0.uuid, g1.uuid])] == [False, True]
     # detached and its file deleted: removed; its ref is snapshotDeleted, files kept
     virsh("detach-disk", vm.name, "vdd", "--config")
     Path(vdd_top).unlink()
-    (r1,) = check(engine, [g1.uuid])
+    (r1,) = engine.check([g1.uuid])
     assert "was deleted" in (r1.reason or "")
     assert [r.snapshot_deleted for r in engine.get(g1.uuid).refs] == [False] * 3 + [True]
     assert Path(engine.get(g1.uuid).refs[3].install_path).exists()
@@ -278,7 +275,7 @@ def test_attach_and_detach_a_data_disk_between_groups(engine: Engine, stopped_vm
 def test_tree_output_for_a_known_history(engine: Engine, stopped_vm: LabVm) -> None:
     vm = stopped_vm
     groups = three_groups(engine, vm)
-    report = revert(engine, groups[1].uuid)
+    report = engine.revert(groups[1].uuid)
     assert report.safety_group is not None
     g3 = engine.create(vm=vm.name, name="g3")
     out = subprocess.run(

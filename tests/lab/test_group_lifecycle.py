@@ -9,9 +9,10 @@ import pytest
 from pytest_mock import MockerFixture
 
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
+from snapgroup.api import Engine
 from snapgroup.domain.errors import HypervisorError, StoreError
 from snapgroup.domain.models import DiskOverlay
-from snapgroup.engine import Engine
+from snapgroup.ops import creating
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import (
     backing_chain,
@@ -181,7 +182,7 @@ def test_failure_to_record_undoes_a_live_snapshot(
     write_live(running_vm.name, 1, 0xAA, 0)
     before = domblklist(running_vm.name)
     files = _files(Path(before["vda"]).parent)
-    mocker.patch.object(Engine, "_record_group", autospec=True, side_effect=StoreError("down"))
+    mocker.patch.object(creating, "_record_group", autospec=True, side_effect=StoreError("down"))
     with pytest.raises(StoreError):
         engine.create(vm=running_vm.name, name="g1")
     assert domblklist(running_vm.name) == before

@@ -23,7 +23,6 @@ import httpx
 import pytest
 
 from snapgroup.api import open_engine
-from snapgroup.ops.verify import verify
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import backing_chain, domblklist
 from tests.pgtools import configured_url, private_database
@@ -248,7 +247,7 @@ def test_a_zstack_client_drives_a_real_vm(server: Client, db_url: str, running_v
     assert domblklist(running_vm.name) == before
     engine = open_engine(db=db_url)
     try:
-        assert verify(engine, vm=running_vm.name) == []
+        assert engine.verify(vm=running_vm.name) == []
     finally:
         engine.db.dispose()
 

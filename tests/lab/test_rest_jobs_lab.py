@@ -20,7 +20,6 @@ import pytest
 
 from snapgroup.api import open_engine
 from snapgroup.infra.locks import vm_lock
-from snapgroup.ops.verify import verify
 from snapgroup.testing.labvm import LabVm
 from tests.lab.test_rest_e2e import (
     GROUPS,
@@ -135,7 +134,7 @@ def test_eight_creates_at_once_on_one_vm_all_succeed_in_turn(
         assert len(chain) == 9 and chain[-1] == original
     engine = open_engine(db=server.db_url)
     try:
-        assert verify(engine, vm=running_vm.name) == []
+        assert engine.verify(vm=running_vm.name) == []
         assert len(engine.list_groups(vm=running_vm.name)) == 8
     finally:
         engine.db.dispose()
@@ -237,6 +236,6 @@ def test_a_zstack_clients_journey_on_a_real_vm(server: Server, running_vm: LabVm
     assert version.status_code == 200 and version.json()["version"]
     engine = open_engine(db=server.db_url)
     try:
-        assert verify(engine, vm=running_vm.name) == []
+        assert engine.verify(vm=running_vm.name) == []
     finally:
         engine.db.dispose()

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.engine import Engine
-from snapgroup.ops.revert import revert
+from snapgroup.api import Engine
 from snapgroup.testing.labvm import LabVm
 from tests.lab.test_fault_recovery import TARGETS, _kill_then_recover
 from tests.lab.test_group_life import (
@@ -83,7 +82,7 @@ def test_tree_delete_killed_at_the_rebase_steps(
     for k in range(2):
         write(vm, 0x60 + k, 0)
         groups.append(engine.create(vm=vm.name, name=f"g{k}"))
-    assert revert(engine, groups[0].uuid, safety_group=False).error is None
+    assert engine.revert(groups[0].uuid, safety_group=False).error is None
     if live:
         vm.start()
     saved = save_views(engine, vm, tmp_path / "saved", live=live)

@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.domain.errors import OperationError
 from snapgroup.domain.inventory import Group
-from snapgroup.engine import Engine
-from snapgroup.ops.availability import check
-from snapgroup.ops.revert import revert
-from snapgroup.ops.verify import verify
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import backing_chain, domblklist, export, same, sh, write_offline
 
@@ -53,7 +50,7 @@ def _side_branch(engine: Engine, vm: LabVm, moved_to: Path) -> tuple[Group, Grou
     _write(vm, 0x22, 1)
     g2 = engine.create(vm=vm.name, name="g2")
     _write(vm, 0x33, 2)
-    report = revert(engine, g1.uuid)
+    report = engine.revert(g1.uuid)
     assert report.error is None and report.safety_group is not None
     (vdb,) = [r for r in g2.refs if r.device_id == 1]
     path = vdb.install_path
@@ -69,7 +66,7 @@ def test_verify_names_a_missing_file_on_a_side_branch_and_the_groups_it_breaks(
     vm = stopped_vm
     _g1, g2, safety, path = _side_branch(engine, vm, tmp_path / "away.qcow2")
 
-    diffs = verify(engine, vm=vm.name)
+    diffs = engine.verify(vm=vm.name)
 
     missing = [d for d in diffs if d.kind == "file-missing"]
     assert len(missing) == 1, [d.to_dict() for d in diffs]
@@ -86,7 +83,7 @@ def test_verify_names_a_missing_file_on_a_side_branch_and_the_groups_it_breaks(
     assert doc["kind"] == "file-missing" and sorted(doc["groups"]) == sorted([g2.uuid, safety.uuid])
 
     os.rename(tmp_path / "away.qcow2", path)  # back where it was: nothing to report
-    assert verify(engine, vm=vm.name) == []
+    assert engine.verify(vm=vm.name) == []
 
 
 def test_verify_names_a_side_branch_file_on_the_wrong_backing_file(
@@ -111,7 +108,7 @@ def test_verify_names_a_side_branch_file_on_the_wrong_backing_file(
         vdc_safety.install_path,
     )
 
-    diffs = verify(engine, vm=vm.name)
+    diffs = engine.verify(vm=vm.name)
 
     (diff,) = diffs
     assert diff.kind == "chain-mismatch", diff.to_dict()
@@ -125,7 +122,7 @@ def test_check_calls_a_group_with_a_missing_side_branch_file_unavailable(
     vm = stopped_vm
     g1, g2, safety, path = _side_branch(engine, vm, tmp_path / "away.qcow2")
 
-    states = {s.uuid: s for s in check(engine, [g1.uuid, g2.uuid, safety.uuid])}
+    states = {s.uuid: s for s in engine.check([g1.uuid, g2.uuid, safety.uuid])}
 
     assert states[g1.uuid].available, states[g1.uuid]
     for group in (g2, safety):
@@ -138,7 +135,7 @@ def test_check_calls_a_group_with_a_missing_side_branch_file_unavailable(
     assert doc["available"] is False and path in doc["reason"], result.stdout
 
     os.rename(tmp_path / "away.qcow2", path)
-    assert all(s.available for s in check(engine, [g1.uuid, g2.uuid, safety.uuid]))
+    assert all(s.available for s in engine.check([g1.uuid, g2.uuid, safety.uuid]))
 
 
 def test_partial_revert_restores_the_untouched_disks_and_refuses_the_missing_one(
@@ -155,13 +152,13 @@ def test_partial_revert_restores_the_untouched_disks_and_refuses_the_missing_one
     before = _tops(vm)
 
     with pytest.raises(OperationError, match="unavailable"):
-        revert(engine, g2.uuid)
+        engine.revert(g2.uuid)
     with pytest.raises(OperationError, match=os.path.basename(path)):
-        revert(engine, g2.uuid, volumes=[r.volume_uuid for r in g2.refs])
+        engine.revert(g2.uuid, volumes=[r.volume_uuid for r in g2.refs])
     assert _tops(vm) == before  # refused with nothing changed
 
     keep = [r for r in g2.refs if r.install_path != path]
-    report = revert(engine, g2.uuid, volumes=[r.volume_uuid for r in keep])
+    report = engine.revert(g2.uuid, volumes=[r.volume_uuid for r in keep])
 
     assert report.error is None, report.to_response()
     assert [r.volume_uuid for r in report.results] == [r.volume_uuid for r in keep]

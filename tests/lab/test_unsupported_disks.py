@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.domain.errors import OperationError
-from snapgroup.engine import Engine
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import domblklist, sh, virsh
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from snapgroup.engine import Engine
+from snapgroup.api import Engine
 from snapgroup.rest import create_app
 from snapgroup.rest.auth import Accounts, sha512_hex
 from snapgroup.store.db import Database

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 from schemathesis.core.parameters import ParameterLocation
 
-from snapgroup.engine import Engine
+from snapgroup.api import Engine
 from snapgroup.rest import create_app
 from snapgroup.rest.auth import Accounts, sha512_hex
 from snapgroup.store.db import Database

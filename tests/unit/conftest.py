@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.engine import Engine
+from snapgroup.api import Engine
 from snapgroup.ops import journal
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool

@@ -89,7 +89,7 @@ def test_vm_lock_held_elsewhere_fails_fast_with_busy(lab: Lab) -> None:
 
 
 def test_a_chain_libvirt_would_refuse_is_refused_first(lab: Lab) -> None:
-    from snapgroup.ops.create import MAX_CHAIN_DEPTH
+    from snapgroup.ops.creating import MAX_CHAIN_DEPTH
 
     paths = lab_domain(lab.hv, data_disks=0)
     below = paths[0]

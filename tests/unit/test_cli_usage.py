@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.cli.context import Context
 from snapgroup.cli.main import build_parser, main
-from snapgroup.engine import Engine
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
 from tests.unit.conftest import Lab

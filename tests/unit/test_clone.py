@@ -7,9 +7,6 @@ import pytest
 from snapgroup.domain.errors import OperationError
 from snapgroup.domain.models import VmState
 from snapgroup.ops import journal
-from snapgroup.ops.clone import clone
-from snapgroup.ops.delete_snapshot import delete_snapshot
-from snapgroup.ops.syncing import sync
 from tests.unit.conftest import Killed, Lab
 from tests.unit.test_lifecycle import assert_whole, history, views
 
@@ -25,7 +22,7 @@ def test_clone_sits_on_the_group_and_leaves_the_original_alone(lab: Lab) -> None
     original = lab.view_of_vm()
     saved = {g.uuid: views(lab, g) for g in groups}
 
-    made = clone(lab.engine, groups[1].uuid, name="copy", start=True)
+    made = lab.engine.clone(groups[1].uuid, name="copy", start=True)
 
     assert made.state == "Running" and made.name == "copy" and made.uuid != VM
     assert clone_view(lab, made.uuid) == saved[groups[1].uuid]
@@ -48,14 +45,14 @@ def test_clone_sits_on_the_group_and_leaves_the_original_alone(lab: Lab) -> None
 
 def test_delete_never_merges_what_a_clone_reads(lab: Lab) -> None:
     groups = history(lab, VmState.RUNNING)
-    made = clone(lab.engine, groups[1].uuid, name="copy")
+    made = lab.engine.clone(groups[1].uuid, name="copy")
     cloned = clone_view(lab, made.uuid)
 
     for pinned in (groups[1], groups[0]):  # its snapshots, and everything below them
         with pytest.raises(OperationError, match="read by VM copy's disk"):
             lab.engine.delete(pinned.uuid)
         with pytest.raises(OperationError, match="a clone"):
-            delete_snapshot(lab.engine, pinned.refs[0].volume_snapshot_uuid)
+            lab.engine.delete_snapshot(pinned.refs[0].volume_snapshot_uuid)
     report = lab.engine.delete(groups[1].uuid, mode="Enforcing")
     assert report.error is not None and not any(r.success for r in report.results)
     assert lab.engine.delete(groups[2].uuid).error is None  # above the clone: free
@@ -65,12 +62,12 @@ def test_delete_never_merges_what_a_clone_reads(lab: Lab) -> None:
 
 def test_a_removed_clone_releases_the_snapshots(lab: Lab) -> None:
     groups = history(lab, VmState.RUNNING)
-    made = clone(lab.engine, groups[0].uuid, name="copy")
+    made = lab.engine.clone(groups[0].uuid, name="copy")
     for d in lab.hv.domains[made.uuid].disks:
         assert d.path is not None
         lab.images.remove(d.path)
     del lab.hv.domains[made.uuid]
-    kinds = [c.kind for c in sync(lab.engine)]
+    kinds = [c.kind for c in lab.engine.sync()]
     assert kinds.count("volume-removed") == 3
     assert lab.engine.delete(groups[0].uuid).error is None
     assert_whole(lab)
@@ -78,9 +75,9 @@ def test_a_removed_clone_releases_the_snapshots(lab: Lab) -> None:
 
 def test_an_unavailable_group_is_not_cloned(lab: Lab) -> None:
     groups = history(lab)
-    delete_snapshot(lab.engine, groups[0].refs[1].volume_snapshot_uuid)
+    lab.engine.delete_snapshot(groups[0].refs[1].volume_snapshot_uuid)
     with pytest.raises(OperationError, match="unavailable"):
-        clone(lab.engine, groups[0].uuid, name="copy")
+        lab.engine.clone(groups[0].uuid, name="copy")
     assert lab.hv.called("define_clone") == []
 
 
@@ -94,7 +91,7 @@ def test_clone_killed_at_every_step(lab: Lab, monkeypatch: pytest.MonkeyPatch, s
 
     monkeypatch.setattr(journal, "checkpoint", checkpoint)
     with pytest.raises(Killed):
-        clone(lab.engine, groups[0].uuid, name="copy")
+        lab.engine.clone(groups[0].uuid, name="copy")
     monkeypatch.undo()
     (op,) = lab.engine.recover()
     defined = step == "clone:defined"

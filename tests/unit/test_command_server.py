@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.cli.command_server import CommandServer, Declined, listen
 from snapgroup.cli.context import Context
 from snapgroup.cli.launch import forward, relevant_env
 from snapgroup.cli.launch import main as launch_main
 from snapgroup.cli.main import main
 from snapgroup.domain.errors import OperationError
-from snapgroup.engine import Engine
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
 

@@ -11,7 +11,6 @@ import pytest
 from snapgroup.domain.errors import ImageToolError
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.models import BlockJobProgress, VmState
-from snapgroup.ops.delete_snapshot import list_snapshots
 from snapgroup.store.repo import Repo
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Killed, Lab
@@ -78,7 +77,7 @@ def test_a_commit_failing_midway_marks_its_snapshot_changed_and_the_result_says_
     assert ENOSPC in ref["statusReason"]
     other = _ref_inventory(lab, groups[1].uuid, 1)  # g1's own point in time is untouched
     assert (other["snapshotStatus"], other["statusReason"]) == ("Ready", None)
-    status = {s.uuid: s.to_inventory()["status"] for s in list_snapshots(lab.engine, "vm1")}
+    status = {s.uuid: s.to_inventory()["status"] for s in lab.engine.list_snapshots("vm1")}
     assert status[groups[0].refs[1].volume_snapshot_uuid] == "Changed"
     assert status[groups[1].refs[1].volume_snapshot_uuid] == "Ready"
 

@@ -12,6 +12,7 @@ from snapgroup.domain.errors import (
     StoreError,
 )
 from snapgroup.domain.models import DomainDisk, VmState
+from snapgroup.ops import creating
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Lab
 
@@ -95,9 +96,7 @@ def test_failure_recording_the_group_undoes_the_snapshot(lab: Lab, mocker: Mocke
     paths = lab_domain(lab.hv)
     lab.images.write("/lab/disk0.qcow2", 1, "x")
     files_before = set(lab.images.images)
-    mocker.patch.object(
-        type(lab.engine), "_record_group", autospec=True, side_effect=StoreError("db gone")
-    )
+    mocker.patch.object(creating, "_record_group", autospec=True, side_effect=StoreError("db gone"))
     with pytest.raises(StoreError):
         lab.engine.create(vm="vm1", name="g1")
     assert [d.path for d in lab.hv.domains[VM].disks] == paths

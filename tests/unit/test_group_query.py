@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
+from snapgroup.api import Engine
 from snapgroup.domain.zquery import parse_query
-from snapgroup.engine import Engine
 from snapgroup.rest.query import ReferenceQuery
 from snapgroup.store.db import Database
 from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow

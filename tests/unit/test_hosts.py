@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.domain.errors import OperationError
-from snapgroup.engine import Engine
-from snapgroup.ops.availability import check
-from snapgroup.ops.revert import revert
-from snapgroup.ops.syncing import sync
-from snapgroup.ops.ungroup import ungroup
-from snapgroup.ops.verify import verify
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
@@ -67,9 +62,9 @@ def test_a_host_does_not_operate_on_another_hosts_vm(hosts: tuple[Host, Host]) -
         lambda: b.engine.delete(group.uuid, mode="Enforcing"),
         lambda: b.engine.update(group.uuid, name="mine"),
         lambda: b.engine.create(root_volume_uuid=root, name="x"),
-        lambda: ungroup(b.engine, group.uuid),
-        lambda: revert(b.engine, group.uuid),
-        lambda: check(b.engine, [group.uuid]),
+        lambda: b.engine.ungroup(group.uuid),
+        lambda: b.engine.revert(group.uuid),
+        lambda: b.engine.check([group.uuid]),
     ):
         with pytest.raises(OperationError, match="belongs to host host-a"):
             attempt()
@@ -92,8 +87,8 @@ def test_sync_verify_and_recover_keep_to_their_host(hosts: tuple[Host, Host]) ->
     a.engine.create(vm="vm-a", name="ga")
     b.engine.create(vm="vm-b", name="gb")
     # Host b's VM is not in host a's libvirt: host a must not take it for gone.
-    assert sync(a.engine) == []
-    assert [d.vm_uuid for d in verify(a.engine, repair=True)] == []
+    assert a.engine.sync() == []
+    assert [d.vm_uuid for d in a.engine.verify(repair=True)] == []
     with b.engine.db.transaction() as session:
         assert all(v.attached for v in Repo(session).volumes_of_vm(VM_B))
     assert a.engine.recover() == [] and b.engine.recover() == []

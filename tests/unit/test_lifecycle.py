@@ -11,12 +11,6 @@ from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.models import DomainDisk, VmState
 from snapgroup.domain.planner import expected_chain
-from snapgroup.ops.availability import check
-from snapgroup.ops.delete_snapshot import delete_snapshot, list_snapshots
-from snapgroup.ops.revert import revert
-from snapgroup.ops.syncing import sync
-from snapgroup.ops.tree import group_tree
-from snapgroup.ops.ungroup import ungroup
 from snapgroup.store.repo import Repo
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Lab
@@ -74,7 +68,7 @@ def assert_whole(lab: Lab) -> None:
 
 def test_check_reports_available_groups(lab: Lab) -> None:
     groups = history(lab)
-    results = check(lab.engine, [g.uuid for g in groups])
+    results = lab.engine.check([g.uuid for g in groups])
     assert [r.to_dict() for r in results] == [
         {"uuid": g.uuid, "available": True, "reason": None} for g in groups
     ]
@@ -83,7 +77,7 @@ def test_check_reports_available_groups(lab: Lab) -> None:
 def test_check_unknown_group_is_not_found(lab: Lab) -> None:
     history(lab, n=1)
     with pytest.raises(NotFound):
-        check(lab.engine, ["f" * 32])
+        lab.engine.check(["f" * 32])
 
 
 def test_single_snapshot_delete_marks_the_ref_and_keeps_every_view(lab: Lab) -> None:
@@ -92,7 +86,7 @@ def test_single_snapshot_delete_marks_the_ref_and_keeps_every_view(lab: Lab) -> 
     before = {g.uuid: views(lab, g) for g in groups}
     victim = groups[1].refs[1]  # g1's snapshot of vdb: an intermediate one
 
-    result = delete_snapshot(lab.engine, victim.volume_snapshot_uuid)
+    result = lab.engine.delete_snapshot(victim.volume_snapshot_uuid)
 
     assert result.success and result.error is None
     g1 = lab.engine.get(groups[1].uuid)
@@ -100,7 +94,7 @@ def test_single_snapshot_delete_marks_the_ref_and_keeps_every_view(lab: Lab) -> 
     assert lab.view_of_vm() == current
     for g in (groups[0], groups[2]):
         assert views(lab, g) == before[g.uuid]
-    (r,) = check(lab.engine, [g1.uuid])
+    (r,) = lab.engine.check([g1.uuid])
     assert not r.available
     assert (
         r.reason
@@ -108,7 +102,7 @@ def test_single_snapshot_delete_marks_the_ref_and_keeps_every_view(lab: Lab) -> 
     )
     assert_whole(lab)
     # deleting it again is a no-op; deleting the group then drops it whole
-    assert delete_snapshot(lab.engine, victim.volume_snapshot_uuid).success
+    assert lab.engine.delete_snapshot(victim.volume_snapshot_uuid).success
     assert lab.engine.delete(g1.uuid).error is None
     assert lab.view_of_vm() == current
     assert_whole(lab)
@@ -117,32 +111,32 @@ def test_single_snapshot_delete_marks_the_ref_and_keeps_every_view(lab: Lab) -> 
 def test_single_snapshot_delete_unknown_is_not_found(lab: Lab) -> None:
     history(lab, n=1)
     with pytest.raises(NotFound):
-        delete_snapshot(lab.engine, "e" * 32)
+        lab.engine.delete_snapshot("e" * 32)
 
 
 def test_ungroup_keeps_the_snapshots(lab: Lab) -> None:
     groups = history(lab, n=2)
     data = views(lab, groups[0])
-    dropped = ungroup(lab.engine, groups[0].uuid)
+    dropped = lab.engine.ungroup(groups[0].uuid)
     assert dropped.uuid == groups[0].uuid
     assert [g.uuid for g in lab.engine.list_groups()] == [groups[1].uuid]
-    listed = list_snapshots(lab.engine, "vm1")
+    listed = lab.engine.list_snapshots("vm1")
     assert len(listed) == 6
     mine = [s for s in listed if s.uuid in {r.volume_snapshot_uuid for r in dropped.refs}]
     assert [s.group_uuid for s in mine] == [None, None, None]
     assert [lab.images.read(s.install_path) for s in mine] == data
     # the snapshots stay deletable on their own
     for s in mine:
-        assert delete_snapshot(lab.engine, s.uuid).success
-    assert len(list_snapshots(lab.engine, "vm1")) == 3
+        assert lab.engine.delete_snapshot(s.uuid).success
+    assert len(lab.engine.list_snapshots("vm1")) == 3
     assert_whole(lab)
     with pytest.raises(NotFound):
-        ungroup(lab.engine, groups[0].uuid)
+        lab.engine.ungroup(groups[0].uuid)
 
 
 def test_snapshots_inventory(lab: Lab) -> None:
     groups = history(lab, n=2)
-    inventories = [s.to_inventory() for s in list_snapshots(lab.engine, "vm1")]
+    inventories = [s.to_inventory() for s in lab.engine.list_snapshots("vm1")]
     first = inventories[0]
     assert first["uuid"] == groups[0].refs[0].volume_snapshot_uuid
     assert first["groupUuid"] == groups[0].uuid
@@ -159,7 +153,7 @@ def test_revert_to_the_first_group_then_to_the_later_ones(lab: Lab) -> None:
     now = lab.view_of_vm()
     saved = {g.uuid: views(lab, g) for g in groups}
 
-    report = revert(lab.engine, groups[0].uuid)
+    report = lab.engine.revert(groups[0].uuid)
 
     assert report.error is None
     assert [r.success for r in report.results] == [True] * 3
@@ -171,7 +165,7 @@ def test_revert_to_the_first_group_then_to_the_later_ones(lab: Lab) -> None:
     assert_whole(lab)
     # the later groups still revert correctly, and so does the safety group
     for target in (groups[2], groups[1], report.safety_group):
-        assert revert(lab.engine, target.uuid, safety_group=False).error is None
+        assert lab.engine.revert(target.uuid, safety_group=False).error is None
         expected = saved.get(target.uuid, now)
         assert lab.view_of_vm() == expected
         assert_whole(lab)
@@ -180,9 +174,9 @@ def test_revert_to_the_first_group_then_to_the_later_ones(lab: Lab) -> None:
 def test_revert_refuses_a_running_vm_unless_told_to_stop_it(lab: Lab) -> None:
     groups = history(lab, VmState.RUNNING)
     with pytest.raises(OperationError, match="needs it stopped"):
-        revert(lab.engine, groups[0].uuid)
+        lab.engine.revert(groups[0].uuid)
     assert lab.hv.called("set_disk_sources") == []
-    report = revert(lab.engine, groups[0].uuid, stop=True, stop_timeout=0)
+    report = lab.engine.revert(groups[0].uuid, stop=True, stop_timeout=0)
     assert report.error is None
     assert lab.hv.called("shutdown") == [(VM, 0)]
     assert lab.hv.domains[VM].state is VmState.STOPPED
@@ -191,7 +185,7 @@ def test_revert_refuses_a_running_vm_unless_told_to_stop_it(lab: Lab) -> None:
 def test_revert_without_safety_group_discards_the_current_data(lab: Lab) -> None:
     groups = history(lab)
     tops = [d.path for d in lab.hv.domains[VM].disks]
-    report = revert(lab.engine, groups[1].uuid, safety_group=False)
+    report = lab.engine.revert(groups[1].uuid, safety_group=False)
     assert report.safety_group is None and report.error is None
     assert all(t not in lab.images.images for t in tops)
     assert len(lab.engine.list_groups()) == 3
@@ -202,26 +196,26 @@ def test_partial_revert_leaves_the_other_volumes(lab: Lab) -> None:
     groups = history(lab)
     now = lab.view_of_vm()
     vdb = groups[0].refs[1]
-    report = revert(lab.engine, groups[0].uuid, volumes=[vdb.volume_uuid])
+    report = lab.engine.revert(groups[0].uuid, volumes=[vdb.volume_uuid])
     assert [r.volume_uuid for r in report.results] == [vdb.volume_uuid]
     after = lab.view_of_vm()
     assert after[0] == now[0] and after[2] == now[2]
     assert after[1] == lab.images.read(vdb.install_path)
     with pytest.raises(InvalidArgument):
-        revert(lab.engine, groups[0].uuid, volumes=["9" * 32])
+        lab.engine.revert(groups[0].uuid, volumes=["9" * 32])
     assert_whole(lab)
 
 
 def test_unavailable_group_needs_volumes_to_revert(lab: Lab) -> None:
     groups = history(lab)
     deleted = groups[0].refs[2]
-    delete_snapshot(lab.engine, deleted.volume_snapshot_uuid)
+    lab.engine.delete_snapshot(deleted.volume_snapshot_uuid)
     with pytest.raises(OperationError, match=r"unavailable.*--volumes"):
-        revert(lab.engine, groups[0].uuid)
+        lab.engine.revert(groups[0].uuid)
     with pytest.raises(OperationError, match="was deleted"):
-        revert(lab.engine, groups[0].uuid, volumes=[deleted.volume_uuid])
+        lab.engine.revert(groups[0].uuid, volumes=[deleted.volume_uuid])
     keep = [r.volume_uuid for r in groups[0].refs[:2]]
-    assert revert(lab.engine, groups[0].uuid, volumes=keep).error is None
+    assert lab.engine.revert(groups[0].uuid, volumes=keep).error is None
     assert_whole(lab)
 
 
@@ -232,7 +226,7 @@ def test_failed_switch_rolls_back_and_keeps_the_safety_group(lab: Lab) -> None:
     now = lab.view_of_vm()
     lab.hv.fail["set_disk_sources"] = HypervisorError("defineXML refused")
     lab.hv.fail_after["set_disk_sources"] = 1  # the safety group's switch goes through
-    report = revert(lab.engine, groups[0].uuid)
+    report = lab.engine.revert(groups[0].uuid)
     assert report.error is not None and not any(r.success for r in report.results)
     assert report.error.to_dict()["cause"]["details"] == "defineXML refused"
     del lab.hv.fail["set_disk_sources"]
@@ -248,7 +242,7 @@ def _tree(lab: Lab, state: VmState) -> tuple[list[Group], Group]:
     """g0 -> g1 -> g2 -> safety, and the VM back on g0 (then started when `state`
     is RUNNING): g0's snapshots have two children each."""
     groups = history(lab)
-    report = revert(lab.engine, groups[0].uuid)
+    report = lab.engine.revert(groups[0].uuid)
     assert report.safety_group is not None
     write_all(lab, "@branch", 0)
     lab.hv.domains[VM].state = state
@@ -295,7 +289,7 @@ def test_live_merge_through_the_active_branch_uses_libvirt(lab: Lab) -> None:
 
 def test_tree_output(lab: Lab) -> None:
     groups, safety = _tree(lab, VmState.STOPPED)
-    tree = group_tree(lab.engine, "vm1")
+    tree = lab.engine.group_tree("vm1")
     date = {g.uuid: _date(lab, g.uuid) for g in [*groups, safety]}
     g0, g1, g2 = groups
     assert tree.render() == (
@@ -311,7 +305,7 @@ def test_tree_output(lab: Lab) -> None:
 def test_tree_branches_after_a_revert_and_a_new_group(lab: Lab) -> None:
     _tree(lab, VmState.STOPPED)
     g3 = lab.engine.create(vm="vm1", name="g3")
-    tree = group_tree(lab.engine, "vm1")
+    tree = lab.engine.group_tree("vm1")
     (root,) = tree.roots
     assert [c.name for c in root.children] == ["g1", "g3"]
     assert root.children[1].current and not root.current
@@ -337,14 +331,14 @@ def _detach(lab: Lab, target: str) -> DomainDisk:
 def test_detach_and_attach_between_groups_changes_availability(lab: Lab) -> None:
     groups = history(lab, n=1)
     vdc = _detach(lab, "vdc")
-    changes = sync(lab.engine, "vm1")
+    changes = lab.engine.sync("vm1")
     assert [c.kind for c in changes] == ["volume-detached"]
-    (r,) = check(lab.engine, [groups[0].uuid])
+    (r,) = lab.engine.check([groups[0].uuid])
     assert not r.available and "is no longer attached" in (r.reason or "")
     g1 = lab.engine.create(vm="vm1", name="g1")
     assert g1.snapshot_count == 2
     lab.hv.domains[VM].disks.append(vdc)  # back: the first group is whole again
-    results = check(lab.engine, [groups[0].uuid, g1.uuid])
+    results = lab.engine.check([groups[0].uuid, g1.uuid])
     assert results[0].available
     assert not results[1].available
     assert "is attached now but not in the group" in (results[1].reason or "")
@@ -354,8 +348,8 @@ def test_new_disk_makes_older_groups_unavailable(lab: Lab) -> None:
     groups = history(lab, n=1)
     lab.images.add("/lab/new.qcow2")
     lab.hv.domains[VM].disks.append(DomainDisk("vdd", "disk", "file", "/lab/new.qcow2", "qcow2"))
-    assert [c.kind for c in sync(lab.engine, "vm1")] == ["volume-attached"]
-    (r,) = check(lab.engine, [groups[0].uuid])
+    assert [c.kind for c in lab.engine.sync("vm1")] == ["volume-attached"]
+    (r,) = lab.engine.check([groups[0].uuid])
     assert r.reason == "volume DATA-vm1-vdd (vdd) is attached now but not in the group"
 
 
@@ -365,12 +359,12 @@ def test_removed_data_volume_marks_its_refs_deleted_and_keeps_files(lab: Lab) ->
     assert vdc.path is not None
     files = set(lab.images.images)
     lab.images.remove(vdc.path)  # the volume itself was deleted
-    kinds = [c.kind for c in sync(lab.engine, "vm1")]
+    kinds = [c.kind for c in lab.engine.sync("vm1")]
     assert kinds == ["volume-detached", "volume-removed"]
     for g in groups:
         assert [r.snapshot_deleted for r in lab.engine.get(g.uuid).refs] == [False, False, True]
     assert set(lab.images.images) == files - {vdc.path}  # sync removed nothing
-    assert sync(lab.engine, "vm1") == []  # recorded once
+    assert lab.engine.sync("vm1") == []  # recorded once
     # the group can still be deleted: the removed volume's snapshot is a no-op
     assert lab.engine.delete(groups[0].uuid, mode="Enforcing").error is None
 
@@ -379,18 +373,18 @@ def test_undefined_vm_marks_groups_unavailable_and_keeps_everything(lab: Lab) ->
     groups = history(lab, n=2)
     files = set(lab.images.images)
     del lab.hv.domains[VM]
-    changes = sync(lab.engine, "vm1")  # by name: found in the metadata
+    changes = lab.engine.sync("vm1")  # by name: found in the metadata
     assert changes[0].kind == "vm-gone"
     assert [c.kind for c in changes[1:]] == ["volume-detached"] * 3
-    results = check(lab.engine, [g.uuid for g in groups])
+    results = lab.engine.check([g.uuid for g in groups])
     assert all(
         not r.available and f"VM {VM} is no longer defined" in (r.reason or "") for r in results
     )
     assert set(lab.images.images) == files
     assert len(lab.engine.list_groups()) == 2
-    assert len(list_snapshots(lab.engine, VM)) == 6
+    assert len(lab.engine.list_snapshots(VM)) == 6
     with pytest.raises(OperationError, match="no longer defined"):
-        revert(lab.engine, groups[0].uuid)
+        lab.engine.revert(groups[0].uuid)
 
 
 def test_top_changed_outside_snapgroup_is_reported(lab: Lab) -> None:
@@ -399,9 +393,9 @@ def test_top_changed_outside_snapgroup_is_reported(lab: Lab) -> None:
     assert disk.path is not None
     lab.images.create_overlay("/lab/outside.qcow2", backing=disk.path, backing_format="qcow2")
     lab.hv.domains[VM].disks[1] = replace(disk, path="/lab/outside.qcow2")
-    changes = sync(lab.engine, "vm1")
+    changes = lab.engine.sync("vm1")
     kinds = [c.kind for c in changes]
     assert kinds == ["top-changed", "volume-attached"]
     assert "an overlay made outside snapgroup" in changes[0].detail
-    (r,) = check(lab.engine, [groups[0].uuid])
+    (r,) = lab.engine.check([groups[0].uuid])
     assert not r.available

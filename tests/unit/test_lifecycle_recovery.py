@@ -6,8 +6,6 @@ from __future__ import annotations
 import pytest
 
 from snapgroup.domain.models import VmState
-from snapgroup.ops.delete_snapshot import delete_snapshot
-from snapgroup.ops.revert import revert
 from tests.unit.conftest import Killed, Lab
 from tests.unit.test_lifecycle import _tree, assert_whole, history, views
 
@@ -50,7 +48,7 @@ def test_revert_killed_at_every_step(lab: Lab, die_at: list[str], step: str, saf
     saved = {g.uuid: views(lab, g) for g in groups}
     die_at.append(step)
     with pytest.raises(Killed):
-        revert(lab.engine, groups[0].uuid, safety_group=safety)
+        lab.engine.revert(groups[0].uuid, safety_group=safety)
     recovered = {op.kind: op.state for op in lab.engine.recover()}
     forward = step in ROLLED_FORWARD
     assert recovered["revert"] == ("done" if forward else "rolled-back")
@@ -106,7 +104,7 @@ def test_single_snapshot_delete_killed_at_every_step(
     victim = groups[0].refs[0]
     die_at.append(step)
     with pytest.raises(Killed):
-        delete_snapshot(lab.engine, victim.volume_snapshot_uuid)
+        lab.engine.delete_snapshot(victim.volume_snapshot_uuid)
     (op,) = lab.engine.recover()
     assert (op.kind, op.state) == ("delete-snapshot", "done")
     assert lab.engine.get(groups[0].uuid).refs[0].snapshot_deleted
@@ -119,7 +117,6 @@ def test_single_snapshot_delete_killed_at_every_step(
 def test_sync_finishes_a_dead_operation_before_looking(lab: Lab, die_at: list[str]) -> None:
     """An API caller that never ran `recover`: a create died after switching the disks.
     Synced over, the overlays would become new volumes; finished first, they are not."""
-    from snapgroup.ops.availability import check
     from snapgroup.store.repo import OperationRepo, Repo
 
     groups = history(lab, n=1)
@@ -130,7 +127,7 @@ def test_sync_finishes_a_dead_operation_before_looking(lab: Lab, die_at: list[st
         (op,) = OperationRepo(session).unfinished(host=lab.engine.journal.host)
         op.pid = 1  # another process's, dead: its lock is free
         session.add(op)
-    assert check(lab.engine, [groups[0].uuid])[0].available
+    assert lab.engine.check([groups[0].uuid])[0].available
     assert lab.engine.operations()[0].state == "done"
     assert len(lab.engine.list_groups()) == 2
     with lab.engine.db.transaction() as session:

@@ -16,10 +16,8 @@ from sqlmodel import select
 from snapgroup.domain.errors import OperationError
 from snapgroup.domain.models import ChainSnapshot, VmState
 from snapgroup.domain.planner import MergePlan, expected_chain, plan_merge
-from snapgroup.ops.clone import clone
-from snapgroup.ops.context import load_groups
+from snapgroup.ops.group_views import load_groups
 from snapgroup.ops.lineage import pinned_snapshots
-from snapgroup.ops.revert import revert
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import VolumeRow
@@ -30,9 +28,9 @@ from tests.unit.test_lifecycle import VM, history
 def _clones(lab: Lab) -> None:
     """Groups on a VM, a clone of one of them, and a clone of a group of that clone."""
     groups = history(lab, VmState.RUNNING)
-    clone(lab.engine, groups[1].uuid, name="copy")
+    lab.engine.clone(groups[1].uuid, name="copy")
     own = lab.engine.create(vm="copy", name="c0")
-    clone(lab.engine, own.uuid, name="copy2")
+    lab.engine.clone(own.uuid, name="copy2")
 
 
 def test_lineages_are_lineage_of_each_volume(lab: Lab) -> None:
@@ -68,7 +66,7 @@ def _branched(lab: Lab) -> None:
     one more group on the new branch."""
     _clones(lab)
     first = lab.engine.list_groups(vm="vm1")[0]
-    assert revert(lab.engine, first.uuid, safety_group=False, stop=True).error is None
+    assert lab.engine.revert(first.uuid, safety_group=False, stop=True).error is None
     lab.engine.create(vm="vm1", name="after-revert")
 
 

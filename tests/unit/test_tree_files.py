@@ -11,9 +11,6 @@ import pytest
 from snapgroup.domain.errors import OperationError
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.models import VmState
-from snapgroup.ops.availability import check
-from snapgroup.ops.revert import revert
-from snapgroup.ops.verify import verify
 from snapgroup.store.repo import Repo
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Lab
@@ -26,7 +23,7 @@ def side_branch(lab: Lab, tmp_path: Path) -> tuple[Group, Group, Group]:
     lab_domain(lab.hv, state=VmState.STOPPED, directory=str(tmp_path))
     g1 = lab.engine.create(vm="vm1", name="g1")
     g2 = lab.engine.create(vm="vm1", name="g2")
-    report = revert(lab.engine, g1.uuid)
+    report = lab.engine.revert(g1.uuid)
     assert report.error is None and report.safety_group is not None
     return g1, g2, report.safety_group
 
@@ -39,7 +36,7 @@ def ref_of(group: Group, device_id: int) -> tuple[str, str, str]:
 
 def test_an_intact_tree_verifies_clean(lab: Lab, tmp_path: Path) -> None:
     side_branch(lab, tmp_path)
-    assert verify(lab.engine, vm="vm1") == []
+    assert lab.engine.verify(vm="vm1") == []
 
 
 def test_verify_reports_a_missing_side_branch_file_with_the_groups_reading_it(
@@ -49,7 +46,7 @@ def test_verify_reports_a_missing_side_branch_file_with_the_groups_reading_it(
     _snap, volume, path = ref_of(g2, 1)
     del lab.images.images[path]
 
-    (diff,) = verify(lab.engine, vm="vm1")
+    (diff,) = lab.engine.verify(vm="vm1")
 
     assert diff.kind == "file-missing" and diff.volume_uuid == volume
     assert diff.detail == f"vdb: {path} is missing (snapshot {ref_of(g2, 1)[0]})"
@@ -62,7 +59,7 @@ def test_verify_reports_a_missing_file_under_the_current_top(lab: Lab, tmp_path:
     _snap, _volume, path = ref_of(g1, 2)  # under vdc's current top and every group
     del lab.images.images[path]
 
-    (diff,) = verify(lab.engine, vm="vm1")
+    (diff,) = lab.engine.verify(vm="vm1")
 
     assert diff.kind == "file-missing" and path in diff.detail
     assert set(diff.groups) == {g1.uuid, g2.uuid, safety.uuid}
@@ -77,7 +74,7 @@ def test_verify_reports_a_file_on_another_backing_file_than_recorded(
     assert lab.images.images[safety_file].backing == ref_of(g2, 0)[2]
     lab.images.images[safety_file].backing = g1_file  # skips g2's file
 
-    (diff,) = verify(lab.engine, vm="vm1")
+    (diff,) = lab.engine.verify(vm="vm1")
 
     assert diff.kind == "chain-mismatch"
     assert diff.detail == (
@@ -92,7 +89,7 @@ def test_verify_reports_an_unreadable_chain_once_per_file_read(lab: Lab, tmp_pat
     safety_file = ref_of(safety, 1)[2]
     lab.images.images[safety_file].backing = str(tmp_path / "nowhere.qcow2")
 
-    diffs = verify(lab.engine, vm="vm1")
+    diffs = lab.engine.verify(vm="vm1")
 
     assert [d.kind for d in diffs] == ["chain-unreadable"]
     assert safety_file in diffs[0].detail and diffs[0].groups == (safety.uuid,)
@@ -108,7 +105,7 @@ def test_verify_reports_a_parent_link_the_metadata_does_not_hold(lab: Lab, tmp_p
         row.parent_uuid = "e" * 32
         repo.add(row)
 
-    diffs = verify(lab.engine, vm="vm1")
+    diffs = lab.engine.verify(vm="vm1")
 
     assert [d.kind for d in diffs] == ["metadata-broken"]
     assert f"snapshot {snap_uuid}" in diffs[0].detail and "e" * 32 in diffs[0].detail
@@ -121,7 +118,7 @@ def test_check_a_missing_file_below_the_snapshot_makes_every_group_above_unavail
     _snap, volume, path = ref_of(g2, 1)
     del lab.images.images[path]
 
-    states = {s.uuid: s for s in check(lab.engine, [g1.uuid, g2.uuid, safety.uuid])}
+    states = {s.uuid: s for s in lab.engine.check([g1.uuid, g2.uuid, safety.uuid])}
 
     assert states[g1.uuid].available
     assert not states[g2.uuid].available
@@ -155,7 +152,7 @@ def test_a_changed_snapshot_makes_its_group_and_those_above_it_unavailable(
     snap, volume, _path = ref_of(g2, 2)
     _mark_changed(lab, snap, "a merge into its file failed midway")
 
-    states = {s.uuid: s for s in check(lab.engine, [g1.uuid, g2.uuid, safety.uuid])}
+    states = {s.uuid: s for s in lab.engine.check([g1.uuid, g2.uuid, safety.uuid])}
 
     assert states[g1.uuid].available
     assert not states[g2.uuid].available
@@ -174,13 +171,13 @@ def test_revert_refuses_a_changed_volume_and_restores_the_others(lab: Lab, tmp_p
     before = {d.target: d.path for d in lab.hv.domains[VM].disks}
 
     with pytest.raises(OperationError, match=r"unavailable.*changed"):
-        revert(lab.engine, g2.uuid)
+        lab.engine.revert(g2.uuid)
     with pytest.raises(OperationError, match=f"its snapshot {snap} changed"):
-        revert(lab.engine, g2.uuid, volumes=[volume])
+        lab.engine.revert(g2.uuid, volumes=[volume])
     assert {d.target: d.path for d in lab.hv.domains[VM].disks} == before
 
     keep = [ref_of(g2, 0)[1], ref_of(g2, 1)[1]]
-    report = revert(lab.engine, g2.uuid, volumes=keep, safety_group=False)
+    report = lab.engine.revert(g2.uuid, volumes=keep, safety_group=False)
 
     assert report.error is None and [r.volume_uuid for r in report.results] == keep
     disks = {d.target: d.path for d in lab.hv.domains[VM].disks}
@@ -200,7 +197,7 @@ def test_check_looks_at_each_file_once(lab: Lab, tmp_path: Path) -> None:
         return exists(path)
 
     lab.images.exists = counting  # type: ignore[method-assign]
-    assert all(s.available for s in check(lab.engine, [g1.uuid, g2.uuid, safety.uuid]))
+    assert all(s.available for s in lab.engine.check([g1.uuid, g2.uuid, safety.uuid]))
     assert sorted(looked) == sorted(set(looked))
     # g1's, g2's and the safety group's files on three disks: nine files in all
     assert len(looked) == 9

@@ -10,14 +10,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from snapgroup.api import DeleteMode, Engine
 from snapgroup.domain.errors import InvalidArgument, NotFound
 from snapgroup.domain.validate import parse_uuid, validate_description, validate_name
 from snapgroup.domain.zquery import CONDITION_PATTERN, FIELDS_PATTERN, SORT_PATTERN, parse_query
-from snapgroup.engine import DeleteMode, Engine
-from snapgroup.ops.availability import check
 from snapgroup.ops.delete import DeleteRefused
-from snapgroup.ops.revert import revert
-from snapgroup.ops.ungroup import ungroup
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import JOB_HEADER, Work
 from snapgroup.rest.routes.common import AUTH, documented
@@ -135,7 +132,7 @@ def group_action(
             }
         row = prechecks.own_group(engine, group_uuid)
         prechecks.vm_idle(engine, row.vm_uuid)
-        return lambda: revert(engine, group_uuid).to_response()
+        return lambda: engine.revert(group_uuid).to_response()
 
     return svc.start_job(request, action, job, precheck)
 
@@ -154,7 +151,7 @@ def ungroup_group(
         engine = svc.engine
         row = prechecks.own_group(engine, group_uuid)
         prechecks.vm_idle(engine, row.vm_uuid)
-        return lambda: {"inventory": ungroup(engine, group_uuid).to_inventory()}
+        return lambda: {"inventory": engine.ungroup(group_uuid).to_inventory()}
 
     return svc.start_job(request, "ungroup", job, precheck)
 
@@ -214,4 +211,4 @@ def availabilities(
     wanted = [u for value in uuids for u in value.split(",") if u.strip()]
     if not wanted:
         raise InvalidArgument("uuids names no group")
-    return {"results": [a.to_dict() for a in check(svc.engine, wanted)]}
+    return {"results": [a.to_dict() for a in svc.engine.check(wanted)]}

@@ -15,11 +15,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.convertors import Convertor, register_url_convertor
 
+from snapgroup.api import DeleteMode
 from snapgroup.domain.errors import InvalidArgument, NotFound
 from snapgroup.domain.inventory import zstack_date
 from snapgroup.domain.validate import parse_uuid
 from snapgroup.domain.zquery import Kind, parse_query, patterns
-from snapgroup.engine import DeleteMode
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import Work
 from snapgroup.rest.query import run_plain

@@ -1,0 +1,371 @@
+"""Create: overlays made in parallel, ONE switch of every disk (one atomic libvirt
+snapshot, or one defineXML), the group recorded; and the recovery of a create."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from snapgroup.domain.errors import (
+    HypervisorUnavailable,
+    ImageToolError,
+    InvalidArgument,
+    OperationError,
+    SnapgroupError,
+)
+from snapgroup.domain.inventory import Group
+from snapgroup.domain.models import DiskOverlay, DomainInfo, VmState
+from snapgroup.domain.planner import (
+    expected_chain,
+    snapshot_name,
+)
+from snapgroup.ops.consistency import (
+    Consistency,
+    ConsistencyRecord,
+    FreezeWindow,
+    interrupted_record,
+    thaw_report,
+    thaw_with_retries,
+)
+from snapgroup.ops.context import OpContext
+from snapgroup.ops.discovery import Discovered
+from snapgroup.ops.group_views import load_groups
+from snapgroup.ops.journal import DONE, FAILED, ROLLED_BACK
+from snapgroup.ops.recovery import recovers
+from snapgroup.ops.syncing import synced
+from snapgroup.store.repo import ChainLink, Repo, VolumeMove, VolumeTop
+from snapgroup.store.tables import VolumeRow
+
+OVERLAY_WORKERS = 8
+MAX_CHAIN_DEPTH = 200  # libvirt refuses to open a deeper backing chain
+
+
+def create_locked(
+    ctx: OpContext,
+    domain: DomainInfo,
+    group_uuid: str,
+    name: str,
+    description: str | None,
+    *,
+    skip_unsupported: bool,
+    mode: Consistency = Consistency.AUTO,
+) -> Group:
+    if domain.state is VmState.OTHER:
+        raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
+    with synced(ctx, domain) as (repo, found):
+        if repo.has_group(group_uuid):
+            raise InvalidArgument(f"resourceUuid {group_uuid} is already used by a group")
+        chosen = _choose_disks(found, skip_unsupported=skip_unsupported)
+        chains = repo.chains([found.volumes[t] for t in chosen])  # one query for all
+    live = domain.state.is_live
+
+    def check(t: str) -> int:
+        return _check_chain(ctx, found.volumes[t], live, chains[found.volumes[t].uuid])
+
+    if live or len(chosen) < 2:  # shared reads: QemuImg reads them in-process (qcow2.py)
+        sizes = {t: check(t) for t in chosen}
+    else:  # a stopped VM's: a `qemu-img info` process each, in parallel (first error wins)
+        with ThreadPoolExecutor(max_workers=min(OVERLAY_WORKERS, len(chosen))) as pool:
+            sizes = dict(zip(chosen, pool.map(check, chosen), strict=True))
+    overlays = [
+        DiskOverlay(
+            target=t,
+            current=found.volumes[t].install_path,
+            overlay=os.path.join(
+                os.path.dirname(found.volumes[t].install_path), f"{ctx.new_uuid()}.qcow2"
+            ),
+        )
+        for t in chosen
+    ]
+    clash = [o.overlay for o in overlays if ctx.images.exists(o.overlay)]
+    if clash:  # so recovery may remove every overlay the journal names: all are ours
+        raise OperationError(f"overlay path already exists: {', '.join(clash)}")
+    plan = {
+        "group_uuid": group_uuid,
+        "name": name,
+        "description": description,
+        "live": live,
+        "overlays": [asdict(o) for o in overlays],
+        "volumes": {t: found.volumes[t].uuid for t in chosen},
+        "consistency_mode": mode.value,
+    }
+    op = ctx.journal.begin("create", domain.uuid, plan, group_uuid=group_uuid)
+    try:
+        _create_overlays(ctx, overlays, sizes)
+    except SnapgroupError as exc:
+        ctx.journal.close(op, FAILED, detail=exc.details)
+        raise
+    ctx.journal.step(op, "create", "overlays")
+    # The guest is frozen (when it is) only around the switch: "freezing" is
+    # journaled before the agent is asked, so `recover` thaws a guest a killed
+    # process left frozen. Nothing is journaled inside the window (it would lengthen
+    # it); create:frozen and create:thawing are fault-injection points only.
+    window = FreezeWindow(
+        ctx.hv,
+        domain,
+        mode,
+        timeout=ctx.freeze_timeout,
+        on_freezing=lambda: ctx.journal.step(op, "create", "freezing", freezing=True),
+    )
+    try:
+        with window:
+            if window.froze:
+                ctx.journal.point("create", "frozen")
+            try:
+                _switch(ctx, domain.uuid, live, overlays)
+            except HypervisorUnavailable:
+                # libvirtd went away (a restart?); when nothing was switched, one more
+                # try on a new connection is safe.
+                if not _none_switched(ctx, domain.uuid, overlays):
+                    raise
+                _switch(ctx, domain.uuid, live, overlays)
+            if window.froze:
+                ctx.journal.point("create", "thawing")
+    except SnapgroupError as exc:
+        if window.refused is not None:  # application mode, no freeze: nothing switched
+            ctx.remove_files([o.overlay for o in overlays])
+            ctx.journal.close(op, FAILED, detail=exc.details)
+            raise
+        if window.record is not None:
+            plan["consistency"] = window.record.to_plan()
+        # An error does not prove the switch did not happen (libvirtd may have died
+        # after doing it): look before removing overlays a running QEMU may be using.
+        group = _settle_create(ctx, op, plan, domain.uuid)
+        if group is None:
+            raise
+        return group
+    assert window.record is not None
+    plan["consistency"] = window.record.to_plan()
+    if window.froze:
+        ctx.journal.step(op, "create", "thawed", consistency=plan["consistency"])
+    ctx.journal.step(op, "create", "switched", consistency=plan["consistency"])
+    try:
+        return _record_group(ctx, op, plan, domain.uuid)
+    except SnapgroupError as exc:
+        _undo_snapshot(ctx, domain.uuid, live, overlays)
+        ctx.journal.close(op, ROLLED_BACK, detail=exc.details)
+        raise
+
+
+def _check_chain(ctx: OpContext, volume: VolumeRow, live: bool, recorded: list[ChainLink]) -> int:
+    """The real chain must be what the metadata says (`recorded`: Repo.chains);
+    returns the virtual size."""
+    try:
+        chain = ctx.images.chain(volume.install_path, shared=live)
+    except ImageToolError as exc:
+        raise OperationError(
+            f"disk {volume.target} ({volume.install_path}): missing file or broken chain",
+            cause=exc,
+        ) from exc
+    if chain[0].format != "qcow2":
+        raise OperationError(f"{volume.install_path} is {chain[0].format}, not qcow2")
+    if len(chain) >= MAX_CHAIN_DEPTH:
+        raise OperationError(
+            f"disk {volume.target} has {len(chain)} layers; libvirt refuses chains deeper "
+            f"than {MAX_CHAIN_DEPTH}: delete older groups first"
+        )
+    expected = expected_chain(volume, recorded)
+    actual = [layer.path for layer in chain]
+    if actual[: len(expected)] != expected:
+        raise OperationError(
+            f"volume {volume.uuid}: the real chain {actual} does not match the "
+            f"recorded chain {expected}"
+        )
+    return chain[0].virtual_size
+
+
+def _create_overlays(
+    ctx: OpContext, overlays: Sequence[DiskOverlay], sizes: dict[str, int]
+) -> None:
+    """In parallel, before any critical window. All or nothing."""
+
+    def make(o: DiskOverlay) -> None:
+        ctx.images.create_overlay(
+            o.overlay, backing=o.current, backing_format="qcow2", size=sizes[o.target]
+        )
+
+    workers = max(1, min(OVERLAY_WORKERS, len(overlays)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(make, o) for o in overlays]
+        errors = [f.exception() for f in futures]
+    failed = [e for e in errors if e is not None]
+    if failed:
+        # Only what we made: a failed create_overlay never leaves a file of its own,
+        # and never touches one that was there before.
+        made = [o.overlay for o, e in zip(overlays, errors, strict=True) if e is None]
+        ctx.remove_files(made)
+        raise failed[0]
+
+
+def _undo_snapshot(
+    ctx: OpContext, vm_uuid: str, live: bool, overlays: Sequence[DiskOverlay]
+) -> None:
+    """Put every disk back on its old top (keeping what was written since), then drop
+    the overlays."""
+    if live:
+        for o in overlays:
+            ctx.hv.block_commit(vm_uuid, o.target, top=None, base=o.current)
+    else:
+        ctx.hv.set_disk_sources(vm_uuid, {o.target: o.current for o in overlays})
+    ctx.remove_files([o.overlay for o in overlays])
+
+
+def _record_group(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -> Group:
+    """The group, its snapshots and refs, the volumes' new tops and the journal's
+    'done': one transaction."""
+    now = ctx.clock()
+    group_uuid, name = plan["group_uuid"], plan["name"]
+    consistency = (
+        ConsistencyRecord.from_plan(plan["consistency"])
+        if "consistency" in plan
+        else interrupted_record(froze=False)
+    )
+    group = {
+        "uuid": group_uuid,
+        "name": name,
+        "description": plan["description"],
+        "vm_uuid": vm_uuid,
+        "create_date": now,
+        "last_op_date": now,
+        "consistency_type": consistency.type.value,
+        "frozen_filesystems": json.dumps(list(consistency.frozen_filesystems)),
+        "freeze_millis": consistency.freeze_millis,
+        "consistency_note": consistency.note,
+        "host": ctx.host,
+    }
+    with ctx.db.transaction() as session:
+        repo = Repo(session)
+        # Column values only, one statement per table (no ORM object, no flush per
+        # disk): the group, its snapshots and refs, then the volumes' new tops.
+        repo.insert_group(group)
+        volumes = repo.volume_tops(plan["volumes"].values())
+        snapshots, refs, tops = _group_rows(plan, volumes, now, ctx.new_uuid)
+        repo.insert_snapshots(snapshots, refs)
+        repo.move_tops(tops)
+        ctx.journal.close(op, DONE, session=session)
+        return load_groups(repo, [group_uuid])[0]
+
+
+def _switch(ctx: OpContext, vm_uuid: str, live: bool, overlays: Sequence[DiskOverlay]) -> None:
+    """Every disk onto its overlay in one step: one atomic libvirt snapshot (running)
+    or one defineXML (stopped)."""
+    if live:
+        ctx.hv.snapshot_disks(vm_uuid, overlays)
+    else:
+        ctx.hv.set_disk_sources(vm_uuid, {o.target: o.overlay for o in overlays})
+
+
+def _none_switched(ctx: OpContext, vm_uuid: str, overlays: Sequence[DiskOverlay]) -> bool:
+    try:
+        paths = {d.target: d.path for d in ctx.hv.lookup(vm_uuid).disks}
+    except SnapgroupError:
+        return False
+    return all(paths.get(o.target) == o.current for o in overlays)
+
+
+def _settle_create(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -> Group | None:
+    """After a failed switch: the group when the switch happened after all, None when
+    it was rolled back. When even that cannot be seen, the journal stays open and
+    `recover` decides later."""
+    try:
+        domain = ctx.hv.lookup(vm_uuid)
+    except SnapgroupError:
+        return None
+    _recover_create(ctx, op, plan, domain)
+    with ctx.db.transaction() as session:
+        groups = load_groups(Repo(session), [plan["group_uuid"]])
+    return groups[0] if groups else None
+
+
+@recovers("create")
+def _recover_create(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+    thaw_note = ""
+    if plan.get("freezing") and "consistency" not in plan:
+        # Killed inside the freeze window: the guest may still be frozen, and every
+        # write in it blocked. Thawing is harmless when it is not.
+        thawed, error = (
+            thaw_with_retries(ctx.hv, domain.uuid, timeout=ctx.freeze_timeout)
+            if domain.state.is_live
+            else (0, None)
+        )
+        record = interrupted_record(froze=True, thawed=thawed, thaw_error=error)
+        plan = {**plan, "consistency": record.to_plan()}
+        thaw_note = f"; {thaw_report(thawed, error)}"
+    overlays = [DiskOverlay(**o) for o in plan["overlays"]]
+    paths = {d.target: d.path for d in domain.disks}
+    switched = [o for o in overlays if paths.get(o.target) == o.overlay]
+    if overlays and len(switched) == len(overlays):
+        _record_group(ctx, op, plan, domain.uuid)  # the snapshot was taken: keep it
+        return
+    if switched:  # never seen (the switch is atomic) but never left half-done either
+        _undo_snapshot(ctx, domain.uuid, domain.state.is_live, switched)
+    ctx.remove_files([o.overlay for o in overlays])
+    ctx.journal.close(op, ROLLED_BACK, detail=f"recover: interrupted before the switch{thaw_note}")
+
+
+def _group_rows(
+    plan: dict[str, Any],
+    volumes: dict[str, VolumeTop],
+    now: datetime,
+    new_uuid: Callable[[], str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[VolumeMove]]:
+    """A new group's snapshot and ref rows, and where each volume's top moves to."""
+    snapshots: list[dict[str, Any]] = []
+    refs: list[dict[str, Any]] = []
+    tops: list[VolumeMove] = []
+    for o in plan["overlays"]:
+        volume = volumes[plan["volumes"][o["target"]]]
+        snapshot_uuid = new_uuid()
+        snapshots.append(
+            {
+                "uuid": snapshot_uuid,
+                "volume_uuid": volume.uuid,
+                "name": snapshot_name(plan["name"], volume.name),
+                "install_path": o["current"],
+                "parent_uuid": volume.parent_snapshot_uuid,
+                "deleted": False,
+                "create_date": now,
+                "last_op_date": now,
+            }
+        )
+        refs.append(
+            {
+                "volume_snapshot_uuid": snapshot_uuid,
+                "group_uuid": plan["group_uuid"],
+                "device_id": volume.device_id,
+                "volume_uuid": volume.uuid,
+                "volume_name": volume.name,
+                "volume_type": volume.volume_type,
+                "volume_last_attach_date": volume.last_attach_date,
+                "create_date": now,
+                "last_op_date": now,
+            }
+        )
+        tops.append(VolumeMove(volume.uuid, o["overlay"], snapshot_uuid, now))
+    return snapshots, refs, tops
+
+
+def _choose_disks(found: Discovered, *, skip_unsupported: bool) -> list[str]:
+    """Targets to snapshot, in deviceId order."""
+    planned = [p for p in found.planned if p.device_id is not None]
+    if not planned:
+        raise OperationError(f"VM {found.domain.name} has no disks")
+    root = planned[0]
+    if not root.eligible:
+        raise OperationError(
+            f"root disk {root.disk.target} cannot be snapshotted: {root.skip_reason}"
+        )
+    blocking = [p for p in planned if p.blocks_create]
+    if blocking and not skip_unsupported:
+        listed = "; ".join(f"{p.disk.target}: {p.skip_reason}" for p in blocking)
+        raise OperationError(
+            f"VM {found.domain.name} has writable disks that cannot be snapshotted ({listed}); "
+            "a group without them would not be the VM's point in time (skip_unsupported "
+            "to take it anyway)"
+        )
+    return [p.disk.target for p in planned if p.eligible]

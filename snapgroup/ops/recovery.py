@@ -1,0 +1,75 @@
+"""Recovery: finish or roll back the operations a killed process left running. Each use
+case registers the recovery of its journal kind here (@recovers); this module imports
+none of them (ops/__init__.py imports them all, which fills the registry)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from snapgroup.domain.errors import NotFound
+from snapgroup.domain.models import DomainInfo
+from snapgroup.infra.locks import try_vm_lock
+from snapgroup.ops.context import OpContext
+from snapgroup.ops.journal import FAILED, Journal
+from snapgroup.store.repo import OperationRepo
+from snapgroup.store.tables import OperationRow
+
+# (context, operation uuid, its journaled plan, the VM's domain now)
+RecoverFn = Callable[[OpContext, str, dict[str, Any], DomainInfo], None]
+_RECOVERERS: dict[str, RecoverFn] = {}
+
+
+def recovers(kind: str) -> Callable[[RecoverFn], RecoverFn]:
+    """Register the decorated function as the recovery of journal kind `kind`."""
+
+    def register(fn: RecoverFn) -> RecoverFn:
+        assert kind not in _RECOVERERS, f"two recoveries for {kind}"
+        _RECOVERERS[kind] = fn
+        return fn
+
+    return register
+
+
+def recover_pending(ctx: OpContext) -> list[OperationRow]:
+    """Finish or roll back every interrupted operation of this host whose VM lock is
+    free (a held lock means its process is still at work). Idempotent."""
+    with ctx.db.transaction() as session:
+        pending = OperationRepo(session).unfinished(host=ctx.journal.host)
+    recovered = []
+    for row in pending:
+        fd = try_vm_lock(row.vm_uuid)
+        if fd is None:
+            continue
+        try:
+            with ctx.db.transaction() as session:
+                fresh = OperationRepo(session).get(row.uuid)
+            if fresh is None or fresh.state != "running":
+                continue
+            recover_one(ctx, fresh)
+            with ctx.db.transaction() as session:
+                after = OperationRepo(session).get(row.uuid)
+            recovered.append(after or fresh)
+        finally:
+            os.close(fd)
+    return recovered
+
+
+def recover_one(ctx: OpContext, row: OperationRow) -> None:
+    """One interrupted operation (the caller holds its VM's lock)."""
+    plan = Journal.plan_of(row)
+    try:
+        domain = ctx.hv.lookup(row.vm_uuid)
+    except NotFound:
+        ctx.journal.close(
+            row.uuid,
+            FAILED,
+            detail="recover: the VM no longer exists; its files were left as they are",
+        )
+        return
+    recover = _RECOVERERS.get(row.kind)
+    if recover is None:
+        ctx.journal.close(row.uuid, FAILED, detail=f"recover: unknown kind {row.kind}")
+        return
+    recover(ctx, row.uuid, plan, domain)
