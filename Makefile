@@ -69,6 +69,7 @@ bench: deps daemons guest
 lint: deps
 	$(BIN)/ruff check snapgroup tests lab bench
 	$(BIN)/ruff format --check snapgroup tests lab bench
+	$(BIN)/lint-imports
 
 typecheck: deps
 	$(BIN)/mypy
@@ -79,6 +80,7 @@ unit: deps postgres
 test: deps daemons guest postgres
 	$(BIN)/ruff check snapgroup tests lab bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(PG_ENV) $(BIN)/pytest -q -n 3 -m "not serial"
 	$(PG_ENV) $(BIN)/pytest -q -m serial
 

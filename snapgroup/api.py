@@ -29,26 +29,24 @@ from snapgroup.ops import (
     update,
     verify,
 )
+from snapgroup.ops.availability_rules import Availability
+from snapgroup.ops.clone import Clone
 from snapgroup.ops.consistency import FREEZE_TIMEOUT_S, Consistency
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.context import new_uuid as random_uuid
 from snapgroup.ops.context import utcnow as now_utc
 from snapgroup.ops.creating import MAX_CHAIN_DEPTH
+from snapgroup.ops.journal import Journal
+from snapgroup.ops.querying import GroupPage
 from snapgroup.ops.recovery import recover_pending
+from snapgroup.ops.revert import RevertReport
+from snapgroup.ops.snapshots import SnapshotView
+from snapgroup.ops.syncing import Change
+from snapgroup.ops.tree import VmTree
+from snapgroup.ops.verify import Difference
 from snapgroup.ports import Clock, Hypervisor, ImageTool, ProgressFn
 from snapgroup.store.db import Database
 from snapgroup.store.tables import GroupRow, OperationRow
-
-if TYPE_CHECKING:
-    from snapgroup.ops.availability_rules import Availability
-    from snapgroup.ops.clone import Clone
-    from snapgroup.ops.journal import Journal
-    from snapgroup.ops.querying import GroupPage
-    from snapgroup.ops.revert import RevertReport
-    from snapgroup.ops.snapshots import SnapshotView
-    from snapgroup.ops.syncing import Change
-    from snapgroup.ops.tree import VmTree
-    from snapgroup.ops.verify import Difference
 
 __all__ = ["MAX_CHAIN_DEPTH", "DeleteMode", "Engine", "open_engine"]
 

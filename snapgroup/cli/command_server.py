@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO, cast
 
 from snapgroup.api import DEFAULT_URI, Engine
+from snapgroup.cli.commands import build_parser, execute
 from snapgroup.cli.context import Context
-from snapgroup.cli.launch import MAX_FRAME, NO_DAEMON_ENV, SOCKET_ENV, encode, relevant_env
-from snapgroup.cli.main import build_parser, execute
+from snapgroup.cli.wire import MAX_FRAME, NO_DAEMON_ENV, SOCKET_ENV, encode, relevant_env
 from snapgroup.domain.errors import OperationError
 from snapgroup.store.db import DEFAULT_DB_URL
 

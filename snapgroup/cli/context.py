@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from snapgroup.api import Engine
+from snapgroup.api import Engine, open_engine
 
 
 @dataclass
@@ -27,8 +27,6 @@ class Context:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
-        from snapgroup.api import open_engine  # the real adapters only when really needed
-
         connect: str | None = args.connect
         db: str | None = args.db
         wait: float = args.wait

@@ -15,9 +15,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from snapgroup.api import Engine
+from snapgroup.api import Engine, default_uri
+from snapgroup.cli.command_server import CommandServer, listen
 from snapgroup.cli.context import Context
-from snapgroup.cli.launch import DEFAULT_SOCKET, SOCKET_ENV, socket_path
+from snapgroup.cli.wire import DEFAULT_SOCKET, SOCKET_ENV, socket_path
+from snapgroup.store.db import default_url
 
 
 def register(sub: Any) -> None:
@@ -40,10 +42,6 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from snapgroup.api import default_uri
-    from snapgroup.cli.command_server import CommandServer, listen
-    from snapgroup.store.db import default_url
-
     base = ctx.engine  # opened and recovered before the first client
 
     def engine_for(wait: float) -> Engine:

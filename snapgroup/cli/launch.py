@@ -15,31 +15,12 @@ import os
 import socket
 import sys
 
+from snapgroup.cli.wire import DEFAULT_SOCKET, NO_DAEMON_ENV, SOCKET_ENV, encode, relevant_env
+
 TYPE_CHECKING = False  # not typing's: importing typing costs ~14 ms of start-up
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-    from typing import Any, NoReturn, TextIO
-
-SOCKET_ENV = "SNAPGROUP_SOCKET"
-NO_DAEMON_ENV = "SNAPGROUP_NO_DAEMON"  # "1": always run in this process
-DEFAULT_SOCKET = "/run/snapgroup/cli.sock"
-# The environment that can change what a command does; the daemon runs a command only
-# when the client's agrees with its own (the store's URL and libvirt's URI are compared
-# once resolved, in snapgroup.cli.command_server).
-ENV_PREFIXES = ("SNAPGROUP_", "LIBVIRT_")
-MAX_FRAME = 1 << 20
-
-
-def socket_path() -> str:
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
-
-
-def relevant_env(environ: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in environ.items() if k.startswith(ENV_PREFIXES)}
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False).encode() + b"\n"
+    from collections.abc import Sequence
+    from typing import NoReturn, TextIO
 
 
 def _lost(argv: Sequence[str], out: TextIO, err: TextIO) -> int:

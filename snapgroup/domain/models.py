@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -84,6 +85,23 @@ class BlockJobProgress:
 class FreezeResult:
     frozen: tuple[str, ...] = field(default_factory=tuple)  # mountpoints, when known
     count: int = 0
+
+
+class VolumeRecord(Protocol):
+    """What the planner reads and moves of a recorded volume (a store's VolumeRow)."""
+
+    uuid: str
+    install_path: str
+    parent_snapshot_uuid: str | None
+
+
+class SnapshotRecord(Protocol):
+    """What the planner reads and moves of a recorded snapshot (a store's SnapshotRow)."""
+
+    uuid: str
+    install_path: str
+    parent_uuid: str | None
+    create_date: datetime
 
 
 class ChainSnapshot(Protocol):

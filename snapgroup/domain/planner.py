@@ -13,10 +13,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Generic, TypeVar
 
 from snapgroup.domain.errors import OperationError
-from snapgroup.domain.models import ChainSnapshot, DomainDisk, DomainInfo, ImageInfo, VolumeType
-from snapgroup.store.tables import SnapshotRow, VolumeRow
+from snapgroup.domain.models import (
+    ChainSnapshot,
+    DomainDisk,
+    DomainInfo,
+    ImageInfo,
+    SnapshotRecord,
+    VolumeRecord,
+    VolumeType,
+)
 
 _TARGET = re.compile(r"^([a-z]+?d)([a-z]+)$")
 
@@ -92,7 +100,7 @@ def snapshot_name(group_name: str, volume: str) -> str:
     return f"{group_name}-{volume}"
 
 
-def expected_chain(volume: VolumeRow, snapshots: Iterable[ChainSnapshot]) -> list[str]:
+def expected_chain(volume: VolumeRecord, snapshots: Iterable[ChainSnapshot]) -> list[str]:
     """The files the metadata says make up the volume, top first. `snapshots`: its
     lineage, or at least every snapshot on its current chain (Repo.chains)."""
     by_uuid = {s.uuid: s for s in snapshots}
@@ -115,8 +123,11 @@ class MergeKind(StrEnum):
     DETACH = "detach"  # no heir: every child is rebased off the snapshot, its file dropped
 
 
+S = TypeVar("S", bound=SnapshotRecord)  # the caller's snapshot rows, handed back
+
+
 @dataclass(frozen=True)
-class MergePlan:
+class MergePlan(Generic[S]):
     """Deleting snapshot S. After a revert S may have several children (a tree).
 
     `detach`: children rebased off S onto S's parent file (`parent`; None: standalone),
@@ -131,14 +142,14 @@ class MergePlan:
     """
 
     kind: MergeKind
-    snapshot: SnapshotRow
+    snapshot: S
     top: str
     base: str
-    child_snapshot: SnapshotRow | None  # the later snapshot whose file moves to `base`
+    child_snapshot: S | None  # the later snapshot whose file moves to `base`
     above: str | None
     above_all: tuple[str, ...] = ()
     detach: tuple[str, ...] = ()
-    detached: tuple[SnapshotRow, ...] = ()  # the rows of the `detach` files
+    detached: tuple[S, ...] = ()  # the rows of the `detach` files
     parent: str | None = None
     active_chain: bool = True  # S is below the volume's current top
 
@@ -168,7 +179,7 @@ def merge_room(data: int, written: ImageInfo) -> int:
     return (clusters + l2 + refcounts + 1) * cluster + METADATA_SLACK
 
 
-def _age(snapshot: SnapshotRow) -> tuple[datetime, str]:
+def _age(snapshot: SnapshotRecord) -> tuple[datetime, str]:
     return snapshot.create_date, snapshot.uuid
 
 
@@ -181,13 +192,13 @@ def _ancestors(start: str | None, by_uuid: dict[str, ChainSnapshot]) -> list[str
 
 
 def plan_merge(
-    volume: VolumeRow,
-    snapshots: Sequence[SnapshotRow],
-    target: SnapshotRow,
+    volume: VolumeRecord,
+    snapshots: Sequence[S],
+    target: S,
     *,
     pinned: dict[str, str] | None = None,
     chain: Iterable[ChainSnapshot] = (),
-) -> MergePlan:
+) -> MergePlan[S]:
     """How deleting `target` keeps every other point in time intact. `pinned`: snapshots
     whose files a clone reads (snapshot uuid -> why); those are never merged.
     `snapshots`: the volume's lineage; or, with `chain` (its Repo.chains links), only
@@ -260,7 +271,7 @@ def plan_merge(
     )
 
 
-def apply_merge(volume: VolumeRow, plan: MergePlan) -> None:
+def apply_merge(volume: VolumeRecord, plan: MergePlan[S]) -> None:
     """Metadata after the merge: detached children sit on S's parent; the heir's file
     now lives at the snapshot's path."""
     for row in plan.detached:

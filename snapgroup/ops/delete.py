@@ -227,7 +227,7 @@ class _Planned:
         self.family = repo.merge_family(snapshots)
         self.seen: set[str] = set()
 
-    def plan(self, volume: VolumeRow, snapshot: SnapshotRow) -> MergePlan:
+    def plan(self, volume: VolumeRow, snapshot: SnapshotRow) -> MergePlan[SnapshotRow]:
         if volume.uuid in self.seen:
             self.chains[volume.uuid] = self.repo.chains([volume])[volume.uuid]
             self.family.update(self.repo.merge_family([snapshot]))

@@ -15,10 +15,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session
-
 from snapgroup.infra.host import local_host
-from snapgroup.store.db import Database
+from snapgroup.store.db import Database, Session
 from snapgroup.store.repo import OperationRepo
 from snapgroup.store.tables import OperationRow
 

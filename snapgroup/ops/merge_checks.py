@@ -27,7 +27,7 @@ class PendingMerge:
     ref: RefRow | None
     snapshot: SnapshotRow
     volume: VolumeRow | None
-    plan: MergePlan | None = None
+    plan: MergePlan[SnapshotRow] | None = None
     blocking: str | None = None  # never merged, in any mode: it could break the chain
     refusable: str | None = None  # Permissive refuses; Enforcing goes ahead
 
@@ -134,7 +134,9 @@ def check_space(
                 )
 
 
-def merge_room_of(ctx: OpContext, plan: MergePlan, live: bool) -> list[tuple[int, str, int]]:
+def merge_room_of(
+    ctx: OpContext, plan: MergePlan[SnapshotRow], live: bool
+) -> list[tuple[int, str, int]]:
     """(filesystem, directory, bytes) for each file the merge writes into."""
     rooms = []
     for written, source in plan.writes():
@@ -157,7 +159,7 @@ def verify_real_chain(
         raise OperationError(f"real chain {actual} does not match the metadata {expected}")
 
 
-def plan_files(plan: MergePlan) -> list[str]:
+def plan_files(plan: MergePlan[SnapshotRow]) -> list[str]:
     names = [plan.base, plan.top, *plan.above_all, *plan.detach]
     if plan.parent is not None:
         names.append(plan.parent)

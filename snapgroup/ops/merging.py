@@ -15,6 +15,7 @@ from snapgroup.domain.planner import MergeKind, MergePlan
 from snapgroup.ops.journal import Journal, checkpoint
 from snapgroup.ports import Hypervisor, ImageTool, ProgressFn
 from snapgroup.store.repo import Repo
+from snapgroup.store.tables import SnapshotRow
 
 
 def _watched(progress: ProgressFn | None, kind: str = "delete") -> ProgressFn:
@@ -93,7 +94,7 @@ class MergeSpec:
             object.__setattr__(self, "above_all", (self.above,))
 
     @classmethod
-    def of(cls, plan: MergePlan, target: str) -> MergeSpec:
+    def of(cls, plan: MergePlan[SnapshotRow], target: str) -> MergeSpec:
         return cls(
             plan.snapshot.uuid,
             plan.snapshot.volume_uuid,

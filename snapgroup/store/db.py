@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session as Session  # re-exported: the type of a transaction
+from sqlmodel import SQLModel, create_engine
 
 from snapgroup.domain.errors import StoreError
 from snapgroup.store import policy_tables, tables  # noqa: F401  (registers their tables)
