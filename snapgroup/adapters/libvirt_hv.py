@@ -22,6 +22,7 @@ from typing import Any
 
 import libvirt
 
+from snapgroup.adapters.blockjob import JobWait, Progress
 from snapgroup.adapters.domxml import (
     active_commit_base,
     clone_xml,
@@ -36,10 +37,8 @@ from snapgroup.domain.errors import (
     InvalidArgument,
     NotFound,
     SnapgroupError,
-    Timeout,
 )
 from snapgroup.domain.models import (
-    BlockJobProgress,
     DiskOverlay,
     DomainDisk,
     DomainInfo,
@@ -102,32 +101,6 @@ def _dashed(vm_uuid: str) -> str:
     except InvalidArgument:
         raise NotFound(f"no domain with UUID {vm_uuid!r} (not a UUID)") from None
     return "-".join((compact[:8], compact[8:12], compact[12:16], compact[16:20], compact[20:]))
-
-
-class _Progress:
-    """Calls the caller's callback on each change; a failing callback is logged and
-    dropped, because aborting a half-done commit over a display bug would be worse."""
-
-    def __init__(self, callback: ProgressFn | None) -> None:
-        self._callback = callback
-        self.last: BlockJobProgress | None = None
-
-    def report(self, cur: int, end: int) -> None:
-        update = BlockJobProgress(cur=cur, end=end)
-        if update == self.last:
-            return
-        self.last = update
-        if self._callback is None:
-            return
-        try:
-            self._callback(update)
-        except Exception:
-            log.warning("progress callback failed; no more progress is reported", exc_info=True)
-            self._callback = None
-
-    def finish(self) -> None:
-        if self.last is not None and self.last.cur != self.last.end:
-            self.report(self.last.end, self.last.end)
 
 
 class LibvirtHypervisor:
@@ -323,21 +296,20 @@ class LibvirtHypervisor:
         flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE if top is None else 0
         with self._calls():
             dom.blockCommit(target, base, top, 0, flags)
-        meter = _Progress(progress)
+        meter = Progress(progress)
+        jobs = self._jobs(dom)
         if top is None:
-            self._pivot_when_ready(dom, target, meter)
-            self._settle(
-                dom,
+            jobs.pivot_when_ready(target, meter)
+            jobs.settle(
                 target,
                 lambda d: d.path == base,
                 f"disk {target} is not on {base} after the pivot",
             )
         else:
-            self._wait_job_gone(dom, target, meter)
+            jobs.wait_gone(target, meter)
             # The job also disappears when it fails or is cancelled; only the chain
             # tells whether `top` was really merged away.
-            self._settle(
-                dom,
+            jobs.settle(
                 target,
                 lambda d: top not in (d.path, *d.backing),
                 f"block commit of {top} into {base} on disk {target} did not complete "
@@ -356,19 +328,19 @@ class LibvirtHypervisor:
             return  # no QEMU, no job
         if target not in {d.target for d in info.disks}:
             raise NotFound(f"domain {info.name} has no disk {target}")
-        job = self._job(dom, target)
+        jobs = self._jobs(dom)
+        job = jobs.control.job(target)
         if not job:
             return
         kind = job["type"]
-        meter = _Progress(None)
+        meter = Progress(None)
         if kind == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT:
             with self._calls():
                 base = active_commit_base(str(dom.XMLDesc(0)), target)
             log.info("disk %s: pivoting an active commit left running into %s", target, base)
-            self._pivot_when_ready(dom, target, meter)
+            jobs.pivot_when_ready(target, meter)
             if base is not None:
-                self._settle(
-                    dom,
+                jobs.settle(
                     target,
                     lambda d: d.path == base,
                     f"disk {target} is not on {base} after the pivot",
@@ -378,76 +350,16 @@ class LibvirtHypervisor:
             libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL,
         ):
             log.info("disk %s: waiting for a block job left running (type %d)", target, kind)
-            self._wait_job_gone(dom, target, meter)
+            jobs.wait_gone(target, meter)
         else:
             raise HypervisorError(
                 f"disk {target} has a block job of type {kind} that snapgroup did not start"
             )
 
-    def _job(self, dom: Any, target: str) -> dict[str, int]:
-        with self._calls():
-            info = dom.blockJobInfo(target, 0)
-        return {key: int(value) for key, value in (info or {}).items()}
-
-    def _deadline(self) -> float | None:
-        return None if self.job_timeout is None else time.monotonic() + self.job_timeout
-
-    def _check_deadline(self, deadline: float | None, dom: Any, target: str) -> None:
-        if deadline is None or time.monotonic() < deadline:
-            return
-        # Cancelling a commit leaves top in the chain, so the guest's view is intact.
-        with self._calls():
-            dom.blockJobAbort(target, 0)
-        raise Timeout(f"block commit on disk {target} took longer than {self.job_timeout}s")
-
-    def _pivot_when_ready(self, dom: Any, target: str, meter: _Progress) -> None:
-        deadline = self._deadline()
-        while True:
-            job = self._job(dom, target)
-            if not job:
-                raise HypervisorError(
-                    f"the active block commit on disk {target} ended before it could pivot "
-                    "(failed or cancelled; see libvirtd's log)"
-                )
-            cur, end = job["cur"], job["end"]
-            meter.report(cur, end)
-            # libvirt reports cur == end only once QEMU says the job is ready (it adds 1
-            # to end until then). A pivot refused as "not ready" is still retried.
-            if end > 0 and cur == end and self._try_pivot(dom, target):
-                return
-            self._check_deadline(deadline, dom, target)
-            time.sleep(self.poll_interval)
-
-    def _try_pivot(self, dom: Any, target: str) -> bool:
-        try:
-            # Synchronous without VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC: returns after the
-            # switch to the base.
-            dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_BLOCK_COPY_ACTIVE:
-                return False
-            raise _translate(exc) from None
-        return True
-
-    def _wait_job_gone(self, dom: Any, target: str, meter: _Progress) -> None:
-        deadline = self._deadline()
-        while job := self._job(dom, target):
-            meter.report(job["cur"], job["end"])
-            self._check_deadline(deadline, dom, target)
-            time.sleep(self.poll_interval)
-
-    def _settle(
-        self, dom: Any, target: str, done: Callable[[DomainDisk], bool], failure: str
-    ) -> None:
-        """Wait (briefly) until the live XML of `target` satisfies `done`."""
-        deadline = time.monotonic() + self.settle_timeout
-        while True:
-            _info, disk = self._live_disk(dom, target, "a block commit")
-            if done(disk):
-                return
-            if time.monotonic() >= deadline:
-                raise HypervisorError(failure)
-            time.sleep(self.poll_interval)
+    def _jobs(self, dom: Any) -> JobWait:
+        return JobWait(
+            _DomainJobs(self, dom), self.poll_interval, self.job_timeout, self.settle_timeout
+        )
 
     # -- life cycle (revert --stop, clone) -------------------------------------------
 
@@ -543,3 +455,33 @@ class LibvirtHypervisor:
         """Thaw every frozen guest filesystem; returns how many were thawed (0 when none
         was frozen: thawing is always safe)."""
         return int(self._agent_call(vm_uuid, timeout, lambda dom: dom.fsThaw(None, 0)))
+
+
+class _DomainJobs:
+    """blockjob.JobControl on one libvirt domain."""
+
+    def __init__(self, hv: LibvirtHypervisor, dom: Any) -> None:
+        self.hv, self.dom = hv, dom
+
+    def job(self, target: str) -> dict[str, int]:
+        with self.hv._calls():
+            info = self.dom.blockJobInfo(target, 0)
+        return {key: int(value) for key, value in (info or {}).items()}
+
+    def try_pivot(self, target: str) -> bool:
+        try:
+            # Synchronous without VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC: returns after the
+            # switch to the base.
+            self.dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_BLOCK_COPY_ACTIVE:
+                return False
+            raise _translate(exc) from None
+        return True
+
+    def abort(self, target: str) -> None:
+        with self.hv._calls():
+            self.dom.blockJobAbort(target, 0)
+
+    def disk(self, target: str) -> DomainDisk:
+        return self.hv._live_disk(self.dom, target, "a block commit")[1]

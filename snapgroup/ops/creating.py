@@ -38,8 +38,10 @@ from snapgroup.ops.group_views import load_groups
 from snapgroup.ops.journal import DONE, FAILED, ROLLED_BACK
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.syncing import synced
-from snapgroup.store.repo import ChainLink, Repo, VolumeMove, VolumeTop
+from snapgroup.store.repo import Repo
+from snapgroup.store.snapshots import ChainLink
 from snapgroup.store.tables import VolumeRow
+from snapgroup.store.volumes import VolumeMove, VolumeTop
 
 OVERLAY_WORKERS = 8
 MAX_CHAIN_DEPTH = 200  # libvirt refuses to open a deeper backing chain

@@ -36,7 +36,8 @@ from snapgroup.ops.merging import Merger, MergeSpec
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.syncing import sync_locked
 from snapgroup.ports import ProgressFn
-from snapgroup.store.repo import ChainLink, Repo
+from snapgroup.store.repo import Repo
+from snapgroup.store.snapshots import ChainLink
 from snapgroup.store.tables import SnapshotRow, VolumeRow
 
 

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from snapgroup.domain.inventory import Group, GroupRef
-from snapgroup.store.repo import DateParser, Repo
+from snapgroup.store.base import DateParser
+from snapgroup.store.repo import Repo
 
 
 def load_groups(repo: Repo, uuids: Sequence[str]) -> list[Group]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from snapgroup.infra.host import local_host
 from snapgroup.store.db import Database, Session
-from snapgroup.store.repo import OperationRepo
+from snapgroup.store.operations import OperationRepo
 from snapgroup.store.tables import OperationRow
 
 FAULT_ENV = "SNAPGROUP_FAULT_STEP"

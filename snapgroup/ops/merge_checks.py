@@ -16,7 +16,8 @@ from snapgroup.domain.models import ChainSnapshot, DeleteMode, DomainInfo, VmSta
 from snapgroup.domain.planner import MergePlan, expected_chain, merge_room, plan_merge
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.merging import merging_into
-from snapgroup.store.repo import OperationRepo, Repo
+from snapgroup.store.operations import OperationRepo
+from snapgroup.store.repo import Repo
 from snapgroup.store.tables import RefRow, SnapshotRow, VolumeRow
 
 

@@ -9,7 +9,8 @@ from snapgroup.domain.validate import parse_uuid
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.discovery import discover
 from snapgroup.ops.group_views import load_groups, load_vm_groups
-from snapgroup.store.repo import OperationRepo, Repo
+from snapgroup.store.operations import OperationRepo
+from snapgroup.store.repo import Repo
 from snapgroup.store.tables import OperationRow
 
 

@@ -13,7 +13,7 @@ from snapgroup.domain.models import DomainInfo
 from snapgroup.infra.locks import try_vm_lock
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import FAILED, Journal
-from snapgroup.store.repo import OperationRepo
+from snapgroup.store.operations import OperationRepo
 from snapgroup.store.tables import OperationRow
 
 # (context, operation uuid, its journaled plan, the VM's domain now)

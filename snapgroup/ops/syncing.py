@@ -28,7 +28,9 @@ from snapgroup.ops.context import OpContext
 from snapgroup.ops.discovery import Discovered, discover, register_volumes
 from snapgroup.ops.recovery import recover_one
 from snapgroup.ops.resolve import lookup_or_none
-from snapgroup.store.repo import ChainLink, OperationRepo, Repo
+from snapgroup.store.operations import OperationRepo
+from snapgroup.store.repo import Repo
+from snapgroup.store.snapshots import ChainLink
 from snapgroup.store.tables import VolumeRow
 
 

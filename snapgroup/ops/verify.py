@@ -15,7 +15,8 @@ from typing import Any
 from snapgroup.domain.errors import NotFound, SnapgroupError
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.recovery import recover_pending
-from snapgroup.store.repo import OperationRepo, Repo
+from snapgroup.store.operations import OperationRepo
+from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow, VolumeRow
 
 _OURS = re.compile(r"^[0-9a-f]{32}\.qcow2$")  # overlays are named by UUID

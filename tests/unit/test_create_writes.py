@@ -14,7 +14,9 @@ from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.models import DomainDisk, VmState
 from snapgroup.ops.journal import DONE, RUNNING, Journal
 from snapgroup.store.db import Database
-from snapgroup.store.repo import OperationRepo, Repo, _chain_exit
+from snapgroup.store.operations import OperationRepo
+from snapgroup.store.repo import Repo
+from snapgroup.store.snapshots import _chain_exit
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Lab
 

@@ -117,7 +117,8 @@ def test_single_snapshot_delete_killed_at_every_step(
 def test_sync_finishes_a_dead_operation_before_looking(lab: Lab, die_at: list[str]) -> None:
     """An API caller that never ran `recover`: a create died after switching the disks.
     Synced over, the overlays would become new volumes; finished first, they are not."""
-    from snapgroup.store.repo import OperationRepo, Repo
+    from snapgroup.store.operations import OperationRepo
+    from snapgroup.store.repo import Repo
 
     groups = history(lab, n=1)
     die_at.append("create:switched")
