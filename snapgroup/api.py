@@ -46,7 +46,8 @@ from snapgroup.ops.tree import VmTree
 from snapgroup.ops.verify import Difference
 from snapgroup.ports import Clock, Hypervisor, ImageTool, ProgressFn
 from snapgroup.store.db import Database
-from snapgroup.store.tables import GroupRow, OperationRow
+from snapgroup.store.repo import Repo
+from snapgroup.store.tables import GroupRow, OperationRow, VolumeRow
 
 __all__ = ["MAX_CHAIN_DEPTH", "DeleteMode", "Engine", "open_engine"]
 
@@ -214,8 +215,10 @@ class Engine:
     def owned_group(self, uuid: str) -> GroupRow:
         return self.ctx.owned_group(uuid)
 
-    def check_owner(self, vm_uuid: str) -> None:
-        self.ctx.check_owner(vm_uuid)
+    def check_owner(
+        self, vm_uuid: str, repo: Repo | None = None, *, volumes: Sequence[VolumeRow] = ()
+    ) -> None:
+        self.ctx.check_owner(vm_uuid, repo, volumes=volumes)
 
     # A VM's volumes and snapshots
     def volumes(self, vm: str) -> list[VolumeView]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from snapgroup.domain.errors import Busy, InternalError, NotFound, OperationError, SnapgroupError
 from snapgroup.domain.retention import (
     AutoGroup,
     Policy,
@@ -29,7 +30,6 @@ from snapgroup.domain.retention import (
     plan_take,
     utc,
 )
-from snapgroup.errors import Busy, InternalError, NotFound, OperationError, SnapgroupError
 
 DEFAULT_PARALLEL = 4
 DEFAULT_WAIT = 60.0  # seconds a busy VM is waited for, per operation

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from snapgroup.domain.errors import Busy, HypervisorError, NotFound, OperationError
 from snapgroup.domain.retention import AutoGroup, Policy, Retention, Take
-from snapgroup.errors import Busy, HypervisorError, NotFound, OperationError
 from snapgroup.ops.autosnap import BUSY, FAILED, OK, VmRef, autosnap
 
 NOW = datetime(2026, 12, 1, 14, 0, 20, tzinfo=UTC)
