@@ -4,9 +4,9 @@ A group is unavailable when one of its snapshots was deleted, one of its volumes
 longer attached, or a volume attached now is not in it (reverting would leave that
 volume in the present while the others go back), and when its VM is gone. Also when a
 file a revert would read is not there: a snapshot's file or any file of its recorded
-backing chain (on whichever branch of the tree it is), or when one of those snapshots
-is marked changed (a merge into its file failed midway: it no longer holds its point
-in time). Files are only looked for (a stat each), not opened: revert and clone read
+backing chain (on whichever branch of the tree it is), or when its own snapshot is
+marked changed (a merge into its file failed midway: it no longer holds its point in
+time; the groups above it read through the merged child, which still holds that data). Files are only looked for (a stat each), not opened: revert and clone read
 the real chain before they build on it.
 """
 
@@ -95,7 +95,7 @@ def _files_problem(
     exists: Callable[[str], bool],
 ) -> str | None:
     """Why the snapshot's point in time cannot be read back: a file of its recorded
-    chain (itself first) missing, or a snapshot of it marked changed. None: it can."""
+    chain (itself first) missing, or the snapshot itself marked changed. None: it can."""
     by_uuid = {s.uuid: s for s in lineage}
     volume = f"volume {ref.volume_name} ({ref.volume_uuid})"
     current: SnapshotRow | None = snapshot
@@ -103,7 +103,10 @@ def _files_problem(
     while current is not None and current.uuid not in seen:
         seen.add(current.uuid)
         what = "its snapshot" if current is snapshot else "the snapshot below it"
-        if current.changed:
+        # Only the ref's own snapshot: a merge writes into a file only after every other
+        # child of it was rebased off it, and the child it merges still holds every
+        # cluster it copies down, so what reads through that child reads as before.
+        if current is snapshot and current.changed:
             return f"{volume}: {what} {current.uuid} changed: {current.changed}"
         if not exists(current.install_path):
             return f"{volume}: file {current.install_path} of {what} {current.uuid} is missing"

@@ -145,7 +145,7 @@ def _mark_changed(lab: Lab, snapshot_uuid: str, why: str) -> None:
         repo.add(row)
 
 
-def test_a_changed_snapshot_makes_its_group_and_those_above_it_unavailable(
+def test_a_changed_snapshot_makes_its_group_unavailable_and_not_those_above_it(
     lab: Lab, tmp_path: Path
 ) -> None:
     g1, g2, safety = side_branch(lab, tmp_path)
@@ -160,8 +160,9 @@ def test_a_changed_snapshot_makes_its_group_and_those_above_it_unavailable(
         f"volume {_name(lab, volume)} ({volume}): its snapshot {snap} changed: "
         "a merge into its file failed midway"
     )
-    assert not states[safety.uuid].available
-    assert f"the snapshot below it {snap} changed" in (states[safety.uuid].reason or "")
+    # The safety group reads through the child that was being merged down, which still
+    # holds every cluster the failed merge copied: its point in time is intact.
+    assert states[safety.uuid].available, states[safety.uuid].reason
 
 
 def test_revert_refuses_a_changed_volume_and_restores_the_others(lab: Lab, tmp_path: Path) -> None:
