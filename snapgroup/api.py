@@ -8,8 +8,10 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
 from snapgroup.adapters.qemu_img import QemuImg
+from snapgroup.domain.backup_manifest import BackupManifest
 from snapgroup.domain.inventory import DeleteReport, DeleteResult, Group, VolumeView
 from snapgroup.domain.models import DeleteMode
 from snapgroup.domain.zquery import Query
@@ -19,6 +21,7 @@ from snapgroup.ops import (
     create,
     delete,
     delete_snapshot,
+    export,
     queries,
     querying,
     revert,
@@ -36,6 +39,7 @@ from snapgroup.ops.context import OpContext
 from snapgroup.ops.context import new_uuid as random_uuid
 from snapgroup.ops.context import utcnow as now_utc
 from snapgroup.ops.creating import MAX_CHAIN_DEPTH
+from snapgroup.ops.export import ExportResult, PruneReport, Restored, VerifyReport
 from snapgroup.ops.journal import Journal
 from snapgroup.ops.querying import GroupPage
 from snapgroup.ops.recovery import recover_pending
@@ -44,7 +48,7 @@ from snapgroup.ops.snapshots import SnapshotView
 from snapgroup.ops.syncing import Change
 from snapgroup.ops.tree import VmTree
 from snapgroup.ops.verify import Difference
-from snapgroup.ports import Clock, Hypervisor, ImageTool, ProgressFn
+from snapgroup.ports import BackupStoreFactory, Clock, Hypervisor, ImageTool, ProgressFn
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow, OperationRow, VolumeRow
@@ -119,6 +123,7 @@ class Engine:
         lock_wait: float = 0.0,
         freeze_timeout: int = FREEZE_TIMEOUT_S,
         host: str | None = None,
+        backup_store: BackupStoreFactory = BackupRepo,
     ) -> None:
         """`host`: this host's name in a store shared by several (default
         snapgroup.infra.host.local_host()); the engine only operates on VMs it owns.
@@ -132,6 +137,7 @@ class Engine:
             lock_wait=lock_wait,
             freeze_timeout=freeze_timeout,
             host=host,
+            backup_store=backup_store,
         )
 
     # Groups
@@ -240,6 +246,45 @@ class Engine:
 
     def group_tree(self, vm: str) -> VmTree:
         return tree.group_tree(self.ctx, vm)
+
+    # Backups: a repository in a directory (ops/export.py)
+    def export(
+        self, group_uuid: str, *, to: str, full: bool = False, progress: ProgressFn | None = None
+    ) -> ExportResult:
+        return export.export(self.ctx, group_uuid, to=to, full=full, progress=progress)
+
+    def backups(self, *, at: str, vm: str | None = None) -> list[BackupManifest]:
+        return export.backups(self.ctx, at=at, vm=vm)
+
+    def verify_backup(self, *, at: str, backup_id: str | None = None) -> VerifyReport:
+        return export.verify_backup(self.ctx, at=at, backup_id=backup_id)
+
+    def restore(
+        self,
+        backup_id: str,
+        *,
+        source: str,
+        as_vm: str | None = None,
+        to_dir: str | None = None,
+        disk_dir: str | None = None,
+        keep_chain: bool = False,
+        start: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> Restored:
+        return export.restore(
+            self.ctx,
+            backup_id,
+            source=source,
+            as_vm=as_vm,
+            to_dir=to_dir,
+            disk_dir=disk_dir,
+            keep_chain=keep_chain,
+            start=start,
+            progress=progress,
+        )
+
+    def prune_backups(self, *, at: str, vm: str, keep: int) -> PruneReport:
+        return export.prune_backups(self.ctx, at=at, vm=vm, keep=keep)
 
     # Metadata against reality, and the journal
     def sync(self, vm: str | None = None, *, deep: bool = True) -> list[Change]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from snapgroup.domain.backup_manifest import ImageCheck
+from snapgroup.domain.backup_manifest import BackupManifest, ImageCheck, Partial
 from snapgroup.domain.models import (
     BlockJobProgress,
     DiskOverlay,
@@ -78,6 +78,19 @@ class Hypervisor(Protocol):
 
     def undefine(self, vm_uuid: str) -> None:
         """Remove a stopped domain's definition; its files are left alone."""
+        ...
+
+    def definition_xml(self, vm_uuid: str) -> str:
+        """The domain's persistent definition (inactive XML): what a backup keeps."""
+        ...
+
+    def define_restored(
+        self, xml: str, *, name: str, new_uuid: str, sources: dict[str, str]
+    ) -> DomainInfo:
+        """Define a new persistent (stopped) domain from a saved definition (a backup's):
+        that name and UUID, new MAC addresses, each target in `sources` on that qcow2
+        file; writable disks not in `sources` are dropped (never shared with the
+        original). Refuses a name or UUID already defined."""
         ...
 
     # The guest agent (application consistency). `timeout`: seconds to wait for the
@@ -167,3 +180,54 @@ class ImageTool(Protocol):
         """Which filesystem holds `directory` (st_dev): merges writing to the same one
         share its free space."""
         ...
+
+
+class BackupStore(Protocol):
+    """A backup repository (adapters/backup_repo.py): manifests and files under one
+    directory, a backup listed only once complete. Raises SnapgroupError subclasses."""
+
+    root: str
+
+    def file(self, manifest: BackupManifest, volume_uuid: str) -> str: ...
+
+    def backups(self, vm_uuid: str | None = None) -> list[BackupManifest]:
+        """Complete backups, oldest first."""
+        ...
+
+    def get(self, backup_id: str, *, vm_uuid: str | None = None) -> BackupManifest: ...
+
+    def begin(self, vm_uuid: str, backup_id: str) -> Partial: ...
+
+    def publish(self, partial: Partial, manifest: BackupManifest) -> None: ...
+
+    def discard(self, partial: Partial) -> None: ...
+
+    def partial(self, vm_uuid: str, backup_id: str) -> Partial: ...
+
+    def partials(self, vm_uuid: str) -> list[str]: ...
+
+    def discard_partials(self, vm_uuid: str) -> list[str]: ...
+
+    def rewrite_manifest(self, manifest: BackupManifest) -> None: ...
+
+    def hide_for_prune(self, manifest: BackupManifest, plan: Mapping[str, object]) -> None: ...
+
+    def pending_prunes(self, vm_uuid: str) -> list[tuple[BackupManifest, dict[str, object]]]: ...
+
+    def move_file(self, src: str, dst: str) -> None: ...
+
+    def remove_backup_dir(self, vm_uuid: str, backup_id: str) -> None: ...
+
+    def file_problem(self, path: str, sha256: str) -> str | None:
+        """Why a file is not what its manifest says (missing, unreadable, another
+        SHA-256); None when it is."""
+        ...
+
+    def sha256(self, path: str) -> str: ...
+
+    def size(self, path: str) -> int: ...
+
+    def exists(self, path: str) -> bool: ...
+
+
+BackupStoreFactory = Callable[[str], BackupStore]  # a repository's directory -> its store

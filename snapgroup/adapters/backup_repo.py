@@ -54,13 +54,13 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
 
 from snapgroup.domain.backup_manifest import (
     MANIFEST,
     BackupManifest,
+    Partial,
     check_manifest,
     disk_file,
     parse_manifest,
@@ -76,18 +76,6 @@ _CHUNK = 1 << 20
 
 class RepositoryError(OperationError):
     """A repository that cannot be read or written (SYS.1006 with the path and cause)."""
-
-
-@dataclass(frozen=True)
-class Partial:
-    """An export being written: its files go in `path`, the backup appears on `publish`."""
-
-    vm_uuid: str
-    backup_id: str
-    path: str
-
-    def file(self, volume_uuid: str) -> str:
-        return os.path.join(self.path, disk_file(volume_uuid))
 
 
 class BackupRepo:
@@ -194,17 +182,16 @@ class BackupRepo:
             if n.startswith(PARTIAL_PREFIX) and _UUID.fullmatch(n[len(PARTIAL_PREFIX) :])
         ]
 
+    def partial(self, vm_uuid: str, backup_id: str) -> Partial:
+        """The partial of export `backup_id` (whether or not it exists)."""
+        name = PARTIAL_PREFIX + _uuid(backup_id, "backup id")
+        return Partial(vm_uuid, backup_id, os.path.join(self.vm_dir(vm_uuid), name))
+
     def discard_partials(self, vm_uuid: str) -> list[str]:
         """Remove interrupted exports; their ids."""
         ids = self.partials(vm_uuid)
         for backup_id in ids:
-            self.discard(
-                Partial(
-                    vm_uuid,
-                    backup_id,
-                    os.path.join(self.vm_dir(vm_uuid), PARTIAL_PREFIX + backup_id),
-                )
-            )
+            self.discard(self.partial(vm_uuid, backup_id))
         return ids
 
     def rewrite_manifest(self, manifest: BackupManifest) -> None:
@@ -218,7 +205,7 @@ class BackupRepo:
 
     # prune bookkeeping -------------------------------------------------------------------
 
-    def hide_for_prune(self, manifest: BackupManifest, plan: dict[str, object]) -> None:
+    def hide_for_prune(self, manifest: BackupManifest, plan: Mapping[str, object]) -> None:
         """Record the prune plan in the backup's directory, then unlist it (its manifest
         renamed aside): from here its files may change and nothing may read it."""
         directory = self.backup_dir(manifest.vm_uuid, manifest.backup_id)
@@ -266,6 +253,23 @@ class BackupRepo:
                 os.remove(os.path.join(directory, name))
             os.rmdir(directory)
         _fsync_dir(self.vm_dir(vm_uuid))
+
+    # files (the BackupStore port's) -------------------------------------------------------
+
+    def file_problem(self, path: str, sha256: str) -> str | None:
+        return file_problem(path, sha256)
+
+    def sha256(self, path: str) -> str:
+        try:
+            return sha256_file(path)
+        except OSError as exc:
+            raise RepositoryError(f"cannot read {path}: {exc.strerror}") from exc
+
+    def size(self, path: str) -> int:
+        return file_size(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
 
 
 # files --------------------------------------------------------------------------------

@@ -310,3 +310,21 @@ def _clone_chardev_files(devices: ET.Element, uuid: str) -> None:
                 source.set("path", renamed[old])
             elif tag == "channel" and dev.get("type") == "unix" and source.get("mode") == "bind":
                 source.attrib.pop("path", None)
+
+
+def restore_xml(xml: str, *, name: str, uuid: str, sources: dict[str, str]) -> str:
+    """A new domain from a backup's saved definition: as clone_xml (new name, UUID,
+    MACs, NVRAM, chardev files; each target in `sources` on that qcow2 file), except
+    that writable file disks the backup lacks are dropped rather than refused: they
+    would be the original's files, which a restored VM must never write."""
+    _register_prefixes(xml)
+    root = _parse(xml)
+    devices = root.find("devices")
+    if devices is not None:
+        for disk in devices.findall("disk"):
+            target = disk.find("target")
+            dev = target.get("dev") if target is not None else None
+            writable = disk.find("readonly") is None and disk.find("shareable") is None
+            if dev not in sources and disk.get("device", "disk") == "disk" and writable:
+                devices.remove(disk)
+    return clone_xml(ET.tostring(root, encoding="unicode"), name=name, uuid=uuid, sources=sources)

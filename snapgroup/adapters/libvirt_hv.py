@@ -28,6 +28,7 @@ from snapgroup.adapters.domxml import (
     clone_xml,
     normalize_uuid,
     parse_domain,
+    restore_xml,
     snapshot_xml,
     with_disk_sources,
 )
@@ -411,6 +412,26 @@ class LibvirtHypervisor:
         with self._calls():
             clone = conn.defineXML(clone_xml(xml, name=name, uuid=new_uuid, sources=sources))
         return self._info(clone)
+
+    def definition_xml(self, vm_uuid: str) -> str:
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            return str(dom.XMLDesc(_DEFINE_SOURCE_FLAGS))
+
+    def define_restored(
+        self, xml: str, *, name: str, new_uuid: str, sources: dict[str, str]
+    ) -> DomainInfo:
+        conn = self._connection()
+        for taken in (name, _dashed(new_uuid)):
+            try:
+                with self._calls():
+                    (conn.lookupByName if taken == name else conn.lookupByUUIDString)(taken)
+            except NotFound:
+                continue
+            raise InvalidArgument(f"a domain {taken} already exists")
+        with self._calls():
+            made = conn.defineXML(restore_xml(xml, name=name, uuid=new_uuid, sources=sources))
+        return self._info(made)
 
     def undefine(self, vm_uuid: str) -> None:
         dom = self._domain(vm_uuid)

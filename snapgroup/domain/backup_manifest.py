@@ -40,6 +40,19 @@ def backing_name(base_backup_id: str, volume_uuid: str) -> str:
 
 
 @dataclass(frozen=True)
+class Partial:
+    """An export being written: its files go in `path` (`.partial-<id>/`, beside the
+    backups so relative backing names resolve), the backup appears on publish."""
+
+    vm_uuid: str
+    backup_id: str
+    path: str
+
+    def file(self, volume_uuid: str) -> str:
+        return f"{self.path.rstrip('/')}/{disk_file(volume_uuid)}"
+
+
+@dataclass(frozen=True)
 class DiskBackup:
     device_id: int
     volume_uuid: str

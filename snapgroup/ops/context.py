@@ -12,7 +12,7 @@ from snapgroup.domain.errors import NotFound, OperationError, SnapgroupError
 from snapgroup.infra.host import local_host
 from snapgroup.ops.consistency import FREEZE_TIMEOUT_S
 from snapgroup.ops.journal import Journal
-from snapgroup.ports import Clock, Hypervisor, ImageTool
+from snapgroup.ports import BackupStoreFactory, Clock, Hypervisor, ImageTool
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow, VolumeRow
@@ -37,6 +37,8 @@ class OpContext:
     host: str  # this host's name in a store shared by several: it owns only its VMs
     lock_wait: float = 0.0  # seconds to wait for another operation on the same VM
     freeze_timeout: int = FREEZE_TIMEOUT_S  # seconds per guest-agent request
+    # Opens a backup repository (a directory) as the BackupStore port; None: no backups.
+    backup_store: BackupStoreFactory | None = None
 
     @classmethod
     def make(
@@ -50,6 +52,7 @@ class OpContext:
         lock_wait: float = 0.0,
         freeze_timeout: int = FREEZE_TIMEOUT_S,
         host: str | None = None,
+        backup_store: BackupStoreFactory | None = None,
     ) -> OpContext:
         """`host`: default snapgroup.infra.host.local_host()."""
         host = host or local_host()
@@ -63,6 +66,7 @@ class OpContext:
             host=host,
             lock_wait=lock_wait,
             freeze_timeout=freeze_timeout,
+            backup_store=backup_store,
         )
 
     def check_owner(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from snapgroup.domain.errors import NotFound
-from snapgroup.domain.models import DomainInfo
+from snapgroup.domain.models import DomainInfo, VmState
 from snapgroup.infra.locks import try_vm_lock
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import FAILED, Journal
@@ -19,14 +19,20 @@ from snapgroup.store.tables import OperationRow
 # (context, operation uuid, its journaled plan, the VM's domain now)
 RecoverFn = Callable[[OpContext, str, dict[str, Any], DomainInfo], None]
 _RECOVERERS: dict[str, RecoverFn] = {}
+# Kinds whose work is in a backup repository, not on the VM (export, prune, restore): a
+# repository outlives the VM, so they are recovered without looking it up; their
+# recoveries get a placeholder domain (state OTHER, no disks) and must not read it.
+_WITHOUT_VM: set[str] = set()
 
 
-def recovers(kind: str) -> Callable[[RecoverFn], RecoverFn]:
+def recovers(kind: str, *, without_vm: bool = False) -> Callable[[RecoverFn], RecoverFn]:
     """Register the decorated function as the recovery of journal kind `kind`."""
 
     def register(fn: RecoverFn) -> RecoverFn:
         assert kind not in _RECOVERERS, f"two recoveries for {kind}"
         _RECOVERERS[kind] = fn
+        if without_vm:
+            _WITHOUT_VM.add(kind)
         return fn
 
     return register
@@ -59,6 +65,9 @@ def recover_pending(ctx: OpContext) -> list[OperationRow]:
 def recover_one(ctx: OpContext, row: OperationRow) -> None:
     """One interrupted operation (the caller holds its VM's lock)."""
     plan = Journal.plan_of(row)
+    if row.kind in _WITHOUT_VM:
+        _RECOVERERS[row.kind](ctx, row.uuid, plan, DomainInfo(row.vm_uuid, "", VmState.OTHER, ()))
+        return
     try:
         domain = ctx.hv.lookup(row.vm_uuid)
     except NotFound:

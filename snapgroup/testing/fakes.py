@@ -10,9 +10,11 @@ after N successful calls (`fail_after["method"] = N`), and for only N calls
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from snapgroup.adapters.domxml import parse_domain, restore_xml
 from snapgroup.domain.backup_manifest import ImageCheck
 from snapgroup.domain.errors import HypervisorError, ImageToolError, NotFound, SnapgroupError
 from snapgroup.domain.models import (
@@ -330,6 +332,40 @@ class FakeHypervisor(_Faults):
             raise HypervisorError(f"writable disks {sorted(writable - set(sources))} not cloned")
         disks = [replace(d, path=sources.get(d.target, d.path), backing=()) for d in original.disks]
         self.define(new_uuid, name, VmState.STOPPED, disks)
+        return self.lookup(new_uuid)
+
+    def definition_xml(self, vm_uuid: str) -> str:
+        self._call("definition_xml", vm_uuid)
+        d = self._domain(vm_uuid)
+        root = ET.Element("domain", type="qemu")
+        ET.SubElement(root, "name").text = d.name
+        ET.SubElement(root, "uuid").text = d.uuid
+        devices = ET.SubElement(root, "devices")
+        for disk in d.disks:
+            el = ET.SubElement(devices, "disk", type=disk.source_type, device=disk.device)
+            ET.SubElement(el, "driver", name="qemu", type=disk.format or "raw")
+            if disk.path:
+                ET.SubElement(el, "source", file=disk.path)
+            ET.SubElement(el, "target", dev=disk.target)
+            if disk.readonly:
+                ET.SubElement(el, "readonly")
+            if disk.shareable:
+                ET.SubElement(el, "shareable")
+        ET.SubElement(
+            ET.SubElement(devices, "interface", type="network"), "mac", address="52:54:00:00:00:01"
+        )
+        return ET.tostring(root, encoding="unicode")
+
+    def define_restored(
+        self, xml: str, *, name: str, new_uuid: str, sources: dict[str, str]
+    ) -> DomainInfo:
+        self._call("define_restored", name, new_uuid, dict(sources))
+        if any(d.name == name or d.uuid == new_uuid for d in self.domains.values()):
+            raise HypervisorError(f"domain {name} ({new_uuid}) already exists")
+        made = parse_domain(
+            restore_xml(xml, name=name, uuid=new_uuid, sources=sources), VmState.STOPPED
+        )
+        self.define(new_uuid, name, VmState.STOPPED, made.disks)
         return self.lookup(new_uuid)
 
     def undefine(self, vm_uuid: str) -> None:
