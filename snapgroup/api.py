@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
 from snapgroup.adapters.qemu_img import QemuImg
 from snapgroup.domain.backup_manifest import BackupManifest
+from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.inventory import DeleteReport, DeleteResult, Group, VolumeView
 from snapgroup.domain.models import DeleteMode
+from snapgroup.domain.retention import Policy
 from snapgroup.domain.zquery import Query
+from snapgroup.ops import autosnap as autosnap_ops
 from snapgroup.ops import (
     availability,
     clone,
@@ -32,6 +36,9 @@ from snapgroup.ops import (
     update,
     verify,
 )
+from snapgroup.ops import policies as policy_ops
+from snapgroup.ops import protect as protect_ops
+from snapgroup.ops.autosnap_port import EnginePort, ExportFn
 from snapgroup.ops.availability_rules import Availability
 from snapgroup.ops.clone import Clone
 from snapgroup.ops.consistency import FREEZE_TIMEOUT_S, Consistency
@@ -39,6 +46,7 @@ from snapgroup.ops.context import OpContext
 from snapgroup.ops.context import new_uuid as random_uuid
 from snapgroup.ops.context import utcnow as now_utc
 from snapgroup.ops.creating import MAX_CHAIN_DEPTH
+from snapgroup.ops.delete_plan import DeletePlan
 from snapgroup.ops.export import ExportResult, PruneReport, Restored, VerifyReport
 from snapgroup.ops.journal import Journal
 from snapgroup.ops.querying import GroupPage
@@ -50,12 +58,29 @@ from snapgroup.ops.tree import VmTree
 from snapgroup.ops.verify import Difference
 from snapgroup.ports import BackupStoreFactory, Clock, Hypervisor, ImageTool, ProgressFn
 from snapgroup.store.db import Database
+from snapgroup.store.policy_repo import PolicyRecord
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow, OperationRow, VolumeRow
 
 __all__ = ["MAX_CHAIN_DEPTH", "DeleteMode", "Engine", "open_engine"]
 
 DEFAULT_URI = "qemu:///system"
+# For tests only: a fixed "now" (ISO 8601) for the engine's clock and the policy pass,
+# read here and nowhere else. Never set it on a real host: groups would all carry it.
+TEST_NOW_ENV = "SNAPGROUP_TEST_NOW"
+
+
+def test_clock() -> Clock | None:
+    """The fixed clock SNAPGROUP_TEST_NOW asks for (a naive time is UTC), else None."""
+    value = os.environ.get(TEST_NOW_ENV)
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(f"{TEST_NOW_ENV}={value!r}: not an ISO 8601 time") from None
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return lambda: moment
 
 
 def default_uri() -> str:
@@ -72,6 +97,7 @@ def open_engine(
         images=QemuImg(),
         db=Database(db),
         lock_wait=lock_wait,
+        clock=test_clock() or now_utc,
     )
 
 
@@ -300,3 +326,68 @@ class Engine:
 
     def operations(self, *, limit: int = 100) -> list[OperationRow]:
         return queries.operations(self.ctx, limit=limit)
+
+    # Protection and snapshot policies
+    def protect(self, group_uuid: str, *, protected: bool = True) -> Group:
+        """A protected group is never pruned; a plain delete of it is refused."""
+        return protect_ops.protect(self.ctx, group_uuid, protected=protected)
+
+    def delete_plan(
+        self, group_uuid: str, *, mode: DeleteMode | str = DeleteMode.PERMISSIVE
+    ) -> DeletePlan:
+        """`delete --dry-run`: the plan the delete would run, nothing touched."""
+        return delete.plan(self.ctx, group_uuid, mode=mode)
+
+    def set_policy(
+        self, policy: Policy, *, export_to: str | None = None, export_keep: int | None = None
+    ) -> tuple[PolicyRecord, bool]:
+        return policy_ops.set_policy(self.ctx, policy, export_to=export_to, export_keep=export_keep)
+
+    def policies(self) -> list[PolicyRecord]:
+        return policy_ops.list_policies(self.ctx)
+
+    def policy(self, name: str) -> PolicyRecord:
+        return policy_ops.get_policy(self.ctx, name)
+
+    def remove_policy(self, name: str) -> None:
+        policy_ops.remove_policy(self.ctx, name)
+
+    def policy_status(self, *, now: datetime | None = None) -> policy_ops.PolicyStatus:
+        return policy_ops.policy_status(self.ctx, now=now)
+
+    # Issue 15 sets this: the export of a group a policy just took (EnginePort.export).
+    policy_export: ExportFn | None = None
+
+    def autosnap(
+        self,
+        *,
+        dry_run: bool = False,
+        parallel: int = autosnap_ops.DEFAULT_PARALLEL,
+        wait: float | None = None,
+        now: datetime | None = None,
+    ) -> autosnap_ops.PassReport:
+        """One policy pass. `wait`: seconds a busy VM is waited for, per operation
+        (default the engine's lock wait, else autosnap_ops.DEFAULT_WAIT)."""
+        records = policy_ops.list_policies(self.ctx)
+        port = EnginePort(
+            self.ctx,
+            [r.policy for r in records],
+            records=records,
+            delete=self._delete_or_raise,
+            plan_delete=lambda ctx, uuid: delete.plan(ctx, uuid).to_json(),
+            export=self.policy_export,
+        )
+        return autosnap_ops.autosnap(
+            port,
+            [r.policy for r in records],
+            now=now or self.ctx.clock(),
+            dry_run=dry_run,
+            parallel=parallel,
+            wait=(self.ctx.lock_wait or autosnap_ops.DEFAULT_WAIT) if wait is None else wait,
+        )
+
+    @staticmethod
+    def _delete_or_raise(ctx: OpContext, group_uuid: str) -> None:
+        report = delete.delete(ctx, group_uuid)
+        if report.error is not None:
+            raise report.error

@@ -75,6 +75,11 @@ class Group:
     frozen_filesystems: tuple[str, ...] = ()  # the mountpoints the guest agent froze
     freeze_millis: int | None = None  # freeze request sent -> thaw answered
     consistency_note: str | None = None  # why it is not Application (or a thaw problem)
+    # **ours**, snapshot policies: the policies that took it (None: made by hand), the
+    # slot label it was taken for, and whether it is protected from pruning and delete.
+    policy: tuple[str, ...] | None = None
+    policy_label: str | None = None
+    protected: bool = False
 
     @property
     def snapshot_count(self) -> int:
@@ -94,6 +99,9 @@ class Group:
             "frozenFilesystems": list(self.frozen_filesystems),
             "freezeMillis": self.freeze_millis,
             "consistencyNote": self.consistency_note,
+            "policy": None if self.policy is None else list(self.policy),
+            "policyLabel": self.policy_label,
+            "protected": self.protected,
         }
 
 

@@ -107,6 +107,14 @@ class AutoGroup:
 
 
 @dataclass(frozen=True)
+class VmRef:
+    """A VM a pass works on: its UUID and the name libvirt gives it now."""
+
+    uuid: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Take:
     """A group to take now: the slots it fills, the label in its name, its name."""
 

@@ -24,6 +24,7 @@ from snapgroup.domain.retention import (
     AutoGroup,
     Policy,
     Take,
+    VmRef,
     combined_consistency,
     combined_min_free,
     plan_prune,
@@ -34,12 +35,6 @@ from snapgroup.domain.retention import (
 DEFAULT_PARALLEL = 4
 DEFAULT_WAIT = 60.0  # seconds a busy VM is waited for, per operation
 DRY_RUN_UUID = "(new)"
-
-
-@dataclass(frozen=True)
-class VmRef:
-    uuid: str
-    name: str
 
 
 class AutosnapPort(Protocol):
@@ -70,6 +65,12 @@ class AutosnapPort(Protocol):
         files, and that filesystem's directory."""
         ...
 
+    # Optional, looked up with getattr (a port may lack them):
+    # export(vm, group): after a successful create, export the group where its policies
+    #   say (export_to; issue 15); raises on failure, which fails the VM's entry.
+    # plan_delete(group_uuid) -> dict | None: dry-run, the delete's own plan of a group
+    #   that would be pruned (ops/delete_plan.py).
+
 
 OK, FAILED, BUSY = "ok", "failed", "busy"
 
@@ -84,12 +85,14 @@ class VmReport:
     pruned: list[AutoGroup] = field(default_factory=list)  # dry-run: would be
     error: SnapgroupError | None = None  # why no group was taken, or the pass failed
     prune_errors: list[tuple[AutoGroup, SnapgroupError]] = field(default_factory=list)
+    export_error: SnapgroupError | None = None
+    prune_plans: list[dict[str, Any]] = field(default_factory=list)  # dry-run
 
     @property
     def state(self) -> str:
         if isinstance(self.error, Busy) or any(isinstance(e, Busy) for _, e in self.prune_errors):
             return BUSY
-        return FAILED if self.error or self.prune_errors else OK
+        return FAILED if self.error or self.prune_errors or self.export_error else OK
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +107,8 @@ class VmReport:
             "pruneErrors": [
                 {"group": _group_json(g), "error": e.to_dict()} for g, e in self.prune_errors
             ],
+            "exportError": self.export_error.to_dict() if self.export_error else None,
+            "prunePlans": self.prune_plans,
         }
 
 
@@ -146,8 +151,13 @@ def autosnap(
     work = [(vm, [p for p in policies if p.covers(vm.uuid, vm.name)]) for vm in known]
     work = [(vm, mine) for vm, mine in work if mine]
     reports: list[VmReport] = []
-    if work:
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(work)))) as pool:
+    workers = max(1, min(parallel, len(work)))
+    if workers == 1:  # in this thread (a store bound to its thread works too)
+        reports = [
+            _guarded(port, vm, mine, now=now, dry_run=dry_run, wait=wait) for vm, mine in work
+        ]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [
                 pool.submit(_guarded, port, vm, mine, now=now, dry_run=dry_run, wait=wait)
                 for vm, mine in work
@@ -200,9 +210,18 @@ def _one_vm(
             # on failure this raises out: no prune after a failed create
             report.taken = port.create(vm, take, consistency=consistency, wait=wait)
             groups.append(report.taken)
+            export = getattr(port, "export", None)
+            if export is not None:
+                try:
+                    export(vm, report.taken)
+                except SnapgroupError as exc:  # the group stays; pruning goes on
+                    report.export_error = exc
+    planner = getattr(port, "plan_delete", None) if report.dry_run else None
     for g in plan_prune(policies, groups):
         if report.dry_run:
             report.pruned.append(g)
+            if planner is not None and (plan := planner(g.uuid)) is not None:
+                report.prune_plans.append(plan)
             continue
         try:
             port.delete(g.uuid, wait=wait)

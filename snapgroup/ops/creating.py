@@ -56,7 +56,10 @@ def create_locked(
     *,
     skip_unsupported: bool,
     mode: Consistency = Consistency.AUTO,
+    marks: dict[str, Any] | None = None,
 ) -> Group:
+    """`marks`: extra group columns (a policy's policy, policy_label), recorded with
+    the group in its one transaction (and by recovery: they are in the plan)."""
     if domain.state is VmState.OTHER:
         raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
     with synced(ctx, domain) as (repo, found):
@@ -96,6 +99,8 @@ def create_locked(
         "volumes": {t: found.volumes[t].uuid for t in chosen},
         "consistency_mode": mode.value,
     }
+    if marks:
+        plan["marks"] = marks
     op = ctx.journal.begin("create", domain.uuid, plan, group_uuid=group_uuid)
     try:
         _create_overlays(ctx, overlays, sizes)
@@ -239,6 +244,7 @@ def _record_group(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -
         "freeze_millis": consistency.freeze_millis,
         "consistency_note": consistency.note,
         "host": ctx.host,
+        **plan.get("marks", {}),
     }
     with ctx.db.transaction() as session:
         repo = Repo(session)

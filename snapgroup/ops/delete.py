@@ -23,21 +23,14 @@ from snapgroup.domain.planner import (
 from snapgroup.domain.validate import parse_uuid
 from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.context import OpContext
+from snapgroup.ops.delete_plan import DeletePlan, plan_group_delete, protected_error
 from snapgroup.ops.journal import DONE
-from snapgroup.ops.lineage import pinned_snapshots
-from snapgroup.ops.merge_checks import (
-    PendingMerge,
-    check_merge,
-    check_space,
-    domain_for_delete,
-    mark_changed,
-)
+from snapgroup.ops.merge_checks import PendingMerge, mark_changed
 from snapgroup.ops.merging import Merger, MergeSpec
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.syncing import sync_locked
 from snapgroup.ports import ProgressFn
 from snapgroup.store.repo import Repo
-from snapgroup.store.snapshots import ChainLink
 from snapgroup.store.tables import SnapshotRow, VolumeRow
 
 
@@ -68,6 +61,20 @@ def delete(
         return _delete_locked(ctx, uuid, group.vm_uuid, mode, progress)
 
 
+def plan(
+    ctx: OpContext, group_uuid: str, *, mode: DeleteMode | str = DeleteMode.PERMISSIVE
+) -> DeletePlan:
+    """`delete --dry-run`: the plan the delete would run now, nothing touched (no
+    lock, no sync: the metadata as recorded against the files as they are)."""
+    uuid = parse_uuid(group_uuid, "group uuid")
+    mode = DeleteMode.parse(mode)
+    group = ctx.owned_group(uuid)
+    found = plan_group_delete(ctx, uuid, group.vm_uuid, mode)
+    if found is None:
+        raise NotFound(f"snapshot group {uuid} not found")
+    return found
+
+
 def _delete_locked(
     ctx: OpContext, uuid: str, vm_uuid: str, mode: DeleteMode, progress: ProgressFn | None
 ) -> DeleteReport:
@@ -75,27 +82,14 @@ def _delete_locked(
         sync_locked(ctx, vm_uuid, ctx.hv.lookup(vm_uuid))
     except NotFound:
         sync_locked(ctx, vm_uuid, None)
-    with ctx.db.transaction() as session:
-        repo = Repo(session)
-        if repo.group(uuid) is None:
-            return DeleteReport(uuid, ())  # deleted while we waited for the lock
-        merges = [
-            PendingMerge(ref, snap, repo.volume(snap.volume_uuid))
-            for ref, snap in repo.refs_with_snapshots([uuid])
-        ]
-        chains = repo.chains([m.volume for m in merges if m.volume is not None])
-        family = repo.merge_family([m.snapshot for m in merges if not m.snapshot.deleted])
-        pinned = pinned_snapshots(repo, _lineage_volumes(repo, merges, chains))
-    domain = domain_for_delete(ctx, vm_uuid, mode)
-    live = domain is not None and domain.state.is_live
-    for m in merges:
-        chain = chains.get(m.snapshot.volume_uuid, [])
-        check_merge(ctx, m, domain, family.get(m.snapshot.uuid, []), pinned, chain=chain)
-    check_space(ctx, merges, live, mode)
-    if mode is DeleteMode.PERMISSIVE:
-        problems = [p for m in merges for p in (m.blocking, m.refusable) if p]
-        if problems:
-            raise _refused(uuid, merges, problems)
+    plan_ = plan_group_delete(ctx, uuid, vm_uuid, mode)
+    if plan_ is None:
+        return DeleteReport(uuid, ())  # deleted while we waited for the lock
+    if plan_.protected:  # read under the lock: protect and delete never cross
+        raise protected_error(uuid, plan_.group_name)
+    merges, live = plan_.merges, plan_.live
+    if plan_.refused():
+        raise _refused(uuid, merges, plan_.problems())
     specs = {
         m.snapshot.uuid: MergeSpec.of(m.plan, m.volume.target)
         for m in merges
@@ -235,23 +229,6 @@ class _Planned:
         self.seen.add(volume.uuid)
         family = self.family[snapshot.uuid]
         return plan_merge(volume, family, snapshot, chain=self.chains[volume.uuid])
-
-
-def _lineage_volumes(
-    repo: Repo, merges: Sequence[PendingMerge], chains: dict[str, list[ChainLink]]
-) -> list[list[SnapshotRow]]:
-    """What pinned_snapshots reads of the volumes' lineages, the set of volumes their
-    snapshots belong to, as one snapshot row of each: the volumes with live snapshots of
-    their own, and those their chains go on into (a clone's origin)."""
-    own = {m.snapshot.volume_uuid: m.snapshot for m in merges}
-    found: dict[str, SnapshotRow] = {}
-    for link in (link for chain in chains.values() for link in chain):
-        if link.volume_uuid in found:
-            continue
-        row = own.get(link.volume_uuid) or repo.snapshot(link.uuid)
-        if row is not None:
-            found[link.volume_uuid] = row
-    return [list(found.values())]
 
 
 def _refused(uuid: str, merges: Sequence[PendingMerge], problems: Sequence[str]) -> DeleteRefused:

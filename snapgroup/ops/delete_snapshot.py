@@ -17,6 +17,7 @@ from snapgroup.domain.planner import apply_merge, plan_merge
 from snapgroup.domain.validate import parse_uuid
 from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.context import OpContext
+from snapgroup.ops.delete_plan import protected_error
 from snapgroup.ops.journal import DONE, FAILED
 from snapgroup.ops.lineage import pinned_snapshots
 from snapgroup.ops.merge_checks import (
@@ -68,6 +69,9 @@ def _delete_locked(
         assert snapshot is not None
         volume = repo.volume(snapshot.volume_uuid)
         merge = PendingMerge(repo.ref(uuid), snapshot, volume)
+        group = repo.group(merge.ref.group_uuid) if merge.ref else None
+        if group is not None and group.protected and not snapshot.deleted:
+            raise protected_error(group.uuid, group.name)  # under the lock, as delete's
         lineage = repo.lineage(volume) if volume is not None else []
         pinned = pinned_snapshots(repo)
     if snapshot.deleted:

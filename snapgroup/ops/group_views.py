@@ -74,9 +74,21 @@ def _ref(row: Sequence[Any], date: DateParser) -> GroupRef:
 
 
 def _group(row: Sequence[Any], refs: Sequence[GroupRef], date: DateParser) -> Group:
-    (uuid, name, description, vm_uuid, created, changed, consistency, frozen, millis, note) = (
-        row  # Repo.group_views
-    )
+    (
+        uuid,
+        name,
+        description,
+        vm_uuid,
+        created,
+        changed,
+        consistency,
+        frozen,
+        millis,
+        note,
+        policy,
+        label,
+        protected,
+    ) = row  # Repo.group_views
     return Group(
         uuid=uuid,
         name=name,
@@ -89,4 +101,7 @@ def _group(row: Sequence[Any], refs: Sequence[GroupRef], date: DateParser) -> Gr
         frozen_filesystems=tuple(json.loads(frozen or "[]")),
         freeze_millis=millis,
         consistency_note=note,
+        policy=tuple(sorted(policy.split(","))) if policy else None,  # policy_repo's marks
+        policy_label=label,
+        protected=bool(protected),
     )

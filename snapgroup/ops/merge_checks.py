@@ -31,6 +31,20 @@ class PendingMerge:
     plan: MergePlan[SnapshotRow] | None = None
     blocking: str | None = None  # never merged, in any mode: it could break the chain
     refusable: str | None = None  # Permissive refuses; Enforcing goes ahead
+    room: int = 0  # bytes its merges may write (check_space), for a delete's plan
+
+
+@dataclass(frozen=True)
+class SpaceNeed:
+    """One filesystem a delete's merges write to: what they need together, what is free."""
+
+    directory: str
+    needed: int
+    free: int
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.free
 
 
 def domain_for_delete(ctx: OpContext, vm_uuid: str, mode: DeleteMode) -> DomainInfo | None:
@@ -93,13 +107,14 @@ def check_merge(
 
 def check_space(
     ctx: OpContext, merges: Sequence[PendingMerge], live: bool, mode: DeleteMode
-) -> None:
+) -> list[SpaceNeed]:
     """What every merge of one delete may write to a filesystem (data and qcow2
     metadata: planner.merge_room) must fit in its free space together: a running VM's
     disks merge side by side, a stopped one's before the space of the files removed
     is back. Permissive refuses (refusable, with the figures). Enforcing never starts
     a merge that could run dry halfway (that would change the snapshot's file): it
-    starts those that fit, in order, and fails the others with the figures."""
+    starts those that fit, in order, and fails the others with the figures. Returns
+    each filesystem's need and free space."""
     demand: dict[int, tuple[str, list[tuple[PendingMerge, int]]]] = {}
     for m in merges:
         if m.plan is None:
@@ -107,11 +122,14 @@ def check_space(
         try:
             for fs, directory, room in merge_room_of(ctx, m.plan, live):
                 demand.setdefault(fs, (directory, []))[1].append((m, room))
+                m.room += room
         except SnapgroupError as exc:
             m.plan, m.blocking = None, f"snapshot {m.snapshot.uuid}: {exc.details}"
+    space: list[SpaceNeed] = []
     for directory, needs in demand.values():
         free = ctx.images.free_bytes(directory)
         total = sum(room for _m, room in needs)
+        space.append(SpaceNeed(directory, total, free))
         if total <= free:
             continue
         figures = (
@@ -133,6 +151,7 @@ def check_space(
                     f"snapshot {m.snapshot.uuid}: not merged, it needs {room} bytes and "
                     f"would not fit ({figures})"
                 )
+    return space
 
 
 def merge_room_of(

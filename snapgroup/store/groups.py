@@ -37,6 +37,9 @@ GROUP_VIEW_COLUMNS = (
     "frozen_filesystems",
     "freeze_millis",
     "consistency_note",
+    "policy",
+    "policy_label",
+    "protected",
 )
 
 

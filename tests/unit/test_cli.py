@@ -41,6 +41,10 @@ GROUP_KEYS = {
     "frozenFilesystems",
     "freezeMillis",
     "consistencyNote",
+    # ours, snapshot policies (snapgroup.domain.retention)
+    "policy",
+    "policyLabel",
+    "protected",
 }
 
 

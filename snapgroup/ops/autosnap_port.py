@@ -1,0 +1,138 @@
+"""The autosnap pass's port (ops/autosnap.py AutosnapPort) on the real context: VMs and
+their policy-marked groups from the store, a create that records the marks in the
+group's own transaction, the engine's delete (which refuses a protected group), and
+the free space of the filesystems holding a VM's disks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from snapgroup.domain.errors import NotFound, SnapgroupError
+from snapgroup.domain.retention import AutoGroup, Policy, Take, VmRef
+from snapgroup.infra import fs
+from snapgroup.infra.locks import vm_lock
+from snapgroup.ops.consistency import Consistency
+from snapgroup.ops.context import OpContext
+from snapgroup.ops.creating import create_locked
+from snapgroup.ops.lineage import pinned_snapshots
+from snapgroup.store.policy_repo import PolicyRecord, PolicyRepo, encode_marks
+from snapgroup.store.repo import Repo
+
+# A group delete (the delete use case, handed in by the facade: use cases never import
+# each other); raises on failure.
+DeleteFn = Callable[[OpContext, str], None]
+# A delete's plan as JSON (dry-run), handed in the same way.
+PlanFn = Callable[[OpContext, str], dict[str, Any]]
+# Issue 15's hook: export the group just taken to the policy's export_to (keeping
+# export_keep); raises on failure. Called only for policies with export_to set.
+ExportFn = Callable[[OpContext, VmRef, AutoGroup, PolicyRecord], None]
+UsageFn = Callable[[str], tuple[int, int]]
+
+
+class EnginePort:
+    def __init__(
+        self,
+        ctx: OpContext,
+        policies: Sequence[Policy],
+        *,
+        records: Sequence[PolicyRecord] = (),
+        delete: DeleteFn | None = None,
+        plan_delete: PlanFn | None = None,
+        export: ExportFn | None = None,
+        usage: UsageFn = fs.usage,
+    ) -> None:
+        self.ctx = ctx
+        self.policies = list(policies)
+        self.records = {r.policy.name: r for r in records}
+        self._delete = delete
+        self._plan_delete = plan_delete
+        self._export = export
+        self._usage = usage
+
+    def vms(self) -> Sequence[VmRef]:
+        """This host's recorded VMs that still exist, and the VMs policies name that
+        have no record yet (a VM never snapshotted), as libvirt names them now."""
+        with self.ctx.db.transaction() as session:
+            uuids = sorted(Repo(session).vm_uuids(host=self.ctx.host))
+        wanted = list(uuids)
+        for p in self.policies:
+            wanted.extend(v for v in p.vms or () if v not in wanted)
+        found: dict[str, VmRef] = {}
+        for ident in wanted:
+            try:
+                d = self.ctx.hv.lookup(ident)
+            except NotFound:
+                continue  # undefined: a policy naming it gets it reported missing
+            found.setdefault(d.uuid, VmRef(d.uuid, d.name))
+        return list(found.values())
+
+    def groups(self, vm: VmRef) -> Sequence[AutoGroup]:
+        with self.ctx.db.transaction() as session:
+            repo = Repo(session)
+            marked = PolicyRepo(session).groups_of(vm.uuid)
+            pinned = pinned_snapshots(repo)
+            held = set()
+            if pinned and marked:  # which groups a clone reads, through their snapshots
+                refs = repo.refs_with_snapshots([g.uuid for g in marked])
+                held = {ref.group_uuid for ref, snap in refs if snap.uuid in pinned}
+        return [
+            AutoGroup(g.uuid, g.create_date, g.policies, g.protected, g.uuid in held, name=g.name)
+            for g in marked
+        ]
+
+    def create(self, vm: VmRef, take: Take, *, consistency: str, wait: float) -> AutoGroup:
+        ctx = replace(self.ctx, lock_wait=wait)
+        ctx.check_owner(vm.uuid)
+        with vm_lock(vm.uuid, wait=wait):
+            domain = ctx.hv.lookup(vm.uuid)  # what it is now, under the lock
+            group = create_locked(
+                ctx,
+                domain,
+                ctx.new_uuid(),
+                take.name,
+                f"taken by snapshot policy {', '.join(take.policies)} ({take.label})",
+                skip_unsupported=False,
+                mode=Consistency.parse(consistency),
+                marks={"policy": encode_marks(take.policies), "policy_label": take.label},
+            )
+        return AutoGroup(group.uuid, group.create_date, frozenset(take.policies), name=take.name)
+
+    def delete(self, group_uuid: str, *, wait: float) -> None:
+        if self._delete is None:
+            raise NotImplementedError("no delete handed to the port")
+        self._delete(replace(self.ctx, lock_wait=wait), group_uuid)
+
+    def plan_delete(self, group_uuid: str) -> dict[str, Any] | None:
+        """The delete's plan (dry-run), or None when no planner was handed in."""
+        if self._plan_delete is None:
+            return None
+        try:
+            return self._plan_delete(self.ctx, group_uuid)
+        except SnapgroupError as exc:
+            return {"groupUuid": group_uuid, "error": exc.to_dict()}
+
+    def export(self, vm: VmRef, group: AutoGroup) -> None:
+        """After a successful create: export it for each of its policies with export_to."""
+        if self._export is None:
+            return
+        for name in sorted(group.policies):
+            record = self.records.get(name)
+            if record is not None and record.export_to:
+                self._export(self.ctx, vm, group, record)
+
+    def free_percent(self, vm: VmRef) -> tuple[float, str]:
+        with self.ctx.db.transaction() as session:
+            volumes = Repo(session).volumes_of_vm(vm.uuid, attached_only=True)
+            paths = [v.install_path for v in volumes]
+        if not paths:  # never recorded yet: its disks as libvirt names them
+            paths = [d.path for d in self.ctx.hv.lookup(vm.uuid).disks if d.path]
+        lowest, where = 100.0, ""
+        for directory in sorted({os.path.dirname(p) for p in paths}):
+            free, total = self._usage(directory)
+            percent = 100.0 * free / total if total else 0.0
+            if not where or percent < lowest:
+                lowest, where = percent, directory
+        return lowest, where
