@@ -11,14 +11,18 @@ from typing import Any, NoReturn, Protocol, TextIO
 
 from snapgroup.cli import (
     account,
+    backups,
     check,
     clone,
     create,
     delete,
     delete_snapshot,
+    export,
     listing,
     operations,
+    prune_backups,
     recover,
+    restore,
     revert,
     serve,
     show,
@@ -28,6 +32,7 @@ from snapgroup.cli import (
     ungroup,
     update,
     verify,
+    verify_backup,
     volumes,
 )
 from snapgroup.cli.context import Context
@@ -59,6 +64,11 @@ COMMANDS: tuple[Command, ...] = (
     recover,
     verify,
     operations,
+    export,
+    backups,
+    verify_backup,
+    restore,
+    prune_backups,
     serve,
     account,
 )

@@ -1,0 +1,85 @@
+"""snapgroup backups --at DIR [--vm VM] [--tree]."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from snapgroup.cli.context import Context
+from snapgroup.cli.output import print_json, table
+from snapgroup.domain.backup_manifest import BackupManifest
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("backups", help="list the backups in a repository")
+    parser.add_argument("--at", required=True, metavar="DIR", help="the repository")
+    parser.add_argument("--vm", help="only this VM's (name or UUID)")
+    parser.add_argument("--tree", action="store_true", help="each backup under its base")
+    parser.set_defaults(run=run)
+
+
+def summary(m: BackupManifest) -> dict[str, Any]:
+    """A backup without its domain XML and inventory (the manifest has them)."""
+    return {
+        "backupId": m.backup_id,
+        "created": m.created,
+        "vmInstanceUuid": m.vm_uuid,
+        "vmName": m.vm_name,
+        "groupUuid": m.group_uuid,
+        "groupName": m.group_name,
+        "full": m.full,
+        "fullReason": m.full_reason,
+        "disks": [
+            {
+                "target": d.target,
+                "volumeUuid": d.volume_uuid,
+                "virtualSize": d.virtual_size,
+                "baseBackupId": d.base_backup_id,
+                "chain": list(d.chain),
+                "bytesWritten": d.bytes_written,
+            }
+            for d in m.disks
+        ],
+    }
+
+
+def _base(m: BackupManifest) -> str | None:
+    return m.disks[0].base_backup_id if m.disks else None
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    found = ctx.engine.backups(at=args.at, vm=args.vm)
+    if ctx.as_json:
+        print_json({"backups": [summary(m) for m in found]}, ctx.out)
+        return 0
+    if args.tree:
+        ids = {m.backup_id for m in found}
+        kids: dict[str | None, list[BackupManifest]] = {}
+        for m in found:
+            base = _base(m)
+            kids.setdefault(base if base in ids else None, []).append(m)
+
+        def show(m: BackupManifest, depth: int) -> None:
+            kind = "full" if m.full else "incr"
+            ctx.out.write(
+                f"{'    ' * depth}{m.backup_id}  {m.created}  {m.vm_name}  {m.group_name}  {kind}\n"
+            )
+            for child in kids.get(m.backup_id, []):
+                show(child, depth + 1)
+
+        for root in kids.get(None, []):
+            show(root, 0)
+        return 0
+    rows = [
+        (
+            m.backup_id,
+            m.created,
+            m.vm_name or m.vm_uuid,
+            m.group_name,
+            "full" if m.full else "incremental",
+            sum(d.bytes_written for d in m.disks),
+        )
+        for m in found
+    ]
+    table(rows, ["BACKUP", "CREATED", "VM", "GROUP", "KIND", "BYTES"], ctx.out)
+    return 0
