@@ -1,0 +1,126 @@
+"""prune-backups on the real qemu-img and a real repository: the oldest backups merged
+into their successors, every backup left reads exactly its group; a process stopped at
+every journaled step of a prune (as kill -9 would) is finished by recover."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from snapgroup.adapters.backup_repo import BackupRepo
+from snapgroup.adapters.qemu_img import QemuImg
+from snapgroup.ops import journal
+from snapgroup.ops.context import OpContext
+from snapgroup.ops.export import export_group, prune_backups, restore_to_dir, verify_backups
+from snapgroup.ops.journal import DONE
+from snapgroup.ops.recovery import recover_pending
+from snapgroup.store.db import Database
+from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
+from tests.adapters.test_ops_export import VM, VOLS, Lab, gid
+from tests.adapters.test_qemu_img import same_view
+from tests.adapters.tools import require_qemu_tools
+
+require_qemu_tools()
+
+
+class Killed(BaseException):
+    """What SIGKILL does to the process, as an exception nothing catches."""
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpContext]:
+    monkeypatch.setenv("SNAPGROUP_LOCK_DIR", str(tmp_path / "locks"))
+    db = Database(f"sqlite:///{tmp_path / 'sg.db'}")
+    yield OpContext.make(
+        hypervisor=FakeHypervisor(FakeImageTool()),
+        images=QemuImg(),
+        db=db,
+        backup_store=BackupRepo,
+        host="h1",
+    )
+    db.dispose()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Lab:
+    (tmp_path / "local").mkdir()
+    return Lab(tmp_path / "local")
+
+
+def _chain_of_four(lab: Lab, repo: BackupRepo, branch: bool = False) -> dict[str, str]:
+    """Backups of groups 1-4 (1 full, the rest increments); `branch`: group 4 is a sibling
+    of group 2 (a revert to 1), so backup 1 has two children. backup id -> group."""
+    made = {}
+    lab.take(1, None, 0x10)
+    lab.take(2, 1, 0x20)
+    lab.take(3, 2, 0x30)
+    lab.take(4, 1 if branch else 3, 0x40)
+    for n in (1, 2, 3, 4):
+        made[export_group(lab, repo, gid(n)).manifest.backup_id] = gid(n)
+    return made
+
+
+def _reads_its_group(lab: Lab, repo: BackupRepo, tmp_path: Path, made: dict[str, str]) -> None:
+    assert verify_backups(lab.images, repo).clean
+    for m in repo.backups(VM):
+        out = tmp_path / f"r-{m.backup_id}-{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        written = restore_to_dir(lab.images, repo, m.backup_id, str(out))
+        for i, vol in enumerate(VOLS):
+            assert same_view(Path(written[f"vd{'ab'[i]}"]), Path(lab.files[made[m.backup_id]][vol]))
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_prune_keeps_every_remaining_backup_reading_its_group(
+    tmp_path: Path, lab: Lab, ctx: OpContext, branch: bool
+) -> None:
+    repo = BackupRepo(str(tmp_path / "repo"))
+    made = _chain_of_four(lab, repo, branch)
+    oldest = list(made)[:2]
+    report = prune_backups(ctx, at=repo.root, vm=VM, keep=2)
+    assert list(report.pruned) == oldest
+    assert [m.backup_id for m in repo.backups(VM)] == list(made)[2:]
+    for m in repo.backups(VM):
+        assert not set(oldest) & {b for d in m.disks for b in d.chain}
+    assert any(m.full for m in repo.backups(VM))  # the new chain root holds the data
+    _reads_its_group(lab, repo, tmp_path, made)
+    assert not (Path(repo.root) / VM / oldest[0]).exists()
+
+
+STEPS = ["begin", "hide", "rebase", "commit", "rename", "manifests", "remove"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_prune_stopped_at_any_step_is_finished_by_recover(
+    tmp_path: Path,
+    lab: Lab,
+    ctx: OpContext,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    repo = BackupRepo(str(tmp_path / "repo"))
+    made = _chain_of_four(lab, repo, branch=True)  # backup 1 has two children: a rebase
+    hits = {"n": 0}
+    real = journal.checkpoint
+
+    def kill_at(name: str) -> None:
+        if name == f"prune-backups:{step}":
+            hits["n"] += 1
+            if hits["n"] == 2 or (step in ("begin", "manifests", "remove") and hits["n"] == 1):
+                raise Killed
+        real(name)
+
+    monkeypatch.setattr(journal, "checkpoint", kill_at)
+    with pytest.raises(Killed):
+        prune_backups(ctx, at=repo.root, vm=VM, keep=2)
+    monkeypatch.setattr(journal, "checkpoint", real)
+    # nothing half-done is listed while the prune waits for recover
+    listed = [m.backup_id for m in repo.backups(VM)]
+    assert set(listed) <= set(made)
+    (row,) = recover_pending(ctx)
+    assert row.state == DONE, row.detail
+    assert [m.backup_id for m in repo.backups(VM)] == list(made)[2:]
+    _reads_its_group(lab, repo, tmp_path, made)
+    assert recover_pending(ctx) == []
