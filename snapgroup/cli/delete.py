@@ -1,4 +1,4 @@
-"""snapgroup delete GROUP_UUID [--mode Permissive|Enforcing]."""
+"""snapgroup delete GROUP_UUID [--mode Permissive|Enforcing] [--dry-run]."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from snapgroup.cli.context import Context
-from snapgroup.cli.output import ProgressPrinter, print_json, results_table
+from snapgroup.cli.output import ProgressPrinter, print_json, print_plan, results_table
 from snapgroup.ops.delete import DeleteRefused
 
 
@@ -20,10 +20,20 @@ def register(sub: Any) -> None:
         help="Permissive (default) refuses when a check fails; Enforcing "
         "attempts every snapshot and always drops the group",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (per disk which file merges into which, live or offline, "
+        "bytes; space per filesystem against free; what would be refused and why) and "
+        "change nothing",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    if args.dry_run:
+        plan = ctx.engine.delete_plan(args.uuid, mode=args.mode).to_json()
+        return print_plan(plan, ctx.out, as_json=ctx.as_json)
     try:
         report = ctx.engine.delete(
             args.uuid, mode=args.mode, progress=ProgressPrinter("merging", ctx.err)

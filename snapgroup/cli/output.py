@@ -128,3 +128,38 @@ class ProgressPrinter:
             self.err.flush()
             if progress.cur >= progress.end:
                 self.err.write("\n")
+
+
+def print_plan(plan: dict[str, Any], out: TextIO, *, as_json: bool) -> int:
+    """A delete's plan (ops/delete_plan.py DeletePlan.to_json): `{"plan": …}` under
+    --json, else a table per disk and the space per filesystem. Exit status 1 when the
+    delete would be refused."""
+    if as_json:
+        print_json({"plan": plan}, out)
+    else:
+        write_plan(plan, out)
+    return 1 if plan["wouldRefuse"] else 0
+
+
+def write_plan(plan: dict[str, Any], out: TextIO) -> None:
+    how = "live (libvirt block commit)" if plan["live"] else "offline (qemu-img)"
+    out.write(f"delete {plan['groupUuid']} ({plan['groupName']}), {plan['mode']}, {how}\n")
+    rows = [
+        (
+            d["target"],
+            d["snapshotUuid"],
+            d["kind"] or "-",
+            f"{d['mergeFrom']} -> {d['mergeInto']}" if d["mergeFrom"] else "-",
+            d["bytes"],
+            d["refused"] or ("already deleted" if d["alreadyDeleted"] else "ok"),
+        )
+        for d in plan["disks"]
+    ]
+    table(rows, ["DISK", "SNAPSHOT", "KIND", "MERGE", "BYTES", "CHECK"], out)
+    for s in plan["space"]:
+        verdict = "fits" if s["fits"] else "DOES NOT FIT"
+        out.write(f"space on {s['directory']}: {s['needed']} needed, {s['free']} free: {verdict}\n")
+    if plan["wouldRefuse"]:
+        out.write("would be refused: " + "; ".join(plan["problems"]) + "\n")
+    else:
+        out.write("nothing changed (dry run)\n")
