@@ -80,6 +80,10 @@ class Hypervisor(Protocol):
         """Remove a stopped domain's definition; its files are left alone."""
         ...
 
+    def list_vms(self) -> list[tuple[str, str]]:
+        """(uuid as 32 hex digits, name) of every domain, defined or transient."""
+        ...
+
     def definition_xml(self, vm_uuid: str) -> str:
         """The domain's persistent definition (inactive XML): what a backup keeps."""
         ...

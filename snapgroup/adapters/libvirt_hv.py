@@ -433,6 +433,11 @@ class LibvirtHypervisor:
             made = conn.defineXML(restore_xml(xml, name=name, uuid=new_uuid, sources=sources))
         return self._info(made)
 
+    def list_vms(self) -> list[tuple[str, str]]:
+        conn = self._connection()
+        with self._calls():
+            return [(d.UUIDString().replace("-", ""), d.name()) for d in conn.listAllDomains(0)]
+
     def undefine(self, vm_uuid: str) -> None:
         dom = self._domain(vm_uuid)
         with self._calls():

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from snapgroup.domain.errors import NotFound, SnapgroupError
+from snapgroup.domain.errors import SnapgroupError
 from snapgroup.domain.retention import AutoGroup, Policy, Take, VmRef
 from snapgroup.infra import fs
 from snapgroup.infra.locks import vm_lock
@@ -53,21 +53,12 @@ class EnginePort:
         self._usage = usage
 
     def vms(self) -> Sequence[VmRef]:
-        """This host's recorded VMs that still exist, and the VMs policies name that
-        have no record yet (a VM never snapshotted), as libvirt names them now."""
+        """Every domain libvirt has that this host owns (a VM another host of a shared
+        store owns is left to that host), by UUID order."""
         with self.ctx.db.transaction() as session:
-            uuids = sorted(Repo(session).vm_uuids(host=self.ctx.host))
-        wanted = list(uuids)
-        for p in self.policies:
-            wanted.extend(v for v in p.vms or () if v not in wanted)
-        found: dict[str, VmRef] = {}
-        for ident in wanted:
-            try:
-                d = self.ctx.hv.lookup(ident)
-            except NotFound:
-                continue  # undefined: a policy naming it gets it reported missing
-            found.setdefault(d.uuid, VmRef(d.uuid, d.name))
-        return list(found.values())
+            repo = Repo(session)
+            others = repo.vm_uuids() - repo.vm_uuids(host=self.ctx.host)
+        return [VmRef(u, n) for u, n in sorted(self.ctx.hv.list_vms()) if u not in others]
 
     def groups(self, vm: VmRef) -> Sequence[AutoGroup]:
         with self.ctx.db.transaction() as session:

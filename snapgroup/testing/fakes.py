@@ -246,6 +246,9 @@ class FakeHypervisor(_Faults):
     def define(self, uuid: str, name: str, state: VmState, disks: Sequence[DomainDisk]) -> None:
         self.domains[uuid] = FakeDomain(uuid, name, state, list(disks))
 
+    def list_vms(self) -> list[tuple[str, str]]:
+        return [(d.uuid, d.name) for d in self.domains.values()]
+
     def disk_path(self, uuid: str, target: str) -> str | None:
         return next(d.path for d in self.domains[uuid].disks if d.target == target)
 
