@@ -6,8 +6,9 @@ volume in the present while the others go back), and when its VM is gone. Also w
 file a revert would read is not there: a snapshot's file or any file of its recorded
 backing chain (on whichever branch of the tree it is), or when its own snapshot is
 marked changed (a merge into its file failed midway: it no longer holds its point in
-time; the groups above it read through the merged child, which still holds that data). Files are only looked for (a stat each), not opened: revert and clone read
-the real chain before they build on it.
+time; the groups above it read through the merged child, which still holds that
+data). Files are only looked for (a stat each), not opened: revert and clone read the
+real chain before they build on it.
 """
 
 from __future__ import annotations
