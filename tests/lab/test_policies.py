@@ -204,3 +204,32 @@ def test_policy_through_thirty_ticks(engine: Engine, two_vms: list[LabVm], labdi
     assert code == 2 and status["state"] == "CRIT"
     hourly = [s for v in status["vms"] for s in v["slots"] if s["slot"] == "hourly"]
     assert {s["state"] for s in hourly} == {"CRIT"}
+
+
+def test_delete_dry_run_is_the_plan_delete_runs(engine: Engine, any_vm: LabVm) -> None:
+    live = any_vm.uuid in subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--uuid"], capture_output=True, text=True
+    ).stdout.replace("-", "")
+    first = engine.create(vm=any_vm.name, name="first")
+    engine.create(vm=any_vm.name, name="second")
+    before = {p: p.stat().st_mtime_ns for p in any_vm.directory.glob("*.qcow2")}
+    plan = engine.delete_plan(first.uuid).to_json()
+    assert {p: p.stat().st_mtime_ns for p in any_vm.directory.glob("*.qcow2")} == before
+    assert plan["live"] is live and not plan["wouldRefuse"]
+    assert plan["space"] and all(s["fits"] and s["free"] > s["needed"] > 0 for s in plan["space"])
+    heirs = {}
+    for disk in plan["disks"]:
+        ref = next(r for r in first.refs if r.volume_snapshot_uuid == disk["snapshotUuid"])
+        assert disk["mergeInto"] == ref.install_path and disk["kind"] == "intermediate"
+        heirs[disk["mergeInto"]] = disk["mergeFrom"]
+    engine.protect(first.uuid)
+    protected = engine.delete_plan(first.uuid).to_json()
+    assert (
+        protected["wouldRefuse"] and "is protected; unprotect it first" in protected["problems"][0]
+    )
+    engine.protect(first.uuid, protected=False)
+    assert engine.delete(first.uuid).error is None
+    # as planned: each heir's file merged into the snapshot's, which took its place
+    for into, source in heirs.items():
+        assert Path(into).exists() and not Path(source).exists()
+    assert engine.verify() == []
