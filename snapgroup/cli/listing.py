@@ -8,6 +8,7 @@ from typing import Any
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import group_summary, print_json
 from snapgroup.domain.errors import InvalidArgument
+from snapgroup.domain.inventory import date_memo
 from snapgroup.domain.zquery import Query
 
 # One page by default: a store of 100k groups lists in milliseconds, not in minutes.
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         page = ctx.engine.query_groups(query)
         groups, total = page.groups, page.total or 0
     if ctx.as_json:
-        print_json({"inventories": [g.to_inventory() for g in groups]}, ctx.out)
+        date = date_memo()
+        print_json({"inventories": [g.to_inventory(date) for g in groups]}, ctx.out)
     else:
         group_summary(groups, ctx.out)
     if args.start + len(groups) < total:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol, TextIO
 
 from snapgroup.domain.errors import SnapgroupError
-from snapgroup.domain.inventory import Group
+from snapgroup.domain.inventory import Group, date_memo
 from snapgroup.domain.models import BlockJobProgress
 
 
@@ -42,10 +42,8 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str], out: TextIO)
 
 
 def group_summary(groups: Sequence[Group], out: TextIO) -> None:
-    rows = [
-        (g.uuid, g.name, g.vm_uuid, g.snapshot_count, g.to_inventory()["createDate"])
-        for g in groups
-    ]
+    date = date_memo()  # not the whole inventory (every ref's) for one date
+    rows = [(g.uuid, g.name, g.vm_uuid, g.snapshot_count, date(g.create_date)) for g in groups]
     table(rows, ["UUID", "NAME", "VM", "SNAPSHOTS", "CREATED"], out)
 
 

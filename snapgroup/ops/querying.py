@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from snapgroup.domain.inventory import Group
+from snapgroup.domain.inventory import Group, date_memo
 from snapgroup.domain.zquery import Query
 from snapgroup.ops.group_views import load_groups
 from snapgroup.store import group_query
@@ -22,7 +22,8 @@ class GroupPage:
 
     def reply(self, query: Query) -> dict[str, Any]:
         """The REST reply document: {"inventories": [...]} (+ "total"), or {"total"}."""
-        return query.reply([g.to_inventory() for g in self.groups], self.total)
+        date = date_memo()  # the page's dates formatted once each
+        return query.reply([g.to_inventory(date) for g in self.groups], self.total)
 
 
 def query_groups(db: Database, query: Query) -> GroupPage:
