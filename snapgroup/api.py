@@ -165,6 +165,8 @@ class Engine:
             host=host,
             backup_store=backup_store,
         )
+        # A policy with export_to exports each group it takes (then prunes to export_keep).
+        self.policy_export = export.policy_export
 
     # Groups
     def create(

@@ -42,6 +42,7 @@ from snapgroup.domain.errors import (
 )
 from snapgroup.domain.inventory import zstack_date
 from snapgroup.domain.models import DomainInfo
+from snapgroup.domain.retention import AutoGroup, VmRef
 from snapgroup.domain.validate import parse_uuid, validate_name
 from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.context import OpContext
@@ -50,6 +51,7 @@ from snapgroup.ops.journal import DONE, FAILED, ROLLED_BACK
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.resolve import lookup_or_none
 from snapgroup.ports import BackupStore, ImageTool, ProgressFn
+from snapgroup.store.policy_repo import PolicyRecord
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow
 
@@ -798,3 +800,13 @@ def _finish_merge(
     ctx.journal.step(op, PRUNE, f"remove {b.backup_id}")
     store.remove_backup_dir(vm, b.backup_id)
     return b.backup_id
+
+
+def policy_export(ctx: OpContext, vm: VmRef, group: AutoGroup, record: PolicyRecord) -> None:
+    """A snapshot policy's export (autosnap_port.ExportFn): the group just taken to the
+    policy's repository, then that VM's backups there pruned to export_keep (if set)."""
+    if not record.export_to:
+        return
+    export(ctx, group.uuid, to=record.export_to)
+    if record.export_keep:
+        prune_backups(ctx, at=record.export_to, vm=vm.uuid, keep=record.export_keep)
