@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from snapgroup.domain.errors import AuthenticationError, InvalidArgument, InvalidSession, NotFound
@@ -57,6 +58,16 @@ def digest_matches(digest: str, stored: str) -> bool:
 # Compared against when the account does not exist, so that a wrong name takes as long
 # as a wrong password (no account names learned from timing).
 _DUMMY = hash_digest("0" * 128, salt=b"\0" * 16)
+
+
+_S: Any = SessionRow.__table__.c  # type: ignore[attr-defined]
+_A: Any = AccountRow.__table__.c  # type: ignore[attr-defined]
+# A session and its account by the session's primary key: one indexed read.
+_LIVE = (
+    sa_select(_S.create_date, _S.expired_date, _A.uuid, _A.name)
+    .join_from(SessionRow.__table__, AccountRow.__table__, _A.uuid == _S.account_uuid)  # type: ignore[attr-defined]
+    .where(_S.uuid == bindparam("token"))
+)
 
 
 def _utcnow() -> datetime:
@@ -164,17 +175,14 @@ class Accounts:
         if len(token) != 32:
             raise InvalidSession("the session is not a UUID")
         with self.db.transaction() as session:
-            found = session.exec(
-                select(SessionRow, AccountRow)
-                .join(AccountRow, col(AccountRow.uuid) == col(SessionRow.account_uuid))
-                .where(SessionRow.uuid == token)
-            ).first()
+            # Columns, not ORM rows: every call is checked (~1/3 of the ORM's cost).
+            found = session.execute(_LIVE, {"token": token}).first()
         if found is None:
             raise InvalidSession("no such session (log in again)")
-        row, account = found
-        if row.expired_date <= self.clock():
+        created, expires, account_uuid, account_name = found
+        if expires <= self.clock():
             raise InvalidSession("the session has expired (log in again)")
-        return Session(row.uuid, account.uuid, account.name, row.create_date, row.expired_date)
+        return Session(token, account_uuid, account_name, created, expires)
 
     def renew(self, session_uuid: str, duration: float | None = None) -> Session:
         """RenewSession: a live session now expires `duration` seconds from now (default
