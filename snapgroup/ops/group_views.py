@@ -21,6 +21,18 @@ def load_groups(repo: Repo, uuids: Sequence[str]) -> list[Group]:
     return [found[u] for u in wanted if u in found]
 
 
+def groups_of_views(repo: Repo, views: Sequence[Sequence[Any]]) -> list[Group]:
+    """Groups of rows Repo.group_views returned (or a page of them), in that order,
+    with their refs: one more query."""
+    if not views:
+        return []
+    date = repo.date_parser()
+    refs: dict[str, list[GroupRef]] = {}
+    for r in repo.ref_views(uuids=[g[0] for g in views]):
+        refs.setdefault(r[1], []).append(_ref(r, date))
+    return [_group(g, refs.get(g[0], ()), date) for g in views]
+
+
 def load_vm_groups(repo: Repo, vm_uuid: str | None) -> list[Group]:
     """Every group of the VM (of every VM: None), oldest first: two queries."""
     return _groups(repo, vm_uuid=vm_uuid)

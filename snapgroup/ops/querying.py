@@ -9,7 +9,7 @@ from typing import Any
 
 from snapgroup.domain.inventory import Group, date_memo
 from snapgroup.domain.zquery import Query
-from snapgroup.ops.group_views import load_groups
+from snapgroup.ops.group_views import groups_of_views
 from snapgroup.store import group_query
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
@@ -28,6 +28,6 @@ class GroupPage:
 
 def query_groups(db: Database, query: Query) -> GroupPage:
     with db.transaction() as session:
-        uuids = group_query.page_uuids(session, query)
+        views = group_query.page_views(session, query)
         total = group_query.total(session, query)
-        return GroupPage(load_groups(Repo(session), uuids), total)
+        return GroupPage(groups_of_views(Repo(session), views), total)

@@ -17,6 +17,7 @@ them condition by condition, on SQLite and PostgreSQL).
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,7 @@ from sqlalchemy import (
 from sqlmodel import Session
 
 from snapgroup.domain.zquery import COMPARISONS, GROUP_FIELDS, Condition, Kind, Query
+from snapgroup.store.groups import group_view_columns
 from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow
 
 _GROUPS: Table = GroupRow.__table__  # type: ignore[attr-defined]
@@ -171,6 +173,16 @@ def page_uuids(session: Session, query: Query) -> list[str]:
         return []
     dialect = session.get_bind().dialect.name
     return list(session.execute(page_statement(query, dialect)).scalars())
+
+
+def page_views(session: Session, query: Query) -> list[Sequence[Any]]:
+    """The page's groups as Repo.group_views rows (GROUP_VIEW_COLUMNS), in order: the
+    page statement selecting them, not a second read by UUID."""
+    if query.count or query.limit == 0:
+        return []
+    dialect = session.get_bind().dialect.name
+    statement = page_statement(query, dialect).with_only_columns(*group_view_columns())
+    return list(session.execute(statement).all())
 
 
 def total(session: Session, query: Query) -> int | None:
