@@ -35,7 +35,7 @@ from snapgroup.store.db import DEFAULT_DB_URL
 log = logging.getLogger("snapgroup.daemon")
 
 # Commands that serve, or read the client's terminal: always run by the client.
-LOCAL_COMMANDS = frozenset({"serve", "daemon", "account"})
+LOCAL_COMMANDS = frozenset({"serve", "daemon", "account", "install-units"})  # paths: the cwd
 # Compared once resolved (URI, URL), or only about reaching the daemon at all.
 RESOLVED_ENV = frozenset({"SNAPGROUP_DB", "LIBVIRT_DEFAULT_URI", SOCKET_ENV, NO_DAEMON_ENV})
 

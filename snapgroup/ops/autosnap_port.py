@@ -6,6 +6,7 @@ the free space of the filesystems holding a VM's disks."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -51,6 +52,8 @@ class EnginePort:
         self._plan_delete = plan_delete
         self._export = export
         self._usage = usage
+        self._lock = threading.Lock()
+        self._held: frozenset[str] | None = None
 
     def vms(self) -> Sequence[VmRef]:
         """Every domain libvirt has that this host owns (a VM another host of a shared
@@ -61,18 +64,24 @@ class EnginePort:
         return [VmRef(u, n) for u, n in sorted(self.ctx.hv.list_vms()) if u not in others]
 
     def groups(self, vm: VmRef) -> Sequence[AutoGroup]:
+        held = self._clone_read()
         with self.ctx.db.transaction() as session:
-            repo = Repo(session)
             marked = PolicyRepo(session).groups_of(vm.uuid)
-            pinned = pinned_snapshots(repo)
-            held = set()
-            if pinned and marked:  # which groups a clone reads, through their snapshots
-                refs = repo.refs_with_snapshots([g.uuid for g in marked])
-                held = {ref.group_uuid for ref, snap in refs if snap.uuid in pinned}
         return [
             AutoGroup(g.uuid, g.create_date, g.policies, g.protected, g.uuid in held, name=g.name)
             for g in marked
         ]
+
+    def _clone_read(self) -> frozenset[str]:
+        """The groups a clone reads (a snapshot of theirs pinned), found once a pass: a
+        clone made meanwhile is still safe, the delete checks its pins again."""
+        with self._lock:
+            if self._held is None:
+                with self.ctx.db.transaction() as session:
+                    repo = Repo(session)
+                    refs = [repo.ref(sid) for sid in pinned_snapshots(repo)]
+                self._held = frozenset(r.group_uuid for r in refs if r is not None)
+            return self._held
 
     def create(self, vm: VmRef, take: Take, *, consistency: str, wait: float) -> AutoGroup:
         ctx = replace(self.ctx, lock_wait=wait)

@@ -3,11 +3,13 @@ store (store/policy_repo.py), each change one transaction; status per VM and slo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.retention import (
     CRIT,
     OK,
@@ -32,6 +34,8 @@ def set_policy(
 ) -> tuple[PolicyRecord, bool]:
     """Create or replace the policy of that name; (its record, whether it is new).
     `export_to`/`export_keep` are stored for the export pass (issue 15)."""
+    if export_to is not None and not os.path.isabs(export_to):
+        raise InvalidArgument(f"--export-to {export_to!r}: an absolute path")
     with ctx.db.transaction() as session:
         return PolicyRepo(session).put(
             policy,

@@ -85,6 +85,11 @@ def test_policy_crud_and_status(lab: Lab) -> None:
             "SYS.1007",
             "--export-to",
         ),
+        (
+            ["policy", "set", "p", "--all", "--hourly", "1", "--export-to", "rel"],
+            "SYS.1007",
+            "absolute",
+        ),
         (["policy", "remove", "nope"], "SYS.1003", "nope"),
         (["autosnap", "--parallel", "0"], "SYS.1007", "--parallel"),
         (["protect", "f" * 32], "SYS.1003", "not found"),

@@ -119,6 +119,7 @@ def test_wait_travels_with_each_command(daemon: Daemon) -> None:
         ("--help",),
         ("-v", "list"),
         ("account", "list"),
+        ("install-units", "--dry-run"),  # --root/--source are the client's cwd's
         ("daemon",),
     ],
 )

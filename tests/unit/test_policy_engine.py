@@ -116,3 +116,18 @@ def test_policy_status_and_missing_vm(lab: Lab) -> None:
     assert lab.engine.policy_status(now=T0 + timedelta(minutes=40)).exit_status == 0
     assert lab.engine.policy_status(now=T0 + timedelta(minutes=100)).state == "WARN"
     assert lab.engine.policy_status(now=T0 + timedelta(minutes=150)).exit_status == 2
+
+
+def test_a_group_a_clone_reads_is_never_pruned(lab: Lab) -> None:
+    lab_domain(lab.hv)
+    lab.engine.set_policy(Policy("p1", Retention(hourly=1), vms=("vm1",)))
+    _at(lab, T0)
+    first = lab.engine.autosnap(wait=0, parallel=1).vms[0].taken
+    assert first is not None
+    lab.engine.clone(first.uuid, name="copy")
+    for hour in (1, 2):
+        _at(lab, T0 + timedelta(hours=hour))
+        report = lab.engine.autosnap(wait=0, parallel=1)
+        assert report.exit_status == 0, report.to_json()
+    names = [g.uuid for g in lab.engine.list_groups(vm="vm1")]
+    assert first.uuid in names and len(names) == 2  # the clone's, and the newest
