@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script (python bench/run.py): find `be
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (
+    autosnap,
     chain,
     create_live,
     create_offline,
@@ -46,6 +47,7 @@ BENCHES: dict[str, Bench] = {
     metadata.NAME: metadata.run,
     rest_query.NAME: rest_query.run,
     chain.NAME: chain.run,
+    autosnap.NAME: autosnap.run,
     freeze.NAME: freeze.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
