@@ -76,7 +76,10 @@ def _generate(db: Database, spec: _Store, chosen: int) -> None:
     def flush(force: bool = False) -> None:
         with db.transaction() as session:
             # Generation only: this connection is disposed of before anything is timed.
-            session.execute(text("PRAGMA synchronous=OFF"))
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(text("SET LOCAL synchronous_commit = off"))
+            else:
+                session.execute(text("PRAGMA synchronous=OFF"))
             for table, rows in (
                 (VolumeRow, volumes),
                 (GroupRow, groups),
