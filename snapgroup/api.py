@@ -258,6 +258,10 @@ class Engine:
     def volumes(self, vm: str) -> list[VolumeView]:
         return queries.volumes(self.ctx, vm)
 
+    def vm_instances(self) -> list[queries.VmInstance]:
+        """Every VM libvirt has here, and the recorded ones it no longer has."""
+        return queries.vm_instances(self.ctx)
+
     def list_snapshots(self, vm: str) -> list[SnapshotView]:
         return snapshots.list_snapshots(self.ctx, vm)
 

@@ -1,9 +1,11 @@
-"""Reads: one group, a VM's (or every) group, a VM's volumes, the journal's latest
-operations."""
+"""Reads: one group, a VM's (or every) group, a VM's volumes, the host's VMs, the
+journal's latest operations."""
 
 from __future__ import annotations
 
-from snapgroup.domain.errors import NotFound
+from dataclasses import dataclass
+
+from snapgroup.domain.errors import HypervisorError, HypervisorUnavailable, NotFound, OperationError
 from snapgroup.domain.inventory import Group, VolumeView
 from snapgroup.domain.validate import parse_uuid
 from snapgroup.ops.context import OpContext
@@ -11,7 +13,8 @@ from snapgroup.ops.discovery import discover
 from snapgroup.ops.group_views import load_groups, load_vm_groups
 from snapgroup.store.operations import OperationRepo
 from snapgroup.store.repo import Repo
-from snapgroup.store.tables import OperationRow
+from snapgroup.store.resource_rows import all_volumes
+from snapgroup.store.tables import OperationRow, VolumeRow
 
 
 def get(ctx: OpContext, group_uuid: str) -> Group:
@@ -37,3 +40,53 @@ def volumes(ctx: OpContext, vm: str) -> list[VolumeView]:
 def operations(ctx: OpContext, *, limit: int = 100) -> list[OperationRow]:
     with ctx.db.transaction() as session:
         return OperationRepo(session).recent(limit=limit)
+
+
+@dataclass(frozen=True)
+class VmInstance:
+    """A VM as QueryVmInstance shows it: libvirt's domain and state now, with its
+    attached volumes (by deviceId) when the store records the VM; none when it does not.
+    `state` is "Destroyed" for a recorded VM libvirt no longer has, "Unknown" for every
+    recorded VM while libvirt does not answer."""
+
+    uuid: str
+    name: str
+    state: str
+    volumes: tuple[VolumeRow, ...]
+
+
+def vm_instances(ctx: OpContext) -> list[VmInstance]:
+    """Every domain libvirt has on this host, and the VMs of this host the store records
+    that it no longer has; by UUID. A recorded VM's disks are discovered again (a new
+    disk recorded, as `volumes` does); an unrecorded VM is only shown: nothing recorded."""
+    recorded: dict[str, list[VolumeRow]] = {}
+    with ctx.db.transaction() as session:
+        for row in all_volumes(session):
+            if row.host in (None, ctx.host):  # other hosts' VMs are theirs to show
+                recorded.setdefault(row.vm_uuid, []).append(row)
+    found: dict[str, VmInstance] = {}
+    try:
+        listed = ctx.hv.list_vms()
+    except (HypervisorUnavailable, HypervisorError):
+        listed = []  # the store still answers for the VMs it records
+        unknown = "Unknown"
+    else:
+        unknown = "Destroyed"  # ZStack's word for a VM that is gone
+    for uuid, _name in listed:
+        try:
+            domain = ctx.hv.lookup(uuid)
+        except NotFound:
+            continue  # undefined since it was listed
+        volumes: tuple[VolumeRow, ...] = ()
+        if uuid in recorded:
+            try:
+                discovered = list(discover(ctx, domain).volumes.values())
+            except OperationError:  # recorded by another host of a shared store
+                discovered = []
+            volumes = tuple(sorted(discovered, key=lambda v: v.device_id))
+        found[uuid] = VmInstance(uuid, domain.name, domain.state.value, volumes)
+    for uuid, rows in recorded.items():
+        if uuid not in found:
+            attached = tuple(r for r in rows if r.attached)
+            found[uuid] = VmInstance(uuid, rows[-1].vm_name, unknown, attached)
+    return [found[u] for u in sorted(found)]

@@ -247,6 +247,7 @@ class FakeHypervisor(_Faults):
         self.domains[uuid] = FakeDomain(uuid, name, state, list(disks))
 
     def list_vms(self) -> list[tuple[str, str]]:
+        self._call("list_vms")
         return [(d.uuid, d.name) for d in self.domains.values()]
 
     def disk_path(self, uuid: str, target: str) -> str | None:

@@ -4,9 +4,12 @@ version."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from snapgroup.domain.errors import HypervisorUnavailable
 from snapgroup.domain.models import VmState
+from snapgroup.testing.fakes import lab_domain
 from tests.rest.conftest import PREFIX, VM, Api
 
 
@@ -34,6 +37,44 @@ def test_vm_instances_as_zstack_shows_them(api: Api) -> None:
     assert _get(api, "/vm-instances", q="state=Stopped", fields="uuid") == {
         "inventories": [{"uuid": VM}]
     }
+
+
+def test_vm_instances_are_every_vm_libvirt_has(api: Api) -> None:
+    """An unrecorded VM is listed (no volumes: a GET records nothing); a recorded one
+    shows its disks as discovery finds them now (a new disk recorded, as `volumes`
+    does); one libvirt no longer has is Destroyed; without libvirt, the recorded ones
+    are listed Unknown."""
+    root = api.root_volume()  # records vm1
+    other = "b" * 32
+    lab_domain(api.hv, uuid=other, name="vm2", state=VmState.STOPPED, directory="/lab2")
+    by_name = {v["name"]: v for v in _get(api, "/vm-instances")["inventories"]}
+    assert set(by_name) == {"vm1", "vm2"}
+    assert (by_name["vm2"]["uuid"], by_name["vm2"]["state"]) == (other, "Stopped")
+    assert (by_name["vm2"]["rootVolumeUuid"], by_name["vm2"]["allVolumes"]) == (None, [])
+    assert by_name["vm2"]["createDate"] is None
+    assert [v["lastVmInstanceUuid"] for v in _get(api, "/volumes")["inventories"]] == [VM] * 3
+    assert _get(api, "/vm-instances", q="rootVolumeUuid is null", fields="name") == {
+        "inventories": [{"name": "vm2"}]
+    }
+
+    api.hv.images.add("/lab/disk9.qcow2", data={0: "new"})
+    disks = api.hv.domains[VM].disks
+    disks.append(replace(disks[-1], target="vdz", path="/lab/disk9.qcow2"))
+    (vm1,) = _get(api, "/vm-instances", q="name=vm1")["inventories"]
+    assert vm1["rootVolumeUuid"] == root
+    assert [v["installPath"] for v in vm1["allVolumes"]][-1] == "/lab/disk9.qcow2"
+    assert len(_get(api, "/volumes")["inventories"]) == 4  # recorded, as `volumes` would
+
+    del api.hv.domains[VM]
+    (gone,) = _get(api, "/vm-instances", q="name=vm1")["inventories"]
+    assert (gone["state"], gone["rootVolumeUuid"], len(gone["allVolumes"])) == (
+        "Destroyed",
+        root,
+        4,
+    )
+    api.hv.fail["list_vms"] = HypervisorUnavailable("libvirtd is not running")
+    listed = _get(api, "/vm-instances")["inventories"]
+    assert [(v["name"], v["state"]) for v in listed] == [("vm1", "Unknown")]
 
 
 def test_volumes_with_conditions_sort_and_page(api: Api) -> None:

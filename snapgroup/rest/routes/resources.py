@@ -2,8 +2,10 @@
 QueryVmInstance (`GET /vm-instances`: uuid, name, state, rootVolumeUuid, allVolumes)
 and QueryVolume (`GET /volumes`), in ZStack's inventory shapes (the fields that mean
 something on a libvirt host), with the groups' query language, run in Python: a host has
-few VMs and volumes. What is listed is what snapgroup recorded (`snapgroup volumes`, or
-any operation, records a VM); the state is libvirt's now."""
+few VMs and volumes. The VMs are libvirt's (Engine.vm_instances): a recorded one with
+its volumes (discovered again), an unrecorded one without (`snapgroup volumes`, or any
+operation, records a VM; this GET does not); the state is libvirt's now. The volumes
+are the recorded ones."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict
 
-from snapgroup.domain.errors import NotFound, SnapgroupError
 from snapgroup.domain.inventory import zstack_date
 from snapgroup.domain.zquery import Kind, parse_query, patterns
+from snapgroup.ops.queries import VmInstance
 from snapgroup.rest.query import run_plain
 from snapgroup.rest.routes.common import AUTH, documented
 from snapgroup.rest.services import Services, services
@@ -99,35 +101,27 @@ def _volume(row: VolumeRow) -> tuple[dict[str, Any], dict[str, Any]]:
     return values, inventory
 
 
-def _state(svc: Services, vm_uuid: str) -> str:
-    try:
-        return str(svc.engine.hv.lookup(vm_uuid).state)
-    except NotFound:
-        return "Destroyed"  # undefined: ZStack's word for a VM that is gone
-    except SnapgroupError:
-        return "Unknown"  # libvirt unreachable: the store still answers
-
-
-def _vm(svc: Services, rows: list[VolumeRow]) -> tuple[dict[str, Any], dict[str, Any]]:
-    attached = [r for r in rows if r.attached]
-    root = next((r for r in attached if r.volume_type == "Root"), None)
-    first, last = min(r.create_date for r in rows), max(r.last_op_date for r in rows)
+def _vm(vm: VmInstance) -> tuple[dict[str, Any], dict[str, Any]]:
+    root = next((v for v in vm.volumes if v.volume_type == "Root"), None)
+    # Dates: the volumes' (the first recorded, the last changed); none when unrecorded.
+    first = min((v.create_date for v in vm.volumes), default=None)
+    last = max((v.last_op_date for v in vm.volumes), default=None)
     values: dict[str, Any] = {
-        "uuid": rows[0].vm_uuid,
-        "name": rows[-1].vm_name,
-        "state": _state(svc, rows[0].vm_uuid),
+        "uuid": vm.uuid,
+        "name": vm.name,
+        "state": vm.state,
         "rootVolumeUuid": root.uuid if root else None,
         "type": "UserVm",
         "hypervisorType": "KVM",
-        "createDate": _utc(first),
-        "lastOpDate": _utc(last),
+        "createDate": _utc(first) if first else None,
+        "lastOpDate": _utc(last) if last else None,
     }
     inventory = {
         **values,
         "description": None,
-        "createDate": zstack_date(first),
-        "lastOpDate": zstack_date(last),
-        "allVolumes": [_volume(r)[1] for r in attached],
+        "createDate": zstack_date(first) if first else None,
+        "lastOpDate": zstack_date(last) if last else None,
+        "allVolumes": [_volume(v)[1] for v in vm.volumes],
         "vmNics": [],
         "vmCdRoms": [],
     }
@@ -184,12 +178,7 @@ def query_vms(
     sort: Annotated[str | None, Query(pattern=_VM_SORT)] = None,
     fields: Annotated[str | None, Query(pattern=_VM_FIELDS)] = None,
 ) -> dict[str, Any]:
-    with svc.engine.db.transaction() as session:
-        rows = all_volumes(session)
-    by_vm: dict[str, list[VolumeRow]] = {}
-    for row in rows:
-        by_vm.setdefault(row.vm_uuid, []).append(row)
-    items = [_vm(svc, vm_rows) for vm_rows in by_vm.values()]
+    items = [_vm(vm) for vm in svc.engine.vm_instances()]
     return _query(
         VM_FIELDS, items, q=q or (), limit=limit, start=start, count=count,
         reply_with_count=replyWithCount, sort=sort, fields=fields,
