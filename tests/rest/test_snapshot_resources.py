@@ -62,3 +62,45 @@ def test_revert_volume_from_a_groups_snapshot(api: Api) -> None:
     top = api.engine.hv.lookup(VM).disks[0].path
     assert top is not None and api.images.images[top].backing == snap["volumeSnapshotInstallPath"]
     assert api.call("PUT", path, json={"other": {}}).status_code == 400
+
+
+def test_a_reverted_tree_marks_the_branch_the_volume_is_on(api: Api) -> None:
+    """one -> two, the root volume reverted to one (a safety snapshot on two first),
+    then three: one has two children; the current branch is one -> three."""
+    api.create("one")
+    api.create("two")
+    root = api.root_volume()
+    by_name = {
+        s["name"].split("-")[0]: s
+        for s in _get(api, "/volume-snapshots", q=f"volumeUuid={root}")["inventories"]
+    }
+    one, two = by_name["one"]["uuid"], by_name["two"]["uuid"]
+    api.hv.domains[VM].state = VmState.STOPPED
+    body = {"revertVolumeFromSnapshot": {}}
+    done = api.wait(api.call("PUT", f"/volume-snapshots/{one}/actions", json=body))
+    assert done.status_code == 200, done.text
+    api.create("three")
+
+    listed = _get(api, "/volume-snapshots", q=f"volumeUuid={root}", sort="createDate")
+    snaps = listed["inventories"]
+    assert len(snaps) == 4  # one, two, the safety group's, three
+    safety, three = snaps[2]["uuid"], snaps[3]["uuid"]
+    assert [s["latest"] for s in snaps] == [False, False, False, True]
+    (tree,) = _get(api, "/volume-snapshots/trees", q=f"volumeUuid={root}")["inventories"]
+    assert tree["current"] is True
+    top = tree["tree"]
+    assert (top["inventory"]["uuid"], top["current"]) == (one, True)
+    children = {c["inventory"]["uuid"]: c for c in top["children"]}
+    assert list(children) == [two, three]  # oldest first
+    assert (children[two]["current"], children[three]["current"]) == (False, True)
+    (left_behind,) = children[two]["children"]
+    assert (left_behind["inventory"]["uuid"], left_behind["current"]) == (safety, False)
+    assert children[three]["children"] == []
+    # A data volume (not reverted): one chain, all of it current.
+    data = _get(api, "/volume-snapshots/trees", q=f"volumeUuid!={root}")["inventories"]
+    for other in data:
+        node, depth = other["tree"], 1
+        while node["children"]:
+            assert node["current"] is True and len(node["children"]) == 1
+            node, depth = node["children"][0], depth + 1
+        assert node["current"] is True and depth == 4

@@ -130,14 +130,28 @@ def query_snapshots(
 
 
 def _leaf(
-    uuid: str, inventories: dict[str, dict[str, Any]], kids: dict[str | None, list[str]]
+    uuid: str,
+    inventories: dict[str, dict[str, Any]],
+    kids: dict[str | None, list[str]],
+    branch: set[str],
 ) -> dict[str, Any]:
     inventory = inventories[uuid]
     return {
         "inventory": inventory,
         "parentUuid": inventory["parentUuid"],
-        "children": [_leaf(k, inventories, kids) for k in kids.get(uuid, [])],
+        "current": uuid in branch,  # **ours**: on the branch the volume's top sits on
+        "children": [_leaf(k, inventories, kids, branch) for k in kids.get(uuid, [])],
     }
+
+
+def _branch(top: str | None, inventories: dict[str, dict[str, Any]]) -> set[str]:
+    """The snapshots the volume's current top descends from: its parent snapshot up to
+    the root. After a revert, the branch left behind is not on it."""
+    branch: set[str] = set()
+    while top in inventories and top not in branch:
+        branch.add(top)
+        top = inventories[top]["parentUuid"]
+    return branch
 
 
 @router.get(
@@ -154,14 +168,18 @@ def query_trees(
     replyWithCount: str | None = None,
 ) -> dict[str, Any]:
     """One tree per volume (`uuid` = the volume's): its oldest snapshot at the root,
-    each snapshot's children those made on it (several after a revert)."""
+    each snapshot's children those made on it, oldest first (several after a revert).
+    `current`: the volume's top sits on a snapshot of the tree; each leaf says whether
+    it is on that branch."""
     with svc.engine.db.transaction() as session:
         rows = live_snapshots(session)
     by_volume: dict[str, list[dict[str, Any]]] = {}
     first: dict[str, SnapshotRow] = {}
+    tops: dict[str, str | None] = {}
     for s, v, group in rows:
         by_volume.setdefault(v.uuid, []).append(_snapshot(s, v, group)[1])
         first.setdefault(v.uuid, s)
+        tops[v.uuid] = v.parent_snapshot_uuid
     items = []
     for volume_uuid, inventories in by_volume.items():
         by_uuid = {i["uuid"]: i for i in inventories}
@@ -169,12 +187,13 @@ def query_trees(
         for i in inventories:  # a parent no longer listed (deleted): a root of its own
             parent = i["parentUuid"] if i["parentUuid"] in by_uuid else None
             kids.setdefault(parent, []).append(i["uuid"])
-        roots = [_leaf(r, by_uuid, kids) for r in kids.get(None, [])]
+        branch = _branch(tops[volume_uuid], by_uuid)
+        roots = [_leaf(r, by_uuid, kids, branch) for r in kids.get(None, [])]
         tree = roots[0] if len(roots) == 1 else {"inventory": None, "children": roots}
         values = {"uuid": volume_uuid, "volumeUuid": volume_uuid}
         inventory = {
             **values,
-            "current": True,
+            "current": bool(branch),
             "status": "Completed",
             "tree": tree,
             "createDate": zstack_date(first[volume_uuid].create_date),
