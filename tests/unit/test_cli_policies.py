@@ -38,6 +38,11 @@ def test_policy_crud_and_status(lab: Lab) -> None:
     assert code == 0 and "p1" in out and "daily=2" in out and "all but x" in out
     code, out, _ = cli(lab, "--json", "policy", "show", "p1")
     assert json.loads(out)["policy"]["name"] == "p1"
+    # replaced again, without the export (the fakes have no backup repository)
+    code, out, _ = cli(
+        lab, "--json", "policy", "set", "p1", "--all", "--exclude", "x", "--daily", "2"
+    )
+    assert code == 0 and json.loads(out)["policy"]["exportTo"] is None
     # no group yet: CRIT, nagios exit 2
     code, out, _ = cli(lab, "--json", "policy", "status")
     assert code == 2 and json.loads(out)["vms"][0]["slots"][0]["state"] == "CRIT"
