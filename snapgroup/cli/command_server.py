@@ -35,7 +35,11 @@ from snapgroup.store.db import DEFAULT_DB_URL
 log = logging.getLogger("snapgroup.daemon")
 
 # Commands that serve, or read the client's terminal: always run by the client.
-LOCAL_COMMANDS = frozenset({"serve", "daemon", "account", "install-units"})  # paths: the cwd
+# The backup commands take paths (relative ones are the client's cwd) and copy for long.
+LOCAL_COMMANDS = frozenset(
+    {"serve", "daemon", "account", "install-units"}  # paths: the cwd
+    | {"export", "backups", "verify-backup", "restore", "prune-backups"}
+)
 # Compared once resolved (URI, URL), or only about reaching the daemon at all.
 RESOLVED_ENV = frozenset({"SNAPGROUP_DB", "LIBVIRT_DEFAULT_URI", SOCKET_ENV, NO_DAEMON_ENV})
 
