@@ -191,6 +191,14 @@ def test_a_zstack_clients_journey_on_a_real_vm(server: Server, running_vm: LabVm
     snapshot, renew the session, ask the version: each as ZStack's SDK calls it."""
     client = server.client
     assert client is not None
+    # Listed before anything recorded it (libvirt's), without volumes; the GET records
+    # nothing (QueryVolume still has none of its disks).
+    listed = client.call("GET", "/vm-instances", params={"q": f"uuid={running_vm.uuid}"})
+    (unrecorded,) = listed.json()["inventories"]
+    assert (unrecorded["name"], unrecorded["state"]) == (running_vm.name, "Running")
+    assert (unrecorded["rootVolumeUuid"], unrecorded["allVolumes"]) == (None, [])
+    mine = {"q": f"lastVmInstanceUuid={running_vm.uuid}"}
+    assert client.call("GET", "/volumes", params=mine).json()["inventories"] == []
     _root(server, running_vm)  # the VM recorded (`snapgroup volumes`)
     found = client.call("GET", "/vm-instances", params={"q": f"name={running_vm.name}"})
     (vm,) = found.json()["inventories"]
