@@ -14,7 +14,16 @@ from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Lab
 
 VM = "a" * 32
-KINDS = ["clone", "create", "delete", "delete-snapshot", "export", "prune-backups", "restore", "revert"]
+KINDS = [
+    "clone",
+    "create",
+    "delete",
+    "delete-snapshot",
+    "export",
+    "prune-backups",
+    "restore",
+    "revert",
+]
 
 
 @pytest.mark.parametrize(
