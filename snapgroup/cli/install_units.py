@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     verb = "would write" if args.dry_run else "wrote"
     for path, text in files:
         execs = [ln for ln in text.splitlines() if ln.startswith("ExecStart=")]
-        ctx.out.write(f"{verb} {path}: {'; '.join(execs)}\n")
+        ctx.out.write(f"{verb} {path}" + (f": {'; '.join(execs)}" if execs else "") + "\n")
     for argv in commands:
         ctx.out.write(f"{'would run' if args.dry_run else 'ran'}: {' '.join(argv)}\n")
     return 0
