@@ -64,6 +64,9 @@ consistency: deps daemons guest
 # snapgroup next to virsh / qemu-img, ratios pair by pair (bench/run.py): prints the table,
 # writes bench/results.json. BENCH_ARGS="--only create-live --runs 3" or "--quick".
 bench: deps daemons guest
+	@# virtnbdbackup: the backup bench's baseline only (not a dependency of snapgroup)
+	@dpkg-query -W -f='$${Status}' virtnbdbackup 2>/dev/null | grep -q "install ok installed" || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q virtnbdbackup
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: deps

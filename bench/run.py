@@ -28,6 +28,8 @@ from bench import (
     create_live,
     create_offline,
     data_size,
+    export,
+    export_nbd,
     freeze,
     lab,
     machine,
@@ -48,6 +50,8 @@ BENCHES: dict[str, Bench] = {
     rest_query.NAME: rest_query.run,
     chain.NAME: chain.run,
     autosnap.NAME: autosnap.run,
+    export.NAME: export.run,
+    export_nbd.NAME: export_nbd.run,
     freeze.NAME: freeze.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
