@@ -195,8 +195,23 @@ def test_policy_through_thirty_ticks(engine: Engine, two_vms: list[LabVm], labdi
     assert reads(hand_path, HAND_PATTERN, HAND_OFFSET) and not reads(hand_path, 1, 0)
     assert engine.verify() == []
 
-    # ticks stop: hourly WARN past 1.5 h, CRIT past 2 h
+    # a dry run an hour on: what would be taken and pruned, each delete's own plan,
+    # and nothing changed (groups, files)
     last = _tick(TICKS - 1)
+    before = {vm.uuid: {g.uuid for g in engine.list_groups(vm=vm.name)} for vm in two_vms}
+    files = {p: p.stat().st_mtime_ns for vm in two_vms for p in vm.directory.glob("*.qcow2")}
+    code, dry = _cli(db, last + timedelta(hours=1), "autosnap", "--dry-run")
+    assert code == 0 and dry["dryRun"], dry
+    for entry in dry["vms"]:
+        assert entry["taken"]["uuid"] == "(new)" and len(entry["pruned"]) == 1
+        plan = entry["prunePlans"][0]
+        assert plan["groupUuid"] == entry["pruned"][0]["uuid"] and not plan["wouldRefuse"]
+        assert plan["disks"] and all(d["mergeInto"] and d["bytes"] > 0 for d in plan["disks"])
+    after = {vm.uuid: {g.uuid for g in engine.list_groups(vm=vm.name)} for vm in two_vms}
+    assert after == before
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+
+    # ticks stop: hourly WARN past 1.5 h, CRIT past 2 h
     assert engine.policy_status(now=last + timedelta(minutes=50)).state == "OK"
     warn = engine.policy_status(now=last + timedelta(minutes=100))
     assert warn.state == "WARN" and warn.exit_status == 1
