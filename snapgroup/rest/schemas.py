@@ -8,7 +8,7 @@ what the CLI prints with --json.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -189,3 +189,110 @@ class SessionDocument(_Response):
 
 class ValidSessionDocument(_Response):
     validSession: bool
+
+
+# The read-only resources' inventories (QueryVolume, QueryVmInstance, QueryVolumeSnapshot,
+# QueryVolumeSnapshotTree). Not required: `fields=` leaves only the fields it names; a
+# field present has the type said here.
+_ABSENT: Any = None
+
+
+class VolumeInventory(_Response):
+    uuid: str = _ABSENT
+    name: str = _ABSENT
+    description: str | None = None
+    vmInstanceUuid: str | None = Field(_ABSENT, description="null: detached")
+    lastVmInstanceUuid: str = _ABSENT
+    installPath: str = Field(_ABSENT, description="the disk's current top file")
+    type: Literal["Root", "Data"] = _ABSENT
+    format: str = _ABSENT
+    deviceId: int = _ABSENT
+    state: str = _ABSENT
+    status: str = _ABSENT
+    isShareable: bool = _ABSENT
+    createDate: str = _ABSENT
+    lastOpDate: str = _ABSENT
+    lastAttachDate: str = _ABSENT
+
+
+class VolumeQueryDocument(_Response):
+    """`{"inventories": [VolumeInventory]}` (+ "total"), or `{"total"}` with count."""
+
+    inventories: list[VolumeInventory] = _ABSENT
+    total: int = _ABSENT
+
+
+class VmInstanceInventory(_Response):
+    uuid: str = _ABSENT
+    name: str = _ABSENT
+    description: str | None = None
+    state: str = Field(_ABSENT, description="libvirt's now; Destroyed: recorded, undefined since")
+    rootVolumeUuid: str | None = Field(_ABSENT, description="null: the VM is not recorded yet")
+    type: str = _ABSENT
+    hypervisorType: str = _ABSENT
+    createDate: str | None = Field(_ABSENT, description="its first recorded volume's")
+    lastOpDate: str | None = _ABSENT
+    allVolumes: list[VolumeInventory] = Field(_ABSENT, description="empty: not recorded yet")
+    vmNics: list[Any] = _ABSENT
+    vmCdRoms: list[Any] = _ABSENT
+
+
+class VmQueryDocument(_Response):
+    """`{"inventories": [VmInstanceInventory]}` (+ "total"), or `{"total"}` with count."""
+
+    inventories: list[VmInstanceInventory] = _ABSENT
+    total: int = _ABSENT
+
+
+class VolumeSnapshotInventory(_Response):
+    uuid: str = _ABSENT
+    name: str = _ABSENT
+    description: str | None = None
+    type: str = _ABSENT
+    format: str = _ABSENT
+    state: str = _ABSENT
+    volumeUuid: str = _ABSENT
+    treeUuid: str = Field(_ABSENT, description="the volume's: one tree per volume")
+    parentUuid: str | None = _ABSENT
+    primaryStorageInstallPath: str = _ABSENT
+    volumeType: Literal["Root", "Data"] = _ABSENT
+    groupUuid: str | None = Field(_ABSENT, description="null: not in a group")
+    latest: bool = Field(_ABSENT, description="the volume's top sits on it")
+    status: Literal["Ready", "Changed"] = _ABSENT
+    statusReason: str | None = None
+    createDate: str = _ABSENT
+    lastOpDate: str = _ABSENT
+
+
+class SnapshotQueryDocument(_Response):
+    """`{"inventories": [VolumeSnapshotInventory]}` (+ "total"), or `{"total"}`."""
+
+    inventories: list[VolumeSnapshotInventory] = _ABSENT
+    total: int = _ABSENT
+
+
+class SnapshotLeaf(_Response):
+    """A snapshot and those made on it. A tree whose snapshots have several roots (a
+    parent deleted) has a root of `inventory` null holding them as children."""
+
+    inventory: VolumeSnapshotInventory | None
+    parentUuid: str | None = None
+    current: bool = Field(_ABSENT, description="**ours**: on the branch the volume's top is on")
+    children: list[SnapshotLeaf]
+
+
+class VolumeSnapshotTreeInventory(_Response):
+    uuid: str = Field(description="the volume's")
+    volumeUuid: str
+    current: bool = Field(description="the volume's top sits on a snapshot of it")
+    status: str
+    tree: SnapshotLeaf
+    createDate: str
+    lastOpDate: str
+
+
+class TreeQueryDocument(_Response):
+    """`{"inventories": [VolumeSnapshotTreeInventory]}` (+ "total"), or `{"total"}`."""
+
+    inventories: list[VolumeSnapshotTreeInventory] = _ABSENT
+    total: int = _ABSENT

@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict
+from fastapi.responses import JSONResponse
 
 from snapgroup.domain.inventory import zstack_date
 from snapgroup.domain.zquery import Kind, parse_query, patterns
 from snapgroup.ops.queries import VmInstance
 from snapgroup.rest.query import run_plain
 from snapgroup.rest.routes.common import AUTH, documented
+from snapgroup.rest.schemas import VmQueryDocument, VolumeQueryDocument
 from snapgroup.rest.services import Services, services
 from snapgroup.store.resource_rows import all_volumes
 from snapgroup.store.tables import VolumeRow
@@ -53,20 +54,6 @@ VM_FIELDS: dict[str, Kind] = {
     "createDate": Kind.DATE,
     "lastOpDate": Kind.DATE,
 }
-
-
-class _Inventories(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    inventories: list[dict[str, Any]] | None = None
-    total: int | None = None
-
-
-class VolumeQueryDocument(_Inventories):
-    """`{"inventories": [VolumeInventory]}` (+ "total"), or `{"total"}` with count."""
-
-
-class VmQueryDocument(_Inventories):
-    """`{"inventories": [VmInstanceInventory]}` (+ "total"), or `{"total"}` with count."""
 
 
 def _utc(moment: datetime) -> datetime:
@@ -134,9 +121,11 @@ _VM_CONDITION, _VM_SORT, _VM_FIELDS = patterns(VM_FIELDS)
 
 def _query(
     schema: Mapping[str, Kind], items: list[tuple[dict[str, Any], dict[str, Any]]], **params: Any
-) -> dict[str, Any]:
+) -> JSONResponse:
+    """The reply, serialised once (a dict answered would be walked by FastAPI's
+    encoder and validated against the annotation again, in one more worker thread)."""
     query = parse_query(schema=schema, refs={}, **params)
-    return run_plain(query, items)
+    return JSONResponse(run_plain(query, items))
 
 
 @router.get(
@@ -153,7 +142,7 @@ def query_volumes(
     replyWithCount: str | None = None,
     sort: Annotated[str | None, Query(pattern=_VOL_SORT)] = None,
     fields: Annotated[str | None, Query(pattern=_VOL_FIELDS)] = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     with svc.engine.db.transaction() as session:
         rows = all_volumes(session)
     items = [_volume(r) for r in rows]
@@ -177,7 +166,7 @@ def query_vms(
     replyWithCount: str | None = None,
     sort: Annotated[str | None, Query(pattern=_VM_SORT)] = None,
     fields: Annotated[str | None, Query(pattern=_VM_FIELDS)] = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     items = [_vm(vm) for vm in svc.engine.vm_instances()]
     return _query(
         VM_FIELDS, items, q=q or (), limit=limit, start=start, count=count,

@@ -25,8 +25,12 @@ from snapgroup.rest.jobs import Work
 from snapgroup.rest.query import run_plain
 from snapgroup.rest.routes.common import AUTH, documented
 from snapgroup.rest.routes.groups import JobHeader
-from snapgroup.rest.routes.resources import VolumeQueryDocument
-from snapgroup.rest.schemas import UUID_PATTERN, Location
+from snapgroup.rest.schemas import (
+    UUID_PATTERN,
+    Location,
+    SnapshotQueryDocument,
+    TreeQueryDocument,
+)
 from snapgroup.rest.services import Services, services
 from snapgroup.store.repo import Repo
 from snapgroup.store.resource_rows import live_snapshots
@@ -107,7 +111,7 @@ def _snapshot(
 
 @router.get(
     "/volume-snapshots",
-    responses=documented(200, VolumeQueryDocument, 400, 401),
+    responses=documented(200, SnapshotQueryDocument, 400, 401),
     summary="QueryVolumeSnapshot",
 )
 def query_snapshots(
@@ -119,14 +123,14 @@ def query_snapshots(
     replyWithCount: str | None = None,
     sort: Annotated[str | None, Query(pattern=_SORT)] = None,
     fields: Annotated[str | None, Query(pattern=_FIELDS)] = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     with svc.engine.db.transaction() as session:
         rows = live_snapshots(session)
     query = parse_query(
         schema=SNAPSHOT_FIELDS, refs={}, q=q or (), limit=limit, start=start, count=count,
         reply_with_count=replyWithCount, sort=sort, fields=fields,
     )  # fmt: skip
-    return run_plain(query, [_snapshot(*row) for row in rows])
+    return JSONResponse(run_plain(query, [_snapshot(*row) for row in rows]))  # as resources
 
 
 def _leaf(
@@ -156,7 +160,7 @@ def _branch(top: str | None, inventories: dict[str, dict[str, Any]]) -> set[str]
 
 @router.get(
     "/volume-snapshots/trees",
-    responses=documented(200, VolumeQueryDocument, 400, 401),
+    responses=documented(200, TreeQueryDocument, 400, 401),
     summary="QueryVolumeSnapshotTree",
 )
 def query_trees(
@@ -166,7 +170,7 @@ def query_trees(
     start: Annotated[int | None, Query(ge=0)] = None,
     count: str | None = None,
     replyWithCount: str | None = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """One tree per volume (`uuid` = the volume's): its oldest snapshot at the root,
     each snapshot's children those made on it, oldest first (several after a revert).
     `current`: the volume's top sits on a snapshot of the tree; each leaf says whether
@@ -204,7 +208,7 @@ def query_trees(
         schema=TREE_FIELDS, refs={}, q=q or (), limit=limit, start=start, count=count,
         reply_with_count=replyWithCount,
     )  # fmt: skip
-    return run_plain(query, items)
+    return JSONResponse(run_plain(query, items))
 
 
 @router.delete(
