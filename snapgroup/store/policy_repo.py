@@ -14,11 +14,12 @@ from sqlmodel import Session
 
 from snapgroup.domain.errors import InvalidArgument, NotFound
 from snapgroup.domain.retention import Policy, Retention, validate_policy
-from snapgroup.store.policy_tables import PolicyRow
+from snapgroup.store.policy_tables import PolicyRow, SchedulerTriggerRow
 from snapgroup.store.tables import GroupRow
 
 _POLICIES: Table = PolicyRow.__table__  # type: ignore[attr-defined]
 _GROUPS: Table = GroupRow.__table__  # type: ignore[attr-defined]
+_TRIGGERS: Table = SchedulerTriggerRow.__table__  # type: ignore[attr-defined]
 _MARK_SEPARATOR = ","  # policy names cannot hold one (retention.validate_policy)
 
 
@@ -189,3 +190,26 @@ class PolicyRepo:
             )
             for r in rows
         ]
+
+    # ZStack's scheduler triggers (rest/routes/policies.py)
+    def insert_trigger(self, values: dict[str, object]) -> None:
+        self.session.execute(insert(_TRIGGERS).values(values))
+
+    def trigger(self, uuid: str) -> SchedulerTriggerRow | None:
+        return self.session.get(SchedulerTriggerRow, uuid)
+
+    def triggers(self) -> list[SchedulerTriggerRow]:
+        query = select(SchedulerTriggerRow).order_by(_TRIGGERS.c.create_date, _TRIGGERS.c.uuid)
+        return list(self.session.scalars(query))
+
+    def set_trigger_jobs(self, uuid: str, jobs: list[str], *, now: datetime) -> None:
+        self.session.execute(
+            update(_TRIGGERS)
+            .where(_TRIGGERS.c.uuid == uuid)
+            .values(jobs=json.dumps(jobs), last_op_date=now)
+        )
+
+    def remove_trigger(self, uuid: str) -> None:
+        done = self.session.execute(delete(_TRIGGERS).where(_TRIGGERS.c.uuid == uuid))
+        if cast(CursorResult[Any], done).rowcount == 0:
+            raise NotFound(f"no scheduler trigger {uuid}")

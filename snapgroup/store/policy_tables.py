@@ -33,3 +33,22 @@ class PolicyRow(SQLModel, table=True):
     export_keep: int | None = None
     create_date: datetime
     last_op_date: datetime
+
+
+class SchedulerTriggerRow(SQLModel, table=True):
+    """ZStack's scheduler trigger (REST CreateSchedulerTrigger): a schedule the
+    snapshot-group jobs added to it (AddSchedulerJobToSchedulerTrigger) take their slot
+    from. Kept as given, for the API's inventories."""
+
+    __tablename__ = "scheduler_trigger"
+
+    uuid: str = Field(primary_key=True, max_length=UUID_LEN)
+    name: str = Field(max_length=255)
+    description: str | None = Field(default=None, max_length=2048)
+    scheduler_type: str = Field(max_length=16)  # simple (cron is refused)
+    interval: int | None = None  # seconds between runs
+    repeat_count: int | None = None
+    start_time: datetime | None = None
+    jobs: str = "[]"  # JSON list: the jobs added to it
+    create_date: datetime
+    last_op_date: datetime

@@ -83,3 +83,49 @@ def test_zstack_scheduler_job_becomes_a_policy(api: Api) -> None:
     assert api.call("DELETE", f"/scheduler/jobs/{job['uuid']}").status_code == 200
     assert api.call("GET", "/scheduler/jobs").json()["inventories"] == []
     assert api.call("DELETE", f"/scheduler/jobs/{job['uuid']}").status_code == 404
+
+
+def test_zstack_trigger_gives_the_job_its_slot(api: Api) -> None:
+    params = {
+        "name": "nightly",
+        "targetResourceUuid": api.root_volume(),
+        "type": "volumeSnapshotGroup",
+        "parameters": {"snapshotGroupMaxNumber": "5"},
+    }
+    job = api.call("POST", "/scheduler/jobs", json={"params": params}).json()["inventory"]
+    made = api.call(
+        "POST",
+        "/scheduler/triggers",
+        json={"params": {"name": "daily", "schedulerType": "simple", "schedulerInterval": 86400}},
+    )
+    assert made.status_code == 200, made.text
+    trigger = made.json()["inventory"]
+    assert (trigger["schedulerType"], trigger["schedulerInterval"]) == ("simple", 86400)
+    path = f"/scheduler/jobs/{job['uuid']}/scheduler/triggers/{trigger['uuid']}"
+    assert api.call("POST", path).status_code == 200
+    retention = api.engine.policy(f"zstack-job-{job['uuid']}").policy.retention
+    assert (retention.daily, retention.hourly) == (5, 0)
+    listed = api.call("GET", "/scheduler/jobs").json()["inventories"][0]
+    assert listed["triggersUuid"] == [trigger["uuid"]]
+    assert listed["jobData"] == {"snapshotGroupMaxNumber": "5"}
+    quarter = api.call(
+        "POST",
+        "/scheduler/triggers",
+        json={"params": {"name": "q", "schedulerType": "simple", "schedulerInterval": 900}},
+    ).json()["inventory"]
+    path = f"/scheduler/jobs/{job['uuid']}/scheduler/triggers/{quarter['uuid']}"
+    assert api.call("POST", path).status_code == 200
+    retention = api.engine.policy(f"zstack-job-{job['uuid']}").policy.retention
+    assert (retention.frequent, retention.every, retention.daily) == (5, 15, 0)
+    for bad in (
+        {"name": "c", "schedulerType": "cron", "cron": "0 0 * * * ?"},
+        {"name": "odd", "schedulerType": "simple", "schedulerInterval": 7000},
+        {"name": "none", "schedulerType": "simple"},
+    ):
+        refused = api.call("POST", "/scheduler/triggers", json={"params": bad})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "SYS.1007"
+    unknown = f"/scheduler/jobs/{job['uuid']}/scheduler/triggers/{'f' * 32}"
+    assert api.call("POST", unknown).status_code == 404
+    assert api.call("DELETE", f"/scheduler/triggers/{trigger['uuid']}").status_code == 200
+    names = [t["name"] for t in api.call("GET", "/scheduler/triggers").json()["inventories"]]
+    assert names == ["q"]
