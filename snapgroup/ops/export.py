@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import Any, Protocol
@@ -137,6 +137,10 @@ def export_group(
     partial = repo.begin(group.vm_uuid, backup_id)
     disks: list[DiskBackup] = []
     reasons: list[str] = []
+    # Each file's SHA-256 is read back while the next disk copies (the copy is I/O and
+    # qemu-img's, the hash one core of ours).
+    hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+    sums: list[Future[str]] = []
     try:
         for disk in group.disks:
             target = partial.file(disk.volume_uuid)
@@ -155,6 +159,7 @@ def export_group(
                     reasons.append(f"{disk.target}: {why}")
                 src.images.flatten(disk.snapshot_file, target, shared=True, progress=progress)
                 chain = (backup_id,)
+            sums.append(hashing.submit(repo.sha256, target))
             disks.append(
                 DiskBackup(
                     device_id=disk.device_id,
@@ -163,10 +168,11 @@ def export_group(
                     virtual_size=disk.virtual_size,
                     base_backup_id=chain[-2] if len(chain) > 1 else None,
                     chain=chain,
-                    sha256=repo.sha256(target),
+                    sha256="",  # below, once read
                     bytes_written=repo.size(target),
                 )
             )
+        disks = [replace(d, sha256=f.result()) for d, f in zip(disks, sums, strict=True)]
         manifest = BackupManifest(
             backup_id=backup_id,
             created=src.now(),
@@ -184,8 +190,10 @@ def export_group(
             step("publishing")
         repo.publish(partial, manifest)
     except BaseException:
+        hashing.shutdown(wait=True, cancel_futures=True)  # no read of a removed file
         repo.discard(partial)
         raise
+    hashing.shutdown(wait=True)
     return ExportResult(manifest, discarded)
 
 
