@@ -400,6 +400,14 @@ class LibvirtHypervisor:
         dom = self._domain(vm_uuid)
         with self._calls():
             xml = str(dom.XMLDesc(_DEFINE_SOURCE_FLAGS))
+        conn = self._free_connection(name, new_uuid)
+        with self._calls():
+            clone = conn.defineXML(clone_xml(xml, name=name, uuid=new_uuid, sources=sources))
+        return self._info(clone)
+
+    def _free_connection(self, name: str, new_uuid: str) -> Any:
+        """The connection, once no domain has `name` or `new_uuid`: defineXML would
+        silently REdefine an existing domain of that name and UUID."""
         conn = self._connection()
         for taken in (name, _dashed(new_uuid)):
             try:
@@ -407,11 +415,8 @@ class LibvirtHypervisor:
                     (conn.lookupByName if taken == name else conn.lookupByUUIDString)(taken)
             except NotFound:
                 continue
-            # defineXML would silently REdefine an existing domain of that name and UUID.
             raise InvalidArgument(f"a domain {taken} already exists")
-        with self._calls():
-            clone = conn.defineXML(clone_xml(xml, name=name, uuid=new_uuid, sources=sources))
-        return self._info(clone)
+        return conn
 
     def definition_xml(self, vm_uuid: str) -> str:
         dom = self._domain(vm_uuid)
@@ -421,14 +426,7 @@ class LibvirtHypervisor:
     def define_restored(
         self, xml: str, *, name: str, new_uuid: str, sources: dict[str, str]
     ) -> DomainInfo:
-        conn = self._connection()
-        for taken in (name, _dashed(new_uuid)):
-            try:
-                with self._calls():
-                    (conn.lookupByName if taken == name else conn.lookupByUUIDString)(taken)
-            except NotFound:
-                continue
-            raise InvalidArgument(f"a domain {taken} already exists")
+        conn = self._free_connection(name, new_uuid)
         with self._calls():
             made = conn.defineXML(restore_xml(xml, name=name, uuid=new_uuid, sources=sources))
         return self._info(made)
