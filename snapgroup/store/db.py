@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session as Session  # re-exported: the type of a transaction
 from sqlmodel import SQLModel, create_engine
@@ -170,6 +170,17 @@ class Database:
             with Session(self._engine, expire_on_commit=False) as session:
                 yield session
                 session.commit()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"metadata store error: {exc}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for one statement that reads, outside any transaction (no BEGIN
+        and COMMIT: two round trips fewer on PostgreSQL); not for several statements
+        that must see the same moment."""
+        try:
+            with self._engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
         except SQLAlchemyError as exc:
             raise StoreError(f"metadata store error: {exc}") from exc
 
