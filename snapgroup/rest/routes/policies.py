@@ -220,9 +220,14 @@ def delete_policy(
 # -- ZStack's scheduler jobs of type volumeSnapshotGroup ------------------------------
 
 
-class SchedulerJobParams(_Request):
+class _ZStackParams(_Request):
+    """What every ZStack APICreate*Msg here takes first."""
+
     name: str = Field(min_length=1, max_length=255)
     description: str | None = Field(None, max_length=2048)
+
+
+class SchedulerJobParams(_ZStackParams):
     targetResourceUuid: str = Field(pattern=UUID_PATTERN, description="the VM's root volume")
     type: str = Field(description=f"only `{JOB_TYPE}` is served")
     parameters: dict[str, Any] | None = Field(
@@ -255,6 +260,19 @@ class SchedulerJobDocument(BaseModel):
 
 class SchedulerJobListDocument(BaseModel):
     inventories: list[SchedulerJobInventory]
+
+
+def _plain(uuid: str) -> str:
+    """A UUID as the store keeps it: 32 hex digits, lower case, no dashes."""
+    return uuid.replace("-", "").lower()
+
+
+def _job_record(svc: Services, job_uuid: str) -> PolicyRecord:
+    wanted = _plain(job_uuid)
+    record = next((r for r in _jobs(svc) if r.policy.name == JOB_PREFIX + wanted), None)
+    if record is None:
+        raise NotFound(f"no scheduler job {job_uuid}")
+    return record
 
 
 def _max_kept(parameters: dict[str, Any] | None) -> int:
@@ -319,12 +337,12 @@ def create_scheduler_job(body: CreateSchedulerJobRequest, svc: ServicesDep) -> d
     if p.type != JOB_TYPE:
         raise InvalidArgument(f"scheduler job type {p.type!r}: only {JOB_TYPE!r} is served here")
     kept = _max_kept(p.parameters)
-    volume = p.targetResourceUuid.replace("-", "").lower()
+    volume = _plain(p.targetResourceUuid)
     with svc.engine.db.transaction() as session:
         row = Repo(session).volume(volume)
     if row is None or row.volume_type != "Root":
         raise NotFound(f"no root volume {p.targetResourceUuid} recorded")
-    job_uuid = (p.resourceUuid or svc.engine.new_uuid()).replace("-", "").lower()
+    job_uuid = _plain(p.resourceUuid or svc.engine.new_uuid())
     policy = Policy(f"{JOB_PREFIX}{job_uuid}", Retention(hourly=kept), vms=(row.vm_uuid,))
     record, _new = svc.engine.set_policy(policy)
     return {"inventory": _job(svc, record, [])}
@@ -348,11 +366,7 @@ def query_scheduler_jobs(svc: ServicesDep) -> dict[str, Any]:
 def delete_scheduler_job(
     uuid: Annotated[str, Path(pattern=UUID_PATTERN)], svc: ServicesDep
 ) -> dict[str, Any]:
-    wanted = uuid.replace("-", "").lower()
-    record = next((r for r in _jobs(svc) if r.policy.name == JOB_PREFIX + wanted), None)
-    if record is None:
-        raise NotFound(f"no scheduler job {uuid}")
-    svc.engine.remove_policy(record.policy.name)
+    svc.engine.remove_policy(_job_record(svc, uuid).policy.name)
     return {}
 
 
@@ -374,9 +388,7 @@ def slot_of(interval: int) -> tuple[str, int]:
     )
 
 
-class SchedulerTriggerParams(_Request):
-    name: str = Field(min_length=1, max_length=255)
-    description: str | None = Field(None, max_length=2048)
+class SchedulerTriggerParams(_ZStackParams):
     schedulerInterval: int | None = Field(None, ge=1, le=2_147_483_647)
     repeatCount: int | None = Field(None, ge=1, le=2_147_483_647)
     startTime: int | None = Field(None, ge=0, description="ms since the epoch")
@@ -445,7 +457,7 @@ def create_scheduler_trigger(
         )
     slot_of(p.schedulerInterval)  # refused now, not when a job is added
     now = svc.engine.clock()
-    uuid = (p.resourceUuid or svc.engine.new_uuid()).replace("-", "").lower()
+    uuid = _plain(p.resourceUuid or svc.engine.new_uuid())
     start = None if p.startTime is None else datetime.fromtimestamp(p.startTime / 1000, UTC)
     with svc.engine.db.transaction() as session:
         repo = PolicyRepo(session)
@@ -488,7 +500,7 @@ def delete_scheduler_trigger(
     uuid: Annotated[str, Path(pattern=UUID_PATTERN)], svc: ServicesDep
 ) -> dict[str, Any]:
     with svc.engine.db.transaction() as session:
-        PolicyRepo(session).remove_trigger(uuid.replace("-", "").lower())
+        PolicyRepo(session).remove_trigger(_plain(uuid))
     return {}
 
 
@@ -502,11 +514,9 @@ def add_job_to_trigger(
     trigger_uuid: Annotated[str, Path(pattern=UUID_PATTERN)],
     svc: ServicesDep,
 ) -> dict[str, Any]:
-    job = job_uuid.replace("-", "").lower()
-    trigger = trigger_uuid.replace("-", "").lower()
-    record = next((r for r in _jobs(svc) if r.policy.name == JOB_PREFIX + job), None)
-    if record is None:
-        raise NotFound(f"no scheduler job {job_uuid}")
+    job = _plain(job_uuid)
+    trigger = _plain(trigger_uuid)
+    record = _job_record(svc, job_uuid)
     with svc.engine.db.transaction() as session:
         row = PolicyRepo(session).trigger(trigger)
     if row is None or row.interval is None:
