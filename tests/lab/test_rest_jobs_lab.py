@@ -226,6 +226,10 @@ def test_a_zstack_clients_journey_on_a_real_vm(server: Server, running_vm: LabVm
     (tree,) = trees.json()["inventories"]
     oldest = tree["tree"]["inventory"]
     assert oldest["groupUuid"] == made[0]["uuid"]
+    # One chain, the disk's top on its newest snapshot: all of it the current branch.
+    (child,) = tree["tree"]["children"]
+    assert (tree["current"], tree["tree"]["current"], child["current"]) == (True, True, True)
+    assert child["inventory"]["groupUuid"] == made[1]["uuid"] and child["children"] == []
     deleted = client.poll(client.call("DELETE", f"/volume-snapshots/{oldest['uuid']}"))
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["results"][0]["success"] is True
