@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from snapgroup.api import Engine
+from snapgroup.domain.inventory import Group
 from snapgroup.ops import journal
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
@@ -21,6 +22,18 @@ class Lab:
     def view_of_vm(self, vm_uuid: str = "a" * 32) -> list[dict[int, str]]:
         """What the guest sees on each disk now."""
         return [self.images.read(d.path) for d in self.hv.domains[vm_uuid].disks if d.path]
+
+    def take_groups(self, count: int, vm_uuid: str = "a" * 32) -> list[Group]:
+        """Groups g0.. of vm1. Before group n, each disk's cluster 0 says which point in
+        time it holds (`<target>@<n>`) and cluster 10+n holds `only<n>`."""
+        groups = []
+        for n in range(count):
+            for disk in self.hv.domains[vm_uuid].disks:
+                assert disk.path is not None
+                self.images.write(disk.path, 0, f"{disk.target}@{n}")
+                self.images.write(disk.path, 10 + n, f"only{n}")
+            groups.append(self.engine.create(vm="vm1", name=f"g{n}"))
+        return groups
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

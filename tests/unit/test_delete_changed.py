@@ -21,14 +21,7 @@ ENOSPC = "qemu-img: Block job failed: No space left on device"
 
 def _two_groups(lab: Lab) -> list[Group]:
     lab_domain(lab.hv, state=VmState.STOPPED)
-    groups = []
-    for n in range(2):
-        for disk in lab.hv.domains[VM].disks:
-            assert disk.path is not None
-            lab.images.write(disk.path, 0, f"{disk.target}@{n}")
-            lab.images.write(disk.path, 10 + n, f"only{n}")
-        groups.append(lab.engine.create(vm="vm1", name=f"g{n}"))
-    return groups
+    return lab.take_groups(2)
 
 
 def _commit_dies_midway(lab: Lab, target_path: str, then: BaseException) -> list[int]:

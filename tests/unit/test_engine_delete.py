@@ -19,13 +19,7 @@ VM = "a" * 32
 def _three_groups(lab: Lab, state: VmState) -> list[Group]:
     """Three groups; each disk's cluster 0 says which point in time it holds."""
     lab_domain(lab.hv, state=state)
-    groups = []
-    for n in range(3):
-        for disk in lab.hv.domains[VM].disks:
-            assert disk.path is not None
-            lab.images.write(disk.path, 0, f"{disk.target}@{n}")
-            lab.images.write(disk.path, 10 + n, f"only{n}")
-        groups.append(lab.engine.create(vm="vm1", name=f"g{n}"))
+    groups = lab.take_groups(3)
     for disk in lab.hv.domains[VM].disks:
         assert disk.path is not None
         lab.images.write(disk.path, 0, f"{disk.target}@now")
