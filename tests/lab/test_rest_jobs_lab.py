@@ -251,3 +251,49 @@ def test_a_zstack_clients_journey_on_a_real_vm(server: Server, running_vm: LabVm
         assert engine.verify(vm=running_vm.name) == []
     finally:
         engine.db.dispose()
+
+
+def test_a_reverted_tree_on_a_real_vm(server: Server, stopped_vm: LabVm) -> None:
+    """g1, g2; the root volume reverted to g1's snapshot (RevertVolumeFromSnapshot: a
+    safety group first); g3. The tree: g1's snapshot has two children, g2's (with the
+    safety snapshot under it) and g3's; the current branch is g1 -> g3, and the disk's
+    real chain is exactly that branch's files under its top."""
+    client = server.client
+    assert client is not None
+    root = _root(server, stopped_vm)
+    made = []
+    for name in ("g1", "g2"):
+        body = {"params": {"rootVolumeUuid": root, "name": name}}
+        done = client.poll(client.call("POST", GROUPS, json=body))
+        assert done.status_code == 200, done.text
+        made.append(done.json()["inventory"])
+    first = next(r for r in made[0]["volumeSnapshotRefs"] if r["volumeUuid"] == root)
+    path = f"/volume-snapshots/{first['volumeSnapshotUuid']}/actions"
+    reverted = client.poll(client.call("PUT", path, json={"revertVolumeFromSnapshot": {}}))
+    assert reverted.status_code == 200, reverted.text
+    body = {"params": {"rootVolumeUuid": root, "name": "g3"}}
+    done = client.poll(client.call("POST", GROUPS, json=body))
+    assert done.status_code == 200, done.text
+    made.append(done.json()["inventory"])
+
+    trees = client.call("GET", "/volume-snapshots/trees", params={"q": f"volumeUuid={root}"})
+    (tree,) = trees.json()["inventories"]
+    top = tree["tree"]
+    assert tree["current"] is True
+    assert (top["inventory"]["groupUuid"], top["current"]) == (made[0]["uuid"], True)
+    g2_branch, g3_branch = top["children"]  # oldest first
+    assert (g2_branch["inventory"]["groupUuid"], g2_branch["current"]) == (made[1]["uuid"], False)
+    (safety,) = g2_branch["children"]
+    assert safety["current"] is False and safety["inventory"]["groupUuid"] not in {
+        g["uuid"] for g in made
+    }
+    assert (g3_branch["inventory"]["groupUuid"], g3_branch["current"]) == (made[2]["uuid"], True)
+    assert g3_branch["children"] == []
+    # The real chain under the disk's top: g3's file, then g1's: the current branch.
+    chain = backing_chain(domblklist(stopped_vm.name)["vda"])
+    branch = [g3_branch["inventory"], top["inventory"]]
+    assert chain[1:] == [s["primaryStorageInstallPath"] for s in branch]
+    latest = client.call(
+        "GET", "/volume-snapshots", params={"q": [f"volumeUuid={root}", "latest=true"]}
+    )
+    assert [s["uuid"] for s in latest.json()["inventories"]] == [g3_branch["inventory"]["uuid"]]
