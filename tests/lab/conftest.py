@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from snapgroup.api import Engine, open_engine
+from snapgroup.ops import journal
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
 
 
@@ -27,6 +28,20 @@ def engine(labdir: Path) -> Iterator[Engine]:
     eng = open_engine(connect="qemu:///system", db=f"sqlite:///{labdir / 'snapgroup.db'}")
     yield eng
     eng.db.dispose()
+
+
+@pytest.fixture
+def at_step(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Callable[[], None]], None]:
+    """Run an action the first time the engine reaches a named journal step."""
+    actions: dict[str, Callable[[], None]] = {}
+
+    def checkpoint(name: str) -> None:
+        action = actions.pop(name, None)
+        if action is not None:
+            action()
+
+    monkeypatch.setattr(journal, "checkpoint", checkpoint)
+    return actions.__setitem__
 
 
 def _vm(labdir: Path, start: bool) -> Iterator[LabVm]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +19,20 @@ import pytest
 
 from snapgroup.api import Engine
 from snapgroup.domain.inventory import Group
-from snapgroup.ops import journal
 from snapgroup.ops.delete import DeleteRefused
-from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
-from tests.lab.tools import domblklist, export, reads, same, sh, write_live, write_offline
+from snapgroup.testing.labvm import LabVm
+from tests.lab.tools import (
+    domblklist,
+    export,
+    fill,
+    free_bytes,
+    reads,
+    same,
+    sh,
+    tmpfs_lab_vm,
+    write_live,
+    write_offline,
+)
 
 pytestmark = pytest.mark.lab
 MIB = 1 << 20
@@ -32,30 +41,8 @@ MIB = 1 << 20
 @pytest.fixture
 def tmpfs_vm() -> Iterator[LabVm]:
     """A running lab VM whose disks (root, data1, data2) live on a 48 MiB tmpfs."""
-    name = f"sg-space-{uuid.uuid4().hex[:8]}"
-    mount = lab_directory(name)
-    mount.mkdir(parents=True)
-    sh("mount", "-t", "tmpfs", "-o", "size=48m,mode=0755", "tmpfs", str(mount))
-    vm = None
-    try:
-        vm = create_lab_vm(mount / "vm", name=name)
+    with tmpfs_lab_vm("sg-space", 48) as vm:
         yield vm
-    finally:
-        if vm is not None:
-            vm.destroy()
-        sh("umount", "-l", str(mount), check=False)
-        subprocess.run(["rm", "-rf", str(mount)], check=False)
-
-
-def free_bytes(directory: Path) -> int:
-    return int(sh("df", "--output=avail", "-B1", str(directory)).stdout.split()[-1])
-
-
-def fill(directory: Path, leave: int, name: str = "filler") -> Path:
-    """A file outside snapgroup's knowledge that leaves `leave` bytes free."""
-    filler = directory / name
-    sh("fallocate", "-l", str(max(0, free_bytes(directory) - leave)), str(filler))
-    return filler
 
 
 def exports(groups: list[Group], dest: Path) -> dict[str, Path]:
@@ -125,25 +112,11 @@ def test_merges_that_fit_alone_but_not_together_are_refused_up_front(
     assert_unchanged(engine, groups[1:], saved)
 
 
-@pytest.fixture
-def on_step(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Callable[[], None]], None]:
-    """Run an action the first time the engine reaches a named journal step."""
-    actions: dict[str, Callable[[], None]] = {}
-
-    def checkpoint(name: str) -> None:
-        action = actions.pop(name, None)
-        if action is not None:
-            action()
-
-    monkeypatch.setattr(journal, "checkpoint", checkpoint)
-    return actions.__setitem__
-
-
 def test_a_commit_that_runs_dry_midway_marks_the_group_changed_and_unavailable(
     engine: Engine,
     tmpfs_vm: LabVm,
     tmp_path: Path,
-    on_step: Callable[[str, Callable[[], None]], None],
+    at_step: Callable[[str, Callable[[], None]], None],
 ) -> None:
     vm = tmpfs_vm
     write_live(vm.name, 1, 0x11, 0)
@@ -161,7 +134,7 @@ def test_a_commit_that_runs_dry_midway_marks_the_group_changed_and_unavailable(
     # Once the checks passed and the commit into g0's vdb file is about to start, the
     # filesystem fills up from outside: 1 MiB left for an 8 MiB commit.
     fillers: list[Path] = []
-    on_step("delete:merge", lambda: fillers.append(fill(vm.directory, MIB)))
+    at_step("delete:merge", lambda: fillers.append(fill(vm.directory, MIB)))
 
     report = engine.delete(g0.uuid)  # Permissive
 

@@ -4,7 +4,6 @@ or a success, never a broken chain, never metadata that disagrees with reality."
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,26 +13,11 @@ import pytest
 
 from snapgroup.api import Engine
 from snapgroup.domain.errors import SnapgroupError
-from snapgroup.ops import journal
-from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
-from tests.lab.tools import domblklist, export, same, sh, write_live
+from snapgroup.testing.labvm import LabVm
+from tests.lab.tools import domblklist, export, fill, same, sh, tmpfs_lab_vm, write_live
 
 pytestmark = pytest.mark.lab
 TARGETS = ["vda", "vdb", "vdc"]
-
-
-@pytest.fixture
-def at_step(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Callable[[], None]], None]:
-    """Run an action the first time the engine reaches a named step."""
-    actions: dict[str, Callable[[], None]] = {}
-
-    def checkpoint(name: str) -> None:
-        action = actions.pop(name, None)
-        if action is not None:
-            action()
-
-    monkeypatch.setattr(journal, "checkpoint", checkpoint)
-    return actions.__setitem__
 
 
 def restart_libvirtd() -> None:
@@ -162,29 +146,13 @@ def test_a_failing_block_job_leaves_the_chain_intact(
 @pytest.fixture
 def small_disk_vm() -> Iterator[LabVm]:
     """A lab VM whose directory is a 24 MiB tmpfs."""
-    name = f"sg-lab-{uuid.uuid4().hex[:8]}"
-    directory = lab_directory(name)
-    directory.mkdir(parents=True)
-    sh("mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(directory))
-    vm = create_lab_vm(directory, name=name, disk_mib=32)
-    try:
+    with tmpfs_lab_vm("sg-lab", 24, disk_mib=32) as vm:
         yield vm
-    finally:
-        vm.destroy()
-        sh("umount", "-l", str(directory), check=False)
-        subprocess.run(["rm", "-rf", str(directory)], check=False)
-
-
-def fill(directory: Path, leave_kib: int) -> Path:
-    free = int(sh("df", "--output=avail", "-B1", str(directory)).stdout.split()[-1])
-    filler = directory / "filler"
-    sh("fallocate", "-l", str(max(0, free - leave_kib * 1024)), str(filler))
-    return filler
 
 
 def test_disk_full_during_overlay_creation(engine: Engine, small_disk_vm: LabVm) -> None:
     before, made = domblklist(small_disk_vm.name), files(small_disk_vm)
-    filler = fill(small_disk_vm.directory, 300)  # room for one overlay, not three
+    filler = fill(small_disk_vm.directory, 300 << 10)  # room for one overlay, not three
     with pytest.raises(SnapgroupError) as err:
         engine.create(vm=small_disk_vm.name, name="g")
     assert "No space left" in str(err.value.details) or "space" in str(err.value.details)
@@ -201,7 +169,7 @@ def test_disk_full_during_a_merge(engine: Engine, small_disk_vm: LabVm, tmp_path
     for mib in range(6):  # 6 MiB the merge must copy down into the snapshot's file
         write_live(vm.name, 1, 0x80 + mib, mib)
     saved = snapshot_of_state(vm, True, tmp_path / "s")
-    fill(vm.directory, 1024)
+    fill(vm.directory, 1024 << 10)
     with pytest.raises(SnapgroupError, match="free"):
         engine.delete(group.uuid)  # Permissive: refused by the space check, nothing done
     assert engine.verify(vm=vm.name) == []

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
 
 URI = "qemu:///system"
 
@@ -66,3 +71,33 @@ def export(path: str, dest: Path) -> Path:
 
 def same(a: str | Path, b: str | Path) -> bool:
     return sh("qemu-img", "compare", "-U", str(a), str(b), check=False).returncode == 0
+
+
+@contextlib.contextmanager
+def tmpfs_lab_vm(prefix: str, size_mib: int, *, disk_mib: int = 64) -> Iterator[LabVm]:
+    """A running lab VM whose disks live on a tmpfs of `size_mib` MiB, a filesystem the
+    test can fill (fill()); unmounted and removed afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    mount = lab_directory(name)
+    mount.mkdir(parents=True)
+    sh("mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "tmpfs", str(mount))
+    vm = None
+    try:
+        vm = create_lab_vm(mount / "vm", name=name, disk_mib=disk_mib)
+        yield vm
+    finally:
+        if vm is not None:
+            vm.destroy()
+        sh("umount", "-l", str(mount), check=False)
+        subprocess.run(["rm", "-rf", str(mount)], check=False)
+
+
+def free_bytes(directory: Path) -> int:
+    return int(sh("df", "--output=avail", "-B1", str(directory)).stdout.split()[-1])
+
+
+def fill(directory: Path, leave: int, name: str = "filler") -> Path:
+    """A file outside snapgroup's knowledge that leaves `leave` bytes free."""
+    filler = directory / name
+    sh("fallocate", "-l", str(max(0, free_bytes(directory) - leave)), str(filler))
+    return filler
