@@ -94,9 +94,11 @@ class Client:
             time.sleep(0.1)
 
 
-@pytest.fixture
-def server(db_url: str) -> Iterator[Client]:
-    _snapgroup(db_url, "account", "set-password", "admin", "--password-stdin", stdin=PASSWORD)
+def start_serve(
+    db_url: str, *, timeout: float, stdout: int = subprocess.PIPE
+) -> tuple[subprocess.Popen[str], httpx.Client]:
+    """`snapgroup serve` on a free port of 127.0.0.1, once it answers (its OpenAPI
+    document), and a client for it whose requests wait up to `timeout` seconds."""
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -110,23 +112,35 @@ def server(db_url: str) -> Iterator[Client]:
             f"127.0.0.1:{port}",
         ],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout)
     try:
         deadline = time.monotonic() + 30
         while True:
             assert proc.poll() is None, proc.communicate()[1]
             try:
                 if http.get("/zstack/v1/openapi.json").status_code == 200:
-                    break
+                    return proc, http
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.1)
+    except BaseException:
+        http.close()
+        proc.kill()  # a no-op once it has exited
+        proc.communicate()
+        raise
+
+
+@pytest.fixture
+def server(db_url: str) -> Iterator[Client]:
+    _snapgroup(db_url, "account", "set-password", "admin", "--password-stdin", stdin=PASSWORD)
+    proc, http = start_serve(db_url, timeout=30)
+    try:
         yield Client(http)
     finally:
         http.close()

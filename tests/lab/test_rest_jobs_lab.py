@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +23,10 @@ from snapgroup.testing.labvm import LabVm
 from tests.lab.test_rest_e2e import (
     GROUPS,
     PASSWORD,
-    ROOT,
     Client,
-    _free_port,
     _login,
     _snapgroup,
+    start_serve,
 )
 from tests.lab.tools import backing_chain, domblklist
 
@@ -44,34 +42,7 @@ class Server:
         self.client: Client | None = None
 
     def start(self) -> Client:
-        port = _free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "snapgroup",
-                "--db",
-                self.db_url,
-                "serve",
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.proc.poll() is None, self.proc.communicate()[1]
-            try:
-                if http.get("/zstack/v1/openapi.json").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        self.proc, http = start_serve(self.db_url, timeout=60, stdout=subprocess.DEVNULL)
         old = self.client.session if self.client else ""
         self.client = Client(http, old)
         if not old:
