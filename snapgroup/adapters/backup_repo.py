@@ -344,7 +344,9 @@ def _fsync_dir(path: str) -> None:
 def _write_atomic(path: str, text: str) -> None:
     """Write beside, fsync, rename over: a reader sees the old text or the new, whole."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    # 0600: the manifest holds the domain XML, graphics passwords included.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -196,6 +196,9 @@ def test_a_backup_is_listed_only_once_published(tmp_path: Path, local: dict[str,
     assert [m.backup_id for m in repo.backups()] == [backup_id(1), backup_id(2)]
     assert repo.get(backup_id(2)).disks[0].chain == (backup_id(1), backup_id(2))
     assert same_view(Path(repo.file(repo.get(backup_id(2)), VOL)), local["sg"])
+    # The manifest holds the domain XML (graphics passwords too): its owner's only.
+    manifest = Path(repo.file(repo.get(backup_id(2)), VOL)).parent / "manifest.json"
+    assert manifest.stat().st_mode & 0o777 == 0o600
     # An interrupted export: a partial with a file in it is never listed, and goes.
     partial = repo.begin(VM, backup_id(3))
     QemuImg().flatten(str(local["sg"]), partial.file(VOL), shared=True)
