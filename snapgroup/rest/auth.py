@@ -1,4 +1,4 @@
-"""Accounts and login sessions of the REST API, in the store (AccountRow, SessionRow).
+"""Accounts and login sessions of the REST API (their rows: store/accounts.py).
 
 ZStack clients log in with the SHA-512 hex digest of the password, never the password.
 The store keeps only a salted scrypt hash of that digest: a stolen database yields
@@ -17,14 +17,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete
-from sqlalchemy import select as sa_select
-from sqlmodel import col, select
-
-from snapgroup.domain.errors import AuthenticationError, InvalidArgument, InvalidSession, NotFound
+from snapgroup.domain.errors import AuthenticationError, InvalidArgument, InvalidSession
 from snapgroup.domain.inventory import zstack_date
+from snapgroup.store.accounts import AccountStore
 from snapgroup.store.db import Database
-from snapgroup.store.tables import AccountRow, SessionRow
 
 DEFAULT_SESSION_TIMEOUT = 7200.0  # seconds; ZStack's default session timeout
 # scrypt: memory-hard, in the standard library; ~0.1 s per login. The cost is stored
@@ -58,16 +54,6 @@ def digest_matches(digest: str, stored: str) -> bool:
 # Compared against when the account does not exist, so that a wrong name takes as long
 # as a wrong password (no account names learned from timing).
 _DUMMY = hash_digest("0" * 128, salt=b"\0" * 16)
-
-
-_S: Any = SessionRow.__table__.c  # type: ignore[attr-defined]
-_A: Any = AccountRow.__table__.c  # type: ignore[attr-defined]
-# A session and its account by the session's primary key: one indexed read.
-_LIVE = (
-    sa_select(_S.create_date, _S.expired_date, _A.uuid, _A.name)
-    .join_from(SessionRow.__table__, AccountRow.__table__, _A.uuid == _S.account_uuid)  # type: ignore[attr-defined]
-    .where(_S.uuid == bindparam("token"))
-)
 
 
 def _utcnow() -> datetime:
@@ -104,6 +90,7 @@ class Accounts:
     ) -> None:
         """`cost`: scrypt's N for the passwords set here (tests choose a cheap one)."""
         self.db = db
+        self.store = AccountStore(db)
         self.session_timeout = session_timeout
         self.clock = clock
         self.cost = cost
@@ -118,90 +105,65 @@ class Accounts:
         if not password:
             raise InvalidArgument("the password must not be empty")
         stored = hash_digest(sha512_hex(password), cost=self.cost)
-        now = self.clock()
-        with self.db.transaction() as session:
-            row = session.exec(select(AccountRow).where(AccountRow.name == name)).first()
-            created = row is None
-            if row is None:
-                row = AccountRow(
-                    uuid=uuidlib.uuid4().hex,
-                    name=name,
-                    password_hash=stored,
-                    create_date=now,
-                    last_op_date=now,
-                )
-            else:
-                row.password_hash, row.last_op_date = stored, now
-                session.execute(delete(SessionRow).where(col(SessionRow.account_uuid) == row.uuid))
-            session.add(row)
-        return created
+        return self.store.set_password_hash(
+            name, uuid=uuidlib.uuid4().hex, password_hash=stored, now=self.clock()
+        )
 
     def delete(self, name: str) -> None:
-        with self.db.transaction() as session:
-            row = session.exec(select(AccountRow).where(AccountRow.name == name)).first()
-            if row is None:
-                raise NotFound(f"no account named {name!r}")
-            session.execute(delete(SessionRow).where(col(SessionRow.account_uuid) == row.uuid))
-            session.delete(row)
+        self.store.delete(name)
 
     def names(self) -> list[str]:
-        with self.db.transaction() as session:
-            return list(session.exec(select(AccountRow.name).order_by(col(AccountRow.name))))
+        return self.store.names()
 
     # -- the API --------------------------------------------------------------------
 
     def login(self, name: str, digest: str) -> Session:
-        with self.db.transaction() as session:
-            row = session.exec(select(AccountRow).where(AccountRow.name == name)).first()
-        stored = row.password_hash if row is not None else _DUMMY
-        if not digest_matches(digest, stored) or row is None:
+        account = self.store.find(name)
+        stored = account.password_hash if account is not None else _DUMMY
+        if not digest_matches(digest, stored) or account is None:
             raise AuthenticationError("wrong account name or password")
         now = self.clock()
-        new = SessionRow(
+        new = Session(
             uuid=uuidlib.uuid4().hex,
-            account_uuid=row.uuid,
+            account_uuid=account.uuid,
+            account_name=account.name,
             create_date=now,
             expired_date=now + timedelta(seconds=self.session_timeout),
         )
-        with self.db.transaction() as session:
-            # Logins are rare: a fine moment to forget the sessions that expired.
-            session.execute(delete(SessionRow).where(col(SessionRow.expired_date) <= now))
-            session.add(new)
-        return Session(new.uuid, row.uuid, row.name, new.create_date, new.expired_date)
+        self.store.add_session(
+            new.uuid,
+            account_uuid=new.account_uuid,
+            create_date=new.create_date,
+            expired_date=new.expired_date,
+        )
+        return new
 
     def validate(self, session_uuid: str) -> Session:
         """The live session, or InvalidSession (unknown, malformed or expired)."""
         token = session_uuid.strip().lower().replace("-", "")
         if len(token) != 32:
             raise InvalidSession("the session is not a UUID")
-        with self.db.read() as conn:
-            # Columns, not ORM rows, in no transaction: every call is checked.
-            found = conn.execute(_LIVE, {"token": token}).first()
+        found = self.store.find_session(token)
         if found is None:
             raise InvalidSession("no such session (log in again)")
-        created, expires, account_uuid, account_name = found
-        if expires <= self.clock():
+        if found.expired_date <= self.clock():
             raise InvalidSession("the session has expired (log in again)")
-        return Session(token, account_uuid, account_name, created, expires)
+        return Session(
+            token, found.account_uuid, found.account_name, found.create_date, found.expired_date
+        )
 
     def renew(self, session_uuid: str, duration: float | None = None) -> Session:
         """RenewSession: a live session now expires `duration` seconds from now (default
         the session timeout); InvalidSession when it is not live."""
         current = self.validate(session_uuid)
         expires = self.clock() + timedelta(seconds=duration or self.session_timeout)
-        with self.db.transaction() as session:
-            row = session.get(SessionRow, current.uuid)
-            if row is None:  # logged out in between
-                raise InvalidSession("no such session (log in again)")
-            row.expired_date = expires
-            session.add(row)
+        if not self.store.set_session_expiry(current.uuid, expires):  # logged out in between
+            raise InvalidSession("no such session (log in again)")
         return replace(current, expired_date=expires)
 
     def logout(self, session_uuid: str) -> None:
         """Idempotent: an unknown session is already logged out."""
-        token = session_uuid.strip().lower().replace("-", "")
-        with self.db.transaction() as session:
-            session.execute(delete(SessionRow).where(col(SessionRow.uuid) == token))
+        self.store.delete_session(session_uuid.strip().lower().replace("-", ""))
 
 
 def session_from_header(value: str | None) -> str:
