@@ -25,7 +25,6 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
-    Table,
     and_,
     case,
     cast,
@@ -37,12 +36,9 @@ from sqlalchemy import (
 from sqlmodel import Session
 
 from snapgroup.domain.zquery import COMPARISONS, GROUP_FIELDS, Condition, Kind, Query
+from snapgroup.store.base import _GROUPS, _REFS, _SNAPSHOTS
 from snapgroup.store.groups import group_view_columns
-from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow
 
-_GROUPS: Table = GroupRow.__table__  # type: ignore[attr-defined]
-_REFS: Table = RefRow.__table__  # type: ignore[attr-defined]
-_SNAPSHOTS: Table = SnapshotRow.__table__  # type: ignore[attr-defined]
 _G, _R, _S = _GROUPS.c, _REFS.c, _SNAPSHOTS.c
 
 # Ref fields kept on the snapshot row: a condition on them joins it.
