@@ -1,13 +1,18 @@
-"""Pieces every route module uses: the documented credential and error responses."""
+"""Pieces every route module uses: the documented credential and error responses, the
+reply of a query run in Python."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Depends
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 
+from snapgroup.domain.zquery import Kind, parse_query
+from snapgroup.rest.query import run_plain
 from snapgroup.rest.schemas import ErrorDocument
 
 # Documents the credential in the OpenAPI document. The check itself is SessionGuard's
@@ -34,3 +39,13 @@ def documented(status: int, model: type[BaseModel], *errors: int) -> dict[int | 
     for code in errors:
         responses[code] = {"model": ErrorDocument, "description": _ERRORS[code]}
     return responses
+
+
+def query_reply(
+    schema: Mapping[str, Kind], items: list[tuple[dict[str, Any], dict[str, Any]]], **params: Any
+) -> JSONResponse:
+    """The reply of a query over `items` ((values, inventory) pairs), run in Python and
+    serialised once (a dict answered would be walked by FastAPI's encoder and validated
+    against the annotation again, in one more worker thread)."""
+    query = parse_query(schema=schema, refs={}, **params)
+    return JSONResponse(run_plain(query, items))

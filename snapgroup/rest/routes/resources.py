@@ -9,7 +9,6 @@ are the recorded ones."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,10 +16,9 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from snapgroup.domain.inventory import zstack_date
-from snapgroup.domain.zquery import Kind, parse_query, patterns
+from snapgroup.domain.zquery import Kind, patterns
 from snapgroup.ops.queries import VmInstance
-from snapgroup.rest.query import run_plain
-from snapgroup.rest.routes.common import AUTH, documented
+from snapgroup.rest.routes.common import AUTH, documented, query_reply
 from snapgroup.rest.schemas import VmQueryDocument, VolumeQueryDocument
 from snapgroup.rest.services import Services, services
 from snapgroup.store.resource_rows import all_volumes
@@ -119,15 +117,6 @@ _VOL_CONDITION, _VOL_SORT, _VOL_FIELDS = patterns(VOLUME_FIELDS)
 _VM_CONDITION, _VM_SORT, _VM_FIELDS = patterns(VM_FIELDS)
 
 
-def _query(
-    schema: Mapping[str, Kind], items: list[tuple[dict[str, Any], dict[str, Any]]], **params: Any
-) -> JSONResponse:
-    """The reply, serialised once (a dict answered would be walked by FastAPI's
-    encoder and validated against the annotation again, in one more worker thread)."""
-    query = parse_query(schema=schema, refs={}, **params)
-    return JSONResponse(run_plain(query, items))
-
-
 @router.get(
     "/volumes",
     responses=documented(200, VolumeQueryDocument, 400, 401),
@@ -146,7 +135,7 @@ def query_volumes(
     with svc.engine.db.transaction() as session:
         rows = all_volumes(session)
     items = [_volume(r) for r in rows]
-    return _query(
+    return query_reply(
         VOLUME_FIELDS, items, q=q or (), limit=limit, start=start, count=count,
         reply_with_count=replyWithCount, sort=sort, fields=fields,
     )  # fmt: skip
@@ -168,7 +157,7 @@ def query_vms(
     fields: Annotated[str | None, Query(pattern=_VM_FIELDS)] = None,
 ) -> JSONResponse:
     items = [_vm(vm) for vm in svc.engine.vm_instances()]
-    return _query(
+    return query_reply(
         VM_FIELDS, items, q=q or (), limit=limit, start=start, count=count,
         reply_with_count=replyWithCount, sort=sort, fields=fields,
     )  # fmt: skip

@@ -19,11 +19,10 @@ from snapgroup.api import DeleteMode
 from snapgroup.domain.errors import InvalidArgument, NotFound
 from snapgroup.domain.inventory import zstack_date
 from snapgroup.domain.validate import parse_uuid
-from snapgroup.domain.zquery import Kind, parse_query, patterns
+from snapgroup.domain.zquery import Kind, patterns
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import Work
-from snapgroup.rest.query import run_plain
-from snapgroup.rest.routes.common import AUTH, documented
+from snapgroup.rest.routes.common import AUTH, documented, query_reply
 from snapgroup.rest.routes.groups import JobHeader
 from snapgroup.rest.schemas import (
     UUID_PATTERN,
@@ -126,11 +125,10 @@ def query_snapshots(
 ) -> JSONResponse:
     with svc.engine.db.transaction() as session:
         rows = live_snapshots(session)
-    query = parse_query(
-        schema=SNAPSHOT_FIELDS, refs={}, q=q or (), limit=limit, start=start, count=count,
-        reply_with_count=replyWithCount, sort=sort, fields=fields,
+    return query_reply(
+        SNAPSHOT_FIELDS, [_snapshot(*row) for row in rows], q=q or (), limit=limit,
+        start=start, count=count, reply_with_count=replyWithCount, sort=sort, fields=fields,
     )  # fmt: skip
-    return JSONResponse(run_plain(query, [_snapshot(*row) for row in rows]))  # as resources
 
 
 def _leaf(
@@ -204,11 +202,10 @@ def query_trees(
             "lastOpDate": zstack_date(first[volume_uuid].last_op_date),
         }
         items.append((values, inventory))
-    query = parse_query(
-        schema=TREE_FIELDS, refs={}, q=q or (), limit=limit, start=start, count=count,
+    return query_reply(
+        TREE_FIELDS, items, q=q or (), limit=limit, start=start, count=count,
         reply_with_count=replyWithCount,
     )  # fmt: skip
-    return JSONResponse(run_plain(query, items))
 
 
 @router.delete(
