@@ -42,6 +42,9 @@ JobHeader = Annotated[
     ),
 ]
 GroupUuid = Annotated[str, Path(pattern=UUID_PATTERN)]
+DeleteModeQuery = Annotated[
+    Literal["Permissive", "Enforcing"] | None, Query(description="default Permissive")
+]
 GROUP = "/volume-snapshots/group"
 OPERATION = documented(202, Location, 400, 401, 404, 409)
 
@@ -77,9 +80,7 @@ def delete_group(
     uuid: GroupUuid,
     request: Request,
     svc: ServicesDep,
-    deleteMode: Annotated[
-        Literal["Permissive", "Enforcing"] | None, Query(description="default Permissive")
-    ] = None,
+    deleteMode: DeleteModeQuery = None,
     job: JobHeader = "",
 ) -> JSONResponse:
     def precheck() -> Work:

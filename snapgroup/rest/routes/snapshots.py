@@ -8,7 +8,7 @@ group ref kept as snapshotDeleted) and RevertVolumeFromSnapshot (`PUT
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -23,7 +23,7 @@ from snapgroup.domain.zquery import Kind, patterns
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import Work
 from snapgroup.rest.routes.common import AUTH, documented, query_reply
-from snapgroup.rest.routes.groups import JobHeader
+from snapgroup.rest.routes.groups import DeleteModeQuery, JobHeader
 from snapgroup.rest.schemas import (
     UUID_PATTERN,
     Location,
@@ -218,9 +218,7 @@ def delete_snapshot(
     uuid: Annotated[str, Path(pattern=UUID_PATTERN)],
     request: Request,
     svc: ServicesDep,
-    deleteMode: Annotated[
-        Literal["Permissive", "Enforcing"] | None, Query(description="default Permissive")
-    ] = None,
+    deleteMode: DeleteModeQuery = None,
     job: JobHeader = "",
 ) -> JSONResponse:
     """The job's result is `{"results": [{snapshotUuid, volumeUuid, success, error}]}`
