@@ -217,42 +217,17 @@ def test_kill_9_of_export_restore_and_prune_leaves_nothing_half_done(
     restored.append(name)
     last = _listed_are_whole(engine, vm, repo)[-1]
     before = set(os.listdir(vm.directory))
+    restore = _cli(
+        vm, db, "restore", "--from", repo, str(last), "--as", name, "--disk-dir", str(vm.directory)
+    )
     for _ in range(2):
-        _killed_at_random(
-            _cli(
-                vm,
-                db,
-                "restore",
-                "--from",
-                repo,
-                str(last),
-                "--as",
-                name,
-                "--disk-dir",
-                str(vm.directory),
-            ),
-            rng,
-            1.6,
-        )
+        _killed_at_random(restore, rng, 1.6)
         assert _run(_cli(vm, db, "recover")).returncode == 0
         if sh("virsh", "-c", "qemu:///system", "dominfo", name, check=False).returncode == 0:
             break  # it had finished: a complete VM
         assert set(os.listdir(vm.directory)) == before
     if sh("virsh", "-c", "qemu:///system", "dominfo", name, check=False).returncode != 0:
-        ok = _run(
-            _cli(
-                vm,
-                db,
-                "restore",
-                "--from",
-                repo,
-                str(last),
-                "--as",
-                name,
-                "--disk-dir",
-                str(vm.directory),
-            )
-        )
+        ok = _run(restore)
         assert ok.returncode == 0, ok.stderr
 
     # prune killed at random, then at the commit step; recover finishes; all restorable
