@@ -5,14 +5,22 @@ chain presents (`read`) and prove a merge kept it. FakeHypervisor drives the sam
 Every method can be made to fail: `fail["method"] = SomeSnapgroupError(...)`, optionally
 after N successful calls (`fail_after["method"] = N`), and for only N calls
 (`fail_times["method"] = N`: then it works again, as a retried call may).
+
+The engine calls them from several threads at once (a live delete's block commits, one
+per disk, beside its own rebases and removals): every method runs under one lock that a
+FakeHypervisor shares with its FakeImageTool, as libvirt serialises changes to a domain.
+Progress is reported outside it (the caller's callback may raise or take its own lock).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Concatenate, ParamSpec, TypeVar
 
 from snapgroup.adapters.domxml import parse_domain, restore_xml
 from snapgroup.domain.backup_manifest import ImageCheck
@@ -31,6 +39,7 @@ from snapgroup.ports import ProgressFn
 
 class _Faults:
     def __init__(self) -> None:
+        self.lock = threading.RLock()
         self.fail: dict[str, SnapgroupError] = {}
         self.fail_after: dict[str, int] = {}
         self.fail_times: dict[str, int] = {}
@@ -54,6 +63,23 @@ class _Faults:
         return [args for name, args in self.calls if name == method]
 
 
+_F = TypeVar("_F", bound=_Faults)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _serialised(method: Callable[Concatenate[_F, _P], _R]) -> Callable[Concatenate[_F, _P], _R]:
+    """The method under the fake's lock: one thread at a time changes or reads its state
+    (a read-modify-write of a domain's disks from two threads lost a pivot)."""
+
+    @functools.wraps(method)
+    def locked(self: _F, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 ZERO = "\0"  # an allocated cluster that reads as zeros (as if never written)
 
 
@@ -74,6 +100,7 @@ class FakeImageTool(_Faults):
         self._layers: dict[tuple[str, str, int, int, str | None], ImageInfo] = {}
 
     # helpers for tests
+    @_serialised
     def add(
         self,
         path: str,
@@ -84,9 +111,11 @@ class FakeImageTool(_Faults):
     ) -> None:
         self.images[path] = FakeImage(format=fmt, backing=backing, clusters=dict(data or {}))
 
+    @_serialised
     def write(self, path: str, cluster: int, value: str) -> None:
         self.images[path].clusters[cluster] = value
 
+    @_serialised
     def read(self, path: str) -> dict[int, str]:
         """The guest-visible view of the chain topped by `path`."""
         view: dict[int, str] = {}
@@ -95,6 +124,7 @@ class FakeImageTool(_Faults):
         return {c: v for c, v in view.items() if v != ZERO}
 
     # the port
+    @_serialised
     def chain(self, path: str, *, shared: bool = False) -> list[ImageInfo]:
         self._call("chain", path)
         layers: list[ImageInfo] = []
@@ -125,6 +155,7 @@ class FakeImageTool(_Faults):
             self._layers[key] = layer
         return layer
 
+    @_serialised
     def create_overlay(
         self, path: str, *, backing: str, backing_format: str, size: int | None = None
     ) -> None:
@@ -139,11 +170,13 @@ class FakeImageTool(_Faults):
         )
 
     def commit(self, top: str, *, base: str, progress: ProgressFn | None = None) -> None:
-        self._call("commit", top, base)
-        _merge_down(self.images, top, base)
+        with self.lock:
+            self._call("commit", top, base)
+            _merge_down(self.images, top, base)
         if progress:
             progress(BlockJobProgress(1, 1))
 
+    @_serialised
     def rebase(self, image: str, *, backing: str | None, backing_format: str, unsafe: bool) -> None:
         self._call("rebase", image, backing)
         target = self.images[image]
@@ -158,6 +191,7 @@ class FakeImageTool(_Faults):
         target.backing = backing
 
     # Backups. A file's damage for `check`: `corrupt` holds the paths that report it.
+    @_serialised
     def flatten(
         self, source: str, target: str, *, shared: bool, progress: ProgressFn | None = None
     ) -> None:
@@ -165,6 +199,7 @@ class FakeImageTool(_Faults):
         size = self.images[self.chain(source)[0].path].virtual_size
         self.images[target] = FakeImage(virtual_size=size, clusters=self.read(source))
 
+    @_serialised
     def export_incremental(
         self,
         layers: Sequence[str],
@@ -183,18 +218,21 @@ class FakeImageTool(_Faults):
         size = self.images[layers[-1]].virtual_size
         self.images[target] = FakeImage(virtual_size=size, backing=base, clusters=clusters)
 
+    @_serialised
     def check(self, path: str) -> ImageCheck:
         self._call("check", path)
         if path not in self.images:
             raise ImageToolError(f"qemu-img: could not open '{path}'")
         return ImageCheck(corruptions=int(path in self.corrupt), leaks=0, check_errors=0)
 
+    @_serialised
     def set_backing(self, image: str, *, backing_name: str | None, safe: bool) -> None:
         base = None
         if backing_name is not None:
             base = os.path.normpath(os.path.join(os.path.dirname(image), backing_name))
         self.rebase(image, backing=base, backing_format="qcow2", unsafe=not safe)
 
+    @_serialised
     def remove(self, path: str) -> None:
         self._call("remove", path)
         self.images.pop(path, None)
@@ -202,6 +240,7 @@ class FakeImageTool(_Faults):
     def wait_released(self) -> None:
         """Space is released at once here."""
 
+    @_serialised
     def exists(self, path: str) -> bool:
         return path in self.images
 
@@ -236,6 +275,7 @@ class FakeDomain:
 class FakeHypervisor(_Faults):
     def __init__(self, images: FakeImageTool) -> None:
         super().__init__()
+        self.lock = images.lock  # a block commit changes images and the domain at once
         self.images = images
         self.domains: dict[str, FakeDomain] = {}
         # Guest agents: VM uuid -> the mountpoints its agent reports. A VM not in here
@@ -243,13 +283,16 @@ class FakeHypervisor(_Faults):
         self.agents: dict[str, tuple[str, ...]] = {}
         self.frozen: set[str] = set()  # VMs whose filesystems are frozen now
 
+    @_serialised
     def define(self, uuid: str, name: str, state: VmState, disks: Sequence[DomainDisk]) -> None:
         self.domains[uuid] = FakeDomain(uuid, name, state, list(disks))
 
+    @_serialised
     def list_vms(self) -> list[tuple[str, str]]:
         self._call("list_vms")
         return [(d.uuid, d.name) for d in self.domains.values()]
 
+    @_serialised
     def disk_path(self, uuid: str, target: str) -> str | None:
         return next(d.path for d in self.domains[uuid].disks if d.target == target)
 
@@ -264,11 +307,13 @@ class FakeHypervisor(_Faults):
         domain.disks = [replace(d, path=path) if d.target == target else d for d in domain.disks]
 
     # the port
+    @_serialised
     def lookup(self, vm: str) -> DomainInfo:
         self._call("lookup", vm)
         d = self._domain(vm)
         return DomainInfo(d.uuid, d.name, d.state, tuple(d.disks))
 
+    @_serialised
     def snapshot_disks(
         self, vm_uuid: str, overlays: Sequence[DiskOverlay], *, quiesce: bool = False
     ) -> None:
@@ -280,6 +325,7 @@ class FakeHypervisor(_Faults):
         for o in overlays:
             self._set_source(domain, o.target, o.overlay)
 
+    @_serialised
     def set_disk_sources(self, vm_uuid: str, sources: dict[str, str]) -> None:
         self._call("set_disk_sources", vm_uuid, dict(sources))
         domain = self._domain(vm_uuid)
@@ -295,27 +341,31 @@ class FakeHypervisor(_Faults):
         base: str,
         progress: ProgressFn | None = None,
     ) -> None:
-        self._call("block_commit", vm_uuid, target, top, base)
-        domain = self._domain(vm_uuid)
-        active = next(d.path for d in domain.disks if d.target == target)
-        assert active is not None
-        if top is None:
-            _merge_down(self.images.images, active, base)
-            self._set_source(domain, target, base)
-        else:
-            _merge_down(self.images.images, top, base)
-            above = next(p for p, i in self.images.images.items() if i.backing == top)
-            self.images.images[above].backing = base
+        with self.lock:  # the copy and the pivot as one step: no other change between
+            self._call("block_commit", vm_uuid, target, top, base)
+            domain = self._domain(vm_uuid)
+            active = next(d.path for d in domain.disks if d.target == target)
+            assert active is not None
+            if top is None:
+                _merge_down(self.images.images, active, base)
+                self._set_source(domain, target, base)
+            else:
+                _merge_down(self.images.images, top, base)
+                above = next(p for p, i in self.images.images.items() if i.backing == top)
+                self.images.images[above].backing = base
         if progress:
             progress(BlockJobProgress(1, 1))
 
+    @_serialised
     def settle_block_job(self, vm_uuid: str, target: str) -> None:
         self._call("settle_block_job", vm_uuid, target)
 
+    @_serialised
     def shutdown(self, vm_uuid: str, *, timeout: float) -> None:
         self._call("shutdown", vm_uuid, timeout)
         self._domain(vm_uuid).state = VmState.STOPPED
 
+    @_serialised
     def start(self, vm_uuid: str) -> None:
         self._call("start", vm_uuid)
         domain = self._domain(vm_uuid)
@@ -323,6 +373,7 @@ class FakeHypervisor(_Faults):
             raise HypervisorError(f"domain {domain.name} is already running")
         domain.state = VmState.RUNNING
 
+    @_serialised
     def define_clone(
         self, vm_uuid: str, *, name: str, new_uuid: str, sources: dict[str, str]
     ) -> DomainInfo:
@@ -338,6 +389,7 @@ class FakeHypervisor(_Faults):
         self.define(new_uuid, name, VmState.STOPPED, disks)
         return self.lookup(new_uuid)
 
+    @_serialised
     def definition_xml(self, vm_uuid: str) -> str:
         self._call("definition_xml", vm_uuid)
         d = self._domain(vm_uuid)
@@ -360,6 +412,7 @@ class FakeHypervisor(_Faults):
         )
         return ET.tostring(root, encoding="unicode")
 
+    @_serialised
     def define_restored(
         self, xml: str, *, name: str, new_uuid: str, sources: dict[str, str]
     ) -> DomainInfo:
@@ -372,6 +425,7 @@ class FakeHypervisor(_Faults):
         self.define(new_uuid, name, VmState.STOPPED, made.disks)
         return self.lookup(new_uuid)
 
+    @_serialised
     def undefine(self, vm_uuid: str) -> None:
         self._call("undefine", vm_uuid)
         domain = self._domain(vm_uuid)
@@ -385,16 +439,19 @@ class FakeHypervisor(_Faults):
             raise HypervisorError("argument unsupported: QEMU guest agent is not configured")
         return self.agents[domain.uuid]
 
+    @_serialised
     def guest_filesystems(self, vm_uuid: str, *, timeout: int | None = None) -> tuple[str, ...]:
         self._call("guest_filesystems", vm_uuid, timeout)
         return self._agent(vm_uuid)
 
+    @_serialised
     def freeze(self, vm_uuid: str, *, timeout: int | None = None) -> FreezeResult:
         self._call("freeze", vm_uuid, timeout)
         mounts = self._agent(vm_uuid)
         self.frozen.add(self._domain(vm_uuid).uuid)
         return FreezeResult(frozen=mounts, count=len(mounts))
 
+    @_serialised
     def thaw(self, vm_uuid: str, *, timeout: int | None = None) -> int:
         self._call("thaw", vm_uuid, timeout)
         mounts = self._agent(vm_uuid)
