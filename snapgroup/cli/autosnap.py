@@ -61,7 +61,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 "; ".join(problems),
             )
         )
-    table(rows, ["VM", "STATE", "DUE", "TAKEN", "PRUNED", "ERROR"], ctx.out)
+    done = ("WOULD TAKE", "WOULD PRUNE") if report.dry_run else ("TAKEN", "PRUNED")
+    table(rows, ["VM", "STATE", "DUE", *done, "ERROR"], ctx.out)
     if report.dry_run:
         for r in report.vms:
             for plan in r.prune_plans:

@@ -61,10 +61,15 @@ def group_detail(group: Group, out: TextIO) -> None:
         "frozenFilesystems",
         "freezeMillis",
         "consistencyNote",
+        "protected",
+        "policy",
+        "policyLabel",
     ):
         value = inv[key]
         if isinstance(value, list):
             value = ", ".join(value) or None
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
         out.write(f"{key + ':':<19}{'-' if value is None else value}\n")
     rows = [
         (

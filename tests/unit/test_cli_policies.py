@@ -47,6 +47,8 @@ def test_policy_crud_and_status(lab: Lab) -> None:
     code, out, _ = cli(lab, "--json", "policy", "status")
     assert code == 2 and json.loads(out)["vms"][0]["slots"][0]["state"] == "CRIT"
     _at(lab, T0)
+    code, out, _ = cli(lab, "autosnap", "--dry-run")
+    assert code == 0 and "WOULD TAKE" in out.splitlines()[0] and lab.engine.list_groups() == []
     code, out, _ = cli(lab, "--json", "autosnap")
     report = json.loads(out)
     assert (
@@ -112,6 +114,8 @@ def test_protect_then_delete_refused_and_dry_run(lab: Lab) -> None:
     group = lab.engine.create(vm="vm1", name="g")
     code, out, _ = cli(lab, "--json", "protect", group.uuid)
     assert code == 0 and json.loads(out)["inventory"]["protected"] is True
+    code, out, _ = cli(lab, "show", group.uuid)
+    assert code == 0 and "protected:         yes\n" in out and "policy:            -\n" in out
     code, out, _ = cli(lab, "--json", "delete", group.uuid)
     error = json.loads(out)["error"]
     assert code == 1 and error["code"] == "SYS.1006"
