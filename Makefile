@@ -66,7 +66,7 @@ consistency: deps daemons guest
 bench: deps daemons guest
 	@# virtnbdbackup: the backup bench's baseline only (not a dependency of snapgroup)
 	@dpkg-query -W -f='$${Status}' virtnbdbackup 2>/dev/null | grep -q "install ok installed" || \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q virtnbdbackup
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q virtnbdbackup; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: deps
