@@ -19,7 +19,7 @@ from typing import Any
 
 from snapgroup.domain.errors import AuthenticationError, InvalidArgument, InvalidSession
 from snapgroup.domain.inventory import zstack_date
-from snapgroup.store.accounts import AccountStore
+from snapgroup.store.accounts import AccountStore, SessionRecord
 from snapgroup.store.db import Database
 
 DEFAULT_SESSION_TIMEOUT = 7200.0  # seconds; ZStack's default session timeout
@@ -61,13 +61,7 @@ def _utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
-class Session:
-    uuid: str
-    account_uuid: str
-    account_name: str
-    create_date: datetime
-    expired_date: datetime
-
+class Session(SessionRecord):
     def to_inventory(self) -> dict[str, Any]:
         """ZStack's SessionInventory (an account is its own user here)."""
         return {
