@@ -486,12 +486,17 @@ def _ancestors(repo: Repo, vm_uuid: str, group_uuid: str) -> tuple[str, ...]:
 EXPORT, RESTORE, PRUNE = "export", "restore", "prune-backups"
 
 
-def open_store(ctx: OpContext, directory: str) -> BackupStore:
+def open_store(ctx: OpContext, directory: str, *, existing: bool = True) -> BackupStore:
+    """The repository at `directory`; one that is not there is NotFound unless this is
+    an export (which makes it) or a recovery (which finds nothing to finish there)."""
     if ctx.backup_store is None:
         raise InvalidArgument("this engine has no backup repository support")
     if not directory:
         raise InvalidArgument("a backup repository directory is needed")
-    return ctx.backup_store(directory)
+    store = ctx.backup_store(directory)
+    if existing and not store.exists(store.root):
+        raise NotFound(f"no backup repository at {store.root}")
+    return store
 
 
 def export(
@@ -507,7 +512,7 @@ def export(
     Journaled: a killed export is never listed; recover (or the next export) removes it."""
     uuid = parse_uuid(group_uuid, "group uuid")
     group = ctx.owned_group(uuid)
-    store = open_store(ctx, to)
+    store = open_store(ctx, to, existing=False)
     # The VM's lock: no delete may merge away the files being read.
     with vm_lock(group.vm_uuid, wait=ctx.lock_wait):
         backup_id = ctx.new_uuid()
@@ -533,7 +538,7 @@ def export(
 @recovers(EXPORT, without_vm=True)
 def recover_export(ctx: OpContext, op: str, plan: dict[str, Any], _domain: DomainInfo) -> None:
     """Published: done. Else the partial is removed: the next export redoes it."""
-    store = open_store(ctx, plan["repo"])
+    store = open_store(ctx, plan["repo"], existing=False)
     try:
         store.get(plan["backup_id"], vm_uuid=plan["vm_uuid"])
     except NotFound:
@@ -748,7 +753,7 @@ def prune_backups(ctx: OpContext, *, at: str, vm: str, keep: int) -> PruneReport
 
 @recovers(PRUNE, without_vm=True)
 def recover_prune(ctx: OpContext, op: str, plan: dict[str, Any], _domain: DomainInfo) -> None:
-    store = open_store(ctx, plan["repo"])
+    store = open_store(ctx, plan["repo"], existing=False)
     pruned = _prune(ctx, store, op, plan["vm_uuid"], plan["keep"])
     ctx.journal.close(op, DONE, detail=f"recover: pruned {len(pruned)} backups")
 

@@ -11,7 +11,8 @@ import pytest
 
 from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.adapters.qemu_img import QemuImg
-from snapgroup.ops import journal
+from snapgroup.domain.errors import NotFound
+from snapgroup.ops import export, journal
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.export import export_group, prune_backups, restore_to_dir, verify_backups
 from snapgroup.ops.journal import DONE
@@ -124,3 +125,19 @@ def test_a_prune_stopped_at_any_step_is_finished_by_recover(
     assert [m.backup_id for m in repo.backups(VM)] == list(made)[2:]
     _reads_its_group(lab, repo, tmp_path, made)
     assert recover_pending(ctx) == []
+
+
+def test_a_repository_that_is_not_there_is_not_found(ctx: OpContext, tmp_path: Path) -> None:
+    """Reading a mistyped path is an error, not an empty repository; nothing is made."""
+    missing = str(tmp_path / "no-such-repository")
+    backup = "1" * 32
+    for call in (
+        lambda: export.backups(ctx, at=missing),
+        lambda: export.verify_backup(ctx, at=missing),
+        lambda: export.restore(ctx, backup, source=missing, to_dir=str(tmp_path / "out")),
+        lambda: export.prune_backups(ctx, at=missing, vm="vm1", keep=1),
+    ):
+        with pytest.raises(NotFound, match=f"no backup repository at {missing}"):
+            call()
+    assert not (tmp_path / "no-such-repository").exists()
+    assert not (tmp_path / "out").exists()

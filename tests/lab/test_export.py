@@ -173,6 +173,8 @@ def _listed_are_whole(engine: Engine, vm: LabVm, repo: str) -> list[str]:
     """Recover (as the next command would), then: every listed backup verifies clean and
     every directory in the repository but partials is a listed backup. Their ids."""
     engine.recover()
+    if not Path(repo).exists():  # killed before the export made the repository
+        return []
     listed = [m.backup_id for m in engine.backups(at=repo)]
     assert engine.verify_backup(at=repo).clean
     names = set(os.listdir(Path(repo) / vm.uuid)) if (Path(repo) / vm.uuid).exists() else set()
