@@ -13,6 +13,10 @@ Each REST figure is paired round by round with the floor: the rows the reply is 
 columns), read by SQL typed by hand through the bare driver (sqlite3 with the store's
 page cache size, psycopg).
 
+The same parsed queries are also run in this process through the engine's query path
+(Engine.query_groups and the reply's inventories, as the route runs them, without HTTP),
+paired with the same floor: how much of a REST figure is the query path, how much HTTP.
+
 Targets: <= 20 ms median each REST query, <= 50 ms the list, <= 2x the floor.
 """
 
@@ -45,6 +49,7 @@ from bench.timing import Row, Stats, Target, clock, ms
 from snapgroup.api import Engine
 from snapgroup.cli.commands import build_parser, execute
 from snapgroup.cli.context import Context
+from snapgroup.domain.zquery import Query, parse_query
 from snapgroup.store.db import SQLITE_CACHE_KIB, Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
 from snapgroup.testing.labvm import LAB_ROOT
@@ -91,6 +96,24 @@ def _floor(conn: Any, mark: str, where: str, args: tuple[Any, ...]) -> None:
         cursor.execute(_REFS_OF.format(",".join([mark] * len(uuids))), uuids)
         cursor.fetchall()
     cursor.close()
+
+
+def _floor_note(ratio: list[float]) -> str:
+    met = FLOOR_TARGET.met(Stats.of(ratio).median)
+    return f"<= {FLOOR_TARGET.value:g}x floor: {'met' if met else 'not met'}"
+
+
+def _engine(db_url: str) -> Engine:
+    """An engine on the store in this process, as `snapgroup serve` holds one (fakes at
+    the hypervisor and image ports: a query touches neither)."""
+    images = FakeImageTool()
+    return Engine(hypervisor=FakeHypervisor(images), images=images, db=Database(db_url))
+
+
+def _parsed(params: dict[str, Any]) -> Query:
+    """The query the REST route parses from those parameters."""
+    q = params.get("q")
+    return parse_query(q=[q] if q else (), limit=params.get("limit"), count=params.get("count"))
 
 
 def _serve(db_url: str, port: int) -> subprocess.Popen[str]:
@@ -262,6 +285,8 @@ def _rows(backend: _Backend, reps: int) -> list[Row]:
              "WHERE g.uuid IN (SELECT group_uuid FROM volume_snapshot_group_ref"
              f" WHERE volume_uuid = {mark})", (volume_uuid,)),
         ]  # fmt: skip
+        engine = _engine(backend.url)
+        in_process: list[Row] = []
         for case, params, where, args in cases:
 
             def ours(p: dict[str, Any] = params) -> None:
@@ -274,8 +299,17 @@ def _rows(backend: _Backend, reps: int) -> list[Row]:
             rows.append(
                 Row(NAME, f"REST {case}{suffix}", "ms", ms(got), "GET via serve", ms(base),
                     "bare driver, same rows", Stats.of(ratio), target=REST_TARGET,
-                    note=f"<= {FLOOR_TARGET.value:g}x floor: "
-                    f"{'met' if FLOOR_TARGET.met(Stats.of(ratio).median) else 'not met'}")
+                    note=_floor_note(ratio))
+            )  # fmt: skip
+            query = _parsed(params)
+
+            def path(q: Query = query) -> None:
+                assert engine.query_groups(q).reply(q)["inventories"]
+
+            got, base, ratio = _paired(reps, path, floor)
+            in_process.append(
+                Row(NAME, f"query path {case}{suffix}", "ms", ms(got), "Engine.query_groups",
+                    ms(base), "bare driver, same rows", Stats.of(ratio), note=_floor_note(ratio))
             )  # fmt: skip
 
         def count() -> None:
@@ -294,6 +328,18 @@ def _rows(backend: _Backend, reps: int) -> list[Row]:
             Row(NAME, f"REST count=true{suffix}", "ms", ms(got), "GET via serve", ms(base),
                 "bare driver count(*)", Stats.of(ratio), target=REST_TARGET)
         )  # fmt: skip
+        counted = _parsed({"count": "true"})
+
+        def count_path() -> None:
+            assert engine.query_groups(counted).reply(counted)["total"] == backend.vms * 100
+
+        got, base, ratio = _paired(reps, count_path, count_floor)
+        in_process.append(
+            Row(NAME, f"query path count=true{suffix}", "ms", ms(got), "Engine.query_groups",
+                ms(base), "bare driver count(*)", Stats.of(ratio), note=_floor_note(ratio))
+        )  # fmt: skip
+        engine.ctx.db.dispose()
+        rows += in_process
         http.close()
         rows.append(_list_row(backend, reps))
     finally:
