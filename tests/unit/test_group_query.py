@@ -18,7 +18,7 @@ from snapgroup.api import Engine
 from snapgroup.domain.zquery import parse_query
 from snapgroup.rest.query import ReferenceQuery
 from snapgroup.store.db import Database
-from snapgroup.store.group_query import page_statement
+from snapgroup.store.group_query import _count_template, _page_template, page_statement
 from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
 
@@ -255,3 +255,18 @@ def test_the_index_serves_ref_matches() -> None:
     with db._engine.connect() as conn:
         plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
     assert "ix_volume_snapshot_group_ref_volume_uuid" in plan, plan
+
+
+def test_one_statement_per_shape_values_bound_each_time(engine: Engine) -> None:
+    """Queries of one shape (fields, ops, sort, paged or not) share one built statement,
+    and each answers with its own values and page."""
+    _generate(engine.db, seed=5)
+    _same(engine, q=["name=Alpha"], limit=4, start=1, reply_with_count="true")  # built here
+    built = (_page_template.cache_info().misses, _count_template.cache_info().misses)
+    replies = [
+        _same(engine, q=[f"name={name}"], limit=limit, start=start, reply_with_count="true")
+        for name, limit, start in (("beta", 3, 2), ("z", 1, 1), ("Alpha", 2, 3), ("none", 5, 9))
+    ]
+    assert (_page_template.cache_info().misses, _count_template.cache_info().misses) == built
+    assert len({r["total"] for r in replies}) > 2  # the values were not the first query's
+    assert [len(r["inventories"]) for r in replies][-1] == 0
