@@ -44,6 +44,7 @@ from snapgroup.domain.errors import (
 )
 from snapgroup.domain.inventory import zstack_date
 from snapgroup.domain.models import DomainInfo
+from snapgroup.domain.planner import merge_room
 from snapgroup.domain.retention import AutoGroup, VmRef
 from snapgroup.domain.validate import parse_uuid, validate_name
 from snapgroup.infra.locks import vm_lock
@@ -767,6 +768,7 @@ def _prune(ctx: OpContext, store: BackupStore, op: str, vm_uuid: str, keep: int)
             return done
         oldest = listed[0]
         plan = _merge_plan(oldest, listed)
+        _check_room(ctx, store, oldest, plan)
         ctx.journal.step(op, PRUNE, f"hide {oldest.backup_id}")
         store.hide_for_prune(oldest, plan)
         done.append(_finish_merge(ctx, store, op, oldest, plan))
@@ -794,6 +796,32 @@ def _merge_plan(b: BackupManifest, listed: list[BackupManifest]) -> dict[str, An
             }
         )
     return {"backup": b.backup_id, "disks": disks}
+
+
+def _check_room(
+    ctx: OpContext, store: BackupStore, b: BackupManifest, plan: dict[str, Any]
+) -> None:
+    """Refuse the merge of `b` before it is hidden when its writes may not fit: a commit
+    that runs dry leaves the merge half done (hidden, every later backup unrestorable
+    until a prune finishes it). Per disk: the main child's file committed into b's, b's
+    file copied into each other child by the safe rebase (upper bounds: whole files)."""
+    need = 0
+    for disk in plan["disks"]:
+        mine = store.file(b, disk["volume"])
+        written = ctx.images.chain(mine, shared=True)[0]
+        for other in disk["others"]:
+            other_file = os.path.join(store.root, b.vm_uuid, other, disk_file(disk["volume"]))
+            need += merge_room(store.size(mine), ctx.images.chain(other_file, shared=True)[0])
+        if disk["main"] is not None:
+            main = os.path.join(store.root, b.vm_uuid, disk["main"], disk_file(disk["volume"]))
+            need += merge_room(store.size(main), written)
+    free = ctx.images.free_bytes(store.root)
+    if need > free:
+        raise OperationError(
+            f"pruning backup {b.backup_id} may write {need} bytes to the filesystem of "
+            f"{store.root} (data and qcow2 metadata), only {free} free (no space left "
+            "for the merge): it and its successors are untouched; make room and prune again"
+        )
 
 
 def _finish_merge(
