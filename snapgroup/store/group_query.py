@@ -96,8 +96,8 @@ def _value(kind: Kind, value: Any) -> Any:
 
 
 class _Compiler:
-    """Compiles a query's shape; its values go to `values`, bound by name (`v<i>` the
-    i-th condition's), so that one statement serves every query of that shape."""
+    """Compiles a query's shape: the i-th condition's value is the parameter `v<i>`
+    (_values gives them), so that one statement serves every query of that shape."""
 
     def __init__(self, dialect: str) -> None:
         self.postgres = dialect == "postgresql"
@@ -181,8 +181,8 @@ def _values(query: Query, postgres: bool) -> dict[str, Any]:
     return values
 
 
-# Built once per shape and dialect: building a statement and its cache key cost about
-# as much as running a page's SQL (~0.2 ms); the values are bound on each execution.
+# Built once per shape and dialect: building a statement and its cache key cost ~0.2 ms,
+# more than a one-group page's SQL takes to run; the values are bound on each execution.
 @functools.lru_cache(maxsize=256)
 def _page_template(shape: _Shape, dialect: str) -> Select[Any]:
     conditions, sort_by, descending, paged = shape
