@@ -139,6 +139,33 @@ def test_export_into_a_repository_that_fills_up_fails_cleanly_then_succeeds(
     _restores_exactly(engine, repo, frozen, labdir / "restored")
 
 
+def test_an_increment_of_two_layers_that_runs_dry_leaves_nothing(
+    engine: Engine, stopped_vm: LabVm, labdir: Path, small_fs: Callable[[int], Path]
+) -> None:
+    vm = stopped_vm
+    (g0,) = _groups(engine, vm, 1, 1)
+    repo = small_fs(32) / "repo"
+    m0 = engine.export(g0, to=str(repo)).manifest
+    _g1, g2 = _groups(engine, vm, 2, 3, first=1)  # g2's increment: two local layers
+    frozen = _frozen(engine, [g0, g2], labdir / "frozen")
+    filler = fill(repo.parent, 4 * MIB)
+
+    with pytest.raises(SnapgroupError, match=NO_SPACE) as err:
+        engine.export(g2, to=str(repo))
+
+    assert err.value.code == "HOST.1003"
+    assert sorted(os.listdir(repo / vm.uuid)) == [m0.backup_id]  # no partial, no layer copy
+    assert [m.backup_id for m in engine.backups(at=str(repo))] == [m0.backup_id]
+    assert engine.verify_backup(at=str(repo)).clean
+    assert _last_op(engine, "export")[0] == "rolled-back"
+    _unchanged(engine, frozen)
+    filler.unlink()
+    m2 = engine.export(g2, to=str(repo)).manifest
+    assert m2.full_reason is None and {d.base_backup_id for d in m2.disks} == {m0.backup_id}
+    assert engine.verify_backup(at=str(repo)).clean
+    _restores_exactly(engine, repo, frozen, labdir / "r")
+
+
 def test_restore_to_a_directory_that_fills_up_leaves_no_image(
     engine: Engine, stopped_vm: LabVm, labdir: Path, small_fs: Callable[[int], Path]
 ) -> None:
