@@ -28,6 +28,7 @@ from snapgroup.ops import (
     export,
     queries,
     querying,
+    restore,
     revert,
     snapshots,
     sync,
@@ -40,6 +41,7 @@ from snapgroup.ops import policies as policy_ops
 from snapgroup.ops import protect as protect_ops
 from snapgroup.ops.autosnap_port import EnginePort, ExportFn
 from snapgroup.ops.availability_rules import Availability
+from snapgroup.ops.backing_up import ExportResult, VerifyReport
 from snapgroup.ops.clone import Clone
 from snapgroup.ops.consistency import FREEZE_TIMEOUT_S, Consistency
 from snapgroup.ops.context import OpContext
@@ -47,10 +49,11 @@ from snapgroup.ops.context import new_uuid as random_uuid
 from snapgroup.ops.context import utcnow as now_utc
 from snapgroup.ops.creating import MAX_CHAIN_DEPTH
 from snapgroup.ops.delete_plan import DeletePlan
-from snapgroup.ops.export import ExportResult, PruneReport, Restored, VerifyReport
+from snapgroup.ops.export import PruneReport
 from snapgroup.ops.journal import Journal
 from snapgroup.ops.querying import GroupPage
 from snapgroup.ops.recovery import recover_pending
+from snapgroup.ops.restore import Restored
 from snapgroup.ops.revert import RevertReport
 from snapgroup.ops.snapshots import SnapshotView
 from snapgroup.ops.syncing import Change
@@ -279,7 +282,7 @@ class Engine:
     def group_tree(self, vm: str) -> VmTree:
         return tree.group_tree(self.ctx, vm)
 
-    # Backups: a repository in a directory (ops/export.py)
+    # Backups: a repository in a directory (ops/export.py, ops/restore.py)
     def export(
         self, group_uuid: str, *, to: str, full: bool = False, progress: ProgressFn | None = None
     ) -> ExportResult:
@@ -303,7 +306,7 @@ class Engine:
         start: bool = False,
         progress: ProgressFn | None = None,
     ) -> Restored:
-        return export.restore(
+        return restore.restore(
             self.ctx,
             backup_id,
             source=source,

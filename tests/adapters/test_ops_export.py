@@ -13,7 +13,7 @@ import pytest
 from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.adapters.qemu_img import QemuImg
 from snapgroup.domain.errors import OperationError
-from snapgroup.ops.export import (
+from snapgroup.ops.backing_up import (
     SourceDisk,
     SourceGroup,
     export_group,

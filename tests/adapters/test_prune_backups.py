@@ -12,9 +12,10 @@ import pytest
 from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.adapters.qemu_img import QemuImg
 from snapgroup.domain.errors import NotFound
-from snapgroup.ops import export, journal
+from snapgroup.ops import export, journal, restore
+from snapgroup.ops.backing_up import export_group, restore_to_dir, verify_backups
 from snapgroup.ops.context import OpContext
-from snapgroup.ops.export import export_group, prune_backups, restore_to_dir, verify_backups
+from snapgroup.ops.export import prune_backups
 from snapgroup.ops.journal import DONE
 from snapgroup.ops.recovery import recover_pending
 from snapgroup.store.db import Database
@@ -134,7 +135,7 @@ def test_a_repository_that_is_not_there_is_not_found(ctx: OpContext, tmp_path: P
     for call in (
         lambda: export.backups(ctx, at=missing),
         lambda: export.verify_backup(ctx, at=missing),
-        lambda: export.restore(ctx, backup, source=missing, to_dir=str(tmp_path / "out")),
+        lambda: restore.restore(ctx, backup, source=missing, to_dir=str(tmp_path / "out")),
         lambda: export.prune_backups(ctx, at=missing, vm="vm1", keep=1),
     ):
         with pytest.raises(NotFound, match=f"no backup repository at {missing}"):
