@@ -23,7 +23,16 @@ from snapgroup.rest.jobs import (
     DEFAULT_WORKERS,
     JobRegistry,
 )
-from snapgroup.rest.routes import accounts, groups, jobs, management, policies, resources, snapshots
+from snapgroup.rest.routes import (
+    accounts,
+    groups,
+    jobs,
+    management,
+    policies,
+    resources,
+    schedulers,
+    snapshots,
+)
 from snapgroup.rest.services import Services
 from snapgroup.store.jobs import JobStore
 
@@ -77,7 +86,16 @@ def create_app(
     )
     app.state.services = services
     status.install(app)
-    for module in (accounts, groups, jobs, management, policies, resources, snapshots):
+    for module in (
+        accounts,
+        groups,
+        jobs,
+        management,
+        policies,
+        schedulers,
+        resources,
+        snapshots,
+    ):
         app.include_router(module.router, prefix=f"{ctx}/v1")
     app.add_middleware(SessionGuard, services=services)
     return app
