@@ -39,13 +39,7 @@ from snapgroup.domain.errors import (
     NotFound,
     SnapgroupError,
 )
-from snapgroup.domain.models import (
-    DiskOverlay,
-    DomainDisk,
-    DomainInfo,
-    FreezeResult,
-    VmState,
-)
+from snapgroup.domain.models import DiskOverlay, DomainDisk, DomainInfo, FreezeResult, VmState
 from snapgroup.ports import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -397,26 +391,10 @@ class LibvirtHypervisor:
     def define_clone(
         self, vm_uuid: str, *, name: str, new_uuid: str, sources: dict[str, str]
     ) -> DomainInfo:
-        dom = self._domain(vm_uuid)
-        with self._calls():
-            xml = str(dom.XMLDesc(_DEFINE_SOURCE_FLAGS))
-        conn = self._free_connection(name, new_uuid)
-        with self._calls():
-            clone = conn.defineXML(clone_xml(xml, name=name, uuid=new_uuid, sources=sources))
-        return self._info(clone)
-
-    def _free_connection(self, name: str, new_uuid: str) -> Any:
-        """The connection, once no domain has `name` or `new_uuid`: defineXML would
-        silently REdefine an existing domain of that name and UUID."""
-        conn = self._connection()
-        for taken in (name, _dashed(new_uuid)):
-            try:
-                with self._calls():
-                    (conn.lookupByName if taken == name else conn.lookupByUUIDString)(taken)
-            except NotFound:
-                continue
-            raise InvalidArgument(f"a domain {taken} already exists")
-        return conn
+        xml = self.definition_xml(vm_uuid)
+        return self._define_new(
+            clone_xml(xml, name=name, uuid=new_uuid, sources=sources), name, new_uuid
+        )
 
     def definition_xml(self, vm_uuid: str) -> str:
         dom = self._domain(vm_uuid)
@@ -426,9 +404,23 @@ class LibvirtHypervisor:
     def define_restored(
         self, xml: str, *, name: str, new_uuid: str, sources: dict[str, str]
     ) -> DomainInfo:
-        conn = self._free_connection(name, new_uuid)
+        return self._define_new(
+            restore_xml(xml, name=name, uuid=new_uuid, sources=sources), name, new_uuid
+        )
+
+    def _define_new(self, xml: str, name: str, new_uuid: str) -> DomainInfo:
+        """Define a new domain, once none has `name` or `new_uuid`: defineXML would
+        silently REdefine an existing domain of that name and UUID."""
+        conn = self._connection()
+        for taken in (name, _dashed(new_uuid)):
+            try:
+                with self._calls():
+                    (conn.lookupByName if taken == name else conn.lookupByUUIDString)(taken)
+            except NotFound:
+                continue
+            raise InvalidArgument(f"a domain {taken} already exists")
         with self._calls():
-            made = conn.defineXML(restore_xml(xml, name=name, uuid=new_uuid, sources=sources))
+            made = conn.defineXML(xml)
         return self._info(made)
 
     def list_vms(self) -> list[tuple[str, str]]:
