@@ -27,14 +27,12 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
-    and_,
     bindparam,
     case,
     cast,
     func,
     not_,
     select,
-    true,
 )
 from sqlmodel import Session
 
@@ -139,10 +137,10 @@ class _Compiler:
             inner = inner.join_from(_REFS, _SNAPSHOTS, _S.uuid == _R.volume_snapshot_uuid)
         return _G.uuid.in_(inner.where(self.test(_ref_column(ref_field), c, name)))
 
-    def where(self, conditions: Sequence[Condition]) -> ColumnElement[bool]:
-        if not conditions:
-            return true()
-        return and_(*(self.condition(c, f"v{i}") for i, c in enumerate(conditions)))
+    def where(self, conditions: Sequence[Condition]) -> list[ColumnElement[bool]]:
+        """The conditions, all to hold; none: no WHERE at all (SQLite counts a table
+        without a WHERE from its smallest index, but scans for `WHERE 1 = 1`)."""
+        return [self.condition(c, f"v{i}") for i, c in enumerate(conditions)]
 
     def order(self, sort_by: str | None, descending: bool) -> list[ColumnElement[Any]]:
         """The sort field (nulls last either way), then the store's order: oldest first,
@@ -188,7 +186,7 @@ def _page_template(shape: _Shape, dialect: str) -> Select[Any]:
     conditions, sort_by, descending, paged = shape
     compiler = _Compiler(dialect)
     where = compiler.where([Condition(f, k, op, None) for f, k, op in conditions])
-    statement = select(*group_view_columns()).where(where)
+    statement = select(*group_view_columns()).where(*where)
     statement = statement.order_by(*compiler.order(sort_by, descending))
     statement = statement.limit(bindparam("limit", type_=Integer))
     return statement.offset(bindparam("start", type_=Integer)) if paged else statement
@@ -198,7 +196,7 @@ def _page_template(shape: _Shape, dialect: str) -> Select[Any]:
 def _count_template(shape: _Shape, dialect: str) -> Select[Any]:
     conditions = [Condition(f, k, op, None) for f, k, op in shape[0]]
     where = _Compiler(dialect).where(conditions)
-    return select(func.count()).select_from(_GROUPS).where(where)
+    return select(func.count()).select_from(_GROUPS).where(*where)
 
 
 def _bound(template: Select[Any], query: Query, dialect: str) -> Select[Any]:

@@ -18,7 +18,12 @@ from snapgroup.api import Engine
 from snapgroup.domain.zquery import parse_query
 from snapgroup.rest.query import ReferenceQuery
 from snapgroup.store.db import Database
-from snapgroup.store.group_query import _count_template, _page_template, page_statement
+from snapgroup.store.group_query import (
+    _count_template,
+    _page_template,
+    count_statement,
+    page_statement,
+)
 from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
 
@@ -270,3 +275,12 @@ def test_one_statement_per_shape_values_bound_each_time(engine: Engine) -> None:
     assert (_page_template.cache_info().misses, _count_template.cache_info().misses) == built
     assert len({r["total"] for r in replies}) > 2  # the values were not the first query's
     assert [len(r["inventories"]) for r in replies][-1] == 0
+
+
+def test_no_condition_no_where() -> None:
+    """Without conditions the count is a bare count(*) (SQLite's fast count: a
+    `WHERE 1 = 1` made it scan the table) and the page has no WHERE either."""
+    query = parse_query(count="true")
+    assert "WHERE" not in str(count_statement(query, "sqlite")).upper()
+    assert "WHERE" not in str(page_statement(parse_query(limit=5), "sqlite")).upper()
+    assert "WHERE" in str(count_statement(parse_query(q=["name=a"], count="true"), "sqlite"))
