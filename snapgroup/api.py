@@ -27,7 +27,6 @@ from snapgroup.ops import (
     delete_snapshot,
     export,
     queries,
-    querying,
     restore,
     revert,
     snapshots,
@@ -51,7 +50,7 @@ from snapgroup.ops.creating import MAX_CHAIN_DEPTH
 from snapgroup.ops.delete_plan import DeletePlan
 from snapgroup.ops.export import PruneReport
 from snapgroup.ops.journal import Journal
-from snapgroup.ops.querying import GroupPage
+from snapgroup.ops.queries import GroupPage
 from snapgroup.ops.recovery import recover_pending
 from snapgroup.ops.restore import Restored
 from snapgroup.ops.revert import RevertReport
@@ -199,7 +198,7 @@ class Engine:
 
     def query_groups(self, query: Query) -> GroupPage:
         """One page of the groups a ZStack query matches, selected in SQL."""
-        return querying.query_groups(self.ctx.db, query)
+        return queries.query_groups(self.ctx.db, query)
 
     def list_groups(self, *, vm: str | None = None) -> list[Group]:
         return queries.list_groups(self.ctx, vm=vm)

@@ -1,20 +1,43 @@
-"""Reads: one group, a VM's (or every) group, a VM's volumes, the host's VMs, the
-journal's latest operations."""
+"""Reads: one group, a VM's (or every) group, a page of groups by ZStack's query (selected
+and counted in SQL by store/group_query.py; only the page's groups loaded with their
+refs), a VM's volumes, the host's VMs, the journal's latest operations."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from snapgroup.domain.errors import HypervisorError, HypervisorUnavailable, NotFound, OperationError
-from snapgroup.domain.inventory import Group, VolumeView
+from snapgroup.domain.inventory import Group, VolumeView, date_memo
 from snapgroup.domain.validate import parse_uuid
+from snapgroup.domain.zquery import Query
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.discovery import discover
-from snapgroup.ops.group_views import load_groups, load_vm_groups
+from snapgroup.ops.group_views import groups_of_views, load_groups, load_vm_groups
+from snapgroup.store import group_query
+from snapgroup.store.db import Database
 from snapgroup.store.operations import OperationRepo
 from snapgroup.store.repo import Repo
 from snapgroup.store.resource_rows import all_volumes
 from snapgroup.store.tables import OperationRow, VolumeRow
+
+
+@dataclass(frozen=True)
+class GroupPage:
+    groups: list[Group]
+    total: int | None  # how many matched, when count or replyWithCount asked
+
+    def reply(self, query: Query) -> dict[str, Any]:
+        """The REST reply document: {"inventories": [...]} (+ "total"), or {"total"}."""
+        date = date_memo()  # the page's dates formatted once each
+        return query.reply([g.to_inventory(date) for g in self.groups], self.total)
+
+
+def query_groups(db: Database, query: Query) -> GroupPage:
+    with db.transaction() as session:
+        views = group_query.page_views(session, query)
+        total = group_query.total(session, query)
+        return GroupPage(groups_of_views(Repo(session), views), total)
 
 
 def get(ctx: OpContext, group_uuid: str) -> Group:
