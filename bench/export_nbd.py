@@ -4,13 +4,15 @@ over NBD) on the same running VM: one 4 GiB disk with 1 GiB written, a full back
 
 Per round, each side does a full then an incremental of the same data; ours is timed
 from the group's create to the export's end (virtnbdbackup's time includes its own
-checkpoint), bytes are what lands in the backup directory. Untimed between rounds: both
-outputs removed, our groups deleted, libvirt's checkpoints dropped (`-l full` starts a
-new chain).
+checkpoint), bytes are what lands in the backup directory (every file: ours, the disks'
+qcow2 files and the manifest; its, the data stream, XML, checkpoint and log files).
+Untimed between rounds: both outputs removed, our groups deleted, libvirt's checkpoints
+dropped (`-l full` starts a new chain).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from collections.abc import Callable
@@ -18,8 +20,12 @@ from pathlib import Path
 
 from bench import lab
 from bench.timing import Row, Stats, Target, ratios, timed
+from snapgroup.api import Engine
+from snapgroup.testing.labvm import LabVm
 
 NAME = "export-vs-virtnbdbackup"
+# Both sides as they come, then both compressing (ours zstd in qcow2, its lz4).
+MODES = ("plain", "compressed")
 
 
 def _bytes(path: Path) -> int:
@@ -57,92 +63,112 @@ def run(runs: int, quick: bool) -> list[Row]:
         lab.fill(lab.domblklist(vm.name)["vda"], data_mib, pattern=0x5A)
         vm.start()
         work = vm.directory / "bench"
-        for i in range(runs + 1):  # the first round is a warm-up
-            nbd_dir, repo = work / f"nbd-{i}", work / f"repo-{i}"
-            work.mkdir(exist_ok=True)
-
-            def nbd(level: str, nbd_dir: Path = nbd_dir) -> None:
-                lab.sh(
-                    "virtnbdbackup",
-                    "-U",
-                    lab.URI,
-                    "-d",
-                    vm.name,
-                    "-l",
-                    level,
-                    "-o",
-                    str(nbd_dir),
-                    "-n",
-                    "-S",
-                    str(work),
-                    timeout=None,
-                )
-                os.sync()
-
-            groups: list[str] = []
-
-            def ours(full: bool, repo: Path = repo, groups: list[str] = groups) -> int:
-                g = eng.create(vm=vm.name, name=f"b{len(groups)}", consistency="crash")
-                groups.append(g.uuid)
-                m = eng.export(g.uuid, to=str(repo), full=full).manifest
-                os.sync()
-                return sum(d.bytes_written for d in m.disks)
-
-            figures: dict[str, float] = {}
-            sizes: dict[str, int] = {}
-            order = ["nbd", "ours"] if i % 2 else ["ours", "nbd"]
-            for side in order:
-                if side == "nbd":
-                    figures["nbd.full"] = timed(lambda: nbd("full"))
-                    sizes["nbd.full"] = _bytes(nbd_dir)
-                else:
-                    figures["ours.full"], sizes["ours.full"] = _timed_size(ours, True)
-            _change(vm.name, change_mib, data_mib, 0x30 + i)
-            for side in order:
-                if side == "nbd":
-                    before = _bytes(nbd_dir)
-                    figures["nbd.inc"] = timed(lambda: nbd("inc"))
-                    sizes["nbd.inc"] = _bytes(nbd_dir) - before
-                else:
-                    figures["ours.inc"], sizes["ours.inc"] = _timed_size(ours, False)
-            if i > 0:
-                for key, value in figures.items():
-                    samples.setdefault(key, []).append(value)
-                for key, value in sizes.items():
-                    samples.setdefault(f"{key}.bytes", []).append(value / 2**20)
-            shutil.rmtree(nbd_dir, ignore_errors=True)
-            shutil.rmtree(repo, ignore_errors=True)
-            for g in reversed(groups):
-                eng.delete(g)
+        for mode in MODES:
+            _rounds(eng, vm, work, runs, mode, change_mib, data_mib, samples)
     rows = []
-    for level, label in (
-        ("full", "full backup"),
-        ("inc", f"incremental ({change_mib} MiB changed)"),
-    ):
+    levels = (("full", "full backup"), ("inc", f"incremental ({change_mib} MiB changed)"))
+    for mode, (level, label) in itertools.product(MODES, levels):
+        ours, nbd = f"{mode}.ours.{level}", f"{mode}.nbd.{level}"
+        flags = " --compress" if mode == "compressed" else ""
+        theirs = f"virtnbdbackup -l {level}{' -z' if mode == 'compressed' else ''}"
         rows.append(
             Row(
                 NAME,
-                f"{label}, time (ours: create + export)",
+                f"{label}{', compressed' if flags else ''}, time (ours: create + export)",
                 "s",
-                Stats.of(samples[f"ours.{level}"]),
-                "snapgroup create + export",
-                Stats.of(samples[f"nbd.{level}"]),
-                f"virtnbdbackup -l {level}",
-                Stats.of(ratios(samples[f"ours.{level}"], samples[f"nbd.{level}"])),
+                Stats.of(samples[ours]),
+                f"snapgroup create + export{flags}",
+                Stats.of(samples[nbd]),
+                theirs,
+                Stats.of(ratios(samples[ours], samples[nbd])),
                 Target("<=", 1.0),
             )
         )
         rows.append(
             Row(
                 NAME,
-                f"{label}, bytes",
+                f"{label}{', compressed' if flags else ''}, bytes",
                 "MiB",
-                Stats.of(samples[f"ours.{level}.bytes"]),
-                "snapgroup backup files",
-                Stats.of(samples[f"nbd.{level}.bytes"]),
-                f"virtnbdbackup -l {level} output",
-                Stats.of(ratios(samples[f"ours.{level}.bytes"], samples[f"nbd.{level}.bytes"])),
+                Stats.of(samples[f"{ours}.bytes"]),
+                f"snapgroup backup files{flags}",
+                Stats.of(samples[f"{nbd}.bytes"]),
+                f"{theirs} output",
+                Stats.of(ratios(samples[f"{ours}.bytes"], samples[f"{nbd}.bytes"])),
                 Target("<=", 1.0),
             )
         )
     return rows
+
+
+def _rounds(
+    eng: Engine,
+    vm: LabVm,
+    work: Path,
+    runs: int,
+    mode: str,
+    change_mib: int,
+    data_mib: int,
+    samples: dict[str, list[float]],
+) -> None:
+    """`runs` rounds (after a warm-up) of a full then an incremental backup by each side;
+    `mode` "compressed": ours with --compress, virtnbdbackup with -z (lz4)."""
+    packed = mode == "compressed"
+    for i in range(runs + 1):  # the first round is a warm-up
+        nbd_dir, repo = work / f"nbd-{mode}-{i}", work / f"repo-{mode}-{i}"
+        work.mkdir(exist_ok=True)
+
+        def nbd(level: str, nbd_dir: Path = nbd_dir) -> None:
+            lab.sh(
+                "virtnbdbackup",
+                "-U",
+                lab.URI,
+                "-d",
+                vm.name,
+                "-l",
+                level,
+                "-o",
+                str(nbd_dir),
+                "-n",
+                "-S",
+                str(work),
+                *(["-z"] if packed else []),
+                timeout=None,
+            )
+            os.sync()
+
+        groups: list[str] = []
+
+        def ours(full: bool, repo: Path = repo, groups: list[str] = groups) -> int:
+            before = _bytes(repo) if repo.exists() else 0
+            g = eng.create(vm=vm.name, name=f"b{len(groups)}", consistency="crash")
+            groups.append(g.uuid)
+            eng.export(g.uuid, to=str(repo), full=full, compress=packed)
+            os.sync()
+            return _bytes(repo) - before  # the disks' files and the manifest
+
+        figures: dict[str, float] = {}
+        sizes: dict[str, int] = {}
+        order = ["nbd", "ours"] if i % 2 else ["ours", "nbd"]
+        for side in order:
+            if side == "nbd":
+                figures["nbd.full"] = timed(lambda: nbd("full"))
+                sizes["nbd.full"] = _bytes(nbd_dir)
+            else:
+                figures["ours.full"], sizes["ours.full"] = _timed_size(ours, True)
+        _change(vm.name, change_mib, data_mib, 0x30 + i)
+        for side in order:
+            if side == "nbd":
+                before = _bytes(nbd_dir)
+                figures["nbd.inc"] = timed(lambda: nbd("inc"))
+                sizes["nbd.inc"] = _bytes(nbd_dir) - before
+            else:
+                figures["ours.inc"], sizes["ours.inc"] = _timed_size(ours, False)
+        if i > 0:
+            for key, value in figures.items():
+                samples.setdefault(f"{mode}.{key}", []).append(value)
+            for key, value in sizes.items():
+                samples.setdefault(f"{mode}.{key}.bytes", []).append(value / 2**20)
+        shutil.rmtree(nbd_dir, ignore_errors=True)
+        shutil.rmtree(repo, ignore_errors=True)
+        for g in reversed(groups):
+            eng.delete(g)

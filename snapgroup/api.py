@@ -283,9 +283,17 @@ class Engine:
 
     # Backups: a repository in a directory (ops/export.py, ops/restore.py)
     def export(
-        self, group_uuid: str, *, to: str, full: bool = False, progress: ProgressFn | None = None
+        self,
+        group_uuid: str,
+        *,
+        to: str,
+        full: bool = False,
+        compress: bool = False,
+        progress: ProgressFn | None = None,
     ) -> ExportResult:
-        return export.export(self.ctx, group_uuid, to=to, full=full, progress=progress)
+        return export.export(
+            self.ctx, group_uuid, to=to, full=full, compress=compress, progress=progress
+        )
 
     def backups(self, *, at: str, vm: str | None = None) -> list[BackupManifest]:
         return export.backups(self.ctx, at=at, vm=vm)

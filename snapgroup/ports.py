@@ -139,10 +139,17 @@ class ImageTool(Protocol):
 
     # Backups (a repository's files).
     def flatten(
-        self, source: str, target: str, *, shared: bool, progress: ProgressFn | None = None
+        self,
+        source: str,
+        target: str,
+        *,
+        shared: bool,
+        compress: bool = False,
+        progress: ProgressFn | None = None,
     ) -> None:
         """A new standalone qcow2 `target` with the guest view of `source`'s chain (full
-        export, restore). `shared` (-U): the source may be a running QEMU's backing file."""
+        export, restore). `shared` (-U): the source may be a running QEMU's backing file.
+        `compress`: its clusters compressed (those that shrink)."""
         ...
 
     def export_incremental(
@@ -151,11 +158,13 @@ class ImageTool(Protocol):
         target: str,
         *,
         base_name: str,
+        compress: bool = False,
         progress: ProgressFn | None = None,
     ) -> None:
         """A new qcow2 `target` backed by `base_name` (a name relative to target's
         directory, written as is) holding exactly the clusters allocated in `layers`
-        (bottom first: the files above the base's point in time up to the exported one)."""
+        (bottom first: the files above the base's point in time up to the exported one),
+        compressed with `compress`."""
         ...
 
     def check(self, path: str) -> ImageCheck:
@@ -222,12 +231,18 @@ class BackupStore(Protocol):
 
     def remove_backup_dir(self, vm_uuid: str, backup_id: str) -> None: ...
 
-    def file_problem(self, path: str, sha256: str) -> str | None:
+    def file_problem(self, path: str, sha256: str, piece_size: int | None) -> str | None:
         """Why a file is not what its manifest says (missing, unreadable, another
-        SHA-256); None when it is."""
+        SHA-256 over pieces of `piece_size`, None: of the whole file); None when it is."""
         ...
 
-    def sha256(self, path: str) -> str: ...
+    def sha256(self, path: str) -> str:
+        """The file's checksum over pieces of backup_manifest.PIECE_SIZE."""
+        ...
+
+    def seal(self, path: str) -> str:
+        """Make a file just written durable (fsync) and return its checksum (as sha256)."""
+        ...
 
     def size(self, path: str) -> int: ...
 

@@ -24,6 +24,9 @@ from snapgroup.ports import ProgressFn
 # `qemu-img -p` draws "    (12.34/100%)".
 _PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
 PROGRESS_END = 10000  # progress is reported in hundredths of a percent
+# A backup file's clusters compressed: zstd, several times faster than qcow2's default
+# zlib (1 GiB here: 1.2 s vs 6.7 s); a cluster that does not shrink is written plain.
+_COMPRESS = ("-c", "-o", "compression_type=zstd")
 
 
 def _abspath(path: str, what: str) -> str:
@@ -165,7 +168,13 @@ class QemuImg:
     # Backups: the repository's files (adapters/backup_repo.py says why these commands).
 
     def flatten(
-        self, source: str, target: str, *, shared: bool, progress: ProgressFn | None = None
+        self,
+        source: str,
+        target: str,
+        *,
+        shared: bool,
+        compress: bool = False,
+        progress: ProgressFn | None = None,
     ) -> None:
         """A new standalone qcow2 `target` holding the guest view of `source`'s chain: a
         full export (`shared`: -U, the source may be a running QEMU's backing file) or a
@@ -173,6 +182,8 @@ class QemuImg:
         argv = [self.binary, "convert", "-f", "qcow2", "-O", "qcow2", "-W", "-m", "16"]
         if shared:
             argv.append("-U")
+        if compress:
+            argv += _COMPRESS
         argv += [_abspath(source, "source image"), _abspath(target, "target image")]
         self._copy(argv, progress, 0, 1)
 
@@ -182,30 +193,41 @@ class QemuImg:
         target: str,
         *,
         base_name: str,
+        compress: bool = False,
         progress: ProgressFn | None = None,
     ) -> None:
         """A new qcow2 `target` backed by `base_name` (relative to target's directory,
         written as is) holding exactly the clusters allocated in `layers`, the local files
         bottom first above the base's point in time up to the exported one. convert -B
         copies only its source's TOP layer, so each layer is copied onto the previous
-        copy and the copies are committed into the first one."""
+        copy and the copies are committed into the first one. Compressed: commit writes
+        plain clusters, so several layers' merged copy is converted once more, with -c."""
         if not layers:
             raise ImageToolError(f"incremental export {target}: no layers given")
         target = _abspath(target, "target image")
+        several = len(layers) > 1
         outs = [target] + [f"{target}.layer{i}" for i in range(1, len(layers))]
-        steps = len(layers) + (1 if len(layers) > 1 else 0)
+        packed = f"{target}.packed"
+        steps = len(layers) + (1 + compress if several else 0)
         try:
             for i, layer in enumerate(layers):
                 backing = base_name if i == 0 else os.path.basename(outs[i - 1])
-                argv = [self.binary, "convert", "-U", "-f", "qcow2", "-O", "qcow2", "-W"]
-                argv += ["-m", "16", "-B", backing, "-F", "qcow2"]
-                argv += [_abspath(layer, "layer"), outs[i]]
-                self._copy(argv, progress, i, steps)
-            if len(outs) > 1:
-                self.commit(outs[-1], base=target, progress=_scaled(progress, steps - 1, steps))
+                argv = [*self._increment(backing), *(_COMPRESS if compress and not several else ())]
+                self._copy([*argv, _abspath(layer, "layer"), outs[i]], progress, i, steps)
+            if several:
+                self.commit(outs[-1], base=target, progress=_scaled(progress, len(layers), steps))
+            if several and compress:
+                argv = [*self._increment(base_name), *_COMPRESS, target, packed]
+                self._copy(argv, progress, steps - 1, steps)
+                os.replace(packed, target)
         finally:
-            for extra in outs[1:]:
+            for extra in [*outs[1:], packed]:
                 self.remove(extra)
+
+    def _increment(self, backing: str) -> list[str]:
+        """convert's argv up to its files: a copy of the source's top layer over `backing`."""
+        argv = [self.binary, "convert", "-U", "-f", "qcow2", "-O", "qcow2", "-W", "-m", "16"]
+        return [*argv, "-B", backing, "-F", "qcow2"]
 
     def check(self, path: str) -> ImageCheck:
         """`qemu-img check` of the file by itself: its backing file is not opened (a

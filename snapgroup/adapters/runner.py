@@ -7,11 +7,13 @@ caller's choosing, so each adapter keeps its port's error contract.
 from __future__ import annotations
 
 import codecs
+import errno
 import logging
 import os
 import re
 import selectors
 import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +26,11 @@ _READ_SIZE = 4096
 _STDERR_KEEP = 2000  # characters of stderr kept in an error's details
 # Progress meters redraw one line with \r; treat it as a line end like \n.
 _LINE_END = re.compile(r"[\r\n]")
+# Children die with us: a snapgroup killed mid-copy must not leave its qemu-img writing on
+# while the next command's recovery removes or redoes that work. setpriv (util-linux, in
+# every Debian) sets PR_SET_PDEATHSIG and execs the tool; a pre-exec hook would not be
+# safe in our threads. Without setpriv, tools run as they are.
+_SETPRIV = shutil.which("setpriv")
 
 
 class _LineSplitter:
@@ -129,12 +136,17 @@ def run(
     tool = os.path.basename(args[0])
     command = shlex.join(args)
     log.debug("run: %s", command)
+    binary = shutil.which(args[0])
+    if binary is None:  # what Popen would say, said before setpriv could say it
+        missing = FileNotFoundError(errno.ENOENT, "not found or not executable", args[0])
+        raise error(f"{tool}: cannot run {command}: {missing.strerror}") from missing
+    spawned = [_SETPRIV, "--pdeathsig", "KILL", "--", binary, *args[1:]] if _SETPRIV else args
     try:
         # A list argv and no shell: ';', '$(...)' and spaces stay literal arguments.
         proc = subprocess.Popen(  # noqa: S603
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            spawned, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-    except OSError as exc:  # FileNotFoundError, PermissionError, ...
+    except OSError as exc:  # PermissionError, ...
         raise error(f"{tool}: cannot run {command}: {exc.strerror or exc}") from exc
 
     deadline = None if timeout is None else time.monotonic() + timeout

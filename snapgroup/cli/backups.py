@@ -37,6 +37,7 @@ def summary(m: BackupManifest) -> dict[str, Any]:
                 "baseBackupId": d.base_backup_id,
                 "chain": list(d.chain),
                 "bytesWritten": d.bytes_written,
+                "compressed": d.compressed,
             }
             for d in m.disks
         ],

@@ -3,8 +3,9 @@
 One manifest per backup, `<DIR>/<vm-uuid>/<backup-id>/manifest.json`. It carries all a
 restore needs without the store that made it: the group (its inventory as ZStack shows
 it), the VM's domain XML, and per disk the file, its virtual size, the backups it reads
-through (its chain, oldest first) and the SHA-256 of its file. Disks carry their own base:
-a disk added since the base backup is exported full while the others are increments.
+through (its chain, oldest first) and its file's SHA-256, taken in pieces (PIECE_SIZE).
+Disks carry their own base: a disk added since the base backup is exported full while
+the others are increments.
 
 Reading a manifest validates it completely: a repository may sit on a shared mount and
 its files may be damaged or edited, and every name in it becomes part of a path.
@@ -21,8 +22,13 @@ from typing import Any
 from snapgroup.domain.errors import InvalidArgument, OperationError
 
 FORMAT = "snapgroup-backup"
-FORMAT_VERSION = 1
+# 2: a disk's sha256 may be over pieces (sha256PieceSize); 1 is still read.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+# A file's checksum is SHA-256 over the SHA-256 digests of its consecutive pieces of this
+# many bytes (the last one shorter; an empty file: SHA-256 of nothing): the pieces hash
+# side by side on every core, so checking a file costs no more than writing it.
+PIECE_SIZE = 64 << 20
 
 _UUID = re.compile(r"[0-9a-f]{32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -62,6 +68,9 @@ class DiskBackup:
     chain: tuple[str, ...]  # backup ids this disk reads through, oldest (full) first, ending here
     sha256: str
     bytes_written: int
+    # The sha256's piece size; None: the SHA-256 of the whole file (formatVersion 1).
+    sha256_piece: int | None = PIECE_SIZE
+    compressed: bool = False  # its clusters zstd-compressed (export --compress)
 
     @property
     def file(self) -> str:
@@ -103,7 +112,7 @@ class BackupManifest:
         return {
             **self.extra,
             "format": FORMAT,
-            "formatVersion": self.format_version,
+            "formatVersion": FORMAT_VERSION,  # what this snapgroup writes
             "backupId": self.backup_id,
             "created": self.created,
             "vm": {"uuid": self.vm_uuid, "name": self.vm_name},
@@ -125,6 +134,8 @@ class BackupManifest:
                     "baseBackupId": d.base_backup_id,
                     "chain": list(d.chain),
                     "sha256": d.sha256,
+                    **({"sha256PieceSize": d.sha256_piece} if d.sha256_piece else {}),
+                    **({"compressed": True} if d.compressed else {}),
                     "bytesWritten": d.bytes_written,
                 }
                 for d in self.disks
@@ -212,6 +223,8 @@ def check_manifest(m: BackupManifest, *, where: str = "manifest") -> None:
             raise InvalidArgument(f"{ctx}: volumeUuid {d.volume_uuid!r} is not a 32-hex UUID")
         if d.device_id < 0 or d.virtual_size <= 0 or d.bytes_written < 0:
             raise InvalidArgument(f"{ctx}: deviceId, virtualSize or bytesWritten out of range")
+        if d.sha256_piece is not None and d.sha256_piece <= 0:
+            raise InvalidArgument(f"{ctx}: sha256PieceSize {d.sha256_piece} is not positive")
         if not _SHA256.fullmatch(d.sha256):
             raise InvalidArgument(f"{ctx}: sha256 {d.sha256!r} is not 64 lowercase hex digits")
         if not d.chain or d.chain[-1] != m.backup_id:
@@ -241,6 +254,8 @@ def _disk(r: _Reader, backup_id: str) -> DiskBackup:
         chain=tuple(_as_str(c, f"{r.where}: chain") for c in r.list_("chain")),
         sha256=r.str_("sha256"),
         bytes_written=r.int_("bytesWritten"),
+        sha256_piece=r.opt_int("sha256PieceSize"),
+        compressed=r.opt_bool("compressed"),
     )
 
 
@@ -283,6 +298,15 @@ class _Reader:
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidArgument(f"{self.where}: {key} must be an integer")
         return value
+
+    def opt_bool(self, key: str) -> bool:
+        value = self.doc.get(key, False)
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{self.where}: {key} must be true or false")
+        return value
+
+    def opt_int(self, key: str) -> int | None:
+        return None if self.doc.get(key) is None else self.int_(key)
 
     def obj(self, key: str) -> dict[str, Any]:
         value = self._get(key)

@@ -97,12 +97,14 @@ def export_group(
     group_uuid: str,
     *,
     full: bool = False,
+    compress: bool = False,
     progress: ProgressFn | None = None,
     backup_id: str | None = None,
     step: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """`backup_id`: the new backup's id (default src.new_uuid()); `step(name)` is called
-    before each stage (the journal's steps: writing, publishing)."""
+    before each stage (the journal's steps: writing, publishing). `compress`: the files'
+    clusters compressed (an increment may sit on an uncompressed base and vice versa)."""
     group = src.group(group_uuid)
     discarded = tuple(repo.discard_partials(group.vm_uuid))
     base = None if full else newest_base(repo.backups(group.vm_uuid), group.ancestors)
@@ -119,8 +121,8 @@ def export_group(
     partial = repo.begin(group.vm_uuid, backup_id)
     disks: list[DiskBackup] = []
     reasons: list[str] = []
-    # Each file's SHA-256 is read back while the next disk copies (the copy is I/O and
-    # qemu-img's, the hash one core of ours).
+    # Each file is sealed (fsynced and its checksum read back, side by side) while the
+    # next disk copies: the copy is qemu-img's, the writeback the disk's, the hash ours.
     hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
     sums: list[Future[str]] = []
     try:
@@ -133,15 +135,18 @@ def export_group(
                     layers,
                     target,
                     base_name=backing_name(base.backup_id, disk.volume_uuid),
+                    compress=compress,
                     progress=progress,
                 )
                 chain = (*base_disk.chain, backup_id)
             else:
                 if why:
                     reasons.append(f"{disk.target}: {why}")
-                src.images.flatten(disk.snapshot_file, target, shared=True, progress=progress)
+                src.images.flatten(
+                    disk.snapshot_file, target, shared=True, compress=compress, progress=progress
+                )
                 chain = (backup_id,)
-            sums.append(hashing.submit(repo.sha256, target))
+            sums.append(hashing.submit(repo.seal, target))
             disks.append(
                 DiskBackup(
                     device_id=disk.device_id,
@@ -152,6 +157,7 @@ def export_group(
                     chain=chain,
                     sha256="",  # below, once read
                     bytes_written=repo.size(target),
+                    compressed=compress,
                 )
             )
         disks = [replace(d, sha256=f.result()) for d, f in zip(disks, sums, strict=True)]
@@ -260,7 +266,8 @@ def verify_backups(
                     findings.append(FileFinding(*key, "base backup missing from the repository"))
                     continue
                 path = repo.file(owner, disk.volume_uuid)
-                problem = repo.file_problem(path, owner.disk(disk.volume_uuid).sha256)
+                recorded = owner.disk(disk.volume_uuid)
+                problem = repo.file_problem(path, recorded.sha256, recorded.sha256_piece)
                 if problem is None:
                     try:
                         check = images.check(path)

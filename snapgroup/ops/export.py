@@ -12,6 +12,7 @@ from datetime import UTC
 from typing import Any
 
 from snapgroup.domain.backup_manifest import (
+    PIECE_SIZE,
     BackupManifest,
     backing_name,
     disk_file,
@@ -157,10 +158,12 @@ def export(
     *,
     to: str,
     full: bool = False,
+    compress: bool = False,
     progress: ProgressFn | None = None,
 ) -> ExportResult:
     """Export the group to the repository at `to`: an increment over the newest export
-    of an ancestor group still there and intact, else full (the manifest says why).
+    of an ancestor group still there and intact, else full (the manifest says why);
+    `compress`: its files' clusters zstd-compressed.
     Journaled: a killed export is never listed; recover (or the next export) removes it."""
     uuid = parse_uuid(group_uuid, "group uuid")
     group = ctx.owned_group(uuid)
@@ -176,6 +179,7 @@ def export(
                 store,
                 uuid,
                 full=full,
+                compress=compress,
                 progress=progress,
                 backup_id=backup_id,
                 step=lambda name: ctx.journal.step(op, EXPORT, name),
@@ -370,6 +374,7 @@ def _finish_merge(
                     chain=chain,
                     base_backup_id=chain[-2] if len(chain) > 1 else None,
                     sha256=store.sha256(file) if fresh else d.sha256,
+                    sha256_piece=PIECE_SIZE if fresh else d.sha256_piece,
                     bytes_written=store.size(file) if fresh else d.bytes_written,
                 )
             )

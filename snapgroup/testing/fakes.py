@@ -193,7 +193,13 @@ class FakeImageTool(_Faults):
     # Backups. A file's damage for `check`: `corrupt` holds the paths that report it.
     @_serialised
     def flatten(
-        self, source: str, target: str, *, shared: bool, progress: ProgressFn | None = None
+        self,
+        source: str,
+        target: str,
+        *,
+        shared: bool,
+        compress: bool = False,
+        progress: ProgressFn | None = None,
     ) -> None:
         self._call("flatten", source, target)
         size = self.images[self.chain(source)[0].path].virtual_size
@@ -206,6 +212,7 @@ class FakeImageTool(_Faults):
         target: str,
         *,
         base_name: str,
+        compress: bool = False,
         progress: ProgressFn | None = None,
     ) -> None:
         self._call("export_incremental", tuple(layers), target, base_name)

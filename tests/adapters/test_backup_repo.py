@@ -8,6 +8,7 @@ with `qemu-img compare` against the local file that holds the same point in time
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from snapgroup.domain.backup_manifest import (
     backing_name,
     broken_backups,
 )
-from snapgroup.domain.errors import ImageToolError, InvalidArgument, NotFound
+from snapgroup.domain.errors import ImageToolError, InvalidArgument, NotFound, OperationError
 from snapgroup.domain.models import BlockJobProgress
 from tests.adapters.test_qemu_img import qcow2, reads, same_view, write
 from tests.adapters.tools import require_qemu_tools, sh
@@ -328,3 +329,89 @@ def test_names_are_uuids_only(tmp_path: Path) -> None:
         repo.begin("../../etc", backup_id(1))
     with pytest.raises(InvalidArgument):
         repo.get("x/../y")
+
+
+@pytest.mark.parametrize("size", [0, 1, 3 * 4096 - 1, 3 * 4096, 3 * 4096 + 7])
+def test_the_checksum_is_sha256_over_the_pieces_digests(tmp_path: Path, size: int) -> None:
+    """The manifest's rule, recomputed here from its definition: the pieces' digests in
+    order (the last piece shorter), hashed; piece size None is the whole file's SHA-256."""
+    path = tmp_path / "f"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    piece = 4096
+    digests = b"".join(
+        hashlib.sha256(data[at : at + piece]).digest() for at in range(0, size, piece)
+    )
+    assert sha256_file(str(path), piece) == hashlib.sha256(digests).hexdigest()
+    assert sha256_file(str(path), None) == hashlib.sha256(data).hexdigest()
+    if size:  # a flipped bit in the last piece, and two pieces swapped, are both found
+        flipped = bytearray(data)
+        flipped[-1] ^= 0x80
+        path.write_bytes(bytes(flipped))
+        assert file_problem(str(path), hashlib.sha256(digests).hexdigest(), piece)
+    if size > piece:
+        path.write_bytes(data[piece : 2 * piece] + data[:piece] + data[2 * piece :])
+        assert file_problem(str(path), hashlib.sha256(digests).hexdigest(), piece)
+
+
+def test_a_format_1_manifest_is_verified_by_the_whole_files_sha256(
+    tmp_path: Path, local: dict[str, Path]
+) -> None:
+    """A repository written before pieces (formatVersion 1, no sha256PieceSize) still
+    verifies; a rewrite of its manifest (prune) is written as the current format."""
+    repo = publish_two(tmp_path, local)
+    m1 = repo.get(backup_id(1))
+    path = repo.file(m1, VOL)
+    doc = json.loads(m1.to_json())
+    doc["formatVersion"] = 1
+    del doc["disks"][0]["sha256PieceSize"]
+    doc["disks"][0]["sha256"] = sha256_file(path, None)
+    manifest_path = Path(path).parent / "manifest.json"
+    manifest_path.write_text(json.dumps(doc))
+    old = repo.get(backup_id(1))
+    assert old.format_version == 1 and old.disks[0].sha256_piece is None
+    assert repo.file_problem(path, old.disks[0].sha256, old.disks[0].sha256_piece) is None
+    assert repo.file_problem(path, old.disks[0].sha256, 64 * MiB) is not None
+    repo.rewrite_manifest(old)
+    rewritten = json.loads(manifest_path.read_text())
+    assert rewritten["formatVersion"] == 2 and "sha256PieceSize" not in rewritten["disks"][0]
+    assert repo.get(backup_id(1)).disks[0].sha256_piece is None
+
+
+def test_seal_returns_the_checksum_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(3 * MiB))
+    assert BackupRepo(str(tmp_path)).seal(str(path)) == sha256_file(str(path))
+    with pytest.raises(OperationError, match="cannot seal"):
+        BackupRepo(str(tmp_path)).seal(str(tmp_path / "gone"))
+
+
+@pytest.mark.parametrize("layers", [["x"], ["x", "sg"]])
+def test_compressed_files_read_the_same_and_take_less_room(
+    tmp_path: Path, local: dict[str, Path], layers: list[str]
+) -> None:
+    """--compress: a full copy and an increment (one layer; two, whose commit writes
+    plain clusters and is packed once more) read exactly as the local files and as the
+    uncompressed copies, in less room; the increment keeps its relative backing name."""
+    img = QemuImg()
+    d = tmp_path / "repo"
+    (d / "1").mkdir(parents=True)
+    (d / "2").mkdir()
+    plain_full, packed_full = d / "1" / "plain.qcow2", d / "1" / "packed.qcow2"
+    img.flatten(str(local["sa"]), str(plain_full), shared=True)
+    img.flatten(str(local["sa"]), str(packed_full), shared=True, compress=True)
+    plain_inc, packed_inc = d / "2" / "plain.qcow2", d / "2" / "packed.qcow2"
+    paths = [str(local[name]) for name in layers]
+    img.export_incremental(paths, str(plain_inc), base_name="../1/plain.qcow2")
+    img.export_incremental(paths, str(packed_inc), base_name="../1/packed.qcow2", compress=True)
+    assert sorted(p.name for p in (d / "2").iterdir()) == ["packed.qcow2", "plain.qcow2"]
+    info = json.loads(sh("qemu-img", "info", "--output=json", str(packed_inc)))
+    assert info["backing-filename"] == "../1/packed.qcow2"
+    assert info["format-specific"]["data"]["compression-type"] == "zstd"
+    for plain, packed in ((plain_full, packed_full), (plain_inc, packed_inc)):
+        assert img.check(str(packed)).clean
+        assert file_size(packed) < file_size(plain) // 2
+    assert same_view(packed_full, local["sa"])
+    assert same_view(packed_inc, local[layers[-1]])
+    assert same_view(packed_inc, plain_inc)
+    assert allocated_here(packed_inc) == allocated_here(plain_inc)  # the same clusters

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -134,3 +136,42 @@ def test_argv_is_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="snapgroup.adapters.runner"):
         run(["printf", "%s", "two words"])
     assert "printf %s 'two words'" in caplog.text
+
+
+def test_a_tool_dies_with_the_process_that_ran_it(tmp_path: Path) -> None:
+    """kill -9 of snapgroup mid-copy: its qemu-img must not write on behind the next
+    command's recovery. Here a parent running a long tool is killed; the tool follows."""
+    pidfile = tmp_path / "tool.pid"
+    tool = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from snapgroup.adapters.runner import run; run(sys.argv[1:])",
+            sys.executable,
+            "-c",
+            tool,
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.monotonic() < deadline, "the tool never started"
+            time.sleep(0.05)
+        pid = int(pidfile.read_text())
+        os.kill(pid, 0)  # running
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+        assert time.monotonic() < deadline, "the tool outlived the process that ran it"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie (orphan, unreaped) is dead
+    except FileNotFoundError:
+        return False
