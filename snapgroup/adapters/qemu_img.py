@@ -225,8 +225,10 @@ class QemuImg:
                 self.remove(extra)
 
     def _increment(self, backing: str) -> list[str]:
-        """convert's argv up to its files: a copy of the source's top layer over `backing`."""
-        argv = [self.binary, "convert", "-U", "-f", "qcow2", "-O", "qcow2", "-W", "-m", "16"]
+        """convert's argv up to its files: a copy of the source's top layer over `backing`.
+        -m 4: an increment's few scattered clusters copy faster with fewer coroutines
+        (40 MiB in 1 MiB pieces, medians of 12: 31 ms at -m 4, 36 at 8, 43 at 16)."""
+        argv = [self.binary, "convert", "-U", "-f", "qcow2", "-O", "qcow2", "-W", "-m", "4"]
         return [*argv, "-B", backing, "-F", "qcow2"]
 
     def check(self, path: str) -> ImageCheck:

@@ -28,7 +28,7 @@ MANIFEST = "manifest.json"
 # A file's checksum is SHA-256 over the SHA-256 digests of its consecutive pieces of this
 # many bytes (the last one shorter; an empty file: SHA-256 of nothing): the pieces hash
 # side by side on every core, so checking a file costs no more than writing it.
-PIECE_SIZE = 64 << 20
+PIECE_SIZE = 16 << 20
 
 _UUID = re.compile(r"[0-9a-f]{32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
