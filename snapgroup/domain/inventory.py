@@ -80,22 +80,56 @@ class GroupRef:
 
     def to_inventory(self, date: DateText = zstack_date) -> dict[str, Any]:
         """`date`: a date_memo() when many refs are shown at once."""
-        return {
-            "volumeSnapshotUuid": self.volume_snapshot_uuid,
-            "volumeSnapshotGroupUuid": self.group_uuid,
-            "deviceId": self.device_id,
-            "snapshotDeleted": self.snapshot_deleted,
-            "volumeUuid": self.volume_uuid,
-            "volumeName": self.volume_name,
-            "volumeType": self.volume_type,
-            "volumeSnapshotInstallPath": self.install_path,
-            "volumeSnapshotName": self.snapshot_name,
-            "volumeLastAttachDate": date(self.volume_last_attach_date),
-            "createDate": date(self.create_date),
-            "lastOpDate": date(self.last_op_date),
-            "snapshotStatus": "Changed" if self.snapshot_changed else "Ready",
-            "statusReason": self.snapshot_changed,
-        }
+        return ref_document(
+            self.volume_snapshot_uuid,
+            self.group_uuid,
+            self.device_id,
+            self.snapshot_deleted,
+            self.volume_uuid,
+            self.volume_name,
+            self.volume_type,
+            self.install_path,
+            self.snapshot_name,
+            date(self.volume_last_attach_date),
+            date(self.create_date),
+            date(self.last_op_date),
+            self.snapshot_changed,
+        )
+
+
+def ref_document(
+    snapshot_uuid: str,
+    group_uuid: str,
+    device_id: int,
+    deleted: bool,
+    volume_uuid: str,
+    volume_name: str,
+    volume_type: str,
+    install_path: str,
+    snapshot_name: str,
+    attached: str,
+    created: str,
+    changed: str,
+    changed_reason: str | None,
+) -> dict[str, Any]:
+    """A ref's inventory, its dates already text: the one place its shape is written,
+    for GroupRef and for a page built straight from rows (ops/group_views.py)."""
+    return {
+        "volumeSnapshotUuid": snapshot_uuid,
+        "volumeSnapshotGroupUuid": group_uuid,
+        "deviceId": device_id,
+        "snapshotDeleted": deleted,
+        "volumeUuid": volume_uuid,
+        "volumeName": volume_name,
+        "volumeType": volume_type,
+        "volumeSnapshotInstallPath": install_path,
+        "volumeSnapshotName": snapshot_name,
+        "volumeLastAttachDate": attached,
+        "createDate": created,
+        "lastOpDate": changed,
+        "snapshotStatus": "Changed" if changed_reason else "Ready",
+        "statusReason": changed_reason,
+    }
 
 
 @dataclass(frozen=True)
@@ -126,23 +160,58 @@ class Group:
     def to_inventory(self, date: DateText | None = None) -> dict[str, Any]:
         """`date`: shared by the groups of one reply (a date_memo() by default)."""
         date = date or date_memo()
-        return {
-            "uuid": self.uuid,
-            "snapshotCount": self.snapshot_count,
-            "name": self.name,
-            "description": self.description,
-            "vmInstanceUuid": self.vm_uuid,
-            "createDate": date(self.create_date),
-            "lastOpDate": date(self.last_op_date),
-            "volumeSnapshotRefs": [ref.to_inventory(date) for ref in self.refs],
-            "consistencyType": self.consistency_type,
-            "frozenFilesystems": list(self.frozen_filesystems),
-            "freezeMillis": self.freeze_millis,
-            "consistencyNote": self.consistency_note,
-            "policy": None if self.policy is None else list(self.policy),
-            "policyLabel": self.policy_label,
-            "protected": self.protected,
-        }
+        return group_document(
+            self.uuid,
+            self.name,
+            self.description,
+            self.vm_uuid,
+            date(self.create_date),
+            date(self.last_op_date),
+            [ref.to_inventory(date) for ref in self.refs],
+            self.consistency_type,
+            list(self.frozen_filesystems),
+            self.freeze_millis,
+            self.consistency_note,
+            None if self.policy is None else list(self.policy),
+            self.policy_label,
+            self.protected,
+        )
+
+
+def group_document(
+    uuid: str,
+    name: str,
+    description: str | None,
+    vm_uuid: str,
+    created: str,
+    changed: str,
+    refs: list[dict[str, Any]],
+    consistency_type: str | None,
+    frozen_filesystems: list[str],
+    freeze_millis: int | None,
+    consistency_note: str | None,
+    policy: list[str] | None,
+    policy_label: str | None,
+    protected: bool,
+) -> dict[str, Any]:
+    """A group's inventory (its refs' already made, its dates text): as ref_document."""
+    return {
+        "uuid": uuid,
+        "snapshotCount": len(refs),
+        "name": name,
+        "description": description,
+        "vmInstanceUuid": vm_uuid,
+        "createDate": created,
+        "lastOpDate": changed,
+        "volumeSnapshotRefs": refs,
+        "consistencyType": consistency_type,
+        "frozenFilesystems": frozen_filesystems,
+        "freezeMillis": freeze_millis,
+        "consistencyNote": consistency_note,
+        "policy": policy,
+        "policyLabel": policy_label,
+        "protected": protected,
+    }
 
 
 @dataclass(frozen=True)

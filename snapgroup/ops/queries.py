@@ -4,18 +4,26 @@ refs), a VM's volumes, the host's VMs, the journal's latest operations."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from snapgroup.domain.errors import HypervisorError, HypervisorUnavailable, NotFound, OperationError
-from snapgroup.domain.inventory import Group, VolumeView, date_memo
+from snapgroup.domain.inventory import Group, VolumeView
 from snapgroup.domain.validate import parse_uuid
 from snapgroup.domain.zquery import Query
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.discovery import discover
-from snapgroup.ops.group_views import groups_of_views, load_groups, load_vm_groups
+from snapgroup.ops.group_views import (
+    documents_of_rows,
+    groups_of_rows,
+    load_groups,
+    load_vm_groups,
+)
 from snapgroup.store import group_query
+from snapgroup.store.base import DateParser
 from snapgroup.store.db import Database
+from snapgroup.store.groups import ref_views_of
 from snapgroup.store.operations import OperationRepo
 from snapgroup.store.repo import Repo
 from snapgroup.store.resource_rows import all_volumes
@@ -24,20 +32,34 @@ from snapgroup.store.tables import OperationRow, VolumeRow
 
 @dataclass(frozen=True)
 class GroupPage:
-    groups: list[Group]
+    """A page of groups as the store returned them (Repo.group_views rows, their refs'
+    Repo.ref_views rows): REST replies straight from the rows, the CLI's table from
+    Group objects made on demand."""
+
+    views: list[Sequence[Any]]
+    ref_rows: list[Sequence[Any]]
+    date: DateParser
     total: int | None  # how many matched, when count or replyWithCount asked
+
+    @property
+    def groups(self) -> list[Group]:
+        return groups_of_rows(self.views, self.ref_rows, self.date)
 
     def reply(self, query: Query) -> dict[str, Any]:
         """The REST reply document: {"inventories": [...]} (+ "total"), or {"total"}."""
-        date = date_memo()  # the page's dates formatted once each
-        return query.reply([g.to_inventory(date) for g in self.groups], self.total)
+        return query.reply(documents_of_rows(self.views, self.ref_rows, self.date), self.total)
 
 
 def query_groups(db: Database, query: Query) -> GroupPage:
-    with db.transaction() as session:
-        views = group_query.page_views(session, query)
-        total = group_query.total(session, query)
-        return GroupPage(groups_of_views(Repo(session), views), total)
+    """The page in Core reads (no ORM session); count alone in one autocommit read."""
+    if query.count:
+        with db.read() as conn:
+            return GroupPage([], [], DateParser(conn.dialect), group_query.total(conn, query))
+    with db.reads() as conn:
+        views = group_query.page_views(conn, query)
+        ref_rows = ref_views_of(conn, [g[0] for g in views]) if views else []
+        total = group_query.total(conn, query)
+        return GroupPage(views, ref_rows, DateParser(conn.dialect), total)
 
 
 def get(ctx: OpContext, group_uuid: str) -> Group:

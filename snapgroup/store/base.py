@@ -81,7 +81,7 @@ class RepoBase:
         """A column-only query's rows. Flushes first, as an ORM query would (autoflush):
         the caller's transaction may have pending changes to these tables."""
         self.session.flush()
-        return list(self.session.execute(query).all())
+        return list(self.session.connection().execute(query).all())
 
     def date_parser(self) -> DateParser:
         return DateParser(self.session.get_bind().dialect)

@@ -34,7 +34,7 @@ from sqlalchemy import (
     not_,
     select,
 )
-from sqlmodel import Session
+from sqlalchemy.engine import Connection
 
 from snapgroup.domain.zquery import COMPARISONS, GROUP_FIELDS, Condition, Kind, Query
 from snapgroup.store.base import _GROUPS, _REFS, _SNAPSHOTS
@@ -212,21 +212,21 @@ def count_statement(query: Query, dialect: str) -> Select[Any]:
     return _bound(_count_template(_shape(query), dialect), query, dialect)
 
 
-def page_views(session: Session, query: Query) -> list[Sequence[Any]]:
+def page_views(conn: Connection, query: Query) -> list[Sequence[Any]]:
     """The page's groups as Repo.group_views rows (GROUP_VIEW_COLUMNS), in order: the
     page statement selecting them, not a second read by UUID."""
     if query.count or query.limit == 0:
         return []
-    dialect = session.get_bind().dialect.name
+    dialect = conn.dialect.name
     template = _page_template(_shape(query), dialect)
-    return list(session.execute(template, _values(query, dialect == "postgresql")).all())
+    return list(conn.execute(template, _values(query, dialect == "postgresql")).all())
 
 
-def total(session: Session, query: Query) -> int | None:
+def total(conn: Connection, query: Query) -> int | None:
     """How many groups match, when the query asks for it (count / replyWithCount)."""
     if not (query.count or query.reply_with_count):
         return None
-    dialect = session.get_bind().dialect.name
+    dialect = conn.dialect.name
     template = _count_template(_shape(query), dialect)
     values = _values(query, dialect == "postgresql")
-    return int(session.execute(template, values).scalar_one())
+    return int(conn.execute(template, values).scalar_one())

@@ -8,12 +8,14 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     bindparam,
+    case,
     delete,
     insert,
     or_,
     true,
 )
 from sqlalchemy import select as sa_select
+from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
 from snapgroup.store.base import (
@@ -60,11 +62,11 @@ _REF_VIEW = sa_select(
     _R.volume_type,
     _raw(_R.volume_last_attach_date),
     _raw(_R.create_date),
-    _raw(_R.last_op_date),
+    # The ref's lastOpDate as the inventory shows it: its own or its snapshot's, the later.
+    _raw(case((_R.last_op_date >= _S.last_op_date, _R.last_op_date), else_=_S.last_op_date)),
     _S.deleted,
     _S.install_path,
     _S.name,
-    _raw(_S.last_op_date),
     _S.changed,
 ).join_from(_REFS, _SNAPSHOTS, _S.uuid == _R.volume_snapshot_uuid)
 # Built once: a page's refs are read on every query (building it cost ~5% of the read).
@@ -133,12 +135,12 @@ class GroupQueries(RepoBase):
         self, *, uuids: Sequence[str] | None = None, vm_uuid: str | None = None
     ) -> list[Sequence[Any]]:
         """What a group's inventory shows of each ref and its snapshot, for the groups
-        group_views selects with the same arguments, as plain rows in REF_VIEW_COLUMNS
+        group_views selects with the same arguments, as plain rows (_REF_VIEW's columns)
         (an ORM object per ref and snapshot cost ~100x the query for a VM's 1,600
         refs). By group, then deviceId."""
         if uuids is not None:
             self.session.flush()  # as _rows
-            return list(self.session.execute(_REF_VIEW_OF_GROUPS, {"uuids": list(uuids)}).all())
+            return ref_views_of(self.session.connection(), uuids)
         query = _REF_VIEW
         if vm_uuid is not None:  # through the groups' vm_uuid index: no list of UUIDs
             g = _GROUPS.c
@@ -155,3 +157,8 @@ class GroupQueries(RepoBase):
     def ref(self, snapshot_uuid: str) -> RefRow | None:
         """The group ref of a snapshot, if it belongs to a group."""
         return self.session.get(RefRow, snapshot_uuid)
+
+
+def ref_views_of(conn: Connection, uuids: Sequence[str]) -> list[Sequence[Any]]:
+    """Repo.ref_views of those groups on a Core connection (Database.reads)."""
+    return list(conn.execute(_REF_VIEW_OF_GROUPS, {"uuids": list(uuids)}).all())
