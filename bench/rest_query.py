@@ -353,10 +353,46 @@ def _rows(backend: _Backend, reps: int) -> list[Row]:
                 r.ratio, r.target, f"{r.note} ({scale})".strip()) for r in rows]  # fmt: skip
 
 
+def _bare_http_row(reps: int) -> Row:
+    """A GET answered by bench/bare_asgi.py under uvicorn, by the same client: the part
+    of every REST row that no query path can remove."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "uvicorn", "bench.bare_asgi:app", "--port", str(port)]
+    quiet = subprocess.DEVNULL
+    proc = subprocess.Popen([*argv, "--log-level", "warning"], cwd=ROOT, stdout=quiet, stderr=quiet)  # noqa: S603
+    try:
+        client = _Client(port)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.call("GET", "/")
+                break
+            except OSError:
+                client.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("uvicorn did not start") from None
+                time.sleep(0.1)
+        times = []
+        for i in range(reps * 4 + 2):
+            with clock() as sw:
+                status, document = client.call("GET", "/")
+            assert status == 200 and document == {}
+            if i >= 2:
+                times.append(sw.seconds)
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    note = "no route, session or query: HTTP's own part of a REST row"
+    return Row(NAME, "HTTP alone: uvicorn and an ASGI app answering {}", "ms", ms(times),
+               "bench/bare_asgi.py", note=note)  # fmt: skip
+
+
 def run(runs: int, quick: bool) -> list[Row]:
     reps = max(runs, 5) * 6
+    rows = [_bare_http_row(reps)]
     with _sqlite(quick) as backend:
-        rows = _rows(backend, reps)
+        rows += _rows(backend, reps)
     pg_url = _pg_url()
     if pg_url is None:
         print(f"   {NAME}: no PostgreSQL ({PG_ENV} unset, no build/postgres.url)", file=sys.stderr)
