@@ -23,7 +23,6 @@ from snapgroup.ops.group_views import (
 from snapgroup.store import group_query
 from snapgroup.store.base import DateParser
 from snapgroup.store.db import Database
-from snapgroup.store.groups import ref_views_of
 from snapgroup.store.operations import OperationRepo
 from snapgroup.store.repo import Repo
 from snapgroup.store.resource_rows import all_volumes
@@ -51,13 +50,11 @@ class GroupPage:
 
 
 def query_groups(db: Database, query: Query) -> GroupPage:
-    """The page in Core reads (no ORM session); count alone in one autocommit read."""
-    if query.count:
-        with db.read() as conn:
-            return GroupPage([], [], DateParser(conn.dialect), group_query.total(conn, query))
-    with db.reads() as conn:
-        views = group_query.page_views(conn, query)
-        ref_rows = ref_views_of(conn, [g[0] for g in views]) if views else []
+    """The page (its groups and their refs: one statement) and the total, each one
+    read outside a transaction: a count asked beside a page may see a later moment, as
+    ZStack's separate count does."""
+    with db.read() as conn:
+        views, ref_rows = group_query.page(conn, query)
         total = group_query.total(conn, query)
         return GroupPage(views, ref_rows, DateParser(conn.dialect), total)
 

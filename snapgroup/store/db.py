@@ -174,17 +174,6 @@ class Database:
             raise StoreError(f"metadata store error: {exc}") from exc
 
     @contextmanager
-    def reads(self) -> Iterator[Connection]:
-        """Several column-only reads without the ORM (a query's page and its refs): a
-        Core connection, its transaction rolled back at the end, nothing written. A
-        Session's set-up and commit cost ~50 us a query, as much as a count's SQL."""
-        try:
-            with self._engine.connect() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"metadata store error: {exc}") from exc
-
-    @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection for one statement that reads, outside any transaction (no BEGIN
         and COMMIT: two round trips fewer on PostgreSQL); not for several statements

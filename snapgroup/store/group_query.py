@@ -16,9 +16,10 @@ them condition by condition, on SQLite and PostgreSQL).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +39,12 @@ from sqlalchemy.engine import Connection
 
 from snapgroup.domain.zquery import COMPARISONS, GROUP_FIELDS, Condition, Kind, Query
 from snapgroup.store.base import _GROUPS, _REFS, _SNAPSHOTS
-from snapgroup.store.groups import group_view_columns
+from snapgroup.store.groups import (
+    GROUP_VIEW_COLUMNS,
+    REF_VIEW_COLUMNS,
+    group_view_columns,
+    ref_views_of,
+)
 
 _G, _R, _S = _GROUPS.c, _REFS.c, _SNAPSHOTS.c
 
@@ -183,13 +189,47 @@ def _values(query: Query, postgres: bool) -> dict[str, Any]:
 # more than a one-group page's SQL takes to run; the values are bound on each execution.
 @functools.lru_cache(maxsize=256)
 def _page_template(shape: _Shape, dialect: str) -> Select[Any]:
+    """The page's groups: conditions, order, limit, offset."""
+    return _page_select(shape, _Compiler(dialect), [])
+
+
+def _page_select(
+    shape: _Shape, compiler: _Compiler, extra: list[ColumnElement[Any]]
+) -> Select[Any]:
     conditions, sort_by, descending, paged = shape
-    compiler = _Compiler(dialect)
     where = compiler.where([Condition(f, k, op, None) for f, k, op in conditions])
-    statement = select(*group_view_columns()).where(*where)
+    columns = [c.label(n) for c, n in zip(group_view_columns(), GROUP_VIEW_COLUMNS, strict=True)]
+    statement = select(*columns, *extra).where(*where)
     statement = statement.order_by(*compiler.order(sort_by, descending))
     statement = statement.limit(bindparam("limit", type_=Integer))
     return statement.offset(bindparam("start", type_=Integer)) if paged else statement
+
+
+@functools.lru_cache(maxsize=256)
+def _page_with_refs_template(shape: _Shape, dialect: str) -> Select[Any]:
+    """The page (as _page_template, the sort field's keys selected too) joined to its
+    groups' refs and snapshots, ordered as the page then by deviceId: one statement."""
+    _, sort_by, descending, _ = shape
+    compiler = _Compiler(dialect)
+    keys: list[ColumnElement[Any]] = []
+    if sort_by is not None:
+        key = _group_column(sort_by)
+        if sort_by == "description":
+            keys.append(case((key.is_(None), 1), else_=0).label("sort_nulls"))
+        keys.append(key.label("sort_key"))
+    page = _page_select(shape, compiler, keys).subquery("page")
+    order: list[ColumnElement[Any]] = []
+    if sort_by is not None:
+        if sort_by == "description":
+            order.append(page.c.sort_nulls)
+        ordered = compiler.ordered(page.c.sort_key, GROUP_FIELDS[sort_by])
+        order.append(ordered.desc() if descending else ordered.asc())
+    order += [page.c.create_date, page.c.uuid, _R.device_id]
+    joined = page.outerjoin(_REFS, _R.group_uuid == page.c.uuid).outerjoin(
+        _SNAPSHOTS, _S.uuid == _R.volume_snapshot_uuid
+    )
+    groups = [page.c[n] for n in GROUP_VIEW_COLUMNS]
+    return select(*groups, *REF_VIEW_COLUMNS).select_from(joined).order_by(*order)
 
 
 @functools.lru_cache(maxsize=256)
@@ -212,14 +252,44 @@ def count_statement(query: Query, dialect: str) -> Select[Any]:
     return _bound(_count_template(_shape(query), dialect), query, dialect)
 
 
-def page_views(conn: Connection, query: Query) -> list[Sequence[Any]]:
-    """The page's groups as Repo.group_views rows (GROUP_VIEW_COLUMNS), in order: the
-    page statement selecting them, not a second read by UUID."""
+def page(conn: Connection, query: Query) -> tuple[list[Sequence[Any]], list[Sequence[Any]]]:
+    """The page's groups as Repo.group_views rows, in order, and their refs as
+    Repo.ref_views rows (by group, then deviceId), the two read at one moment: on
+    PostgreSQL by one statement (one round trip instead of four with BEGIN and
+    ROLLBACK), on SQLite by two in one read transaction (there no round trip costs, and
+    the joined rows' sort cost more: 1.2 vs 0.8 ms for 20 groups and 320 refs)."""
     if query.count or query.limit == 0:
-        return []
+        return [], []
     dialect = conn.dialect.name
-    template = _page_template(_shape(query), dialect)
-    return list(conn.execute(template, _values(query, dialect == "postgresql")).all())
+    values = _values(query, dialect == "postgresql")
+    if dialect != "postgresql":
+        with _read_transaction(conn):
+            rows = conn.execute(_page_template(_shape(query), dialect), values).all()
+            groups: list[Sequence[Any]] = list(rows)
+            return groups, ref_views_of(conn, [g[0] for g in groups]) if groups else []
+    width = len(GROUP_VIEW_COLUMNS)
+    views: list[Sequence[Any]] = []
+    refs: list[Sequence[Any]] = []
+    for row in conn.execute(_page_with_refs_template(_shape(query), dialect), values):
+        if not views or views[-1][0] != row[0]:  # a group's rows are consecutive
+            views.append(row[:width])
+        if row[width] is not None:  # a group without refs: one row of NULLs for them
+            refs.append(row[width:])
+    return views, refs
+
+
+@contextlib.contextmanager
+def _read_transaction(conn: Connection) -> Iterator[None]:
+    """SQLite: the statements inside see one moment (pysqlite begins no transaction
+    for a SELECT, so each would see the latest commit). BEGIN and ROLLBACK on the
+    driver's connection: through SQLAlchemy each cost ~15 us."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute("BEGIN")
+    try:
+        yield
+    finally:
+        driver.execute("ROLLBACK")
 
 
 def total(conn: Connection, query: Query) -> int | None:

@@ -53,7 +53,8 @@ def group_view_columns() -> list[ColumnElement[Any]]:
 
 
 _R, _S = _REFS.c, _SNAPSHOTS.c
-_REF_VIEW = sa_select(
+# Repo.ref_views' columns, in order: what a ref's inventory shows (the dates raw).
+REF_VIEW_COLUMNS: tuple[ColumnElement[Any], ...] = (
     _R.volume_snapshot_uuid,
     _R.group_uuid,
     _R.device_id,
@@ -68,7 +69,10 @@ _REF_VIEW = sa_select(
     _S.install_path,
     _S.name,
     _S.changed,
-).join_from(_REFS, _SNAPSHOTS, _S.uuid == _R.volume_snapshot_uuid)
+)
+_REF_VIEW = sa_select(*REF_VIEW_COLUMNS).join_from(
+    _REFS, _SNAPSHOTS, _S.uuid == _R.volume_snapshot_uuid
+)
 # Built once: a page's refs are read on every query (building it cost ~5% of the read).
 _REF_VIEW_OF_GROUPS = _REF_VIEW.where(
     _R.group_uuid.in_(bindparam("uuids", expanding=True))

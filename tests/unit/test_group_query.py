@@ -237,13 +237,57 @@ def test_only_the_page_is_loaded(engine: Engine) -> None:
     finally:
         event.remove(bind, "before_cursor_execute", record)
     assert len(reply["inventories"]) == 3
-    assert len(statements) == 2  # the page's groups, their refs
-    page_sql = statements[0][0]
-    assert "LIMIT" in page_sql.upper()
+    shown = {inv["uuid"] for inv in reply["inventories"]}
+    refs = [r for inv in reply["inventories"] for r in inv["volumeSnapshotRefs"]]
+    assert refs and {r["volumeSnapshotGroupUuid"] for r in refs} == shown
+    if bind.dialect.name == "postgresql":  # one statement: one round trip
+        assert len(statements) == 1
+        page_sql = statements[0][0].upper()
+        assert "LIMIT" in page_sql and "LEFT OUTER JOIN" in page_sql
+        return
+    assert len(statements) == 2  # the page's groups, then only their refs
+    assert "LIMIT" in statements[0][0].upper()
     ref_params = statements[1][1]
     flat = list(ref_params.values()) if isinstance(ref_params, dict) else list(ref_params)
-    shown = {inv["uuid"] for inv in reply["inventories"]}
-    assert set(v for v in flat if isinstance(v, str) and len(v) == 32) <= shown
+    assert set(v for v in flat if isinstance(v, str) and len(v) == 32) == shown
+
+
+def test_a_page_and_its_refs_are_read_at_one_moment(tmp_path: Any) -> None:
+    """SQLite (a file, WAL, as served): a group deleted by another connection right
+    after the page's groups were read still shows every ref it had (the refs are read
+    in the same read transaction), never a group with none."""
+    from sqlalchemy import delete, event
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    images = FakeImageTool()
+    engine = Engine(hypervisor=FakeHypervisor(images), images=images, db=Database(url))
+    _generate(engine.db)
+    other = Database(url)
+    bind = engine.db._engine
+    deleted: list[str] = []
+
+    query = parse_query(limit=3)
+    before = {g.uuid: len(g.refs) for g in engine.query_groups(query).groups}
+    first = next(iter(before))
+
+    def meddle(_c: Any, _cur: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
+        if deleted or "LIMIT" not in sql.upper():
+            return
+        with other.transaction() as session:  # another writer, committed meanwhile
+            session.execute(delete(RefRow).where(RefRow.group_uuid == first))  # type: ignore[arg-type]
+            session.execute(delete(GroupRow).where(GroupRow.uuid == first))  # type: ignore[arg-type]
+        deleted.append(first)
+
+    event.listen(bind, "after_cursor_execute", meddle)
+    try:
+        reply = engine.query_groups(query).reply(query)
+    finally:
+        event.remove(bind, "after_cursor_execute", meddle)
+    assert deleted and deleted[0] in before
+    assert {inv["uuid"]: inv["snapshotCount"] for inv in reply["inventories"]} == before
+    assert deleted[0] not in {g.uuid for g in engine.query_groups(query).groups}
+    other.dispose()
+    engine.db.dispose()
 
 
 def test_the_index_serves_ref_matches() -> None:
