@@ -4,7 +4,9 @@ queries for any number of groups."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from snapgroup.domain.inventory import Group, GroupRef, group_document, ref_document, zstack_date
@@ -37,7 +39,8 @@ def documents_of_rows(
     """The inventories of groups_of_rows(...) (a test holds them equal), made straight
     from the rows: no GroupRef and Group first (a frozen dataclass of 13 fields per ref
     cost more than the page's SQL), each distinct raw date made text once."""
-    text = _DateTexts(date)
+    text = _date_texts(date)
+    known = _TEXTS.get  # the common case inline: a date already made text
     refs: dict[str, list[dict[str, Any]]] = {}
     for (
         snapshot,
@@ -59,15 +62,15 @@ def documents_of_rows(
                 snapshot,
                 group,
                 device_id,
-                deleted,
+                bool(deleted),  # SQLite's 0/1 when read by the driver
                 volume,
                 volume_name,
                 volume_type,
                 path,
                 snapshot_name,
-                text(attached),
-                text(created),
-                text(changed),
+                known(attached) or text(attached),
+                known(created) or text(created),
+                known(changed) or text(changed),
                 changed_reason,
             )
         )
@@ -106,18 +109,27 @@ def documents_of_rows(
     ]
 
 
-class _DateTexts:
-    """Raw date values as the inventory's text, each distinct one converted once."""
+# Raw date value -> its inventory text, kept across replies: a pure function of the
+# value and the host's zone, so dropped when the zone changes (TZ, or what tzset() made
+# of it) and when it outgrows _TEXTS_MAX. A page's dates are mostly seen before.
+_TEXTS: dict[Any, str] = {}
+_TEXTS_ZONE: list[object] = [None]
+_TEXTS_MAX = 1 << 16
 
-    def __init__(self, date: DateParser) -> None:
-        self.date = date
-        self.seen: dict[Any, str] = {}
 
-    def __call__(self, raw: Any) -> str:
-        text = self.seen.get(raw)
-        if text is None:
-            text = self.seen[raw] = zstack_date(self.date(raw))
-        return text
+def _date_texts(date: DateParser) -> Callable[[Any], str]:
+    zone = (os.environ.get("TZ"), time.tzname, time.timezone, time.altzone, time.daylight)
+    if _TEXTS_ZONE[0] != zone or len(_TEXTS) > _TEXTS_MAX:
+        _TEXTS.clear()
+        _TEXTS_ZONE[0] = zone
+
+    def text(raw: Any) -> str:
+        made = _TEXTS.get(raw)
+        if made is None:
+            made = _TEXTS[raw] = zstack_date(date(raw))
+        return made
+
+    return text
 
 
 def load_vm_groups(repo: Repo, vm_uuid: str | None) -> list[Group]:
@@ -158,7 +170,7 @@ def _ref(row: Sequence[Any], date: DateParser) -> GroupRef:
         snapshot,
         group,
         device_id,
-        deleted,
+        bool(deleted),
         volume,
         volume_name,
         volume_type,

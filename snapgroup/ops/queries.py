@@ -4,7 +4,8 @@ refs), a VM's volumes, the host's VMs, the journal's latest operations."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,26 +38,29 @@ class GroupPage:
 
     views: list[Sequence[Any]]
     ref_rows: list[Sequence[Any]]
-    date: DateParser
+    dates: Callable[[], DateParser]  # a reader of the rows' raw dates (made when needed)
     total: int | None  # how many matched, when count or replyWithCount asked
 
     @property
     def groups(self) -> list[Group]:
-        return groups_of_rows(self.views, self.ref_rows, self.date)
+        return groups_of_rows(self.views, self.ref_rows, self.dates())
 
     def reply(self, query: Query) -> dict[str, Any]:
         """The REST reply document: {"inventories": [...]} (+ "total"), or {"total"}."""
-        return query.reply(documents_of_rows(self.views, self.ref_rows, self.date), self.total)
+        if not self.views:
+            return query.reply([], self.total)
+        documents = documents_of_rows(self.views, self.ref_rows, self.dates())
+        return query.reply(documents, self.total)
 
 
 def query_groups(db: Database, query: Query) -> GroupPage:
-    """The page (its groups and their refs: one statement) and the total, each one
+    """The page (its groups and their refs, read at one moment) and the total, each one
     read outside a transaction: a count asked beside a page may see a later moment, as
     ZStack's separate count does."""
     with db.read() as conn:
         views, ref_rows = group_query.page(conn, query)
         total = group_query.total(conn, query)
-        return GroupPage(views, ref_rows, DateParser(conn.dialect), total)
+        return GroupPage(views, ref_rows, functools.partial(DateParser, conn.dialect), total)
 
 
 def get(ctx: OpContext, group_uuid: str) -> Group:

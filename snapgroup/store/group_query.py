@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection
 
 from snapgroup.domain.zquery import COMPARISONS, GROUP_FIELDS, Condition, Kind, Query
 from snapgroup.store.base import _GROUPS, _REFS, _SNAPSHOTS
+from snapgroup.store.driver_sql import fetch
 from snapgroup.store.groups import (
     GROUP_VIEW_COLUMNS,
     REF_VIEW_COLUMNS,
@@ -264,13 +265,12 @@ def page(conn: Connection, query: Query) -> tuple[list[Sequence[Any]], list[Sequ
     values = _values(query, dialect == "postgresql")
     if dialect != "postgresql":
         with _read_transaction(conn):
-            rows = conn.execute(_page_template(_shape(query), dialect), values).all()
-            groups: list[Sequence[Any]] = list(rows)
+            groups = fetch(conn, _page_template(_shape(query), dialect), values)
             return groups, ref_views_of(conn, [g[0] for g in groups]) if groups else []
     width = len(GROUP_VIEW_COLUMNS)
     views: list[Sequence[Any]] = []
     refs: list[Sequence[Any]] = []
-    for row in conn.execute(_page_with_refs_template(_shape(query), dialect), values):
+    for row in fetch(conn, _page_with_refs_template(_shape(query), dialect), values):
         if not views or views[-1][0] != row[0]:  # a group's rows are consecutive
             views.append(row[:width])
         if row[width] is not None:  # a group without refs: one row of NULLs for them
@@ -299,4 +299,5 @@ def total(conn: Connection, query: Query) -> int | None:
     dialect = conn.dialect.name
     template = _count_template(_shape(query), dialect)
     values = _values(query, dialect == "postgresql")
-    return int(conn.execute(template, values).scalar_one())
+    ((counted,),) = fetch(conn, template, values)
+    return int(counted)
