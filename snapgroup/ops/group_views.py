@@ -34,12 +34,14 @@ def groups_of_rows(
 
 
 def documents_of_rows(
-    views: Sequence[Sequence[Any]], ref_rows: Sequence[Sequence[Any]], date: DateParser
+    views: Sequence[Sequence[Any]],
+    ref_rows: Sequence[Sequence[Any]],
+    dates: Callable[[], DateParser],
 ) -> list[dict[str, Any]]:
     """The inventories of groups_of_rows(...) (a test holds them equal), made straight
     from the rows: no GroupRef and Group first (a frozen dataclass of 13 fields per ref
     cost more than the page's SQL), each distinct raw date made text once."""
-    text = _date_texts(date)
+    text = _date_texts(dates)
     known = _TEXTS.get  # the common case inline: a date already made text
     refs: dict[str, list[dict[str, Any]]] = {}
     for (
@@ -117,16 +119,20 @@ _TEXTS_ZONE: list[object] = [None]
 _TEXTS_MAX = 1 << 16
 
 
-def _date_texts(date: DateParser) -> Callable[[Any], str]:
+def _date_texts(dates: Callable[[], DateParser]) -> Callable[[Any], str]:
+    """raw -> text through _TEXTS; the parser is made on the first unknown date only."""
     zone = (os.environ.get("TZ"), time.tzname, time.timezone, time.altzone, time.daylight)
     if _TEXTS_ZONE[0] != zone or len(_TEXTS) > _TEXTS_MAX:
         _TEXTS.clear()
         _TEXTS_ZONE[0] = zone
+    parser: list[DateParser] = []
 
     def text(raw: Any) -> str:
         made = _TEXTS.get(raw)
         if made is None:
-            made = _TEXTS[raw] = zstack_date(date(raw))
+            if not parser:
+                parser.append(dates())
+            made = _TEXTS[raw] = zstack_date(parser[0](raw))
         return made
 
     return text

@@ -49,7 +49,7 @@ class GroupPage:
         """The REST reply document: {"inventories": [...]} (+ "total"), or {"total"}."""
         if not self.views:
             return query.reply([], self.total)
-        documents = documents_of_rows(self.views, self.ref_rows, self.dates())
+        documents = documents_of_rows(self.views, self.ref_rows, self.dates)
         return query.reply(documents, self.total)
 
 
