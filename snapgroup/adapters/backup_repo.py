@@ -49,14 +49,17 @@ keeps each point true):
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 
@@ -289,7 +292,7 @@ class BackupRepo:
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="fsync") as pool:
                 synced = pool.submit(_fsync_file, path)
-                digest = sha256_file(path)
+                digest = sha256_file(path, mapped=True)  # just written, in our partial
                 synced.result()
         except OSError as exc:
             raise RepositoryError(f"cannot seal {path}: {exc.strerror}") from exc
@@ -305,11 +308,13 @@ class BackupRepo:
 # files --------------------------------------------------------------------------------
 
 
-def sha256_file(path: str, piece_size: int | None = PIECE_SIZE) -> str:
+def sha256_file(path: str, piece_size: int | None = PIECE_SIZE, *, mapped: bool = False) -> str:
     """The file's checksum as a manifest records it: SHA-256 over its pieces' SHA-256
     digests, the pieces hashed on up to _HASHERS threads (hashlib drops the GIL), or with
     `piece_size` None the plain SHA-256 of the whole file (formatVersion 1). OSError for a
-    missing or unreadable file."""
+    missing or unreadable file. `mapped`: hashed from a memory map, without a copy into a
+    buffer (~12% faster here); only for a file nobody else may truncate meanwhile (a
+    mapping of a shrunken file faults the process): one this process just wrote."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
@@ -317,9 +322,18 @@ def sha256_file(path: str, piece_size: int | None = PIECE_SIZE) -> str:
             return _sha256_range(fd, 0, size).hex()
         starts = range(0, size, piece_size)
         workers = max(1, min(_HASHERS, len(starts)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="sha256") as pool:
-            digests = pool.map(lambda at: _sha256_range(fd, at, min(piece_size, size - at)), starts)
-            return hashlib.sha256(b"".join(digests)).hexdigest()
+        with contextlib.ExitStack() as stack:
+            hash_piece: Callable[[int, int], bytes] = functools.partial(_sha256_range, fd)
+            if mapped and size:
+                whole = stack.enter_context(mmap.mmap(fd, size, prot=mmap.PROT_READ))
+                view = stack.enter_context(memoryview(whole))
+
+                def hash_piece(at: int, length: int) -> bytes:
+                    return hashlib.sha256(view[at : at + length]).digest()
+
+            pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="sha256"))
+            digests = list(pool.map(lambda at: hash_piece(at, min(piece_size, size - at)), starts))
+        return hashlib.sha256(b"".join(digests)).hexdigest()
     finally:
         os.close(fd)
 
