@@ -4,12 +4,13 @@ the store's errors. And a page's date texts, kept across replies, follow a zone 
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, event, select
+from sqlalchemy import bindparam, event, select, text
 
 from snapgroup.api import Engine
 from snapgroup.domain.errors import StoreError
@@ -100,3 +101,39 @@ def test_page_dates_follow_a_zone_change(monkeypatch: pytest.MonkeyPatch) -> Non
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_the_kept_reader_sees_each_commit_and_lends_to_one_thread_at_a_time(
+    tmp_path: Any,
+) -> None:
+    """A SQLite file's reads share one kept connection: a commit made meanwhile by
+    another connection is seen by the next read (no snapshot is left open), a thread
+    finding it busy reads through the pool, and an error inside leaves it usable."""
+    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
+    writer = Database(f"sqlite:///{tmp_path / 'store.db'}")
+    count = "SELECT count(*) FROM volume_snapshot_group"
+    with db.read() as conn:
+        assert conn.execute(text(count)).scalar() == 0
+        kept = conn
+    _generate(writer)
+    with db.read() as conn:
+        assert conn is kept and conn.execute(text(count)).scalar() == 60
+        inner: list[Any] = []
+
+        def other_thread() -> None:
+            with db.read() as other:
+                inner.append((other is kept, other.execute(text(count)).scalar()))
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert inner == [(False, 60)]  # the kept one was busy: a pooled one
+    with pytest.raises(StoreError), db.read() as conn:
+        conn.execute(text("SELECT * FROM no_such_table"))
+    with db.read() as conn:
+        assert conn is kept and conn.execute(text(count)).scalar() == 60
+    db.dispose()
+    writer.dispose()
+    with db.read() as conn:  # after dispose: a new kept connection
+        assert conn is not kept and conn.execute(text(count)).scalar() == 60
+    db.dispose()
