@@ -355,9 +355,20 @@ class Engine:
         return delete.plan(self.ctx, group_uuid, mode=mode)
 
     def set_policy(
-        self, policy: Policy, *, export_to: str | None = None, export_keep: int | None = None
+        self,
+        policy: Policy,
+        *,
+        export_to: str | None = None,
+        export_keep: int | None = None,
+        export_compress: bool = False,
     ) -> tuple[PolicyRecord, bool]:
-        return policy_ops.set_policy(self.ctx, policy, export_to=export_to, export_keep=export_keep)
+        return policy_ops.set_policy(
+            self.ctx,
+            policy,
+            export_to=export_to,
+            export_keep=export_keep,
+            export_compress=export_compress,
+        )
 
     def policies(self) -> list[PolicyRecord]:
         return policy_ops.list_policies(self.ctx)

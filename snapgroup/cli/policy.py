@@ -48,6 +48,7 @@ def register(sub: Any) -> None:
         "--export-to", metavar="DIR", help="export each group taken to this backup repository"
     )
     put.add_argument("--export-keep", type=int, metavar="N", help="exports kept there")
+    put.add_argument("--export-compress", action="store_true", help="export compressed (zstd)")
     actions.add_parser("list", help="list the policies")
     show = actions.add_parser("show", help="one policy")
     show.add_argument("name", metavar="NAME")
@@ -115,7 +116,10 @@ def _set(args: argparse.Namespace, ctx: Context) -> int:
         min_free_percent=args.min_free_percent,
     )
     record, new = ctx.engine.set_policy(
-        policy, export_to=args.export_to, export_keep=args.export_keep
+        policy,
+        export_to=args.export_to,
+        export_keep=args.export_keep,
+        export_compress=args.export_compress,
     )
     if ctx.as_json:
         print_json({"policy": record_json(record), "created": new}, ctx.out)

@@ -390,6 +390,6 @@ def policy_export(ctx: OpContext, vm: VmRef, group: AutoGroup, record: PolicyRec
     policy's repository, then that VM's backups there pruned to export_keep (if set)."""
     if not record.export_to:
         return
-    export(ctx, group.uuid, to=record.export_to)
+    export(ctx, group.uuid, to=record.export_to, compress=record.export_compress)
     if record.export_keep:
         prune_backups(ctx, at=record.export_to, vm=vm.uuid, keep=record.export_keep)

@@ -31,9 +31,10 @@ def set_policy(
     *,
     export_to: str | None = None,
     export_keep: int | None = None,
+    export_compress: bool = False,
 ) -> tuple[PolicyRecord, bool]:
     """Create or replace the policy of that name; (its record, whether it is new).
-    `export_to`/`export_keep` are stored for the export pass (issue 15)."""
+    `export_to`/`export_keep`/`export_compress` are stored for the export pass."""
     if export_to is not None and not os.path.isabs(export_to):
         raise InvalidArgument(f"--export-to {export_to!r}: an absolute path")
     with ctx.db.transaction() as session:
@@ -43,6 +44,7 @@ def set_policy(
             new_uuid=ctx.new_uuid,
             export_to=export_to,
             export_keep=export_keep,
+            export_compress=export_compress,
         )
 
 
@@ -80,6 +82,7 @@ def record_json(record: PolicyRecord) -> dict[str, Any]:
         "minFreePercent": p.min_free_percent,
         "exportTo": record.export_to,
         "exportKeep": record.export_keep,
+        "exportCompress": record.export_compress,
         "createDate": utc(record.create_date).isoformat(),
         "lastOpDate": utc(record.last_op_date).isoformat(),
     }

@@ -31,6 +31,7 @@ class PolicyRecord:
     export_keep: int | None
     create_date: datetime
     last_op_date: datetime
+    export_compress: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,13 @@ def _policy(row: PolicyRow) -> Policy:
 
 def _record(row: PolicyRow) -> PolicyRecord:
     return PolicyRecord(
-        _policy(row), row.uuid, row.export_to, row.export_keep, row.create_date, row.last_op_date
+        _policy(row),
+        row.uuid,
+        row.export_to,
+        row.export_keep,
+        row.create_date,
+        row.last_op_date,
+        export_compress=bool(row.export_compress),
     )
 
 
@@ -106,6 +113,7 @@ class PolicyRepo:
         new_uuid: Callable[[], str],
         export_to: str | None = None,
         export_keep: int | None = None,
+        export_compress: bool = False,
     ) -> tuple[PolicyRecord, bool]:
         """Create the policy, or replace the settings of the one of that name (its
         creation date kept). Returns the record and whether it was new."""
@@ -114,10 +122,13 @@ class PolicyRepo:
             raise InvalidArgument(
                 f"policy {policy.name}: --export-keep needs --export-to and a count >= 1"
             )
+        if export_compress and export_to is None:
+            raise InvalidArgument(f"policy {policy.name}: --export-compress needs --export-to")
         row = self._row(policy.name)
         values: dict[str, object] = _columns(policy) | {
             "export_to": export_to,
             "export_keep": export_keep,
+            "export_compress": export_compress,
             "last_op_date": now,
         }
         if row is None:

@@ -31,6 +31,7 @@ class PolicyRow(SQLModel, table=True):
     # Where and how many groups to export (a later issue); NULL: no export.
     export_to: str | None = Field(default=None, max_length=4096)
     export_keep: int | None = None
+    export_compress: bool | None = None  # NULL (stores made before it): not compressed
     create_date: datetime
     last_op_date: datetime
 

@@ -301,10 +301,15 @@ def test_a_flipped_byte_and_a_deleted_base_are_found_and_refused(
 def test_a_policy_exports_each_group_it_takes_and_keeps_export_keep(
     engine: Engine, stopped_vm: LabVm
 ) -> None:
+    """Compressed too (--export-compress): each export and the prune's merge restore
+    exactly."""
     vm = stopped_vm
     repo = vm.directory / "repo"
     engine.set_policy(
-        Policy("bk", Retention(hourly=5), vms=(vm.name,)), export_to=str(repo), export_keep=2
+        Policy("bk", Retention(hourly=5), vms=(vm.name,)),
+        export_to=str(repo),
+        export_keep=2,
+        export_compress=True,
     )
     start = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
     taken = []
@@ -320,6 +325,8 @@ def test_a_policy_exports_each_group_it_takes_and_keeps_export_keep(
     kept = engine.backups(at=str(repo), vm=vm.name)
     assert [m.group_uuid for m in kept] == taken[1:]
     assert kept[0].full and not kept[1].full  # the oldest kept now holds the whole disk
+    assert all(d.compressed for m in kept for d in m.disks)
+    assert engine.verify_backup(at=str(repo)).clean
     for m in kept:
         out = vm.directory / f"p-{m.backup_id}"
         out.mkdir()

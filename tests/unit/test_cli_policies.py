@@ -29,11 +29,11 @@ def test_policy_crud_and_status(lab: Lab) -> None:
     assert doc["policy"]["vms"] == ["vm1"] and doc["policy"]["exportTo"] is None
     code, out, _ = cli(
         lab, "--json", "policy", "set", "p1", "--all", "--exclude", "x", "--daily", "2",
-        "--export-to", "/backups", "--export-keep", "4",
+        "--export-to", "/backups", "--export-keep", "4", "--export-compress",
     )  # fmt: skip
     doc = json.loads(out)["policy"]
     assert (doc["all"], doc["exclude"], doc["hourly"], doc["daily"]) == (True, ["x"], 0, 2)
-    assert (doc["exportTo"], doc["exportKeep"]) == ("/backups", 4)
+    assert (doc["exportTo"], doc["exportKeep"], doc["exportCompress"]) == ("/backups", 4, True)
     code, out, _ = cli(lab, "policy", "list")
     assert code == 0 and "p1" in out and "daily=2" in out and "all but x" in out
     code, out, _ = cli(lab, "--json", "policy", "show", "p1")
@@ -96,6 +96,11 @@ def test_policy_crud_and_status(lab: Lab) -> None:
             ["policy", "set", "p", "--all", "--hourly", "1", "--export-to", "rel"],
             "SYS.1007",
             "absolute",
+        ),
+        (
+            ["policy", "set", "p", "--all", "--hourly", "1", "--export-compress"],
+            "SYS.1007",
+            "--export-compress needs --export-to",
         ),
         (["policy", "remove", "nope"], "SYS.1003", "nope"),
         (["autosnap", "--parallel", "0"], "SYS.1007", "--parallel"),

@@ -85,6 +85,11 @@ def test_bad_policies_leave_the_store_unchanged(store: Database) -> None:
     for policy, message in bad:
         with pytest.raises(InvalidArgument, match=message), store.transaction() as session:
             PolicyRepo(session).put(policy, now=T0, new_uuid=_uuid, export_keep=3)
+    with (
+        pytest.raises(InvalidArgument, match="--export-compress needs --export-to"),
+        store.transaction() as session,
+    ):
+        PolicyRepo(session).put(HOURLY, now=T0, new_uuid=_uuid, export_compress=True)
     with store.transaction() as session:
         assert [r.policy for r in PolicyRepo(session).all()] == [HOURLY]
 

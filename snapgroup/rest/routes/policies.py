@@ -41,6 +41,7 @@ class PolicyParams(StrictBody):
     minFreePercent: float | None = Field(None, ge=0, lt=100)
     exportTo: str | None = Field(None, max_length=4096)
     exportKeep: int | None = Field(None, ge=1, le=100_000)
+    exportCompress: bool = False
 
 
 class NamedPolicyParams(PolicyParams):
@@ -72,6 +73,7 @@ class PolicyInventory(BaseModel):
     minFreePercent: float | None = None
     exportTo: str | None = None
     exportKeep: int | None = None
+    exportCompress: bool = False
     createDate: str
     lastOpDate: str
 
@@ -138,7 +140,10 @@ def _policy(name: str, p: PolicyParams) -> Policy:
 
 def _set(svc: Services, name: str, p: PolicyParams) -> dict[str, Any]:
     record, _new = svc.engine.set_policy(
-        _policy(name, p), export_to=p.exportTo, export_keep=p.exportKeep
+        _policy(name, p),
+        export_to=p.exportTo,
+        export_keep=p.exportKeep,
+        export_compress=p.exportCompress,
     )
     return {"inventory": record_json(record)}
 
