@@ -207,6 +207,12 @@ class Database:
         except SQLAlchemyError as exc:
             raise StoreError(f"metadata store error: {exc}") from exc
 
+    @property
+    def local_reads(self) -> bool:
+        """Whether a read is a file read on this host (a SQLite file, its kept reader):
+        tens of microseconds, no network round trip, so an event loop may make it."""
+        return self._reader_lock is not None
+
     def dispose(self) -> None:
         if self._reader_lock is not None:
             with self._reader_lock:

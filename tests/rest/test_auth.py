@@ -10,8 +10,10 @@ import pytest
 from sqlmodel import select
 
 from snapgroup.rest.auth import Accounts, digest_matches, hash_digest, sha512_hex
+from snapgroup.store.db import Database
 from snapgroup.store.tables import AccountRow
-from tests.rest.conftest import CHEAP, PASSWORD, PREFIX, Api
+from tests.pgtools import empty_all_tables
+from tests.rest.conftest import CHEAP, PASSWORD, PREFIX, Api, Clock, build
 
 GROUPS = "/volume-snapshots/group"
 
@@ -119,3 +121,32 @@ def test_login_checks_its_body(api: Api) -> None:
         response = api.client.put(f"{PREFIX}/accounts/login", json=body)
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "SYS.1007"
+
+
+@pytest.mark.parametrize("backend", ["sqlite-file", "postgresql"])
+def test_the_session_check_on_either_kind_of_store(
+    backend: str, fast_dir: Any, request: pytest.FixtureRequest
+) -> None:
+    """A SQLite file's session check runs on the event loop (a local read), a database
+    server's in a worker thread (its round trip must not block the loop): both let a
+    live session through and answer 401 to a wrong one."""
+    if backend == "postgresql":
+        db: Database = request.getfixturevalue("pg_store")
+    else:
+        db = Database(f"sqlite:///{fast_dir / 'guard.db'}")
+    assert db.local_reads == (backend == "sqlite-file")
+    built = build(db, Clock())
+    try:
+        with built.client:
+            response = built.login()
+            assert response.status_code == 200, response.text
+            built.session = response.json()["inventory"]["uuid"]
+            assert built.call("GET", "/volume-snapshots/group").status_code == 200
+            built.session = "0" * 32
+            refused = built.call("GET", "/volume-snapshots/group")
+            assert refused.status_code == 401
+    finally:
+        if backend == "postgresql":
+            empty_all_tables(db)
+        else:
+            db.dispose()
