@@ -146,13 +146,9 @@ def load_vm_groups(repo: Repo, vm_uuid: str | None) -> list[Group]:
 def _groups(
     repo: Repo, *, uuids: Sequence[str] | None = None, vm_uuid: str | None = None
 ) -> list[Group]:
-    date = repo.date_parser()  # each distinct date converted once
-    refs: dict[str, list[GroupRef]] = {}
-    for r in repo.ref_views(uuids=uuids, vm_uuid=vm_uuid):
-        refs.setdefault(r[1], []).append(_ref(r, date))
-    return [
-        _group(g, refs.get(g[0], ()), date) for g in repo.group_views(uuids=uuids, vm_uuid=vm_uuid)
-    ]
+    ref_rows = repo.ref_views(uuids=uuids, vm_uuid=vm_uuid)  # refs first, as before
+    views = repo.group_views(uuids=uuids, vm_uuid=vm_uuid)
+    return groups_of_rows(views, ref_rows, repo.date_parser())
 
 
 def _ref(row: Sequence[Any], date: DateParser) -> GroupRef:

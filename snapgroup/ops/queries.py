@@ -47,8 +47,6 @@ class GroupPage:
 
     def reply(self, query: Query) -> dict[str, Any]:
         """The REST reply document: {"inventories": [...]} (+ "total"), or {"total"}."""
-        if not self.views:
-            return query.reply([], self.total)
         documents = documents_of_rows(self.views, self.ref_rows, self.dates)
         return query.reply(documents, self.total)
 

@@ -26,22 +26,26 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(statement: Select[Any], dialect: Dialect) -> tuple[Compiled, tuple[str, ...] | None]:
-    """The statement compiled for the dialect, with its positional parameters' names
-    (None: the driver takes them by name). The statements are module-level or cached
+def _compiled(
+    statement: Select[Any], dialect: Dialect
+) -> tuple[Compiled, tuple[str, ...] | None, bool]:
+    """The statement compiled for the dialect, its positional parameters' names (None:
+    the driver takes them by name), and whether it holds an IN list rendered at each
+    execution (then SQLAlchemy runs it). The statements are module-level or cached
     templates: the same object each time, a key by identity."""
     compiled = statement.compile(dialect=dialect)
     names = tuple(compiled.positiontup or ()) if compiled.positional else None
-    return compiled, names
+    return compiled, names, "POSTCOMPILE" in compiled.string
 
 
 def fetch(conn: Connection, statement: Select[Any], values: Mapping[str, Any]) -> list[Any]:
     """The statement's rows (tuples), its `values` bound."""
-    compiled, names = _compiled(statement, conn.dialect)
+    compiled, names, expanding = _compiled(statement, conn.dialect)
+    if expanding:
+        return list(conn.execute(statement, values).all())
     params = compiled.construct_params(dict(values))
     assert params is not None
-    expanding = "POSTCOMPILE" in compiled.string  # an IN list rendered at execution
-    if expanding or not all(type(v) in _PLAIN for v in params.values()):
+    if not all(type(v) in _PLAIN for v in params.values()):
         return list(conn.execute(statement, values).all())
     args: Sequence[Any] | Mapping[str, Any] = (
         [params[n] for n in names] if names is not None else params
