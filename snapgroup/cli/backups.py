@@ -18,32 +18,6 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def summary(m: BackupManifest) -> dict[str, Any]:
-    """A backup without its domain XML and inventory (the manifest has them)."""
-    return {
-        "backupId": m.backup_id,
-        "created": m.created,
-        "vmInstanceUuid": m.vm_uuid,
-        "vmName": m.vm_name,
-        "groupUuid": m.group_uuid,
-        "groupName": m.group_name,
-        "full": m.full,
-        "fullReason": m.full_reason,
-        "disks": [
-            {
-                "target": d.target,
-                "volumeUuid": d.volume_uuid,
-                "virtualSize": d.virtual_size,
-                "baseBackupId": d.base_backup_id,
-                "chain": list(d.chain),
-                "bytesWritten": d.bytes_written,
-                "compressed": d.compressed,
-            }
-            for d in m.disks
-        ],
-    }
-
-
 def _base(m: BackupManifest) -> str | None:
     return m.disks[0].base_backup_id if m.disks else None
 
@@ -51,7 +25,7 @@ def _base(m: BackupManifest) -> str | None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     found = ctx.engine.backups(at=args.at, vm=args.vm)
     if ctx.as_json:
-        print_json({"backups": [summary(m) for m in found]}, ctx.out)
+        print_json({"backups": [m.summary() for m in found]}, ctx.out)
         return 0
     if args.tree:
         ids = {m.backup_id for m in found}

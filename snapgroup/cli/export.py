@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from snapgroup.cli.backups import summary
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import ProgressPrinter, print_json, table
 
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     m = result.manifest
     if ctx.as_json:
-        print_json({"backup": summary(m)}, ctx.out)
+        print_json({"backup": m.summary()}, ctx.out)
         return 0
     kind = "full" if m.full else "incremental"
     ctx.out.write(f"backup {m.backup_id} of group {m.group_uuid} ({kind})\n")

@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
+import re
 from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.domain.errors import InvalidArgument
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+REPOSITORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def register(sub: Any) -> None:
@@ -42,7 +45,33 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="how long an operation on a busy VM waits its turn, then fails Busy (default 600)",
     )
+    parser.add_argument(
+        "--backup-repo",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="serve the backup repository in DIR (absolute) as NAME; repeatable. Clients "
+        "name repositories, never directories",
+    )
     parser.set_defaults(run=run)
+
+
+def parse_repositories(specs: list[str]) -> dict[str, str]:
+    """["offsite=/mnt/backup"] -> {"offsite": "/mnt/backup"}; InvalidArgument for a bad
+    name, a relative directory or a name given twice."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        if not sep or not REPOSITORY_NAME.fullmatch(name):
+            raise InvalidArgument(
+                f"--backup-repo {spec!r}: NAME=DIR, NAME of letters, digits, '.', '_', '-'"
+            )
+        if not os.path.isabs(directory):
+            raise InvalidArgument(f"--backup-repo {spec!r}: DIR must be an absolute path")
+        if name in out:
+            raise InvalidArgument(f"--backup-repo: {name!r} is given twice")
+        out[name] = os.path.normpath(directory)
+    return out
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -73,6 +102,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         raise InvalidArgument("--workers must be at least 1")
     if args.queue_timeout < 0:
         raise InvalidArgument("--queue-timeout must not be negative")
+    repositories = parse_repositories(args.backup_repo)
     # Only now: the web stack is not loaded for the other commands.
     import uvicorn
 
@@ -86,6 +116,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         session_timeout=args.session_timeout,
         workers=args.workers,
         queue_timeout=args.queue_timeout,
+        backup_repositories=repositories,
     )
     shown = f"[{host}]" if ":" in host else host
     ctx.err.write(

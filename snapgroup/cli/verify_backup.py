@@ -25,18 +25,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     report = ctx.engine.verify_backup(at=args.at, backup_id=args.backup)
     if ctx.as_json:
-        print_json(
-            {
-                "clean": report.clean,
-                "checked": list(report.checked),
-                "findings": [
-                    {"backupId": f.backup_id, "volumeUuid": f.volume_uuid, "problem": f.problem}
-                    for f in report.findings
-                ],
-                "broken": {b: list(files) for b, files in report.broken.items()},
-            },
-            ctx.out,
-        )
+        print_json(report.to_dict(), ctx.out)
         return 0 if report.clean else 1
     for f in report.findings:
         breaks = sorted(

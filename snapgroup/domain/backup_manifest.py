@@ -145,6 +145,32 @@ class BackupManifest:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
+    def summary(self) -> dict[str, Any]:
+        """The backup as listings show it (CLI --json, REST): no domain XML, inventory or
+        checksums (the manifest has them)."""
+        return {
+            "backupId": self.backup_id,
+            "created": self.created,
+            "vmInstanceUuid": self.vm_uuid,
+            "vmName": self.vm_name,
+            "groupUuid": self.group_uuid,
+            "groupName": self.group_name,
+            "full": self.full,
+            "fullReason": self.full_reason,
+            "disks": [
+                {
+                    "target": d.target,
+                    "volumeUuid": d.volume_uuid,
+                    "virtualSize": d.virtual_size,
+                    "baseBackupId": d.base_backup_id,
+                    "chain": list(d.chain),
+                    "bytesWritten": d.bytes_written,
+                    "compressed": d.compressed,
+                }
+                for d in self.disks
+            ],
+        }
+
 
 # Keys to_dict writes; anything else at the top level is kept in `extra` (forward compatible).
 _KNOWN = {

@@ -236,6 +236,17 @@ class VerifyReport:
     def clean(self) -> bool:
         return not self.findings
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "checked": list(self.checked),
+            "findings": [
+                {"backupId": f.backup_id, "volumeUuid": f.volume_uuid, "problem": f.problem}
+                for f in self.findings
+            ],
+            "broken": {b: list(files) for b, files in self.broken.items()},
+        }
+
 
 def verify_backups(
     images: ImageTool,

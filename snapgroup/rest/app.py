@@ -7,7 +7,7 @@ built by `engine_factory` at the first request that needs it.
 from __future__ import annotations
 
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -25,6 +25,7 @@ from snapgroup.rest.jobs import (
 )
 from snapgroup.rest.routes import (
     accounts,
+    backups,
     groups,
     jobs,
     management,
@@ -55,9 +56,11 @@ def create_app(
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     new_uuid: Callable[[], str] = lambda: uuidlib.uuid4().hex,
+    backup_repositories: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """`engine_factory` is called once, at first use, from a worker thread; the engine
-    it returns is shared by every request and job (see snapgroup.rest.jobs)."""
+    it returns is shared by every request and job (see snapgroup.rest.jobs).
+    `backup_repositories`: name -> absolute directory, the repositories clients may use."""
     ctx = normalize_context_path(context_path)
     registry = JobRegistry(workers=workers, retention=job_retention, queue_timeout=queue_timeout)
     services = Services(
@@ -67,6 +70,7 @@ def create_app(
         session_timeout=session_timeout,
         clock=clock,
         new_uuid=new_uuid,
+        repositories=backup_repositories,
     )
     registry.attach(lambda: JobStore(services.engine.db))  # jobs outlive the process
 
@@ -88,6 +92,7 @@ def create_app(
     status.install(app)
     for module in (
         accounts,
+        backups,
         groups,
         jobs,
         management,

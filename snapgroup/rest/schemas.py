@@ -24,8 +24,13 @@ NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\
 DESCRIPTION_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$"  # newlines and tabs are fine
 
 
-class _Request(BaseModel):
+class StrictBody(BaseModel):
+    """A request body as ZStack's SDK sends it: types as declared, unknown keys ignored."""
+
     model_config = ConfigDict(strict=True, extra="ignore")
+
+
+_Request = StrictBody
 
 
 class _Tagged(_Request):

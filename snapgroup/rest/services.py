@@ -3,14 +3,16 @@ accounts, the job registry, and the URL layout."""
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from snapgroup.api import Engine
+from snapgroup.domain.errors import NotFound
 from snapgroup.rest import prechecks
 from snapgroup.rest.auth import Accounts
 from snapgroup.rest.jobs import JobRegistry, Work, job_uuid_from_header
@@ -26,8 +28,12 @@ class Services:
         session_timeout: float,
         clock: Callable[[], datetime],
         new_uuid: Callable[[], str],
+        repositories: Mapping[str, str] | None = None,
     ) -> None:
         self._engine_factory = engine_factory
+        # name -> directory: the backup repositories a client may name. A client never
+        # gives a path: what the server (root) writes is the operator's choice.
+        self.repositories = dict(repositories or {})
         self.context_path = context_path
         self.jobs = jobs
         self._session_timeout = session_timeout
@@ -40,6 +46,19 @@ class Services:
     @property
     def prefix(self) -> str:
         return f"{self.context_path}/v1"
+
+    def repository(self, ref: str) -> str:
+        """The directory of the served repository `ref` names (its name, or its path as
+        a policy records it); NotFound for any other."""
+        if ref in self.repositories:
+            return self.repositories[ref]
+        if os.path.isabs(ref) and os.path.normpath(ref) in self.repositories.values():
+            return os.path.normpath(ref)
+        served = ", ".join(sorted(self.repositories)) or "none"
+        raise NotFound(
+            f"no backup repository {ref[:100]!r} on this server (served: {served}; "
+            "`snapgroup serve --backup-repo NAME=DIR` serves one)"
+        )
 
     @property
     def engine(self) -> Engine:

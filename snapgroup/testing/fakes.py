@@ -15,6 +15,7 @@ Progress is reported outside it (the caller's callback may raise or take its own
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 import xml.etree.ElementTree as ET
@@ -130,12 +131,28 @@ class FakeImageTool(_Faults):
         layers: list[ImageInfo] = []
         current: str | None = path
         while current is not None:
-            image = self.images.get(current)
+            image = self.images.get(current) or self._from_file(current)
             if image is None:
                 raise ImageToolError(f"qemu-img: could not open '{current}'")
             layers.append(self._layer(current, image))
             current = image.backing
         return layers
+
+    def _from_file(self, path: str) -> FakeImage | None:
+        """An image _written into a real directory, found at its path now (a backup
+        repository renames its files: a partial's become the backup's)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+            image = FakeImage(
+                virtual_size=doc["size"],
+                backing=doc["backing"],
+                clusters={int(c): v for c, v in doc["clusters"].items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        self.images[path] = image
+        return image
 
     def _layer(self, path: str, image: FakeImage) -> ImageInfo:
         """The layer as `chain` reports it. The same (immutable) object while nothing it
@@ -204,6 +221,7 @@ class FakeImageTool(_Faults):
         self._call("flatten", source, target)
         size = self.images[self.chain(source)[0].path].virtual_size
         self.images[target] = FakeImage(virtual_size=size, clusters=self.read(source))
+        _written(target, self.images[target])
 
     @_serialised
     def export_incremental(
@@ -217,18 +235,19 @@ class FakeImageTool(_Faults):
     ) -> None:
         self._call("export_incremental", tuple(layers), target, base_name)
         base = os.path.normpath(os.path.join(os.path.dirname(target), base_name))
-        if not layers or base not in self.images:
+        if not layers or (base not in self.images and self._from_file(base) is None):
             raise ImageToolError(f"incremental export {target}: no layers or no base {base}")
         clusters: dict[int, str] = {}
         for layer in layers:  # bottom first: the top layer wins
             clusters.update(self.images[layer].clusters)
         size = self.images[layers[-1]].virtual_size
         self.images[target] = FakeImage(virtual_size=size, backing=base, clusters=clusters)
+        _written(target, self.images[target])
 
     @_serialised
     def check(self, path: str) -> ImageCheck:
         self._call("check", path)
-        if path not in self.images:
+        if path not in self.images and self._from_file(path) is None:
             raise ImageToolError(f"qemu-img: could not open '{path}'")
         return ImageCheck(corruptions=int(path in self.corrupt), leaks=0, check_errors=0)
 
@@ -256,6 +275,15 @@ class FakeImageTool(_Faults):
 
     def filesystem(self, directory: str) -> int:
         return 0  # one filesystem holds every fake image
+
+
+def _written(target: str, image: FakeImage) -> None:
+    """A copy into a real directory (a backup repository's: the real BackupRepo hashes,
+    sizes and renames what is there) is also written as a file: the image as JSON."""
+    if os.path.isdir(os.path.dirname(target)):
+        with open(target, "w", encoding="utf-8") as f:
+            doc = {"size": image.virtual_size, "backing": image.backing, "clusters": image.clusters}
+            json.dump(doc, f, sort_keys=True)
 
 
 def _merge_down(images: dict[str, FakeImage], top: str, base: str) -> None:

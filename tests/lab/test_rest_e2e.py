@@ -95,7 +95,7 @@ class Client:
 
 
 def start_serve(
-    db_url: str, *, timeout: float, stdout: int = subprocess.PIPE
+    db_url: str, *, timeout: float, stdout: int = subprocess.PIPE, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[str], httpx.Client]:
     """`snapgroup serve` on a free port of 127.0.0.1, once it answers (its OpenAPI
     document), and a client for it whose requests wait up to `timeout` seconds."""
@@ -110,6 +110,7 @@ def start_serve(
             "serve",
             "--listen",
             f"127.0.0.1:{port}",
+            *extra,
         ],
         cwd=ROOT,
         stdout=stdout,

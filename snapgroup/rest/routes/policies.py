@@ -14,17 +14,12 @@ from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.retention import CONSISTENCIES, Policy, Retention
 from snapgroup.ops.policies import record_json
 from snapgroup.rest.routes.common import AUTH, documented
+from snapgroup.rest.schemas import StrictBody
 from snapgroup.rest.services import Services, services
 
 router = APIRouter(tags=["snapshot policies"], dependencies=[AUTH])
 ServicesDep = Annotated[Services, Depends(services)]
 POLICY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-
-class StrictBody(BaseModel):
-    """A request body as ZStack's SDK sends it: types as declared, unknown keys ignored."""
-
-    model_config = ConfigDict(strict=True, extra="ignore")
 
 
 class PolicyParams(StrictBody):
@@ -39,7 +34,9 @@ class PolicyParams(StrictBody):
     monthly: int = Field(0, ge=0, le=100_000)
     consistency: str = Field("auto", pattern="^(" + "|".join(CONSISTENCIES) + ")$")
     minFreePercent: float | None = Field(None, ge=0, lt=100)
-    exportTo: str | None = Field(None, max_length=4096)
+    exportTo: str | None = Field(
+        None, max_length=4096, description="a backup repository this server serves: its name"
+    )
     exportKeep: int | None = Field(None, ge=1, le=100_000)
     exportCompress: bool = False
 
@@ -139,9 +136,12 @@ def _policy(name: str, p: PolicyParams) -> Policy:
 
 
 def _set(svc: Services, name: str, p: PolicyParams) -> dict[str, Any]:
+    policy = _policy(name, p)
+    # A served repository only (by name or path): a client names no directory of its own.
+    export_to = svc.repository(p.exportTo) if p.exportTo else None
     record, _new = svc.engine.set_policy(
-        _policy(name, p),
-        export_to=p.exportTo,
+        policy,
+        export_to=export_to,
         export_keep=p.exportKeep,
         export_compress=p.exportCompress,
     )
@@ -150,7 +150,7 @@ def _set(svc: Services, name: str, p: PolicyParams) -> dict[str, Any]:
 
 @router.post(
     "/snapgroup/policies",
-    responses=documented(200, PolicyDocument, 400, 401),
+    responses=documented(200, PolicyDocument, 400, 401, 404),
     summary="Create or replace a snapshot policy (ours)",
 )
 def create_policy(body: CreatePolicyRequest, svc: ServicesDep) -> dict[str, Any]:
@@ -186,7 +186,7 @@ def get_policy(name: Annotated[str, Path(pattern=POLICY_NAME)], svc: ServicesDep
 
 @router.put(
     "/snapgroup/policies/{name}",
-    responses=documented(200, PolicyDocument, 400, 401),
+    responses=documented(200, PolicyDocument, 400, 401, 404),
     summary="Create or replace a snapshot policy by name (ours)",
 )
 def put_policy(

@@ -21,8 +21,8 @@ from snapgroup.domain.errors import InvalidArgument, NotFound
 from snapgroup.domain.inventory import zstack_date
 from snapgroup.domain.retention import Policy, Retention
 from snapgroup.rest.routes.common import AUTH, documented
-from snapgroup.rest.routes.policies import EmptyDocument, StrictBody
-from snapgroup.rest.schemas import UUID_PATTERN
+from snapgroup.rest.routes.policies import EmptyDocument
+from snapgroup.rest.schemas import UUID_PATTERN, StrictBody
 from snapgroup.rest.services import Services, services
 from snapgroup.store.policy_repo import PolicyRecord, PolicyRepo
 from snapgroup.store.policy_tables import SchedulerTriggerRow
