@@ -6,17 +6,22 @@ REST calls; every disk is checked against copies of the group's own snapshot fil
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from snapgroup.testing.labvm import LabVm
+from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
 from tests.lab.test_rest_e2e import PASSWORD, Client, _snapgroup, start_serve
 from tests.lab.tools import backing_chain, domblklist, export, same, sh, virsh, write_live
 
@@ -25,30 +30,43 @@ REPOS = "/snapgroup/backup-repositories"
 TARGETS = ("vda", "vdb", "vdc")
 
 
+def _login(client: Client) -> None:
+    digest = hashlib.sha512(PASSWORD.encode()).hexdigest()
+    body = {"logInByAccount": {"accountName": "admin", "password": digest}}
+    response = client.http.put("/zstack/v1/accounts/login", json=body)
+    assert response.status_code == 200, response.text
+    client.session = response.json()["inventory"]["uuid"]
+
+
+@contextlib.contextmanager
+def serving(db: str, repo: Path) -> Iterator[tuple[subprocess.Popen[str], Client]]:
+    """`serve --backup-repo lab=REPO` on the store `db`, logged in; stopped (SIGTERM,
+    no traceback allowed) when still running at the end."""
+    proc, http = start_serve(db, timeout=60, extra=("--backup-repo", f"lab={repo}"))
+    client = Client(http)
+    try:
+        _login(client)
+        yield proc, client
+    finally:
+        http.close()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                _, stderr = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, stderr = proc.communicate()
+            assert "Traceback" not in stderr, stderr
+
+
 @pytest.fixture
 def served(labdir: Path, running_vm: LabVm) -> Iterator[tuple[Client, str, Path]]:
     """The server (SQLite), logged in; its database URL; the served repository's path."""
     db = f"sqlite:///{labdir / 'rest.db'}"
     repo = running_vm.directory / "repo"
     _snapgroup(db, "account", "set-password", "admin", "--password-stdin", stdin=PASSWORD)
-    proc, http = start_serve(db, timeout=60, extra=("--backup-repo", f"lab={repo}"))
-    client = Client(http)
-    try:
-        digest = hashlib.sha512(PASSWORD.encode()).hexdigest()
-        body = {"logInByAccount": {"accountName": "admin", "password": digest}}
-        client.session = http.put("/zstack/v1/accounts/login", json=body).json()["inventory"][
-            "uuid"
-        ]
+    with serving(db, repo) as (_proc, client):
         yield client, db, repo
-    finally:
-        http.close()
-        proc.terminate()
-        try:
-            _, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, stderr = proc.communicate()
-        assert "Traceback" not in stderr, stderr
 
 
 def _done(client: Client, response: Any) -> dict[str, Any]:
@@ -145,3 +163,60 @@ def test_a_client_exports_verifies_restores_and_prunes_over_rest(
     assert not (repo / vm.uuid / b0["backupId"]).exists()
     report = _done(client, client.call("PUT", f"{REPOS}/lab/actions", json={"verifyBackups": {}}))
     assert report["clean"] and report["checked"] == [b1["backupId"]]
+
+
+def test_serve_killed_mid_export_leaves_no_half_backup_and_the_next_export_completes(
+    labdir: Path,
+) -> None:
+    """kill -9 of `serve` while its export job copies (a 384 MiB disk, so the copy takes
+    long enough to be caught in the act): the restarted server's recovery removes the
+    partial, the old job's poll answers its failure (SYS.1001), nothing half is listed,
+    and the same export then completes and reads exactly the group."""
+    name = f"sg-lab-{uuid.uuid4().hex[:8]}"
+    vm = create_lab_vm(lab_directory(name), name=name, start=False, disk_mib=512, data_disks=0)
+    try:
+        sh("qemu-io", "-f", "qcow2", "-c", "write -q -P 0x3c 0 384M", domblklist(name)["vda"])
+        db = f"sqlite:///{labdir / 'kill.db'}"
+        repo = vm.directory / "repo"
+        _snapgroup(db, "account", "set-password", "admin", "--password-stdin", stdin=PASSWORD)
+        views = json.loads(_snapgroup(db, "--json", "volumes", "--vm", name))
+        root = next(v["volumeUuid"] for v in views["inventories"] if v["volumeType"] == "Root")
+        caught = False
+        with serving(db, repo) as (proc, client):
+            body = {"params": {"rootVolumeUuid": root, "name": "big"}}
+            group = _done(client, client.call("POST", "/volume-snapshots/group", json=body))
+            group_uuid = group["inventory"]["uuid"]
+            snapshot = group["inventory"]["volumeSnapshotRefs"][0]["volumeSnapshotInstallPath"]
+            frozen = export(snapshot, vm.directory / "frozen.qcow2")
+            body = {"params": {"groupUuid": group_uuid}}
+            accepted = client.call("POST", f"{REPOS}/lab/backups", json=body)
+            assert accepted.status_code == 202, accepted.text
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not caught:
+                caught = any((repo / vm.uuid).glob(".partial-*/*.qcow2"))
+                time.sleep(0.002)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        assert caught, "the export's partial never appeared"
+        job_path = httpx.URL(accepted.json()["location"]).path  # the new server's port
+        with serving(db, repo) as (_proc, client):
+            # Started again: recovery ran before the first request.
+            assert not list((repo / vm.uuid).glob(".partial-*"))
+            polled = client.http.get(job_path, headers=client.auth)
+            if polled.status_code == 503:  # killed before it published (the usual case)
+                assert polled.json()["error"]["code"] == "SYS.1001"
+                assert client.call("GET", f"{REPOS}/lab/backups").json()["backups"] == []
+            else:  # it published between the partial's sighting and the kill
+                assert polled.status_code == 200, polled.text
+            backup = _done(client, client.call("POST", f"{REPOS}/lab/backups", json=body))
+            disk = backup["backup"]["disks"][0]
+            assert same(
+                repo / vm.uuid / backup["backup"]["backupId"] / f"{disk['volumeUuid']}.qcow2",
+                frozen,
+            )
+            report = _done(
+                client, client.call("PUT", f"{REPOS}/lab/actions", json={"verifyBackups": {}})
+            )
+            assert report["clean"], report
+    finally:
+        vm.destroy()
