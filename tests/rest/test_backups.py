@@ -125,8 +125,8 @@ def test_restore_as_a_new_vm_and_prune(served: Api, tmp_path: Path) -> None:
         device = "abc".index(d["target"][-1])
         assert served.images.read(str(path)) == served.images.read(snapshots[device])
 
-    kept = served.wait(
-        served.call("PUT", f"{REPOS}/main/actions", json={"pruneBackups": {"vm": VM, "keep": 2}})
+    kept = served.wait(  # 2.0 is the integer 2 in JSON
+        served.call("PUT", f"{REPOS}/main/actions", json={"pruneBackups": {"vm": VM, "keep": 2.0}})
     )
     assert kept.status_code == 200 and kept.json() == {
         "vmInstanceUuid": VM,
@@ -161,8 +161,9 @@ def test_bad_backup_requests_are_refused_at_once(served: Api, tmp_path: Path) ->
     refused("POST", f"{REPOS}/main/backups", 400, "SYS.1007", json={"params": {"full": True}})
     both = {"verifyBackups": {}, "pruneBackups": {"vm": VM, "keep": 1}}
     refused("PUT", f"{REPOS}/main/actions", 400, "SYS.1007", json=both)
-    prune = {"pruneBackups": {"vm": VM, "keep": 0}}
-    refused("PUT", f"{REPOS}/main/actions", 400, "SYS.1007", json=prune)
+    for keep in (0, 1.5, "2", True):
+        prune = {"pruneBackups": {"vm": VM, "keep": keep}}
+        refused("PUT", f"{REPOS}/main/actions", 400, "SYS.1007", json=prune)
     # A VM with no backup there, a backup that is not there: 404 before any job.
     prune = {"pruneBackups": {"vm": "nobody", "keep": 1}}
     refused("PUT", f"{REPOS}/main/actions", 404, "SYS.1003", json=prune)

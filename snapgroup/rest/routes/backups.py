@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from snapgroup.domain.backup_manifest import BackupManifest
 from snapgroup.domain.errors import NotFound
@@ -57,9 +57,17 @@ class VerifyParams(StrictBody):
     backupId: str | None = Field(None, pattern=UUID_PATTERN, description="omitted: every backup")
 
 
+def _whole(value: object) -> object:
+    """14178.0 is an integer in JSON (and to its Schema): taken as 14178; 1.5 stays a
+    float, which the strict int refuses."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class PruneParams(StrictBody):
     vm: str = Field(min_length=1, max_length=255, description="the VM's name or UUID")
-    keep: int = Field(ge=1, le=100_000, description="the VM's newest backups kept")
+    keep: Annotated[int, BeforeValidator(_whole)] = Field(
+        ge=1, le=100_000, description="the VM's newest backups kept"
+    )
 
 
 class RestoreParams(StrictBody):
