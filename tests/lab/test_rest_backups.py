@@ -7,7 +7,6 @@ REST calls; every disk is checked against copies of the group's own snapshot fil
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -22,20 +21,19 @@ import httpx
 import pytest
 
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
-from tests.lab.test_rest_e2e import PASSWORD, Client, _snapgroup, start_serve
+from tests.lab.test_rest_e2e import (
+    PASSWORD,
+    Client,
+    _login,
+    _snapgroup,
+    start_serve,
+    stop_serve,
+)
 from tests.lab.tools import backing_chain, domblklist, export, same, sh, virsh, write_live
 
 pytestmark = pytest.mark.lab
 REPOS = "/snapgroup/backup-repositories"
 TARGETS = ("vda", "vdb", "vdc")
-
-
-def _login(client: Client) -> None:
-    digest = hashlib.sha512(PASSWORD.encode()).hexdigest()
-    body = {"logInByAccount": {"accountName": "admin", "password": digest}}
-    response = client.http.put("/zstack/v1/accounts/login", json=body)
-    assert response.status_code == 200, response.text
-    client.session = response.json()["inventory"]["uuid"]
 
 
 @contextlib.contextmanager
@@ -45,18 +43,14 @@ def serving(db: str, repo: Path) -> Iterator[tuple[subprocess.Popen[str], Client
     proc, http = start_serve(db, timeout=60, extra=("--backup-repo", f"lab={repo}"))
     client = Client(http)
     try:
-        _login(client)
+        login = _login(client)
+        assert login.status_code == 200, login.text
+        client.session = login.json()["inventory"]["uuid"]
         yield proc, client
     finally:
         http.close()
         if proc.poll() is None:
-            proc.terminate()
-            try:
-                _, stderr = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, stderr = proc.communicate()
-            assert "Traceback" not in stderr, stderr
+            stop_serve(proc)
 
 
 @pytest.fixture

@@ -137,6 +137,18 @@ def start_serve(
         raise
 
 
+def stop_serve(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM (uvicorn lets running jobs finish), SIGKILL after a minute; a server
+    that printed a traceback fails the test."""
+    proc.terminate()
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+    assert "Traceback" not in stderr, stderr
+
+
 @pytest.fixture
 def server(db_url: str) -> Iterator[Client]:
     _snapgroup(db_url, "account", "set-password", "admin", "--password-stdin", stdin=PASSWORD)
@@ -145,13 +157,7 @@ def server(db_url: str) -> Iterator[Client]:
         yield Client(http)
     finally:
         http.close()
-        proc.terminate()  # SIGTERM: uvicorn lets running jobs finish
-        try:
-            _, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, stderr = proc.communicate()
-        assert "Traceback" not in stderr, stderr
+        stop_serve(proc)
 
 
 def _login(client: Client, password: str = PASSWORD) -> httpx.Response:

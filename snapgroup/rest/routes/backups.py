@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -21,8 +21,8 @@ from snapgroup.domain.errors import NotFound
 from snapgroup.domain.validate import NAME_MAX, parse_uuid, validate_name
 from snapgroup.ops.backing_up import vm_uuids
 from snapgroup.rest import prechecks
-from snapgroup.rest.jobs import JOB_HEADER, Work
-from snapgroup.rest.routes.common import AUTH, documented
+from snapgroup.rest.jobs import Work
+from snapgroup.rest.routes.common import AUTH, JobHeader, documented
 from snapgroup.rest.schemas import NAME_PATTERN, UUID_PATTERN, Location, StrictBody
 from snapgroup.rest.services import Services, services
 
@@ -31,14 +31,6 @@ ServicesDep = Annotated[Services, Depends(services)]
 REPOSITORY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 RepositoryName = Annotated[str, Path(pattern=REPOSITORY_NAME)]
 BackupId = Annotated[str, Path(pattern=UUID_PATTERN)]
-JobHeader = Annotated[
-    str,
-    Header(
-        alias=JOB_HEADER,
-        pattern=f"^$|{UUID_PATTERN}",
-        description="names the job (32 hex digits); a retry with it gets the same job",
-    ),
-]
 REPOSITORIES = "/snapgroup/backup-repositories"
 OPERATION = documented(202, Location, 400, 401, 404, 409)
 

@@ -4,16 +4,17 @@ reply of a query run in Python."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Header
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 
 from snapgroup.domain.zquery import Kind, parse_query
+from snapgroup.rest.jobs import JOB_HEADER
 from snapgroup.rest.query import run_plain
-from snapgroup.rest.schemas import ErrorDocument
+from snapgroup.rest.schemas import UUID_PATTERN, ErrorDocument
 
 # Documents the credential in the OpenAPI document. The check itself is SessionGuard's
 # (snapgroup.rest.guard), which runs before a body is even read.
@@ -24,6 +25,15 @@ _SESSION = APIKeyHeader(
     auto_error=False,
 )
 AUTH = Depends(_SESSION)
+# A str with "" for none (not str | None): the document must not offer a null header.
+JobHeader = Annotated[
+    str,
+    Header(
+        alias=JOB_HEADER,
+        pattern=f"^$|{UUID_PATTERN}",
+        description="names the job (32 hex digits); a retry with it gets the same job",
+    ),
+]
 
 _ERRORS = {
     400: "invalid argument (SYS.1007) or a malformed request",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from snapgroup.api import DeleteMode, Engine
@@ -16,8 +16,8 @@ from snapgroup.domain.validate import parse_uuid, validate_description, validate
 from snapgroup.domain.zquery import CONDITION_PATTERN, FIELDS_PATTERN, SORT_PATTERN, parse_query
 from snapgroup.ops.delete import DeleteRefused
 from snapgroup.rest import prechecks
-from snapgroup.rest.jobs import JOB_HEADER, Work
-from snapgroup.rest.routes.common import AUTH, documented
+from snapgroup.rest.jobs import Work
+from snapgroup.rest.routes.common import AUTH, JobHeader, documented
 from snapgroup.rest.schemas import (
     UUID_LIST_PATTERN,
     UUID_PATTERN,
@@ -32,15 +32,6 @@ from snapgroup.rest.services import Services, services
 
 router = APIRouter(tags=["volume snapshot groups"], dependencies=[AUTH])
 ServicesDep = Annotated[Services, Depends(services)]
-# A str with "" for none (not str | None): the document must not offer a null header.
-JobHeader = Annotated[
-    str,
-    Header(
-        alias=JOB_HEADER,
-        pattern=f"^$|{UUID_PATTERN}",
-        description="names the job (32 hex digits); a retry with it gets the same job",
-    ),
-]
 GroupUuid = Annotated[str, Path(pattern=UUID_PATTERN)]
 DeleteModeQuery = Annotated[
     Literal["Permissive", "Enforcing"] | None, Query(description="default Permissive")

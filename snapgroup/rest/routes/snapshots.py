@@ -22,8 +22,8 @@ from snapgroup.domain.validate import parse_uuid
 from snapgroup.domain.zquery import Kind, patterns
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import Work
-from snapgroup.rest.routes.common import AUTH, documented, query_reply
-from snapgroup.rest.routes.groups import DeleteModeQuery, JobHeader
+from snapgroup.rest.routes.common import AUTH, JobHeader, documented, query_reply
+from snapgroup.rest.routes.groups import DeleteModeQuery
 from snapgroup.rest.schemas import (
     UUID_PATTERN,
     Location,
