@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
 from snapgroup.adapters.qemu_img import QemuImg
-from snapgroup.domain.backup_manifest import BackupManifest
+from snapgroup.domain.backup_manifest import BackupManifest, DamagedBackup
 from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.inventory import DeleteReport, DeleteResult, Group, VolumeView
 from snapgroup.domain.models import DeleteMode
@@ -297,6 +297,9 @@ class Engine:
 
     def backups(self, *, at: str, vm: str | None = None) -> list[BackupManifest]:
         return export.backups(self.ctx, at=at, vm=vm)
+
+    def damaged_backups(self, *, at: str, vm: str | None = None) -> list[DamagedBackup]:
+        return export.damaged_backups(self.ctx, at=at, vm=vm)
 
     def verify_backup(self, *, at: str, backup_id: str | None = None) -> VerifyReport:
         return export.verify_backup(self.ctx, at=at, backup_id=backup_id)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from snapgroup.domain.backup_manifest import BackupManifest, ImageCheck, Partial
+from snapgroup.domain.backup_manifest import BackupManifest, DamagedBackup, ImageCheck, Partial
 from snapgroup.domain.models import (
     BlockJobProgress,
     DiskOverlay,
@@ -204,7 +204,11 @@ class BackupStore(Protocol):
     def file(self, manifest: BackupManifest, volume_uuid: str) -> str: ...
 
     def backups(self, vm_uuid: str | None = None) -> list[BackupManifest]:
-        """Complete backups, oldest first."""
+        """Complete backups with a readable manifest, oldest first."""
+        ...
+
+    def scan(self, vm_uuid: str | None = None) -> tuple[list[BackupManifest], list[DamagedBackup]]:
+        """backups(), and the backup directories whose manifest is unreadable or gone."""
         ...
 
     def get(self, backup_id: str, *, vm_uuid: str | None = None) -> BackupManifest: ...

@@ -67,12 +67,13 @@ from snapgroup.domain.backup_manifest import (
     MANIFEST,
     PIECE_SIZE,
     BackupManifest,
+    DamagedBackup,
     Partial,
     check_manifest,
     disk_file,
     parse_manifest,
 )
-from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError
+from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError, SnapgroupError
 
 PARTIAL_PREFIX = ".partial-"
 PRUNE_PLAN = "prune.json"
@@ -112,17 +113,32 @@ class BackupRepo:
         return [n for n in _listdir(self.root) if _UUID.fullmatch(n)]
 
     def backups(self, vm_uuid: str | None = None) -> list[BackupManifest]:
-        """Complete backups (partials and backups being pruned are not), oldest first.
-        A manifest that cannot be read is an error naming it: a repository with a damaged
-        manifest must be looked at, not silently shrunk."""
+        return self.scan(vm_uuid)[0]
+
+    def scan(self, vm_uuid: str | None = None) -> tuple[list[BackupManifest], list[DamagedBackup]]:
+        """Complete backups (partials and backups being pruned are not), oldest first, and
+        the backup directories whose manifest cannot be read or is gone. The damaged are
+        reported, never dropped silently: callers skip them and what reads through them
+        (export takes another base, verify names them, prune refuses)."""
         out: list[BackupManifest] = []
+        damaged: list[DamagedBackup] = []
         for vm in [vm_uuid] if vm_uuid else self.vms():
             vm_dir = self.vm_dir(vm)
             for name in _listdir(vm_dir):
-                path = os.path.join(vm_dir, name, MANIFEST)
-                if _UUID.fullmatch(name) and os.path.isfile(path):
-                    out.append(self._read(path, vm, name))
-        return sorted(out, key=lambda m: (m.created, m.backup_id))
+                directory = os.path.join(vm_dir, name)
+                if not _UUID.fullmatch(name) or not os.path.isdir(directory):
+                    continue
+                path = os.path.join(directory, MANIFEST)
+                if os.path.isfile(path):
+                    try:
+                        out.append(self._read(path, vm, name))
+                    except SnapgroupError as exc:
+                        damaged.append(DamagedBackup(vm, name, exc.details))
+                elif not os.path.exists(os.path.join(directory, PRUNE_PLAN)) and any(
+                    _listdir(directory)
+                ):  # no plan: not a prune's hidden backup; empty: a prune's last remains
+                    damaged.append(DamagedBackup(vm, name, f"{MANIFEST} is missing"))
+        return sorted(out, key=lambda m: (m.created, m.backup_id)), damaged
 
     def get(self, backup_id: str, *, vm_uuid: str | None = None) -> BackupManifest:
         backup_id = _uuid(backup_id, "backup id")

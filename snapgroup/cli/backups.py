@@ -24,9 +24,15 @@ def _base(m: BackupManifest) -> str | None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     found = ctx.engine.backups(at=args.at, vm=args.vm)
+    damaged = ctx.engine.damaged_backups(at=args.at, vm=args.vm)
     if ctx.as_json:
-        print_json({"backups": [m.summary() for m in found]}, ctx.out)
+        doc = {"backups": [m.summary() for m in found], "damaged": [d.to_dict() for d in damaged]}
+        print_json(doc, ctx.out)
         return 0
+    for d in damaged:  # not listed, never silently: `verify-backup` names what it breaks
+        ctx.err.write(
+            f"warning: backup {d.backup_id} of VM {d.vm_uuid} is not listed: {d.problem}\n"
+        )
     if args.tree:
         ids = {m.backup_id for m in found}
         kids: dict[str | None, list[BackupManifest]] = {}

@@ -28,14 +28,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print_json(report.to_dict(), ctx.out)
         return 0 if report.clean else 1
     for f in report.findings:
-        breaks = sorted(
-            b
-            for b, files in report.broken.items()
-            if any(x == f"{f.backup_id}/{f.volume_uuid}" for x in files)
-        )
-        ctx.out.write(
-            f"BAD {f.backup_id}/{f.volume_uuid}.qcow2: {f.problem}; breaks {', '.join(breaks)}\n"
-        )
+        breaks = sorted(b for b, files in report.broken.items() if f.name in files)
+        ctx.out.write(f"BAD {f.name}: {f.problem}; breaks {', '.join(breaks)}\n")
     ctx.out.write(
         f"{len(report.checked)} backups checked, "
         f"{'clean' if report.clean else f'{len(report.findings)} bad files'}\n"

@@ -351,6 +351,24 @@ class _Reader:
 
 
 @dataclass(frozen=True)
+class DamagedBackup:
+    """A backup directory whose manifest cannot be read (or is gone): its files cannot be
+    checked or restored, and every backup whose chain reads through it is broken too."""
+
+    vm_uuid: str
+    backup_id: str
+    problem: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backupId": self.backup_id, "vmInstanceUuid": self.vm_uuid, "problem": self.problem}
+
+
+def reads_through(m: BackupManifest, backup_ids: set[str]) -> bool:
+    """Whether any disk of `m` reads through (or is) one of `backup_ids`."""
+    return any(backup_ids.intersection(d.chain) for d in m.disks)
+
+
+@dataclass(frozen=True)
 class ImageCheck:
     """`qemu-img check` of one file by itself: corruptions make it unreadable, leaks only
     waste space."""

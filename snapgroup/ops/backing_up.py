@@ -23,12 +23,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from snapgroup.domain.backup_manifest import (
+    MANIFEST,
     BackupManifest,
     DiskBackup,
     backing_name,
     broken_backups,
     disk_file,
     newest_base,
+    reads_through,
 )
 from snapgroup.domain.errors import (
     ImageToolError,
@@ -107,11 +109,16 @@ def export_group(
     clusters compressed (an increment may sit on an uncompressed base and vice versa)."""
     group = src.group(group_uuid)
     discarded = tuple(repo.discard_partials(group.vm_uuid))
-    base = None if full else newest_base(repo.backups(group.vm_uuid), group.ancestors)
+    listed, damaged = repo.scan(group.vm_uuid)
+    # A backup reading through a damaged one is no base: its chain cannot be checked.
+    bad = {d.backup_id for d in damaged}
+    usable = [m for m in listed if not reads_through(m, bad)]
+    base = None if full else newest_base(usable, group.ancestors)
     if full:
         reason: str | None = "full export requested"
     elif base is None:
-        reason = "no export of an ancestor group in the repository"
+        skipped = f" (skipped for damaged manifests: {', '.join(sorted(bad))} and their increments)"
+        reason = "no export of an ancestor group in the repository" + (skipped if bad else "")
     else:
         reason = None
     base_files = src.snapshot_files(base.group_uuid) if base is not None else {}
@@ -222,8 +229,13 @@ def _increment(
 @dataclass(frozen=True)
 class FileFinding:
     backup_id: str
-    volume_uuid: str
+    volume_uuid: str | None  # None: the backup's manifest
     problem: str
+
+    @property
+    def name(self) -> str:
+        """`<backup>/<volume>.qcow2` or `<backup>/manifest.json`."""
+        return f"{self.backup_id}/{disk_file(self.volume_uuid) if self.volume_uuid else MANIFEST}"
 
 
 @dataclass(frozen=True)
@@ -241,7 +253,12 @@ class VerifyReport:
             "clean": self.clean,
             "checked": list(self.checked),
             "findings": [
-                {"backupId": f.backup_id, "volumeUuid": f.volume_uuid, "problem": f.problem}
+                {
+                    "backupId": f.backup_id,
+                    "volumeUuid": f.volume_uuid,
+                    "file": f.name,
+                    "problem": f.problem,
+                }
                 for f in self.findings
             ],
             "broken": {b: list(files) for b, files in self.broken.items()},
@@ -256,15 +273,23 @@ def verify_backups(
     vm_uuid: str | None = None,
 ) -> VerifyReport:
     """Checksums and `qemu-img check` of every file the backup(s) read, each file once;
-    each damaged or missing file named with the backups it breaks."""
-    everything = repo.backups()
+    each damaged or missing file (or unreadable manifest) named with the backups it
+    breaks."""
+    everything, damaged_list = repo.scan()
+    damaged = {d.backup_id: d for d in damaged_list if vm_uuid is None or d.vm_uuid == vm_uuid}
     by_id = {m.backup_id: m for m in everything}
-    if backup_id:
+    findings: list[FileFinding] = []
+    if backup_id and backup_id in damaged:
+        wanted: list[BackupManifest] = []
+        damaged = {backup_id: damaged[backup_id]}
+    elif backup_id:
         wanted = [repo.get(backup_id)]
+        member_ids = {x for d in wanted[0].disks for x in d.chain}
+        damaged = {b: d for b, d in damaged.items() if b in member_ids}
     else:
         wanted = [m for m in everything if vm_uuid is None or m.vm_uuid == vm_uuid]
+    findings += [FileFinding(d.backup_id, None, d.problem) for d in damaged.values()]
     seen: set[tuple[str, str]] = set()
-    findings: list[FileFinding] = []
     for m in wanted:
         for disk in m.disks:
             for member in disk.chain:
@@ -274,7 +299,10 @@ def verify_backups(
                 seen.add(key)
                 owner = by_id.get(member)
                 if owner is None:
-                    findings.append(FileFinding(*key, "base backup missing from the repository"))
+                    if member not in damaged:  # a damaged one is named by its manifest
+                        findings.append(
+                            FileFinding(*key, "base backup missing from the repository")
+                        )
                     continue
                 path = repo.file(owner, disk.volume_uuid)
                 recorded = owner.disk(disk.volume_uuid)
@@ -288,11 +316,20 @@ def verify_backups(
                         problem = f"qemu-img check failed: {exc.details}"
                 if problem is not None:
                     findings.append(FileFinding(*key, problem))
-    broken = broken_backups(everything, [(f.backup_id, f.volume_uuid) for f in findings])
+    bad_files = [(f.backup_id, f.volume_uuid) for f in findings if f.volume_uuid is not None]
+    broken = {
+        b: {f"{x}/{disk_file(v)}" for x, v in files}
+        for b, files in broken_backups(everything, bad_files).items()
+    }
+    for d in damaged.values():  # itself, and every backup reading through it
+        broken.setdefault(d.backup_id, set()).add(f"{d.backup_id}/{MANIFEST}")
+        for m in everything:
+            if reads_through(m, {d.backup_id}):
+                broken.setdefault(m.backup_id, set()).add(f"{d.backup_id}/{MANIFEST}")
     return VerifyReport(
-        checked=tuple(m.backup_id for m in wanted),
+        checked=tuple(m.backup_id for m in wanted) + tuple(sorted(damaged)),
         findings=tuple(findings),
-        broken={b: tuple(f"{x}/{v}" for x, v in sorted(files)) for b, files in broken.items()},
+        broken={b: tuple(sorted(files)) for b, files in broken.items()},
     )
 
 
@@ -353,22 +390,14 @@ def present_backup(images: ImageTool, repo: BackupStore, backup_id: str) -> Back
 
 
 def describe(repo: BackupStore, report: VerifyReport) -> str:
-    """Each finding as `<file>: <problem> (breaks backups a, b)`."""
-    every = {m.backup_id: m for m in repo.backups()}
+    """Each finding as `<path>: <problem> (breaks backups a, b)`."""
+    listed, damaged = repo.scan()
+    vm_of = {m.backup_id: m.vm_uuid for m in listed} | {d.backup_id: d.vm_uuid for d in damaged}
     parts = []
     for f in report.findings:
-        owner = every.get(f.backup_id)
-        path = (
-            repo.file(owner, f.volume_uuid)
-            if owner is not None
-            else f"{f.backup_id}/{f.volume_uuid}.qcow2"
-        )
-        breaks = sorted(
-            b
-            for b, files in report.broken.items()
-            if any(x == f"{f.backup_id}/{f.volume_uuid}" for x in files)
-        )
-        parts.append(f"{path}: {f.problem} (breaks backups {', '.join(breaks)})")
+        where = "/".join(x for x in (repo.root, vm_of.get(f.backup_id), f.name) if x)
+        breaks = sorted(b for b, files in report.broken.items() if f.name in files)
+        parts.append(f"{where}: {f.problem} (breaks backups {', '.join(breaks)})")
     return "; ".join(parts)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from snapgroup.domain.backup_manifest import (
     PIECE_SIZE,
     BackupManifest,
+    DamagedBackup,
     backing_name,
     disk_file,
 )
@@ -213,6 +214,18 @@ def backups(ctx: OpContext, *, at: str, vm: str | None = None) -> list[BackupMan
     return [m for m in every if m.vm_uuid in vm_uuids(every, vm)]
 
 
+def damaged_backups(ctx: OpContext, *, at: str, vm: str | None = None) -> list[DamagedBackup]:
+    """The repository's backup directories whose manifest is unreadable or gone (of one
+    VM: its UUID, or a name its readable backups give): `backups` does not list them."""
+    store = open_store(ctx, at)
+    listed, damaged = store.scan()
+    if vm is None:
+        return damaged
+    key = vm.replace("-", "").lower()
+    names = {m.vm_uuid for m in listed if m.vm_name == vm}
+    return [d for d in damaged if d.vm_uuid == key or d.vm_uuid in names]
+
+
 def verify_backup(ctx: OpContext, *, at: str, backup_id: str | None = None) -> VerifyReport:
     store = open_store(ctx, at)
     return verify_backups(
@@ -268,6 +281,16 @@ def recover_prune(ctx: OpContext, op: str, plan: dict[str, Any], _domain: Domain
 
 def _prune(ctx: OpContext, store: BackupStore, op: str, vm_uuid: str, keep: int) -> list[str]:
     store.discard_partials(vm_uuid)
+    damaged = store.scan(vm_uuid)[1]
+    if damaged:
+        # A merge rewrites the chains of every backup on the merged one: with a manifest
+        # unreadable, which backups read through which is not known.
+        raise OperationError(
+            f"VM {vm_uuid} has backups whose manifest is damaged in {store.root}: "
+            + "; ".join(f"{d.backup_id}: {d.problem}" for d in damaged)
+            + ". Nothing was pruned: restore the manifest, or remove that backup's "
+            "directory (it and the backups on it cannot be restored anyway), and prune again"
+        )
     done = [_finish_merge(ctx, store, op, m, p) for m, p in store.pending_prunes(vm_uuid)]
     while True:
         listed = store.backups(vm_uuid)

@@ -11,7 +11,7 @@ import pytest
 
 from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.adapters.qemu_img import QemuImg
-from snapgroup.domain.errors import NotFound
+from snapgroup.domain.errors import NotFound, OperationError
 from snapgroup.ops import export, journal, restore
 from snapgroup.ops.backing_up import export_group, restore_to_dir, verify_backups
 from snapgroup.ops.context import OpContext
@@ -142,3 +142,61 @@ def test_a_repository_that_is_not_there_is_not_found(ctx: OpContext, tmp_path: P
             call()
     assert not (tmp_path / "no-such-repository").exists()
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_a_damaged_manifest_is_named_never_stops_an_export_and_stops_a_prune(
+    tmp_path: Path, lab: Lab, ctx: OpContext, damage: str
+) -> None:
+    """Backup 2's manifest is unreadable (or gone): listing skips it and says so; the
+    next export (a child of 2, so of 3's branch too) builds on 1, which does not read
+    through 2; verify names the manifest and every backup on it (2, 3); restore of 3
+    is refused with it, of 1 and the new one works; prune refuses and changes nothing."""
+    repo = BackupRepo(str(tmp_path / "repo"))
+    made = _chain_of_four(lab, repo)  # 1 <- 2 <- 3 <- 4, one chain
+    b1, b2, b3, b4 = list(made)
+    manifest = Path(repo.root) / VM / b2 / "manifest.json"
+    if damage == "garbage":
+        manifest.write_text('{"format": "snapgroup-backup", "backupId": 7')
+    else:
+        manifest.unlink()
+    listed, damaged = repo.scan(VM)
+    assert [m.backup_id for m in listed] == [b1, b3, b4]
+    assert [(d.backup_id, d.vm_uuid) for d in damaged] == [(b2, VM)]
+    assert ("missing" if damage == "missing" else "not JSON") in damaged[0].problem
+    assert [d.backup_id for d in export.damaged_backups(ctx, at=repo.root)] == [b2]
+    assert [d.backup_id for d in export.damaged_backups(ctx, at=repo.root, vm="vm")] == [b2]
+
+    lab.take(5, 4, 0x50)
+    new = export_group(lab, repo, gid(5)).manifest
+    made[new.backup_id] = gid(5)
+    assert new.full_reason is None  # 1 is an ancestor and reads through nothing damaged
+    assert {d.base_backup_id for d in new.disks} == {b1}
+    for vol in VOLS:
+        assert same_view(Path(repo.file(new, vol)), Path(lab.files[gid(5)][vol]))
+
+    report = verify_backups(lab.images, repo)
+    assert [(f.backup_id, f.volume_uuid) for f in report.findings] == [(b2, None)]
+    assert set(report.broken) == {b2, b3, b4}
+    assert all(files == (f"{b2}/manifest.json",) for files in report.broken.values())
+    one = verify_backups(lab.images, repo, b3)
+    assert not one.clean and set(one.checked) == {b3, b2}
+    alone = verify_backups(lab.images, repo, b2)  # the damaged one itself: a finding
+    assert [f.name for f in alone.findings] == [f"{b2}/manifest.json"]
+    out = tmp_path / "restore"
+    out.mkdir()
+    with pytest.raises(OperationError, match=f"{b2}/manifest.json"):
+        restore_to_dir(lab.images, repo, b3, str(out))
+    assert not list(out.iterdir())
+    for backup in (b1, new.backup_id):
+        into = tmp_path / f"r-{backup}"
+        into.mkdir()
+        written = restore_to_dir(lab.images, repo, backup, str(into))
+        for i, vol in enumerate(VOLS):
+            assert same_view(Path(written[f"vd{'ab'[i]}"]), Path(lab.files[made[backup]][vol]))
+
+    sums = {m.backup_id: [d.sha256 for d in m.disks] for m in repo.backups(VM)}
+    with pytest.raises(OperationError, match=f"{b2}.*Nothing was pruned"):
+        prune_backups(ctx, at=repo.root, vm=VM, keep=1)
+    assert {m.backup_id: [d.sha256 for d in m.disks] for m in repo.backups(VM)} == sums
+    assert verify_backups(lab.images, repo, new.backup_id).clean

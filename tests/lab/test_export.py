@@ -290,12 +290,32 @@ def test_a_flipped_byte_and_a_deleted_base_are_found_and_refused(
     assert {
         "backupId": b0.backup_id,
         "volumeUuid": b0.disks[0].volume_uuid,
+        "file": f"{b0.backup_id}/{b0.disks[0].volume_uuid}.qcow2",
         "problem": "missing",
     } in doc["findings"]
     assert set(doc["broken"]) == {b0.backup_id, b1.backup_id, b2.backup_id}
     refused = _run(_cli(vm, db, "restore", "--from", str(repo), b1.backup_id, "--as", "x-no"))
     assert refused.returncode == 1 and f"{base}: missing" in refused.stderr
     assert sh("virsh", "-c", "qemu:///system", "dominfo", "x-no", check=False).returncode != 0
+
+    # b2's manifest truncated: not listed, never silently; verify names it; an export
+    # still succeeds: on b1 (b2 is skipped), vda full (b0's file of it is gone).
+    manifest = repo / vm.uuid / b2.backup_id / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:100])
+    listing = _run(_cli(vm, db, "backups", "--at", str(repo)))
+    assert listing.returncode == 0 and b2.backup_id not in listing.stdout
+    assert f"warning: backup {b2.backup_id} of VM {vm.uuid} is not listed" in listing.stderr
+    doc = json.loads(_run(_cli(vm, db, "--json", "backups", "--at", str(repo))).stdout)
+    assert [d["backupId"] for d in doc["damaged"]] == [b2.backup_id]
+    check = _run(_cli(vm, db, "verify-backup", "--at", str(repo)))
+    assert check.returncode == 1 and f"BAD {b2.backup_id}/manifest.json: " in check.stdout
+    g = engine.create(vm=vm.name, name="after").uuid
+    again = _run(_cli(vm, db, "--json", "export", g, "--to", str(repo)))
+    assert again.returncode == 0, again.stderr
+    made = json.loads(again.stdout)["backup"]
+    bases = {d["target"]: d["baseBackupId"] for d in made["disks"]}
+    assert bases == {"vda": None, "vdb": b1.backup_id, "vdc": b1.backup_id}
+    assert "vda: base backup" in made["fullReason"] and "missing" in made["fullReason"]
 
 
 def test_a_policy_exports_each_group_it_takes_and_keeps_export_keep(

@@ -63,6 +63,7 @@ def test_export_list_show_verify_a_served_repository(served: Api, tmp_path: Path
     listed = served.call("GET", f"{REPOS}/main/backups").json()["backups"]
     assert [b["backupId"] for b in listed] == [first["backupId"], second["backupId"]]
     assert listed[1] == second
+    assert served.call("GET", f"{REPOS}/main/backups").json()["damaged"] == []
     by_vm = served.call("GET", f"{REPOS}/main/backups", params={"vm": "vm1"}).json()["backups"]
     assert by_vm == listed
     shown = served.call("GET", f"{REPOS}/main/backups/{second['backupId']}")
@@ -95,6 +96,14 @@ def test_export_list_show_verify_a_served_repository(served: Api, tmp_path: Path
         (first["backupId"], disk)
     ]
     assert set(report["broken"]) == {first["backupId"], second["backupId"]}
+    # A manifest made unreadable: not listed, and said so beside the listing.
+    (tmp_path / "main" / VM / second["backupId"] / "manifest.json").write_text("{")
+    doc = served.call("GET", f"{REPOS}/main/backups").json()
+    assert [b["backupId"] for b in doc["backups"]] == [first["backupId"]]
+    assert [(d["backupId"], d["vmInstanceUuid"]) for d in doc["damaged"]] == [
+        (second["backupId"], VM)
+    ]
+    assert "not JSON" in doc["damaged"][0]["problem"]
 
 
 def test_restore_as_a_new_vm_and_prune(served: Api, tmp_path: Path) -> None:

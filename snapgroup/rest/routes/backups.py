@@ -118,8 +118,17 @@ class BackupSummary(BaseModel):
     disks: list[DiskSummary]
 
 
+class DamagedBackupDocument(BaseModel):
+    backupId: str
+    vmInstanceUuid: str
+    problem: str = Field(description="why its manifest cannot be read")
+
+
 class BackupListDocument(BaseModel):
     backups: list[BackupSummary]
+    damaged: list[DamagedBackupDocument] = Field(
+        description="backups not listed: their manifest is unreadable or gone"
+    )
 
 
 class BackupDocument(BaseModel):
@@ -145,8 +154,10 @@ def list_backups(
     svc: ServicesDep,
     vm: Annotated[str | None, Query(max_length=255, description="a VM's name or UUID")] = None,
 ) -> dict[str, Any]:
-    found = svc.engine.backups(at=svc.repository(repository), vm=vm)
-    return {"backups": [m.summary() for m in found]}
+    at = svc.repository(repository)
+    found = svc.engine.backups(at=at, vm=vm)
+    damaged = svc.engine.damaged_backups(at=at, vm=vm)
+    return {"backups": [m.summary() for m in found], "damaged": [d.to_dict() for d in damaged]}
 
 
 @router.get(
