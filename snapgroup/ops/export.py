@@ -37,6 +37,7 @@ from snapgroup.ops.backing_up import (
     SourceDisk,
     SourceGroup,
     VerifyReport,
+    describe,
     export_group,
     open_store,
     verify_backups,
@@ -298,6 +299,7 @@ def _prune(ctx: OpContext, store: BackupStore, op: str, vm_uuid: str, keep: int)
             return done
         oldest = listed[0]
         plan = _merge_plan(oldest, listed)
+        _check_intact(ctx, store, oldest, plan)
         _check_room(ctx, store, oldest, plan)
         ctx.journal.step(op, PRUNE, f"hide {oldest.backup_id}")
         store.hide_for_prune(oldest, plan)
@@ -326,6 +328,23 @@ def _merge_plan(b: BackupManifest, listed: list[BackupManifest]) -> dict[str, An
             }
         )
     return {"backup": b.backup_id, "disks": disks}
+
+
+def _check_intact(
+    ctx: OpContext, store: BackupStore, b: BackupManifest, plan: dict[str, Any]
+) -> None:
+    """Refuse the merge of `b` when a file it would write from or into is not what its
+    manifest says: the merge recomputes the checksums of the files it writes, so a
+    flipped byte merged would be blessed, a kept backup changed without a word."""
+    children = sorted({c for d in plan["disks"] for c in (d["main"], *d["others"]) if c})
+    for child in children:  # each child's chain holds b
+        report = verify_backups(ctx.images, store, child)
+        if not report.clean:
+            raise OperationError(
+                f"pruning backup {b.backup_id} would merge damaged files into the backups "
+                f"kept: {describe(store, report)}. Nothing was pruned; `verify-backup` "
+                "names every backup each breaks"
+            )
 
 
 def _check_room(

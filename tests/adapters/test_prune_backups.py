@@ -200,3 +200,30 @@ def test_a_damaged_manifest_is_named_never_stops_an_export_and_stops_a_prune(
         prune_backups(ctx, at=repo.root, vm=VM, keep=1)
     assert {m.backup_id: [d.sha256 for d in m.disks] for m in repo.backups(VM)} == sums
     assert verify_backups(lab.images, repo, new.backup_id).clean
+
+
+@pytest.mark.parametrize("where", ["oldest", "its child"])
+def test_a_prune_never_merges_a_flipped_byte_into_a_kept_backup(
+    tmp_path: Path, lab: Lab, ctx: OpContext, where: str
+) -> None:
+    """A byte flipped in the backup being merged (or in the child it merges into): a
+    merge recomputes the checksums of what it writes, so it would bless the damage.
+    The prune is refused naming the file; nothing changes; verify still reports it."""
+    repo = BackupRepo(str(tmp_path / "repo"))
+    made = _chain_of_four(lab, repo)
+    b1, b2 = list(made)[:2]
+    target = b1 if where == "oldest" else b2
+    (m,) = [x for x in repo.backups(VM) if x.backup_id == target]
+    damaged = Path(repo.file(m, VOLS[1]))
+    with open(damaged, "r+b") as f:
+        f.seek(damaged.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x01]))
+    before = {x.backup_id: [d.sha256 for d in x.disks] for x in repo.backups(VM)}
+    with pytest.raises(OperationError, match=f"{damaged}: sha256 mismatch.*Nothing was pruned"):
+        prune_backups(ctx, at=repo.root, vm=VM, keep=2)
+    assert {x.backup_id: [d.sha256 for d in x.disks] for x in repo.backups(VM)} == before
+    assert repo.pending_prunes(VM) == []
+    report = verify_backups(lab.images, repo)
+    assert [(f.backup_id, f.volume_uuid) for f in report.findings] == [(target, VOLS[1])]
