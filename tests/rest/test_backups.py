@@ -104,6 +104,9 @@ def test_export_list_show_verify_a_served_repository(served: Api, tmp_path: Path
         (second["backupId"], VM)
     ]
     assert "not JSON" in doc["damaged"][0]["problem"]
+    body = {"verifyBackups": {"backupId": second["backupId"]}}
+    named = served.wait(served.call("PUT", f"{REPOS}/main/actions", json=body)).json()
+    assert [f["file"] for f in named["findings"]] == [f"{second['backupId']}/manifest.json"]
 
 
 def test_restore_as_a_new_vm_and_prune(served: Api, tmp_path: Path) -> None:

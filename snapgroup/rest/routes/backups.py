@@ -229,8 +229,9 @@ def repository_action(
         engine = svc.engine
         if isinstance(body, VerifyAction):
             backup_id = body.verifyBackups.backupId
-            if backup_id is not None:
-                _backup(svc, at, backup_id)
+            damaged = {d.backup_id for d in engine.damaged_backups(at=at)}
+            if backup_id is not None and backup_id.replace("-", "").lower() not in damaged:
+                _backup(svc, at, backup_id)  # one with a damaged manifest: its finding
             return lambda: engine.verify_backup(at=at, backup_id=backup_id).to_dict()
         prune = body.pruneBackups
         vm_uuids(engine.backups(at=at), prune.vm)  # one VM's backups, or 404 / 400 now
