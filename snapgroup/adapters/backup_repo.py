@@ -6,6 +6,7 @@ Layout (format 1)::
     <DIR>/<vm-uuid>/<backup-id>/<volume-uuid>.qcow2   backing "../<base-id>/<volume-uuid>.qcow2"
     <DIR>/<vm-uuid>/.partial-<backup-id>/             an export being written (never listed)
     <DIR>/<vm-uuid>/<backup-id>/prune.json            a prune in progress (backup hidden)
+    <DIR>/<vm-uuid>/<backup-id>/hold-<id>.json         disks restored with --keep-chain on it
 
 A backup is written into `.partial-<id>/` (a sibling, so its relative backing names
 already resolve), every file fsynced, then the directory renamed to `<id>` and the VM
@@ -59,7 +60,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 
@@ -78,6 +79,7 @@ from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError, S
 PARTIAL_PREFIX = ".partial-"
 PRUNE_PLAN = "prune.json"
 PRUNING_MANIFEST = "manifest.pruning.json"
+HOLD_PREFIX = "hold-"
 _UUID = re.compile(r"[0-9a-f]{32}")
 _CHUNK = 4 << 20
 # Threads hashing one file's pieces: the cores, up to 4 (beyond, the disk is the limit).
@@ -271,6 +273,43 @@ class BackupRepo:
                 plan = json.loads(f.read())
             out.append((self._read(manifest_path, vm_uuid, name), plan))
         return out
+
+    # holds: disks restored with --keep-chain ------------------------------------------------
+
+    def hold(self, manifest: BackupManifest, holder: str, files: Sequence[str]) -> None:
+        """`<backup-dir>/hold-<holder>.json`: these files read this backup's. Beside the
+        manifest, so it goes with the backup's directory (a prune removes it only once
+        the hold is found stale)."""
+        path = self._hold_path(manifest, holder)
+        try:
+            _write_atomic(path, json.dumps({"files": list(files)}, indent=2) + "\n")
+        except OSError as exc:
+            raise RepositoryError(f"cannot write {path}: {exc.strerror}") from exc
+
+    def holds(self, manifest: BackupManifest) -> dict[str, list[str]]:
+        directory = self.backup_dir(manifest.vm_uuid, manifest.backup_id)
+        out: dict[str, list[str]] = {}
+        for name in _listdir(directory):
+            holder = name.removeprefix(HOLD_PREFIX).removesuffix(".json")
+            if not (name.startswith(HOLD_PREFIX) and _UUID.fullmatch(holder)):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                with open(path, "rb") as f:
+                    doc = json.loads(f.read())
+                files = [str(x) for x in doc["files"]]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise RepositoryError(f"cannot read the hold {path}: {exc}") from exc
+            out[holder] = files
+        return out
+
+    def release(self, manifest: BackupManifest, holder: str) -> None:
+        with suppress(FileNotFoundError):
+            os.remove(self._hold_path(manifest, holder))
+
+    def _hold_path(self, manifest: BackupManifest, holder: str) -> str:
+        directory = self.backup_dir(manifest.vm_uuid, manifest.backup_id)
+        return os.path.join(directory, f"{HOLD_PREFIX}{_uuid(holder, 'holder')}.json")
 
     def move_file(self, src: str, dst: str) -> None:
         """Rename within the repository, atomically replacing `dst`; both directories fsynced."""

@@ -21,16 +21,33 @@ def lock_dir() -> Path:
     return Path(os.environ.get("SNAPGROUP_LOCK_DIR") or DEFAULT_LOCK_DIR)
 
 
-def _open(vm_uuid: str) -> int:
+def _open(vm_uuid: str, prefix: str = "") -> int:
     directory = lock_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return os.open(directory / f"{parse_uuid(vm_uuid)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    name = f"{prefix}{parse_uuid(vm_uuid)}.lock"
+    return os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o600)
 
 
 @contextmanager
 def vm_lock(vm_uuid: str, *, wait: float = 0.0) -> Iterator[None]:
     """Hold the VM's lock for the block. `wait` seconds at most (0: fail fast)."""
-    fd = _open(vm_uuid)
+    with _held(_open(vm_uuid), f"another snapgroup operation on VM {vm_uuid}", wait):
+        yield
+
+
+@contextmanager
+def backups_lock(vm_uuid: str, *, wait: float = 0.0) -> Iterator[None]:
+    """Hold the lock of the VM's backups in repositories: a prune (which rewrites them)
+    against a restore (which reads them). Apart from vm_lock: a restore reads no file of
+    the VM's own, and must not stop its groups being taken meanwhile. Taken after
+    vm_lock when both are."""
+    what = f"a prune or restore of VM {vm_uuid}'s backups"
+    with _held(_open(vm_uuid, "backups-"), what, wait):
+        yield
+
+
+@contextmanager
+def _held(fd: int, what: str, wait: float) -> Iterator[None]:
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -40,7 +57,7 @@ def vm_lock(vm_uuid: str, *, wait: float = 0.0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise Busy(
-                        f"another snapgroup operation on VM {vm_uuid} is in progress"
+                        f"{what} is in progress"
                         + (f" (waited {wait:g} s)" if wait else " (use --wait SECONDS)")
                     ) from None
                 time.sleep(POLL_SECONDS)

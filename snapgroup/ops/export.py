@@ -29,7 +29,7 @@ from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.planner import merge_room
 from snapgroup.domain.retention import AutoGroup, VmRef
 from snapgroup.domain.validate import parse_uuid
-from snapgroup.infra.locks import vm_lock
+from snapgroup.infra.locks import backups_lock, vm_lock
 from snapgroup.ops.backing_up import (
     EXPORT,
     PRUNE,
@@ -281,6 +281,12 @@ def recover_prune(ctx: OpContext, op: str, plan: dict[str, Any], _domain: Domain
 
 
 def _prune(ctx: OpContext, store: BackupStore, op: str, vm_uuid: str, keep: int) -> list[str]:
+    # No restore of these backups reads them while they are merged.
+    with backups_lock(vm_uuid, wait=ctx.lock_wait):
+        return _prune_held(ctx, store, op, vm_uuid, keep)
+
+
+def _prune_held(ctx: OpContext, store: BackupStore, op: str, vm_uuid: str, keep: int) -> list[str]:
     store.discard_partials(vm_uuid)
     damaged = store.scan(vm_uuid)[1]
     if damaged:
@@ -299,6 +305,7 @@ def _prune(ctx: OpContext, store: BackupStore, op: str, vm_uuid: str, keep: int)
             return done
         oldest = listed[0]
         plan = _merge_plan(oldest, listed)
+        _check_held(ctx, store, oldest)
         _check_intact(ctx, store, oldest, plan)
         _check_room(ctx, store, oldest, plan)
         ctx.journal.step(op, PRUNE, f"hide {oldest.backup_id}")
@@ -328,6 +335,36 @@ def _merge_plan(b: BackupManifest, listed: list[BackupManifest]) -> dict[str, An
             }
         )
     return {"backup": b.backup_id, "disks": disks}
+
+
+def _check_held(ctx: OpContext, store: BackupStore, b: BackupManifest) -> None:
+    """Refuse the merge of `b` while disks restored from it with --keep-chain still read
+    its files: the merge writes into them and then removes them. A hold whose disks are
+    gone, or no longer on b's files (flattened, rebased), is dropped."""
+    ours = {os.path.normpath(store.file(b, d.volume_uuid)) for d in b.disks}
+    live: list[str] = []
+    for holder, files in store.holds(b).items():
+        reading = [f for f in files if _backed_by(ctx, f, ours)]
+        if reading:
+            live += reading
+        else:
+            store.release(b, holder)
+    if live:
+        raise OperationError(
+            f"backup {b.backup_id} is the base of disks restored with --keep-chain: "
+            f"{', '.join(sorted(live))}. Nothing was pruned: flatten them (the VM stopped: "
+            "`qemu-img rebase -b '' FILE`) or remove them, then prune again"
+        )
+
+
+def _backed_by(ctx: OpContext, path: str, files: set[str]) -> bool:
+    if not ctx.images.exists(path):
+        return False
+    try:
+        backing = ctx.images.chain(path, shared=True)[0].backing
+    except SnapgroupError:
+        return True  # unreadable now: it may still be a VM's disk on b's files
+    return backing is not None and os.path.normpath(backing) in files
 
 
 def _check_intact(

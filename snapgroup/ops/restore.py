@@ -17,7 +17,7 @@ from snapgroup.domain.errors import (
 )
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.validate import parse_uuid, validate_name
-from snapgroup.infra.locks import vm_lock
+from snapgroup.infra.locks import backups_lock, vm_lock
 from snapgroup.ops.backing_up import (
     RESTORE,
     describe,
@@ -104,7 +104,11 @@ def restore(
         "name": as_vm,
         "files": files,
     }
-    with vm_lock(restore_id, wait=ctx.lock_wait):
+    # backups_lock: no prune merges these files while they are read.
+    with (
+        vm_lock(restore_id, wait=ctx.lock_wait),
+        backups_lock(manifest.vm_uuid, wait=ctx.lock_wait),
+    ):
         op = ctx.journal.begin(RESTORE, restore_id, plan)
         # The checksums are read while the copies run (both read the same files, mostly
         # from the page cache): a damaged chain's copies are removed and the restore
@@ -124,6 +128,8 @@ def restore(
                 raise OperationError(
                     f"backup {backup_id} cannot be restored: {describe(store, report)}"
                 )
+            if keep_chain:  # its disks read the repository's files: no prune may merge them
+                store.hold(manifest, restore_id, sorted(files.values()))
             ctx.journal.step(op, RESTORE, "written")
             if as_vm is not None:
                 ctx.hv.define_restored(

@@ -4,6 +4,7 @@ every journaled step of a prune (as kill -9 would) is finished by recover."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 
 from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.adapters.qemu_img import QemuImg
-from snapgroup.domain.errors import NotFound, OperationError
+from snapgroup.domain.errors import Busy, NotFound, OperationError
+from snapgroup.infra.locks import backups_lock, vm_lock
 from snapgroup.ops import export, journal, restore
 from snapgroup.ops.backing_up import export_group, restore_to_dir, verify_backups
 from snapgroup.ops.context import OpContext
@@ -227,3 +229,64 @@ def test_a_prune_never_merges_a_flipped_byte_into_a_kept_backup(
     assert repo.pending_prunes(VM) == []
     report = verify_backups(lab.images, repo)
     assert [(f.backup_id, f.volume_uuid) for f in report.findings] == [(target, VOLS[1])]
+
+
+def test_disks_restored_with_keep_chain_hold_their_backup_until_flattened(
+    tmp_path: Path, lab: Lab, ctx: OpContext
+) -> None:
+    """A disk restored with --keep-chain reads the repository's files: pruning its backup
+    would write into them and then remove them. The prune is refused naming the disks;
+    once they are flattened the hold is stale and the prune goes on. A disk restored
+    from a later backup reads the same after its base is merged (the child's file is
+    replaced by one with the same view)."""
+    repo = BackupRepo(str(tmp_path / "repo"))
+    made = _chain_of_four(lab, repo)
+    b1, b2 = list(made)[:2]
+    held: dict[str, dict[str, str]] = {}
+    for backup in (b1, b2):
+        into = tmp_path / f"thin-{backup}"
+        into.mkdir()
+        held[backup] = dict(
+            restore.restore(ctx, backup, source=repo.root, to_dir=str(into), keep_chain=True).files
+        )
+    assert set(repo.holds(repo.get(b1))) and set(repo.holds(repo.get(b2)))
+    sums = {m.backup_id: [d.sha256 for d in m.disks] for m in repo.backups(VM)}
+    with pytest.raises(OperationError, match=f"{b1} is the base of disks restored") as refused:
+        prune_backups(ctx, at=repo.root, vm=VM, keep=3)
+    assert all(path in refused.value.details for path in held[b1].values())
+    assert {m.backup_id: [d.sha256 for d in m.disks] for m in repo.backups(VM)} == sums
+
+    for path in held[b1].values():  # flattened: it no longer reads the repository
+        ctx.images.set_backing(path, backing_name=None, safe=True)
+    assert list(prune_backups(ctx, at=repo.root, vm=VM, keep=3).pruned) == [b1]
+    for backup, files in held.items():
+        for i, vol in enumerate(VOLS):
+            assert same_view(Path(files[f"vd{'ab'[i]}"]), Path(lab.files[made[backup]][vol]))
+    assert verify_backups(lab.images, repo).clean
+
+    with pytest.raises(OperationError, match=f"{b2} is the base of disks restored"):
+        prune_backups(ctx, at=repo.root, vm=VM, keep=2)
+    for path in held[b2].values():  # removed: the hold is stale and dropped
+        os.remove(path)
+    assert list(prune_backups(ctx, at=repo.root, vm=VM, keep=2).pruned) == [b2]
+    _reads_its_group(lab, repo, tmp_path, made)
+
+
+def test_a_prune_and_a_restore_of_one_vms_backups_never_overlap(
+    tmp_path: Path, lab: Lab, ctx: OpContext
+) -> None:
+    """Each takes the VM's backups lock (a restore reading a backup a prune merges would
+    copy a view that changes under it); the other waits, or fails Busy."""
+    repo = BackupRepo(str(tmp_path / "repo"))
+    made = _chain_of_four(lab, repo)
+    into = tmp_path / "out"
+    into.mkdir()
+    with backups_lock(VM):
+        with pytest.raises(Busy, match="prune or restore"):
+            prune_backups(ctx, at=repo.root, vm=VM, keep=1)
+        with pytest.raises(Busy, match="prune or restore"):
+            restore.restore(ctx, next(iter(made)), source=repo.root, to_dir=str(into))
+        with vm_lock(VM):  # the VM's own lock is another: groups go on being taken
+            pass
+    assert not list(into.iterdir())
+    assert [m.backup_id for m in repo.backups(VM)] == list(made)

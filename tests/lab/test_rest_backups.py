@@ -140,7 +140,29 @@ def test_a_client_exports_verifies_restores_and_prunes_over_rest(
         sh("virsh", "-c", "qemu:///system", "destroy", name, check=False)
         sh("virsh", "-c", "qemu:///system", "undefine", name, "--nvram", check=False)
 
-    body = {"pruneBackups": {"vm": vm.name, "keep": 1}}
+    # A VM restored from b0 as thin overlays on the repository's files holds b0: the
+    # prune is refused (it would write into those files, then remove them) until the
+    # VM's disks are gone.
+    thin = f"{vm.name}-thin"
+    try:
+        body = {"restoreBackup": {"name": thin, "keepChain": True}}
+        made = _done(
+            client, client.call("PUT", f"{REPOS}/lab/backups/{b0['backupId']}/actions", json=body)
+        )["restored"]
+        overlays = [d["installPath"] for d in made["disks"]]
+        for path, d in zip(overlays, b0["disks"], strict=True):
+            base = repo / vm.uuid / b0["backupId"] / f"{d['volumeUuid']}.qcow2"
+            assert backing_chain(path)[1] == str(base)
+        body = {"pruneBackups": {"vm": vm.name, "keep": 1}}
+        refused = client.poll(client.call("PUT", f"{REPOS}/lab/actions", json=body))
+        assert refused.status_code == 503, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "SYS.1006" and all(p in error["details"] for p in overlays)
+        assert len(client.call("GET", f"{REPOS}/lab/backups").json()["backups"]) == 2
+    finally:
+        sh("virsh", "-c", "qemu:///system", "undefine", thin, check=False)
+    for path in overlays:
+        os.remove(path)
     pruned = _done(client, client.call("PUT", f"{REPOS}/lab/actions", json=body))
     assert pruned == {
         "vmInstanceUuid": vm.uuid,
