@@ -70,6 +70,13 @@ def _done(client: Client, response: Any) -> dict[str, Any]:
     return doc
 
 
+def _restore(client: Client, backup_id: str, **params: Any) -> dict[str, Any]:
+    body = {"restoreBackup": params}
+    path = f"{REPOS}/lab/backups/{backup_id}/actions"
+    restored: dict[str, Any] = _done(client, client.call("PUT", path, json=body))["restored"]
+    return restored
+
+
 def test_a_client_exports_verifies_restores_and_prunes_over_rest(
     served: tuple[Client, str, Path], running_vm: LabVm
 ) -> None:
@@ -124,10 +131,7 @@ def test_a_client_exports_verifies_restores_and_prunes_over_rest(
 
     name = f"{vm.name}-rest"
     try:
-        body = {"restoreBackup": {"name": name, "start": True}}
-        made = _done(
-            client, client.call("PUT", f"{REPOS}/lab/backups/{b0['backupId']}/actions", json=body)
-        )["restored"]
+        made = _restore(client, b0["backupId"], name=name, start=True)
         assert made["name"] == name and made["vmInstanceUuid"] != vm.uuid
         assert "running" in virsh("domstate", name)
         virsh("destroy", name)
@@ -145,10 +149,7 @@ def test_a_client_exports_verifies_restores_and_prunes_over_rest(
     # VM's disks are gone.
     thin = f"{vm.name}-thin"
     try:
-        body = {"restoreBackup": {"name": thin, "keepChain": True}}
-        made = _done(
-            client, client.call("PUT", f"{REPOS}/lab/backups/{b0['backupId']}/actions", json=body)
-        )["restored"]
+        made = _restore(client, b0["backupId"], name=thin, keepChain=True)
         overlays = [d["installPath"] for d in made["disks"]]
         for path, d in zip(overlays, b0["disks"], strict=True):
             base = repo / vm.uuid / b0["backupId"] / f"{d['volumeUuid']}.qcow2"
