@@ -279,11 +279,14 @@ class BackupRepo:
     def hold(self, manifest: BackupManifest, holder: str, files: Sequence[str]) -> None:
         """`<backup-dir>/hold-<holder>.json`: these files read this backup's. Beside the
         manifest, so it goes with the backup's directory (a prune removes it only once
-        the hold is found stale)."""
+        the hold is found stale). None on a read-only repository, which no prune
+        through this mount can change."""
         path = self._hold_path(manifest, holder)
         try:
             _write_atomic(path, json.dumps({"files": list(files)}, indent=2) + "\n")
         except OSError as exc:
+            if exc.errno == errno.EROFS:  # nothing prunes through a read-only mount
+                return
             raise RepositoryError(f"cannot write {path}: {exc.strerror}") from exc
 
     def holds(self, manifest: BackupManifest) -> dict[str, list[str]]:
@@ -304,8 +307,13 @@ class BackupRepo:
         return out
 
     def release(self, manifest: BackupManifest, holder: str) -> None:
-        with suppress(FileNotFoundError):
-            os.remove(self._hold_path(manifest, holder))
+        path = self._hold_path(manifest, holder)
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise RepositoryError(f"cannot remove the stale hold {path}: {exc.strerror}") from exc
 
     def _hold_path(self, manifest: BackupManifest, holder: str) -> str:
         directory = self.backup_dir(manifest.vm_uuid, manifest.backup_id)

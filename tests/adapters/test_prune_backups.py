@@ -5,6 +5,7 @@ every journaled step of a prune (as kill -9 would) is finished by recover."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -290,3 +291,38 @@ def test_a_prune_and_a_restore_of_one_vms_backups_never_overlap(
             pass
     assert not list(into.iterdir())
     assert [m.backup_id for m in repo.backups(VM)] == list(made)
+
+
+def test_a_read_only_repository_is_verified_and_restored_but_never_written(
+    tmp_path: Path, lab: Lab, ctx: OpContext
+) -> None:
+    """A repository mounted read-only (a WORM share, a write-protected disk): verify is
+    clean, a restore (thin too: no hold can be written, and no prune through this mount
+    can change it) reads exactly its group; an export or a prune fails cleanly (SYS.1006)
+    with the filesystem's reason."""
+    writable, mount = tmp_path / "repo", tmp_path / "ro"
+    made = _chain_of_four(lab, BackupRepo(str(writable)))
+    mount.mkdir()
+    subprocess.run(["mount", "--bind", str(writable), str(mount)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True)
+        repo = BackupRepo(str(mount))
+        assert verify_backups(lab.images, repo).clean
+        for keep_chain in (False, True):
+            into = tmp_path / f"out-{keep_chain}"
+            into.mkdir()
+            newest = list(made)[-1]
+            done = restore.restore(
+                ctx, newest, source=repo.root, to_dir=str(into), keep_chain=keep_chain
+            )
+            for i, vol in enumerate(VOLS):
+                view = Path(lab.files[made[newest]][vol])
+                assert same_view(Path(done.files[f"vd{'ab'[i]}"]), view)
+        lab.take(5, 4, 0x50)
+        with pytest.raises(OperationError, match="Read-only file system"):
+            export_group(lab, repo, gid(5))
+        with pytest.raises(OperationError, match="Read-only file system"):
+            prune_backups(ctx, at=repo.root, vm=VM, keep=1)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    assert [m.backup_id for m in BackupRepo(str(writable)).backups(VM)] == list(made)
