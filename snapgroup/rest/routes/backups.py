@@ -234,7 +234,8 @@ def repository_action(
                 _backup(svc, at, backup_id)  # one with a damaged manifest: its finding
             return lambda: engine.verify_backup(at=at, backup_id=backup_id).to_dict()
         prune = body.pruneBackups
-        vm_uuids(engine.backups(at=at), prune.vm)  # one VM's backups, or 404 / 400 now
+        (vm_uuid,) = vm_uuids(engine.backups(at=at), prune.vm)  # one VM's, or 404 / 400
+        prechecks.vm_idle(engine, vm_uuid)  # queued behind the VM's exports, as they are
         return lambda: engine.prune_backups(at=at, vm=prune.vm, keep=prune.keep).to_dict()
 
     kind = "verify-backups" if isinstance(body, VerifyAction) else "prune-backups"
