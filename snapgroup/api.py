@@ -16,7 +16,7 @@ from snapgroup.domain.backup_manifest import BackupManifest, DamagedBackup
 from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.inventory import DeleteReport, DeleteResult, Group, VolumeView
 from snapgroup.domain.models import DeleteMode
-from snapgroup.domain.retention import Policy
+from snapgroup.domain.retention import AutoGroup, Policy, VmRef
 from snapgroup.domain.zquery import Query
 from snapgroup.ops import autosnap as autosnap_ops
 from snapgroup.ops import (
@@ -26,6 +26,7 @@ from snapgroup.ops import (
     delete,
     delete_snapshot,
     export,
+    prune_backups,
     queries,
     restore,
     revert,
@@ -48,8 +49,8 @@ from snapgroup.ops.context import new_uuid as random_uuid
 from snapgroup.ops.context import utcnow as now_utc
 from snapgroup.ops.creating import MAX_CHAIN_DEPTH
 from snapgroup.ops.delete_plan import DeletePlan
-from snapgroup.ops.export import PruneReport
 from snapgroup.ops.journal import Journal
+from snapgroup.ops.prune_backups import PruneReport
 from snapgroup.ops.queries import GroupPage
 from snapgroup.ops.recovery import recover_pending
 from snapgroup.ops.restore import Restored
@@ -101,6 +102,16 @@ def open_engine(
         lock_wait=lock_wait,
         clock=test_clock() or now_utc,
     )
+
+
+def _policy_export(ctx: OpContext, vm: VmRef, group: AutoGroup, record: PolicyRecord) -> None:
+    """A snapshot policy's export (autosnap_port.ExportFn): the group just taken to the
+    policy's repository, then that VM's backups there pruned to export_keep (if set)."""
+    if not record.export_to:
+        return
+    export.export(ctx, group.uuid, to=record.export_to, compress=record.export_compress)
+    if record.export_keep:
+        prune_backups.prune_backups(ctx, at=record.export_to, vm=vm.uuid, keep=record.export_keep)
 
 
 class _FromContext:
@@ -168,7 +179,7 @@ class Engine:
             backup_store=backup_store,
         )
         # A policy with export_to exports each group it takes (then prunes to export_keep).
-        self.policy_export = export.policy_export
+        self.policy_export = _policy_export
 
     # Groups
     def create(
@@ -329,7 +340,7 @@ class Engine:
         )
 
     def prune_backups(self, *, at: str, vm: str, keep: int) -> PruneReport:
-        return export.prune_backups(self.ctx, at=at, vm=vm, keep=keep)
+        return prune_backups.prune_backups(self.ctx, at=at, vm=vm, keep=keep)
 
     # Metadata against reality, and the journal
     def sync(self, vm: str | None = None, *, deep: bool = True) -> list[Change]:

@@ -7,6 +7,24 @@ A use case never imports another. Importing this package imports every module th
 registers a journal kind's recovery (recovery.recovers), so the registry is full
 whichever use case runs first."""
 
-from snapgroup.ops import clone, creating, delete, delete_snapshot, export, restore, revert
+from snapgroup.ops import (
+    clone,
+    creating,
+    delete,
+    delete_snapshot,
+    export,
+    prune_backups,
+    restore,
+    revert,
+)
 
-__all__ = ["clone", "creating", "delete", "delete_snapshot", "export", "restore", "revert"]
+__all__ = [
+    "clone",
+    "creating",
+    "delete",
+    "delete_snapshot",
+    "export",
+    "prune_backups",
+    "restore",
+    "revert",
+]

@@ -18,8 +18,8 @@ from snapgroup.infra.locks import backups_lock, vm_lock
 from snapgroup.ops import export, journal, restore
 from snapgroup.ops.backing_up import export_group, restore_to_dir, verify_backups
 from snapgroup.ops.context import OpContext
-from snapgroup.ops.export import prune_backups
 from snapgroup.ops.journal import DONE
+from snapgroup.ops.prune_backups import prune_backups
 from snapgroup.ops.recovery import recover_pending
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
@@ -139,7 +139,7 @@ def test_a_repository_that_is_not_there_is_not_found(ctx: OpContext, tmp_path: P
         lambda: export.backups(ctx, at=missing),
         lambda: export.verify_backup(ctx, at=missing),
         lambda: restore.restore(ctx, backup, source=missing, to_dir=str(tmp_path / "out")),
-        lambda: export.prune_backups(ctx, at=missing, vm="vm1", keep=1),
+        lambda: prune_backups(ctx, at=missing, vm="vm1", keep=1),
     ):
         with pytest.raises(NotFound, match=f"no backup repository at {missing}"):
             call()
