@@ -279,8 +279,8 @@ class BackupRepo:
     def hold(self, manifest: BackupManifest, holder: str, files: Sequence[str]) -> None:
         """`<backup-dir>/hold-<holder>.json`: these files read this backup's. Beside the
         manifest, so it goes with the backup's directory (a prune removes it only once
-        the hold is found stale). None on a read-only repository, which no prune
-        through this mount can change."""
+        the hold is found stale). Nothing is recorded on a read-only repository: no
+        prune through this mount can change it."""
         path = self._hold_path(manifest, holder)
         try:
             _write_atomic(path, json.dumps({"files": list(files)}, indent=2) + "\n")
