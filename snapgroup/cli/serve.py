@@ -7,14 +7,13 @@ import argparse
 import ipaddress
 import logging
 import os
-import re
 from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.domain.errors import InvalidArgument
+from snapgroup.domain.validate import is_short_name
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
-REPOSITORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def register(sub: Any) -> None:
@@ -62,7 +61,7 @@ def parse_repositories(specs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for spec in specs:
         name, sep, directory = spec.partition("=")
-        if not sep or not REPOSITORY_NAME.fullmatch(name):
+        if not sep or not is_short_name(name):
             raise InvalidArgument(
                 f"--backup-repo {spec!r}: NAME=DIR, NAME of letters, digits, '.', '_', '-'"
             )

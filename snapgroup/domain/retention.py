@@ -18,7 +18,6 @@ reads are never pruned (they still fill the buckets they fall in).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from snapgroup.domain.errors import InvalidArgument
+from snapgroup.domain.validate import is_short_name
 
 # Finest first: the name of a group that takes several slots carries the coarsest.
 LABELS = ("frequent", "hourly", "daily", "weekly", "monthly")
@@ -35,7 +35,6 @@ _FIXED_MINUTES = {"hourly": 60, "daily": 1440, "weekly": 10080}
 _WEEK_SHIFT = 3 * 1440
 CONSISTENCIES = ("auto", "application", "crash")
 NAME_PREFIX = "auto-"
-_POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class SlotKind(NamedTuple):
@@ -143,7 +142,7 @@ def combined_min_free(policies: Iterable[Policy]) -> float | None:
 
 def validate_policy(policy: Policy) -> None:
     """Raise InvalidArgument unless the policy can be stored and run."""
-    if not _POLICY_NAME.fullmatch(policy.name):
+    if not is_short_name(policy.name):
         raise InvalidArgument(
             f"policy name {policy.name!r}: 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

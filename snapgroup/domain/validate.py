@@ -9,6 +9,10 @@ from snapgroup.domain.errors import InvalidArgument
 
 NAME_MAX = 255
 DESCRIPTION_MAX = 2048
+# A short name a path or an option may carry: a policy's, a served backup repository's.
+SHORT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+SHORT_NAME_PATTERN = f"^{SHORT_NAME}$"  # as an OpenAPI pattern
+_SHORT_NAME = re.compile(SHORT_NAME)
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _DASHED = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -21,6 +25,10 @@ def parse_uuid(value: str, what: str = "uuid") -> str:
     if not _HEX32.match(text):
         raise InvalidArgument(f"{what} {value!r} is not a UUID (32 hex digits, dashes optional)")
     return text
+
+
+def is_short_name(value: str) -> bool:
+    return _SHORT_NAME.fullmatch(value) is not None
 
 
 def looks_like_uuid(value: str) -> bool:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from snapgroup.domain.backup_manifest import BackupManifest
 from snapgroup.domain.errors import NotFound
-from snapgroup.domain.validate import NAME_MAX, parse_uuid, validate_name
+from snapgroup.domain.validate import NAME_MAX, SHORT_NAME_PATTERN, parse_uuid, validate_name
 from snapgroup.ops.backing_up import vm_uuids
 from snapgroup.rest import prechecks
 from snapgroup.rest.jobs import Work
@@ -28,8 +28,7 @@ from snapgroup.rest.services import Services, services
 
 router = APIRouter(tags=["backups"], dependencies=[AUTH])
 ServicesDep = Annotated[Services, Depends(services)]
-REPOSITORY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-RepositoryName = Annotated[str, Path(pattern=REPOSITORY_NAME)]
+RepositoryName = Annotated[str, Path(pattern=SHORT_NAME_PATTERN)]
 BackupId = Annotated[str, Path(pattern=UUID_PATTERN)]
 REPOSITORIES = "/snapgroup/backup-repositories"
 OPERATION = documented(202, Location, 400, 401, 404, 409)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.retention import CONSISTENCIES, Policy, Retention
+from snapgroup.domain.validate import SHORT_NAME_PATTERN
 from snapgroup.ops.policies import record_json
 from snapgroup.rest.routes.common import AUTH, documented
 from snapgroup.rest.schemas import StrictBody
@@ -19,7 +20,7 @@ from snapgroup.rest.services import Services, services
 
 router = APIRouter(tags=["snapshot policies"], dependencies=[AUTH])
 ServicesDep = Annotated[Services, Depends(services)]
-POLICY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+POLICY_NAME = SHORT_NAME_PATTERN
 
 
 class PolicyParams(StrictBody):
