@@ -203,6 +203,11 @@ class BackupStore(Protocol):
 
     def file(self, manifest: BackupManifest, volume_uuid: str) -> str: ...
 
+    def member_file(self, vm_uuid: str, backup_id: str, volume_uuid: str) -> str:
+        """A disk's file in backup `backup_id` of the VM: a member of another backup's
+        chain, or a backup whose manifest is set aside (file() needs the manifest)."""
+        ...
+
     def backups(self, vm_uuid: str | None = None) -> list[BackupManifest]:
         """Complete backups with a readable manifest, oldest first."""
         ...

@@ -105,9 +105,10 @@ class BackupRepo:
         return os.path.join(self.vm_dir(vm_uuid), _uuid(backup_id, "backup id"))
 
     def file(self, manifest: BackupManifest, volume_uuid: str) -> str:
-        return os.path.join(
-            self.backup_dir(manifest.vm_uuid, manifest.backup_id), disk_file(volume_uuid)
-        )
+        return self.member_file(manifest.vm_uuid, manifest.backup_id, volume_uuid)
+
+    def member_file(self, vm_uuid: str, backup_id: str, volume_uuid: str) -> str:
+        return os.path.join(self.backup_dir(vm_uuid, backup_id), disk_file(volume_uuid))
 
     # reading ----------------------------------------------------------------------------
 

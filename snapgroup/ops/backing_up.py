@@ -209,8 +209,7 @@ def _increment(
     # cost more than the increment (1 GiB base: 2 s for a 40 MiB increment). Content is
     # verify-backup's and restore's to check; both read every file's SHA-256.
     for member in base.disk(disk.volume_uuid).chain:
-        path = f"{repo.root}/{base.vm_uuid}/{member}/{disk_file(disk.volume_uuid)}"
-        if not repo.exists(path):
+        if not repo.exists(repo.member_file(base.vm_uuid, member, disk.volume_uuid)):
             return [], f"base backup {member}'s file of this disk is missing"
     base_file = repo.file(base, disk.volume_uuid)
     if repo.size(base_file) != base.disk(disk.volume_uuid).bytes_written:
@@ -383,8 +382,7 @@ def present_backup(images: ImageTool, repo: BackupStore, backup_id: str) -> Back
         return restorable(images, repo, backup_id)
     for d in manifest.disks:
         for member in d.chain:
-            path = f"{repo.root}/{manifest.vm_uuid}/{member}/{disk_file(d.volume_uuid)}"
-            if not repo.exists(path):
+            if not repo.exists(repo.member_file(manifest.vm_uuid, member, d.volume_uuid)):
                 return restorable(images, repo, backup_id)
     return manifest
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-from snapgroup.domain.backup_manifest import PIECE_SIZE, BackupManifest, backing_name, disk_file
+from snapgroup.domain.backup_manifest import PIECE_SIZE, BackupManifest, backing_name
 from snapgroup.domain.errors import InvalidArgument, OperationError, SnapgroupError
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.planner import merge_room
@@ -184,10 +184,10 @@ def _check_room(
         mine = store.file(b, disk["volume"])
         written = ctx.images.chain(mine, shared=True)[0]
         for other in disk["others"]:
-            other_file = os.path.join(store.root, b.vm_uuid, other, disk_file(disk["volume"]))
+            other_file = store.member_file(b.vm_uuid, other, disk["volume"])
             need += merge_room(store.size(mine), ctx.images.chain(other_file, shared=True)[0])
         if disk["main"] is not None:
-            main = os.path.join(store.root, b.vm_uuid, disk["main"], disk_file(disk["volume"]))
+            main = store.member_file(b.vm_uuid, disk["main"], disk["volume"])
             need += merge_room(store.size(main), written)
     free = ctx.images.free_bytes(store.root)
     if need > free:
@@ -205,7 +205,7 @@ def _finish_merge(
     vm = b.vm_uuid
 
     def path(backup_id: str, volume: str) -> str:
-        return os.path.join(store.root, vm, backup_id, f"{volume}.qcow2")
+        return store.member_file(vm, backup_id, volume)
 
     changed: set[tuple[str, str]] = set()  # (backup, volume) files whose bytes changed
     for disk in plan["disks"]:
