@@ -307,10 +307,13 @@ class Engine:
         )
 
     def backups(self, *, at: str, vm: str | None = None) -> list[BackupManifest]:
-        return export.backups(self.ctx, at=at, vm=vm)
+        return export.scan_backups(self.ctx, at=at, vm=vm)[0]
 
-    def damaged_backups(self, *, at: str, vm: str | None = None) -> list[DamagedBackup]:
-        return export.damaged_backups(self.ctx, at=at, vm=vm)
+    def scan_backups(
+        self, *, at: str, vm: str | None = None
+    ) -> tuple[list[BackupManifest], list[DamagedBackup]]:
+        """backups(), and the backups not listed: their manifest unreadable or gone."""
+        return export.scan_backups(self.ctx, at=at, vm=vm)
 
     def verify_backup(self, *, at: str, backup_id: str | None = None) -> VerifyReport:
         return export.verify_backup(self.ctx, at=at, backup_id=backup_id)

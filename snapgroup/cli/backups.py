@@ -23,8 +23,7 @@ def _base(m: BackupManifest) -> str | None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    found = ctx.engine.backups(at=args.at, vm=args.vm)
-    damaged = ctx.engine.damaged_backups(at=args.at, vm=args.vm)
+    found, damaged = ctx.engine.scan_backups(at=args.at, vm=args.vm)
     if ctx.as_json:
         doc = {"backups": [m.summary() for m in found], "damaged": [d.to_dict() for d in damaged]}
         print_json(doc, ctx.out)

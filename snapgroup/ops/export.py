@@ -195,25 +195,17 @@ def recover_export(ctx: OpContext, op: str, plan: dict[str, Any], _domain: Domai
     ctx.journal.close(op, DONE, detail=f"backup {plan['backup_id']} was published")
 
 
-def backups(ctx: OpContext, *, at: str, vm: str | None = None) -> list[BackupManifest]:
-    """The repository's complete backups (of one VM: its name or UUID), oldest first."""
-    store = open_store(ctx, at)
-    every = store.backups()
+def scan_backups(
+    ctx: OpContext, *, at: str, vm: str | None = None
+) -> tuple[list[BackupManifest], list[DamagedBackup]]:
+    """The repository's complete backups, oldest first, and the backup directories whose
+    manifest is unreadable or gone (not listed), in one read of the manifests; of one VM
+    (its name or UUID; NotFound when it has no readable backup there)."""
+    listed, damaged = open_store(ctx, at).scan()
     if vm is None:
-        return every
-    return [m for m in every if m.vm_uuid in vm_uuids(every, vm)]
-
-
-def damaged_backups(ctx: OpContext, *, at: str, vm: str | None = None) -> list[DamagedBackup]:
-    """The repository's backup directories whose manifest is unreadable or gone (of one
-    VM: its UUID, or a name its readable backups give): `backups` does not list them."""
-    store = open_store(ctx, at)
-    listed, damaged = store.scan()
-    if vm is None:
-        return damaged
-    key = vm.replace("-", "").lower()
-    names = {m.vm_uuid for m in listed if m.vm_name == vm}
-    return [d for d in damaged if d.vm_uuid == key or d.vm_uuid in names]
+        return listed, damaged
+    uuids = vm_uuids(listed, vm)
+    return [m for m in listed if m.vm_uuid in uuids], [d for d in damaged if d.vm_uuid in uuids]
 
 
 def verify_backup(ctx: OpContext, *, at: str, backup_id: str | None = None) -> VerifyReport:

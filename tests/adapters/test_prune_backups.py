@@ -136,7 +136,7 @@ def test_a_repository_that_is_not_there_is_not_found(ctx: OpContext, tmp_path: P
     missing = str(tmp_path / "no-such-repository")
     backup = "1" * 32
     for call in (
-        lambda: export.backups(ctx, at=missing),
+        lambda: export.scan_backups(ctx, at=missing),
         lambda: export.verify_backup(ctx, at=missing),
         lambda: restore.restore(ctx, backup, source=missing, to_dir=str(tmp_path / "out")),
         lambda: prune_backups(ctx, at=missing, vm="vm1", keep=1),
@@ -167,8 +167,12 @@ def test_a_damaged_manifest_is_named_never_stops_an_export_and_stops_a_prune(
     assert [m.backup_id for m in listed] == [b1, b3, b4]
     assert [(d.backup_id, d.vm_uuid) for d in damaged] == [(b2, VM)]
     assert ("missing" if damage == "missing" else "not JSON") in damaged[0].problem
-    assert [d.backup_id for d in export.damaged_backups(ctx, at=repo.root)] == [b2]
-    assert [d.backup_id for d in export.damaged_backups(ctx, at=repo.root, vm="vm")] == [b2]
+    assert [d.backup_id for d in export.scan_backups(ctx, at=repo.root)[1]] == [b2]
+    by_name = export.scan_backups(ctx, at=repo.root, vm="vm")
+    assert [[m.backup_id for m in by_name[0]], [d.backup_id for d in by_name[1]]] == [
+        [b1, b3, b4],
+        [b2],
+    ]
 
     lab.take(5, 4, 0x50)
     new = export_group(lab, repo, gid(5)).manifest

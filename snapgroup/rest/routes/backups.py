@@ -154,8 +154,7 @@ def list_backups(
     vm: Annotated[str | None, Query(max_length=255, description="a VM's name or UUID")] = None,
 ) -> dict[str, Any]:
     at = svc.repository(repository)
-    found = svc.engine.backups(at=at, vm=vm)
-    damaged = svc.engine.damaged_backups(at=at, vm=vm)
+    found, damaged = svc.engine.scan_backups(at=at, vm=vm)
     return {"backups": [m.summary() for m in found], "damaged": [d.to_dict() for d in damaged]}
 
 
@@ -228,9 +227,11 @@ def repository_action(
         engine = svc.engine
         if isinstance(body, VerifyAction):
             backup_id = body.verifyBackups.backupId
-            damaged = {d.backup_id for d in engine.damaged_backups(at=at)}
-            if backup_id is not None and backup_id.replace("-", "").lower() not in damaged:
-                _backup(svc, at, backup_id)  # one with a damaged manifest: its finding
+            if backup_id is not None:  # one with a damaged manifest too: its finding
+                listed, damaged = engine.scan_backups(at=at)
+                wanted = parse_uuid(backup_id, "backup id")
+                if wanted not in {m.backup_id for m in listed} | {d.backup_id for d in damaged}:
+                    raise NotFound(f"no backup {wanted} in the repository at {at}")
             return lambda: engine.verify_backup(at=at, backup_id=backup_id).to_dict()
         prune = body.pruneBackups
         (vm_uuid,) = vm_uuids(engine.backups(at=at), prune.vm)  # one VM's, or 404 / 400
