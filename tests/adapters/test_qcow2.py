@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -109,8 +110,13 @@ def test_unhandled_chains_are_left_to_qemu_img(tmp_path: Path) -> None:
     sh("qemu-img", "rebase", "-u", "-F", "qcow2", "-b", b, a)  # a loop
     assert qcow2.read_chain(str(b)) is None
     enc = tmp_path / "enc.qcow2"
-    sh(
+    create = [
         "qemu-img", "create", "-q", "--object", "secret,id=s0,data=pw", "-f", "qcow2",
-        "-o", "encrypt.format=luks,encrypt.key-secret=s0", enc, "8M",
-    )  # fmt: skip
+        "-o", "encrypt.format=luks,encrypt.key-secret=s0", str(enc), "8M",
+    ]  # fmt: skip
+    for _ in range(5):  # LUKS times its key derivation: a loaded host can fail that
+        done = subprocess.run(create, capture_output=True, text=True, check=False)
+        if "accurate CPU usage" not in done.stderr:
+            break
+    assert done.returncode == 0, done.stderr
     assert qcow2.read_chain(str(enc)) is None
