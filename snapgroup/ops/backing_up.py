@@ -233,8 +233,13 @@ class FileFinding:
 
     @property
     def name(self) -> str:
-        """`<backup>/<volume>.qcow2` or `<backup>/manifest.json`."""
-        return f"{self.backup_id}/{disk_file(self.volume_uuid) if self.volume_uuid else MANIFEST}"
+        return finding_name(self.backup_id, self.volume_uuid)
+
+
+def finding_name(backup_id: str, volume_uuid: str | None) -> str:
+    """`<backup>/<volume>.qcow2`, or `<backup>/manifest.json` for None: how a report
+    names a bad file."""
+    return f"{backup_id}/{disk_file(volume_uuid) if volume_uuid else MANIFEST}"
 
 
 @dataclass(frozen=True)
@@ -317,14 +322,15 @@ def verify_backups(
                     findings.append(FileFinding(*key, problem))
     bad_files = [(f.backup_id, f.volume_uuid) for f in findings if f.volume_uuid is not None]
     broken = {
-        b: {f"{x}/{disk_file(v)}" for x, v in files}
+        b: {finding_name(x, v) for x, v in files}
         for b, files in broken_backups(everything, bad_files).items()
     }
     for d in damaged.values():  # itself, and every backup reading through it
-        broken.setdefault(d.backup_id, set()).add(f"{d.backup_id}/{MANIFEST}")
+        manifest = finding_name(d.backup_id, None)
+        broken.setdefault(d.backup_id, set()).add(manifest)
         for m in everything:
             if reads_through(m, {d.backup_id}):
-                broken.setdefault(m.backup_id, set()).add(f"{d.backup_id}/{MANIFEST}")
+                broken.setdefault(m.backup_id, set()).add(manifest)
     return VerifyReport(
         checked=tuple(m.backup_id for m in wanted) + tuple(sorted(damaged)),
         findings=tuple(findings),
