@@ -3,12 +3,20 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# snapgroup files/extract/mount: libguestfs's appliance reads guest filesystems
+# (python3-guestfs, run by Debian's python3: adapters/guestfs_agent.py), guestmount for
+# mount, libguestfs-xfs for XFS in the appliance, libguestfs-tools for
+# libguestfs-make-fixed-appliance (make appliance) and guestfish (the bench's baseline).
+FILES_PACKAGES := python3-guestfs guestmount libguestfs-xfs libguestfs-tools
 DEB_PACKAGES := qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-clients \
-	libvirt-dev pkg-config busybox-static qemu-guest-agent e2fsprogs postgresql
+	libvirt-dev pkg-config busybox-static qemu-guest-agent e2fsprogs postgresql \
+	$(FILES_PACKAGES)
+# Where `make appliance` puts it; the adapter reads SNAPGROUP_APPLIANCE, same default.
+APPLIANCE ?= /var/lib/snapgroup/appliance
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
-.PHONY: all deps daemons postgres guest demo test unit lab lint typecheck bench consistency clean
+.PHONY: all deps daemons postgres guest appliance demo test unit lab lint typecheck bench consistency clean
 
 all: test
 
@@ -53,7 +61,12 @@ PG_ENV = SNAPGROUP_TEST_PG_URL="$${SNAPGROUP_TEST_PG_URL:-$$(cat build/postgres.
 guest: $(STAMP_DEB)
 	$(PY) lab/build_guest.py --out build/guest
 
-demo: deps daemons guest
+# The file browser's appliance: a fixed libguestfs appliance on the Debian cloud kernel
+# (lab/build_appliance.py). Idempotent.
+appliance: $(STAMP_DEB)
+	$(PY) lab/build_appliance.py --out $(APPLIANCE)
+
+demo: deps daemons guest appliance
 	$(BIN)/python lab/demo.py
 
 # Cross-disk ordering under load: 200 groups per mode of the running lab guest's writer
@@ -63,7 +76,7 @@ consistency: deps daemons guest
 
 # snapgroup next to virsh / qemu-img, ratios pair by pair (bench/run.py): prints the table,
 # writes bench/results.json. BENCH_ARGS="--only create-live --runs 3" or "--quick".
-bench: deps daemons guest
+bench: deps daemons guest appliance
 	@# virtnbdbackup: the backup bench's baseline only (not a dependency of snapgroup)
 	@dpkg-query -W -f='$${Status}' virtnbdbackup 2>/dev/null | grep -q "install ok installed" || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q virtnbdbackup; }
@@ -80,7 +93,7 @@ typecheck: deps
 unit: deps postgres
 	$(PG_ENV) $(BIN)/pytest -q -m "not lab"
 
-test: deps daemons guest postgres
+test: deps daemons guest appliance postgres
 	$(BIN)/ruff check snapgroup tests lab bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
