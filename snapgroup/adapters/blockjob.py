@@ -1,7 +1,7 @@
 """Waiting on a disk's block job (a commit): polling it to the end, pivoting an active
 commit once ready, then waiting for the domain XML to show the result. Written against
-JobControl, which libvirt_hv.py implements on one libvirt domain (this module does not
-import libvirt)."""
+JobControl, which libvirt_hv/blockjobs.py implements on one libvirt domain (this module
+does not import libvirt)."""
 
 from __future__ import annotations
 

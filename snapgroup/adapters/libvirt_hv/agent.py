@@ -1,0 +1,44 @@
+"""Guest-agent verbs (application consistency): the guest's filesystems listed, frozen,
+thawed, each request bounded by a timeout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import libvirt
+
+from snapgroup.adapters.libvirt_hv.connection import LibvirtConnection
+from snapgroup.domain.models import FreezeResult
+
+
+class GuestAgent(LibvirtConnection):
+    def _agent_call(self, vm_uuid: str, timeout: int | None, call: Callable[[Any], Any]) -> Any:
+        """One guest-agent request through libvirt. libvirt's own default is to wait for
+        the agent forever: `timeout` (seconds) bounds it, and is reset afterwards."""
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            if timeout is None:
+                return call(dom)
+            dom.agentSetResponseTimeout(timeout, 0)
+            try:
+                return call(dom)
+            finally:
+                dom.agentSetResponseTimeout(libvirt.VIR_DOMAIN_AGENT_RESPONSE_TIMEOUT_DEFAULT, 0)
+
+    def guest_filesystems(self, vm_uuid: str, *, timeout: int | None = None) -> tuple[str, ...]:
+        """Mountpoints of the guest's filesystems (virDomainGetFSInfo: guest-get-fsinfo),
+        the same list the agent's fsfreeze walks."""
+        info = self._agent_call(vm_uuid, timeout, lambda dom: dom.fsInfo(0))
+        return tuple(str(entry[0]) for entry in info or ())
+
+    def freeze(self, vm_uuid: str, *, timeout: int | None = None) -> FreezeResult:
+        """fsfreeze every guest filesystem through the guest agent (virDomainFSFreeze with
+        no mountpoints: all of them)."""
+        count = self._agent_call(vm_uuid, timeout, lambda dom: dom.fsFreeze(None, 0))
+        return FreezeResult(count=int(count))
+
+    def thaw(self, vm_uuid: str, *, timeout: int | None = None) -> int:
+        """Thaw every frozen guest filesystem; returns how many were thawed (0 when none
+        was frozen: thawing is always safe)."""
+        return int(self._agent_call(vm_uuid, timeout, lambda dom: dom.fsThaw(None, 0)))
