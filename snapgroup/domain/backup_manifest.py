@@ -9,17 +9,20 @@ the others are increments.
 
 Reading a manifest validates it completely: a repository may sit on a shared mount and
 its files may be damaged or edited, and every name in it becomes part of a path.
+A VM's backups taken together (what a bad file breaks, an increment's base) are
+backup_chains.py's.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from snapgroup.domain.errors import InvalidArgument, OperationError
+from snapgroup.domain.json_reader import JsonReader, as_str
 
 FORMAT = "snapgroup-backup"
 # 2: a disk's sha256 may be over pieces (sha256PieceSize); 1 is still read.
@@ -193,7 +196,7 @@ def parse_manifest(text: str | bytes, *, where: str = "manifest") -> BackupManif
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"{where}: not JSON: {exc}") from exc
-    r = _Reader(doc, where)
+    r = JsonReader(doc, where)
     if r.str_("format") != FORMAT:
         raise InvalidArgument(f"{where}: not a snapgroup backup manifest")
     version = r.int_("formatVersion")
@@ -205,10 +208,11 @@ def parse_manifest(text: str | bytes, *, where: str = "manifest") -> BackupManif
     if version < 1:
         raise InvalidArgument(f"{where}: formatVersion {version} is not valid")
     backup_id = r.uuid("backupId")
-    vm = _Reader(r.obj("vm"), f"{where}: vm")
-    group = _Reader(r.obj("group"), f"{where}: group")
+    vm = JsonReader(r.obj("vm"), f"{where}: vm")
+    group = JsonReader(r.obj("group"), f"{where}: group")
     disks = tuple(
-        _disk(_Reader(d, f"{where}: disks[{i}]"), backup_id) for i, d in enumerate(r.list_("disks"))
+        _disk(JsonReader(d, f"{where}: disks[{i}]"), backup_id)
+        for i, d in enumerate(r.list_("disks"))
     )
     manifest = BackupManifest(
         backup_id=backup_id,
@@ -265,7 +269,7 @@ def check_manifest(m: BackupManifest, *, where: str = "manifest") -> None:
             )
 
 
-def _disk(r: _Reader, backup_id: str) -> DiskBackup:
+def _disk(r: JsonReader, backup_id: str) -> DiskBackup:
     volume_uuid = r.uuid("volumeUuid")
     # The file name is derived, never read: a manifest cannot point restore at a path.
     if r.str_("file") != disk_file(volume_uuid):
@@ -277,7 +281,7 @@ def _disk(r: _Reader, backup_id: str) -> DiskBackup:
         target=r.str_("target"),
         virtual_size=r.int_("virtualSize"),
         base_backup_id=base,
-        chain=tuple(_as_str(c, f"{r.where}: chain") for c in r.list_("chain")),
+        chain=tuple(as_str(c, f"{r.where}: chain") for c in r.list_("chain")),
         sha256=r.str_("sha256"),
         bytes_written=r.int_("bytesWritten"),
         sha256_piece=r.opt_int("sha256PieceSize"),
@@ -285,69 +289,7 @@ def _disk(r: _Reader, backup_id: str) -> DiskBackup:
     )
 
 
-def _as_str(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{where}: expected a string, got {type(value).__name__}")
-    return value
-
-
-class _Reader:
-    """Typed access to one JSON object; every miss is an InvalidArgument naming the key."""
-
-    def __init__(self, doc: object, where: str) -> None:
-        if not isinstance(doc, dict):
-            raise InvalidArgument(f"{where}: expected an object")
-        self.doc: dict[str, Any] = doc
-        self.where = where
-
-    def _get(self, key: str) -> object:
-        if key not in self.doc:
-            raise InvalidArgument(f"{self.where}: missing {key!r}")
-        return self.doc[key]
-
-    def str_(self, key: str) -> str:
-        return _as_str(self._get(key), f"{self.where}: {key}")
-
-    def opt_str(self, key: str) -> str | None:
-        value = self.doc.get(key)
-        return None if value is None else _as_str(value, f"{self.where}: {key}")
-
-    def uuid(self, key: str) -> str:
-        value = self.str_(key)
-        if not _UUID.fullmatch(value):
-            raise InvalidArgument(f"{self.where}: {key} {value!r} is not a 32-hex UUID")
-        return value
-
-    def int_(self, key: str) -> int:
-        value = self._get(key)
-        # bool is an int in Python; JSON true is no size.
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidArgument(f"{self.where}: {key} must be an integer")
-        return value
-
-    def opt_bool(self, key: str) -> bool:
-        value = self.doc.get(key, False)
-        if not isinstance(value, bool):
-            raise InvalidArgument(f"{self.where}: {key} must be true or false")
-        return value
-
-    def opt_int(self, key: str) -> int | None:
-        return None if self.doc.get(key) is None else self.int_(key)
-
-    def obj(self, key: str) -> dict[str, Any]:
-        value = self._get(key)
-        if not isinstance(value, dict):
-            raise InvalidArgument(f"{self.where}: {key} must be an object")
-        return value
-
-    def list_(self, key: str) -> list[Any]:
-        value = self._get(key)
-        if not isinstance(value, list):
-            raise InvalidArgument(f"{self.where}: {key} must be a list")
-        return value
-
-
-# What a damaged file breaks -------------------------------------------------------------
+# What a damaged manifest or file means ------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -363,11 +305,6 @@ class DamagedBackup:
         return {"backupId": self.backup_id, "vmInstanceUuid": self.vm_uuid, "problem": self.problem}
 
 
-def reads_through(m: BackupManifest, backup_ids: set[str]) -> bool:
-    """Whether any disk of `m` reads through (or is) one of `backup_ids`."""
-    return any(backup_ids.intersection(d.chain) for d in m.disks)
-
-
 @dataclass(frozen=True)
 class ImageCheck:
     """`qemu-img check` of one file by itself: corruptions make it unreadable, leaks only
@@ -380,32 +317,3 @@ class ImageCheck:
     @property
     def clean(self) -> bool:
         return self.corruptions == 0 and self.check_errors == 0
-
-
-def broken_backups(
-    manifests: Iterable[BackupManifest], bad: Iterable[tuple[str, str]]
-) -> dict[str, set[tuple[str, str]]]:
-    """Which backups a bad file breaks: `bad` holds (backup id, volume uuid) pairs whose
-    file is missing or damaged; each backup whose disk reads through one of them (its own
-    file or any in its chain) maps to the bad pairs it depends on."""
-    bad_set = set(bad)
-    broken: dict[str, set[tuple[str, str]]] = {}
-    for m in manifests:
-        for d in m.disks:
-            hits = {(b, d.volume_uuid) for b in d.chain if (b, d.volume_uuid) in bad_set}
-            if hits:
-                broken.setdefault(m.backup_id, set()).update(hits)
-    return broken
-
-
-def newest_base(
-    manifests: Iterable[BackupManifest], ancestors: Iterable[str]
-) -> BackupManifest | None:
-    """The base of an incremental export: the newest backup (by export time) whose group
-    is one of `ancestors` (the group uuids on the path from the exported group to its
-    tree's root, the group itself excluded). None: export full."""
-    wanted = set(ancestors)
-    candidates = [m for m in manifests if m.group_uuid in wanted]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda m: (m.created, m.backup_id))

@@ -56,6 +56,14 @@ class Busy(SnapgroupError):
     code = "SYS.1011"
     description = "the VM is busy with another operation"
 
+    @classmethod
+    def waited(cls, what: str, wait: float) -> Busy:
+        """`what` is in progress, after waiting `wait` seconds for it (0: not at all)."""
+        return cls(
+            f"{what} is in progress"
+            + (f" (waited {wait:g} s)" if wait else " (use --wait SECONDS)")
+        )
+
 
 class OperationError(SnapgroupError):
     """The request is valid but cannot be carried out in the current state."""

@@ -1,5 +1,7 @@
-"""Per-VM operation locks: flock(2) on a file named by the VM's UUID. The kernel drops a
-flock when its process dies, so a lock can never outlive its holder: no manual unlock."""
+"""Per-VM operation locks on one host: flock(2) on a file named by the VM's UUID. The
+kernel drops a flock when its process dies, so a lock can never outlive its holder: no
+manual unlock. A store on PostgreSQL holds them in the database instead (store/locks.py),
+so that they span hosts; FileLocks is the ports.VmLocks of a SQLite store."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from snapgroup.domain.errors import Busy
@@ -56,10 +58,7 @@ def _held(fd: int, what: str, wait: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise Busy(
-                        f"{what} is in progress"
-                        + (f" (waited {wait:g} s)" if wait else " (use --wait SECONDS)")
-                    ) from None
+                    raise Busy.waited(what, wait) from None
                 time.sleep(POLL_SECONDS)
         yield
     finally:
@@ -75,3 +74,22 @@ def try_vm_lock(vm_uuid: str) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+class FileLocks:
+    """ports.VmLocks on this host's lock directory."""
+
+    def vm(self, vm_uuid: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
+        return vm_lock(vm_uuid, wait=wait)
+
+    def backups(self, vm_uuid: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
+        return backups_lock(vm_uuid, wait=wait)
+
+    @contextmanager
+    def try_vm(self, vm_uuid: str) -> Iterator[bool]:
+        fd = try_vm_lock(vm_uuid)
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None:
+                os.close(fd)

@@ -14,7 +14,6 @@ from typing import Any
 from snapgroup.domain.errors import SnapgroupError
 from snapgroup.domain.retention import AutoGroup, Policy, Take, VmRef
 from snapgroup.infra import fs
-from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.consistency import Consistency
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.creating import create_locked
@@ -86,7 +85,7 @@ class EnginePort:
     def create(self, vm: VmRef, take: Take, *, consistency: str, wait: float) -> AutoGroup:
         ctx = replace(self.ctx, lock_wait=wait)
         ctx.check_owner(vm.uuid)
-        with vm_lock(vm.uuid, wait=wait):
+        with ctx.locks.vm(vm.uuid, wait=wait):
             domain = ctx.hv.lookup(vm.uuid)  # what it is now, under the lock
             group = create_locked(
                 ctx,

@@ -12,13 +12,11 @@ the real chain before they build on it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from snapgroup.domain.errors import NotFound
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.validate import parse_uuid
-from snapgroup.infra.locks import try_vm_lock
 from snapgroup.ops.availability_rules import Availability, availability, file_checker
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.resolve import lookup_or_none
@@ -54,12 +52,9 @@ def _synced_domain(ctx: OpContext, vm_uuid: str) -> DomainInfo | None:
     """The VM's domain after a sync. A query does not wait for a busy VM: when another
     operation holds its lock, the metadata is read as recorded."""
     domain = lookup_or_none(ctx, vm_uuid)
-    fd = try_vm_lock(vm_uuid)
-    if fd is None:
-        return domain
-    try:
+    with ctx.locks.try_vm(vm_uuid) as free:
+        if not free:
+            return domain
         domain = lookup_or_none(ctx, vm_uuid)  # what it is now, under the lock
         sync_locked(ctx, vm_uuid, domain)
         return domain
-    finally:
-        os.close(fd)

@@ -22,15 +22,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from snapgroup.domain.backup_chains import broken_backups, newest_base, reads_through
 from snapgroup.domain.backup_manifest import (
     MANIFEST,
     BackupManifest,
     DiskBackup,
     backing_name,
-    broken_backups,
     disk_file,
-    newest_base,
-    reads_through,
 )
 from snapgroup.domain.errors import (
     ImageToolError,

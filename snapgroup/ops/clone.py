@@ -23,7 +23,6 @@ from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError, S
 from snapgroup.domain.models import DomainInfo, VolumeType
 from snapgroup.domain.planner import volume_name
 from snapgroup.domain.validate import parse_uuid, validate_name
-from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.availability_rules import availability, file_checker
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, ROLLED_BACK
@@ -82,7 +81,7 @@ def clone(ctx: OpContext, group_uuid: str, *, name: str, start: bool = False) ->
     group = ctx.owned_group(uuid)
     # The original's lock: no delete may merge the snapshots away before the clone's
     # volumes (which pin them) are recorded.
-    with vm_lock(group.vm_uuid, wait=ctx.lock_wait):
+    with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
         made = _clone_locked(ctx, uuid, group.vm_uuid, name)
     if start:
         ctx.hv.start(made.uuid)

@@ -1,19 +1,21 @@
 """What every use case receives: the ports, the store, the journal, the clock, this
-host's name and the lock wait; and the ownership checks they all make."""
+host's name, the VM locks and the lock wait; and the ownership checks they all make."""
 
 from __future__ import annotations
 
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from snapgroup.domain.errors import NotFound, OperationError, SnapgroupError
 from snapgroup.infra.host import local_host
+from snapgroup.infra.locks import FileLocks
 from snapgroup.ops.consistency import FREEZE_TIMEOUT_S
 from snapgroup.ops.journal import Journal
-from snapgroup.ports import BackupStoreFactory, Clock, Hypervisor, ImageTool
+from snapgroup.ports import BackupStoreFactory, Clock, Hypervisor, ImageTool, VmLocks
 from snapgroup.store.db import Database
+from snapgroup.store.locks import AdvisoryLocks
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow, VolumeRow
 
@@ -39,6 +41,8 @@ class OpContext:
     freeze_timeout: int = FREEZE_TIMEOUT_S  # seconds per guest-agent request
     # Opens a backup repository (a directory) as the BackupStore port; None: no backups.
     backup_store: BackupStoreFactory | None = None
+    # One operation on a VM at a time: in the database when every host shares it.
+    locks: VmLocks = field(default_factory=FileLocks)
 
     @classmethod
     def make(
@@ -53,9 +57,13 @@ class OpContext:
         freeze_timeout: int = FREEZE_TIMEOUT_S,
         host: str | None = None,
         backup_store: BackupStoreFactory | None = None,
+        locks: VmLocks | None = None,
     ) -> OpContext:
-        """`host`: default snapgroup.infra.host.local_host()."""
+        """`host`: default snapgroup.infra.host.local_host(). `locks`: default the
+        database's advisory locks on PostgreSQL (they span hosts), else flock(2)."""
         host = host or local_host()
+        if locks is None:
+            locks = AdvisoryLocks(db) if db.is_postgresql else FileLocks()
         return cls(
             hv=hypervisor,
             images=images,
@@ -67,6 +75,7 @@ class OpContext:
             lock_wait=lock_wait,
             freeze_timeout=freeze_timeout,
             backup_store=backup_store,
+            locks=locks,
         )
 
     def check_owner(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.validate import parse_uuid, validate_description, validate_name
-from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.consistency import Consistency
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.creating import create_locked
@@ -31,7 +30,7 @@ def create(
     mode = Consistency.parse(consistency)
     group_uuid = parse_uuid(resource_uuid, "resourceUuid") if resource_uuid else ctx.new_uuid()
     domain = domain_of(ctx, vm=vm, root_volume_uuid=root_volume_uuid)
-    with vm_lock(domain.uuid, wait=ctx.lock_wait):
+    with ctx.locks.vm(domain.uuid, wait=ctx.lock_wait):
         domain = ctx.hv.lookup(domain.uuid)  # what it is now, under the lock
         return create_locked(
             ctx, domain, group_uuid, name, description, skip_unsupported=skip_unsupported, mode=mode

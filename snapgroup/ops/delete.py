@@ -21,7 +21,6 @@ from snapgroup.domain.planner import (
     plan_merge,
 )
 from snapgroup.domain.validate import parse_uuid
-from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.delete_plan import DeletePlan, plan_group_delete, protected_error
 from snapgroup.ops.journal import DONE
@@ -57,7 +56,7 @@ def delete(
     if group is None:
         return DeleteReport(uuid, ())  # idempotent, as in ZStack
     ctx.check_owner(group.vm_uuid)
-    with vm_lock(group.vm_uuid, wait=ctx.lock_wait):
+    with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
         return _delete_locked(ctx, uuid, group.vm_uuid, mode, progress)
 
 

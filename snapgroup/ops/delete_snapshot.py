@@ -15,7 +15,6 @@ from snapgroup.domain.inventory import DeleteResult
 from snapgroup.domain.models import DeleteMode, DomainInfo
 from snapgroup.domain.planner import apply_merge, plan_merge
 from snapgroup.domain.validate import parse_uuid
-from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.delete_plan import protected_error
 from snapgroup.ops.journal import DONE, FAILED
@@ -54,7 +53,7 @@ def delete_snapshot(
     if snapshot is None or volume is None:
         raise NotFound(f"volume snapshot {uuid} not found")
     ctx.check_owner(volume.vm_uuid)
-    with vm_lock(volume.vm_uuid, wait=ctx.lock_wait):
+    with ctx.locks.vm(volume.vm_uuid, wait=ctx.lock_wait):
         return _delete_locked(ctx, uuid, volume.vm_uuid, mode, progress)
 
 

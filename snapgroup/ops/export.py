@@ -21,7 +21,6 @@ from snapgroup.domain.errors import (
 from snapgroup.domain.inventory import zstack_date
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.validate import parse_uuid
-from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.backing_up import (
     EXPORT,
     ExportResult,
@@ -160,7 +159,7 @@ def export(
     group = ctx.owned_group(uuid)
     store = open_store(ctx, to, existing=False)
     # The VM's lock: no delete may merge away the files being read.
-    with vm_lock(group.vm_uuid, wait=ctx.lock_wait):
+    with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
         backup_id = ctx.new_uuid()
         plan = {"repo": store.root, "vm_uuid": group.vm_uuid, "backup_id": backup_id}
         op = ctx.journal.begin(EXPORT, group.vm_uuid, plan, group_uuid=uuid)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.validate import parse_uuid
-from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.group_views import load_groups
 from snapgroup.store.policy_repo import PolicyRepo
@@ -16,6 +15,6 @@ from snapgroup.store.repo import Repo
 def protect(ctx: OpContext, group_uuid: str, *, protected: bool = True) -> Group:
     uuid = parse_uuid(group_uuid, "group uuid")
     row = ctx.owned_group(uuid)
-    with vm_lock(row.vm_uuid, wait=ctx.lock_wait), ctx.db.transaction() as session:
+    with ctx.locks.vm(row.vm_uuid, wait=ctx.lock_wait), ctx.db.transaction() as session:
         PolicyRepo(session).set_protected(uuid, protected)
         return load_groups(Repo(session), [uuid])[0]

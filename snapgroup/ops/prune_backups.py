@@ -14,7 +14,6 @@ from snapgroup.domain.backup_manifest import PIECE_SIZE, BackupManifest, backing
 from snapgroup.domain.errors import InvalidArgument, OperationError, SnapgroupError
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.planner import merge_room
-from snapgroup.infra.locks import backups_lock, vm_lock
 from snapgroup.ops.backing_up import PRUNE, describe, open_store, verify_backups, vm_uuids
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, FAILED
@@ -45,7 +44,7 @@ def prune_backups(ctx: OpContext, *, at: str, vm: str, keep: int) -> PruneReport
         raise InvalidArgument("--keep must be at least 1")
     store = open_store(ctx, at)
     (vm_uuid,) = vm_uuids(store.backups(), vm)
-    with vm_lock(vm_uuid, wait=ctx.lock_wait):
+    with ctx.locks.vm(vm_uuid, wait=ctx.lock_wait):
         op = ctx.journal.begin(
             PRUNE, vm_uuid, {"repo": store.root, "vm_uuid": vm_uuid, "keep": keep}
         )
@@ -70,7 +69,7 @@ def recover_prune(ctx: OpContext, op: str, plan: dict[str, Any], _domain: Domain
 
 def _prune(ctx: OpContext, store: BackupStore, op: str, vm_uuid: str, keep: int) -> list[str]:
     # No restore of these backups reads them while they are merged.
-    with backups_lock(vm_uuid, wait=ctx.lock_wait):
+    with ctx.locks.backups(vm_uuid, wait=ctx.lock_wait):
         return _prune_held(ctx, store, op, vm_uuid, keep)
 
 

@@ -4,13 +4,11 @@ none of them (ops/__init__.py imports them all, which fills the registry)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from snapgroup.domain.errors import NotFound
 from snapgroup.domain.models import DomainInfo, VmState
-from snapgroup.infra.locks import try_vm_lock
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import FAILED, Journal
 from snapgroup.store.operations import OperationRepo
@@ -45,10 +43,9 @@ def recover_pending(ctx: OpContext) -> list[OperationRow]:
         pending = OperationRepo(session).unfinished(host=ctx.journal.host)
     recovered = []
     for row in pending:
-        fd = try_vm_lock(row.vm_uuid)
-        if fd is None:
-            continue
-        try:
+        with ctx.locks.try_vm(row.vm_uuid) as free:
+            if not free:
+                continue
             with ctx.db.transaction() as session:
                 fresh = OperationRepo(session).get(row.uuid)
             if fresh is None or fresh.state != "running":
@@ -57,8 +54,6 @@ def recover_pending(ctx: OpContext) -> list[OperationRow]:
             with ctx.db.transaction() as session:
                 after = OperationRepo(session).get(row.uuid)
             recovered.append(after or fresh)
-        finally:
-            os.close(fd)
     return recovered
 
 

@@ -17,7 +17,6 @@ from snapgroup.domain.errors import (
 )
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.validate import parse_uuid, validate_name
-from snapgroup.infra.locks import backups_lock, vm_lock
 from snapgroup.ops.backing_up import (
     RESTORE,
     describe,
@@ -106,8 +105,8 @@ def restore(
     }
     # backups_lock: no prune merges these files while they are read.
     with (
-        vm_lock(restore_id, wait=ctx.lock_wait),
-        backups_lock(manifest.vm_uuid, wait=ctx.lock_wait),
+        ctx.locks.vm(restore_id, wait=ctx.lock_wait),
+        ctx.locks.backups(manifest.vm_uuid, wait=ctx.lock_wait),
     ):
         op = ctx.journal.begin(RESTORE, restore_id, plan)
         # The checksums are read while the copies run (both read the same files, mostly

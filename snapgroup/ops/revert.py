@@ -31,7 +31,6 @@ from snapgroup.domain.errors import (
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.models import DomainInfo, VmState
 from snapgroup.domain.validate import NAME_MAX, parse_uuid
-from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.availability_rules import availability, file_checker
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.creating import create_locked
@@ -113,7 +112,7 @@ def revert(
     if wanted is not None and not wanted:
         raise InvalidArgument("--volumes names no volume")
     group = ctx.owned_group(uuid)
-    with vm_lock(group.vm_uuid, wait=ctx.lock_wait):
+    with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
         domain = _stopped_domain(ctx, group.vm_uuid, stop, stop_timeout)
         restores = _choose(ctx, uuid, domain, wanted)
         return _revert_locked(ctx, uuid, domain, restores, safety_group)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.recovery import recover_pending
 from snapgroup.ops.resolve import lookup_or_none, resolve_vm
@@ -26,6 +25,6 @@ def sync(ctx: OpContext, vm: str | None = None, *, deep: bool = True) -> list[Ch
             vm_uuids = sorted(repo.vm_uuids(host=host) | {g.vm_uuid for g in groups})
     changes: list[Change] = []
     for vm_uuid in vm_uuids:
-        with vm_lock(vm_uuid, wait=ctx.lock_wait):
+        with ctx.locks.vm(vm_uuid, wait=ctx.lock_wait):
             changes += sync_locked(ctx, vm_uuid, lookup_or_none(ctx, vm_uuid), deep=deep)
     return changes

@@ -6,7 +6,6 @@ from __future__ import annotations
 from snapgroup.domain.errors import NotFound
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.validate import parse_uuid
-from snapgroup.infra.locks import vm_lock
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.group_views import load_groups
 from snapgroup.store.repo import Repo
@@ -18,7 +17,7 @@ def ungroup(ctx: OpContext, group_uuid: str) -> Group:
     uuid = parse_uuid(group_uuid, "group uuid")
     row = ctx.owned_group(uuid)
     # Under the VM's lock: a revert or delete of this group may be reading its refs.
-    with vm_lock(row.vm_uuid, wait=ctx.lock_wait), ctx.db.transaction() as session:
+    with ctx.locks.vm(row.vm_uuid, wait=ctx.lock_wait), ctx.db.transaction() as session:
         repo = Repo(session)
         groups = load_groups(repo, [uuid])
         if not groups:

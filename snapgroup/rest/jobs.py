@@ -40,7 +40,8 @@ from snapgroup.domain.errors import (
     OperationError,
     SnapgroupError,
 )
-from snapgroup.infra.locks import POLL_SECONDS, try_vm_lock
+from snapgroup.infra.locks import POLL_SECONDS, FileLocks
+from snapgroup.ports import VmLocks
 from snapgroup.rest.status import FAILED_JOB
 from snapgroup.store.jobs import JobRecord, JobStore
 
@@ -121,6 +122,8 @@ class JobRegistry:
         self.owner = process_owner()
         self._store_factory: Callable[[], JobStore] | None = None
         self._store: JobStore | None = None
+        # What a job waits on for its VM's turn: the engine's (Services sets them).
+        self.locks: VmLocks = FileLocks()
 
     def attach(self, store_factory: Callable[[], JobStore]) -> None:
         """Keep jobs in the store `store_factory` opens (at first use)."""
@@ -216,10 +219,9 @@ class JobRegistry:
     def _wait_turn(self, job: Job, vm_uuid: str, deadline: float) -> None:
         """Until no operation holds the VM (Busy past the deadline)."""
         while True:
-            fd = try_vm_lock(vm_uuid)
-            if fd is not None:
-                os.close(fd)
-                return
+            with self.locks.try_vm(vm_uuid) as free:
+                if free:
+                    return
             if job.state != WAITING:
                 self._set_state(job, WAITING)
             if time.monotonic() >= deadline:

@@ -65,6 +65,7 @@ class Services:
         with self._lock:
             if self._engine is None:
                 self._engine = self._engine_factory()
+                self.jobs.locks = self._engine.ctx.locks  # a job waits on the engine's
             return self._engine
 
     @property

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 from sqlmodel import Session as Session  # re-exported: the type of a transaction
 from sqlmodel import SQLModel, create_engine
 
@@ -107,6 +108,23 @@ def _engine_for(url: URL, busy_ms: int) -> Engine:
     )
 
 
+# A lock connection's TCP keepalives, both ways: the server drops the session of a host
+# that vanished without closing its socket (power loss, cable) after ~idle + interval x
+# count seconds (25 s), and so its advisory locks (store/locks.py).
+_KEEPALIVE = {"idle": 10, "interval": 5, "count": 3}
+
+
+def _lock_engine(engine: Engine) -> Engine:
+    """Connections of their own, outside the pool: closing one ends its session."""
+    server = " ".join(f"-c tcp_keepalives_{k}={v}" for k, v in _KEEPALIVE.items())
+    client = {f"keepalives_{k}": v for k, v in _KEEPALIVE.items()}
+    return create_engine(
+        engine.url,
+        poolclass=NullPool,
+        connect_args={"options": f"-c timezone=UTC {server}", "keepalives": 1, **client},
+    )
+
+
 def _create_schema(engine: Engine) -> None:
     if engine.dialect.name == "postgresql":
         # Hosts sharing a store may open it at the same moment; CREATE TABLE races
@@ -161,6 +179,7 @@ class Database:
                 threading.Lock() if is_sqlite and not in_memory else None
             )
             self._reader: Connection | None = None
+            self._locker: Engine | None = None  # lock_connection's, made at first use
         except (SQLAlchemyError, OSError, ValueError, ImportError) as exc:  # ImportError: no driver
             raise StoreError(f"cannot open the metadata store {self._safe_url()}: {exc}") from exc
 
@@ -208,6 +227,22 @@ class Database:
             raise StoreError(f"metadata store error: {exc}") from exc
 
     @property
+    def is_postgresql(self) -> bool:
+        """A database server that every host of the store shares (its locks too)."""
+        return self._engine.dialect.name == "postgresql"
+
+    def lock_connection(self) -> Connection:
+        """A PostgreSQL connection of its own (not the pool's) for session-level advisory
+        locks (store/locks.py): the caller closes it, which ends its session and so
+        releases its locks, as the death of its process or host does."""
+        try:
+            if self._locker is None:
+                self._locker = _lock_engine(self._engine)
+            return self._locker.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"metadata store error: {exc}") from exc
+
+    @property
     def local_reads(self) -> bool:
         """Whether a read is a file read on this host (a SQLite file, its kept reader):
         tens of microseconds, no network round trip, so an event loop may make it."""
@@ -220,3 +255,5 @@ class Database:
                     self._reader.close()
                     self._reader = None
         self._engine.dispose()
+        if self._locker is not None:
+            self._locker.dispose()

@@ -19,11 +19,11 @@ import pytest
 
 from snapgroup.adapters.backup_repo import BackupRepo, file_problem, file_size, sha256_file
 from snapgroup.adapters.qemu_img import PROGRESS_END, QemuImg
+from snapgroup.domain.backup_chains import broken_backups
 from snapgroup.domain.backup_manifest import (
     BackupManifest,
     DiskBackup,
     backing_name,
-    broken_backups,
 )
 from snapgroup.domain.errors import ImageToolError, InvalidArgument, NotFound, OperationError
 from snapgroup.domain.models import BlockJobProgress

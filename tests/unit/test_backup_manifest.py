@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 
+from snapgroup.domain.backup_chains import broken_backups, newest_base
 from snapgroup.domain.backup_manifest import (
     FORMAT_VERSION,
     BackupManifest,
     DiskBackup,
     backing_name,
-    broken_backups,
     check_manifest,
-    newest_base,
     parse_manifest,
 )
 from snapgroup.domain.errors import InvalidArgument, OperationError

@@ -79,10 +79,9 @@ def test_missing_backing_file_is_a_clear_operation_error(lab: Lab) -> None:
 
 
 def test_vm_lock_held_elsewhere_fails_fast_with_busy(lab: Lab) -> None:
-    from snapgroup.infra.locks import vm_lock
-
     lab_domain(lab.hv)
-    with vm_lock(VM), pytest.raises(Exception) as err:
+    # The engine's own kind of lock: flock on SQLite, an advisory lock on PostgreSQL.
+    with lab.engine.ctx.locks.vm(VM), pytest.raises(Exception) as err:
         lab.engine.create(vm="vm1", name="g")
     assert getattr(err.value, "code", None) == "SYS.1011"
     assert lab.engine.list_groups() == []

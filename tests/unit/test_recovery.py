@@ -96,10 +96,8 @@ def test_delete_killed_at_any_step_recovers(
 
 
 def test_recover_leaves_an_operation_whose_process_holds_the_lock(lab: Lab) -> None:
-    from snapgroup.infra.locks import vm_lock
-
     _history(lab, VmState.RUNNING)
     op = lab.engine.journal.begin("create", VM, {"overlays": []})
-    with vm_lock(VM):
+    with lab.engine.ctx.locks.vm(VM):
         assert lab.engine.recover() == []
     assert [r.uuid for r in lab.engine.recover()] == [op]
