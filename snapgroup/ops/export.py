@@ -1,6 +1,6 @@
 """Export a group to a backup repository (`ContextSource`: the engine as an
 ExportSource), and list and verify a repository's backups. Export locks, journals and
-recovers; ops/backing_up.py does the copying and the checks. Pruning is
+recovers; ops/exporting.py does the copying, ops/backing_up.py the checks. Pruning is
 ops/prune_backups.py's, restoring ops/restore.py's."""
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ from snapgroup.domain.validate import parse_uuid
 from snapgroup.ops.backing_up import (
     EXPORT,
     ExportResult,
-    SourceDisk,
-    SourceGroup,
     VerifyReport,
-    export_group,
     open_store,
     verify_backups,
     vm_uuids,
 )
 from snapgroup.ops.context import OpContext
+from snapgroup.ops.exporting import SourceDisk, SourceGroup, export_group
 from snapgroup.ops.group_views import load_groups
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.recovery import recovers

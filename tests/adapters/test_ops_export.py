@@ -13,13 +13,8 @@ import pytest
 from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.adapters.qemu_img import QemuImg
 from snapgroup.domain.errors import OperationError
-from snapgroup.ops.backing_up import (
-    SourceDisk,
-    SourceGroup,
-    export_group,
-    restore_to_dir,
-    verify_backups,
-)
+from snapgroup.ops.backing_up import restore_to_dir, verify_backups
+from snapgroup.ops.exporting import SourceDisk, SourceGroup, export_group
 from tests.adapters.test_qemu_img import qcow2, same_view, write
 from tests.adapters.tools import require_qemu_tools
 

@@ -16,8 +16,9 @@ from snapgroup.adapters.qemu_img import QemuImg
 from snapgroup.domain.errors import Busy, NotFound, OperationError
 from snapgroup.infra.locks import backups_lock, vm_lock
 from snapgroup.ops import export, journal, restore
-from snapgroup.ops.backing_up import export_group, restore_to_dir, verify_backups
+from snapgroup.ops.backing_up import restore_to_dir, verify_backups
 from snapgroup.ops.context import OpContext
+from snapgroup.ops.exporting import export_group
 from snapgroup.ops.journal import DONE
 from snapgroup.ops.prune_backups import prune_backups
 from snapgroup.ops.recovery import recover_pending
