@@ -192,6 +192,8 @@ class Engine:
         resource_uuid: str | None = None,
         skip_unsupported: bool = False,
         consistency: Consistency | str = Consistency.AUTO,
+        with_memory: bool = False,
+        live: bool = False,
     ) -> Group:
         return create.create(
             self.ctx,
@@ -202,6 +204,8 @@ class Engine:
             resource_uuid=resource_uuid,
             skip_unsupported=skip_unsupported,
             consistency=consistency,
+            with_memory=with_memory,
+            live=live,
         )
 
     def get(self, group_uuid: str) -> Group:

@@ -12,6 +12,7 @@ from snapgroup.domain.models import (
     BlockJobProgress,
     DiskOverlay,
     DomainInfo,
+    FileDigest,
     FreezeResult,
     ImageInfo,
 )
@@ -113,6 +114,39 @@ class Hypervisor(Protocol):
         """Thaw every frozen guest filesystem; the count thawed (0: none was frozen)."""
         ...
 
+    def set_guest_time(self, vm_uuid: str, *, timeout: int | None = None) -> None:
+        """Set the guest's clock to the host's now (guest-set-time): after a memory
+        state is resumed, the guest's clock is where it was at the snapshot."""
+        ...
+
+    # Memory state (memory groups: snapgroup.ops.memory_state).
+    def memory_bytes(self, vm_uuid: str) -> int:
+        """The running domain's current memory: what its saved state needs at most."""
+        ...
+
+    def snapshot_with_memory(
+        self, vm_uuid: str, overlays: Sequence[DiskOverlay], memory_file: str, *, live: bool
+    ) -> None:
+        """ONE external snapshot of a running domain: its memory state saved to
+        `memory_file` (a new file) and every disk in `overlays` switched onto its
+        pre-created overlay, at one instant (ATOMIC|NO_METADATA|REUSE_EXT; other disks
+        snapshot='no'). The guest is paused for the save, or with `live` runs while most
+        of the memory is copied. It runs again afterwards."""
+        ...
+
+    def restore_memory(
+        self, vm_uuid: str, memory_file: str, sources: dict[str, str], *, paused: bool
+    ) -> None:
+        """Start the stopped domain from a memory state `snapshot_with_memory` saved,
+        each target in `sources` on that qcow2 file (its backing chain read from the
+        file), running (or `paused`). Only the running domain is changed: its persistent
+        definition is set_disk_sources' business."""
+        ...
+
+    def resume(self, vm_uuid: str) -> None:
+        """Let a paused domain run; a running one is left as it is."""
+        ...
+
 
 class ImageTool(Protocol):
     """qemu-img, and the files it makes. Raises ImageToolError."""
@@ -187,6 +221,10 @@ class ImageTool(Protocol):
         ...
 
     def exists(self, path: str) -> bool: ...
+
+    def digest(self, path: str) -> FileDigest:
+        """The size and SHA-256 of a file (a memory group's saved state)."""
+        ...
 
     def free_bytes(self, directory: str) -> int: ...
 

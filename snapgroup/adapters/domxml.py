@@ -114,8 +114,11 @@ def active_commit_base(xml: str, target: str) -> str | None:
     return None
 
 
-def snapshot_xml(overlays: Sequence[DiskOverlay], all_targets: Sequence[str]) -> str:
-    """<domainsnapshot> for one external disk-only snapshot onto `overlays`.
+def snapshot_xml(
+    overlays: Sequence[DiskOverlay], all_targets: Sequence[str], *, memory_file: str | None = None
+) -> str:
+    """<domainsnapshot> for one external snapshot onto `overlays`: disk-only, or with
+    the memory state saved to `memory_file` (an absolute path).
 
     Every target in `all_targets` is named: the overlays' ones external, the rest
     snapshot='no', so libvirt's defaults (which differ by disk kind) never decide.
@@ -132,6 +135,10 @@ def snapshot_xml(overlays: Sequence[DiskOverlay], all_targets: Sequence[str]) ->
         raise NotFound(f"the domain has no disk {', '.join(unknown)}")
 
     root = ET.Element("domainsnapshot")
+    if memory_file is not None:
+        if not memory_file.startswith("/"):
+            raise InvalidArgument(f"memory file must be an absolute path: {memory_file!r}")
+        ET.SubElement(root, "memory", snapshot="external", file=memory_file)
     disks = ET.SubElement(root, "disks")
     for target in dict.fromkeys(all_targets):  # ordered, without repeats
         chosen = by_target.get(target)

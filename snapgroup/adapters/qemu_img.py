@@ -14,11 +14,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from snapgroup.adapters import qcow2
+from snapgroup.adapters import file_digest, qcow2
 from snapgroup.adapters.runner import run
 from snapgroup.domain.backup_manifest import ImageCheck
 from snapgroup.domain.errors import ImageToolError
-from snapgroup.domain.models import BlockJobProgress, ImageInfo
+from snapgroup.domain.models import BlockJobProgress, FileDigest, ImageInfo
 from snapgroup.ports import ProgressFn
 
 # `qemu-img -p` draws "    (12.34/100%)".
@@ -313,6 +313,9 @@ class QemuImg:
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
+
+    def digest(self, path: str) -> FileDigest:
+        return file_digest.digest(path)
 
     def free_bytes(self, directory: str) -> int:
         try:

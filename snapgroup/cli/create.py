@@ -1,4 +1,4 @@
-"""snapgroup create (--vm VM | --root-volume UUID) --name N."""
+"""snapgroup create (--vm VM | --root-volume UUID) --name N [--with-memory [--live]]."""
 
 from __future__ import annotations
 
@@ -30,6 +30,19 @@ def register(sub: Any) -> None:
         help="application: freeze the guest's filesystems through its agent or fail; "
         "crash: no freeze; auto (default): application, else crash and the group says why",
     )
+    parser.add_argument(
+        "--with-memory",
+        action="store_true",
+        help="save the running VM's memory state too (a file beside its root disk): "
+        "a revert resumes the VM at this moment; a stopped VM, or a memory that would "
+        "not fit on that filesystem, is refused with nothing changed",
+    )
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="with --with-memory: the guest runs while most of its memory is copied "
+        "(a shorter pause, a larger file when it keeps writing)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -42,6 +55,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         resource_uuid=args.resource_uuid,
         skip_unsupported=args.skip_unsupported,
         consistency=args.consistency,
+        with_memory=args.with_memory,
+        live=args.live,
     )
     if ctx.as_json:
         print_json({"inventory": group.to_inventory()}, ctx.out)

@@ -64,6 +64,7 @@ def group_detail(group: Group, out: TextIO) -> None:
         "protected",
         "policy",
         "policyLabel",
+        "withMemory",
     ):
         value = inv[key]
         if isinstance(value, list):
@@ -71,6 +72,9 @@ def group_detail(group: Group, out: TextIO) -> None:
         elif isinstance(value, bool):
             value = "yes" if value else "no"
         out.write(f"{key + ':':<19}{'-' if value is None else value}\n")
+    if group.memory is not None:
+        m = group.memory
+        out.write(f"{'memory:':<19}{m.file} ({m.size} bytes, {m.mode}, sha256 {m.sha256})\n")
     rows = [
         (
             r.device_id,

@@ -152,6 +152,12 @@ class Group:
     policy: tuple[str, ...] | None = None
     policy_label: str | None = None
     protected: bool = False
+    # **ours**, memory groups: the saved memory state a revert resumes (None: disk-only).
+    memory: MemoryState | None = None
+
+    @property
+    def with_memory(self) -> bool:
+        return self.memory is not None
 
     @property
     def snapshot_count(self) -> int:
@@ -175,7 +181,32 @@ class Group:
             None if self.policy is None else list(self.policy),
             self.policy_label,
             self.protected,
+            self.memory.to_dict() if self.memory else None,
         )
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """A memory group's saved state: the file, its size and SHA-256 when taken, and
+    how it was taken (`live`: the guest ran while most of its memory was copied;
+    `paused`: it was paused for the whole save)."""
+
+    file: str
+    size: int
+    sha256: str
+    mode: str  # live / paused
+
+    @classmethod
+    def of(
+        cls, file: str | None, size: int | None, sha256: str | None, mode: str | None
+    ) -> MemoryState | None:
+        """From a group's columns (NULL file: a disk-only group)."""
+        if file is None:
+            return None
+        return cls(file, size or 0, sha256 or "", mode or "paused")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "size": self.size, "sha256": self.sha256, "mode": self.mode}
 
 
 def group_document(
@@ -193,6 +224,7 @@ def group_document(
     policy: list[str] | None,
     policy_label: str | None,
     protected: bool,
+    memory: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A group's inventory (its refs' already made, its dates text): as ref_document."""
     return {
@@ -211,6 +243,8 @@ def group_document(
         "policy": policy,
         "policyLabel": policy_label,
         "protected": protected,
+        "withMemory": memory is not None,
+        "memory": memory,
     }
 
 

@@ -76,6 +76,14 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class FileDigest:
+    """A file's size and SHA-256 (hex): what a memory group records of its memory file."""
+
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class BlockJobProgress:
     cur: int
     end: int

@@ -13,17 +13,13 @@ from typing import Any
 
 from snapgroup.domain.errors import (
     HypervisorUnavailable,
-    ImageToolError,
     InvalidArgument,
     OperationError,
     SnapgroupError,
 )
 from snapgroup.domain.inventory import Group
 from snapgroup.domain.models import DiskOverlay, DomainInfo, VmState
-from snapgroup.domain.planner import (
-    expected_chain,
-    snapshot_name,
-)
+from snapgroup.domain.planner import snapshot_name
 from snapgroup.ops.consistency import (
     Consistency,
     ConsistencyRecord,
@@ -33,18 +29,25 @@ from snapgroup.ops.consistency import (
     thaw_with_retries,
 )
 from snapgroup.ops.context import OpContext
-from snapgroup.ops.discovery import Discovered
+from snapgroup.ops.create_checks import MAX_CHAIN_DEPTH as MAX_CHAIN_DEPTH  # re-exported
+from snapgroup.ops.create_checks import check_chain, choose_disks
 from snapgroup.ops.group_views import load_groups
 from snapgroup.ops.journal import DONE, FAILED, ROLLED_BACK
+from snapgroup.ops.memory_state import (
+    MemoryOptions,
+    memory_columns,
+    memory_consistency,
+    memory_record,
+    plan_memory,
+    refuse_stopped,
+    resume_left_paused,
+)
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.syncing import synced
 from snapgroup.store.repo import Repo
-from snapgroup.store.snapshots import ChainLink
-from snapgroup.store.tables import VolumeRow
 from snapgroup.store.volumes import VolumeMove, VolumeTop
 
 OVERLAY_WORKERS = 8
-MAX_CHAIN_DEPTH = 200  # libvirt refuses to open a deeper backing chain
 
 
 def create_locked(
@@ -57,20 +60,25 @@ def create_locked(
     skip_unsupported: bool,
     mode: Consistency = Consistency.AUTO,
     marks: dict[str, Any] | None = None,
+    memory: MemoryOptions | None = None,
 ) -> Group:
     """`marks`: extra group columns (a policy's policy, policy_label), recorded with
-    the group in its one transaction (and by recovery: they are in the plan)."""
+    the group in its one transaction (and by recovery: they are in the plan).
+    `memory`: save the running VM's memory state too (ops/memory_state.py)."""
     if domain.state is VmState.OTHER:
         raise OperationError(f"VM {domain.name} is neither running, paused nor stopped")
+    if memory is not None:
+        mode = memory_consistency(mode)
+        refuse_stopped(domain)
     with synced(ctx, domain) as (repo, found):
         if repo.has_group(group_uuid):
             raise InvalidArgument(f"resourceUuid {group_uuid} is already used by a group")
-        chosen = _choose_disks(found, skip_unsupported=skip_unsupported)
+        chosen = choose_disks(found, skip_unsupported=skip_unsupported)
         chains = repo.chains([found.volumes[t] for t in chosen])  # one query for all
     live = domain.state.is_live
 
     def check(t: str) -> int:
-        return _check_chain(ctx, found.volumes[t], live, chains[found.volumes[t].uuid])
+        return check_chain(ctx, found.volumes[t], live, chains[found.volumes[t].uuid])
 
     if live or len(chosen) < 2:  # shared reads: QemuImg reads them in-process (qcow2.py)
         sizes = {t: check(t) for t in chosen}
@@ -101,6 +109,10 @@ def create_locked(
     }
     if marks:
         plan["marks"] = marks
+    saving: dict[str, Any] | None = None  # the memory file's plan
+    if memory is not None:  # checked (running, room) before anything is made or paused
+        saving = plan_memory(ctx, domain, found.volumes[chosen[0]].install_path, memory)
+        plan["memory"] = saving
     op = ctx.journal.begin("create", domain.uuid, plan, group_uuid=group_uuid)
     try:
         _create_overlays(ctx, overlays, sizes)
@@ -124,13 +136,14 @@ def create_locked(
             if window.froze:
                 ctx.journal.point("create", "frozen")
             try:
-                _switch(ctx, domain.uuid, live, overlays)
+                _switch(ctx, domain.uuid, live, overlays, saving)
             except HypervisorUnavailable:
                 # libvirtd went away (a restart?); when nothing was switched, one more
                 # try on a new connection is safe.
                 if not _none_switched(ctx, domain.uuid, overlays):
                     raise
-                _switch(ctx, domain.uuid, live, overlays)
+                ctx.remove_files(_memory_files(plan))  # a partial save's
+                _switch(ctx, domain.uuid, live, overlays, saving)
             if window.froze:
                 ctx.journal.point("create", "thawing")
     except SnapgroupError as exc:
@@ -147,7 +160,7 @@ def create_locked(
             raise
         return group
     assert window.record is not None
-    plan["consistency"] = window.record.to_plan()
+    plan["consistency"] = (memory_record() if memory else window.record).to_plan()
     if window.froze:
         ctx.journal.step(op, "create", "thawed", consistency=plan["consistency"])
     ctx.journal.step(op, "create", "switched", consistency=plan["consistency"])
@@ -155,35 +168,9 @@ def create_locked(
         return _record_group(ctx, op, plan, domain.uuid)
     except SnapgroupError as exc:
         _undo_snapshot(ctx, domain.uuid, live, overlays)
+        ctx.remove_files(_memory_files(plan))
         ctx.journal.close(op, ROLLED_BACK, detail=exc.details)
         raise
-
-
-def _check_chain(ctx: OpContext, volume: VolumeRow, live: bool, recorded: list[ChainLink]) -> int:
-    """The real chain must be what the metadata says (`recorded`: Repo.chains);
-    returns the virtual size."""
-    try:
-        chain = ctx.images.chain(volume.install_path, shared=live)
-    except ImageToolError as exc:
-        raise OperationError(
-            f"disk {volume.target} ({volume.install_path}): missing file or broken chain",
-            cause=exc,
-        ) from exc
-    if chain[0].format != "qcow2":
-        raise OperationError(f"{volume.install_path} is {chain[0].format}, not qcow2")
-    if len(chain) >= MAX_CHAIN_DEPTH:
-        raise OperationError(
-            f"disk {volume.target} has {len(chain)} layers; libvirt refuses chains deeper "
-            f"than {MAX_CHAIN_DEPTH}: delete older groups first"
-        )
-    expected = expected_chain(volume, recorded)
-    actual = [layer.path for layer in chain]
-    if actual[: len(expected)] != expected:
-        raise OperationError(
-            f"volume {volume.uuid}: the real chain {actual} does not match the "
-            f"recorded chain {expected}"
-        )
-    return chain[0].virtual_size
 
 
 def _create_overlays(
@@ -232,6 +219,7 @@ def _record_group(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -
         if "consistency" in plan
         else interrupted_record(froze=False)
     )
+    memory = memory_columns(ctx, plan["memory"]) if "memory" in plan else {}
     group = {
         "uuid": group_uuid,
         "name": name,
@@ -245,6 +233,7 @@ def _record_group(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -
         "consistency_note": consistency.note,
         "host": ctx.host,
         **plan.get("marks", {}),
+        **memory,
     }
     with ctx.db.transaction() as session:
         repo = Repo(session)
@@ -259,10 +248,18 @@ def _record_group(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -
         return load_groups(repo, [group_uuid])[0]
 
 
-def _switch(ctx: OpContext, vm_uuid: str, live: bool, overlays: Sequence[DiskOverlay]) -> None:
-    """Every disk onto its overlay in one step: one atomic libvirt snapshot (running)
-    or one defineXML (stopped)."""
-    if live:
+def _switch(
+    ctx: OpContext,
+    vm_uuid: str,
+    live: bool,
+    overlays: Sequence[DiskOverlay],
+    memory: dict[str, Any] | None = None,
+) -> None:
+    """Every disk onto its overlay in one step: one atomic libvirt snapshot (running;
+    with the memory state when asked) or one defineXML (stopped)."""
+    if memory is not None:
+        ctx.hv.snapshot_with_memory(vm_uuid, overlays, memory["file"], live=memory["live"])
+    elif live:
         ctx.hv.snapshot_disks(vm_uuid, overlays)
     else:
         ctx.hv.set_disk_sources(vm_uuid, {o.target: o.overlay for o in overlays})
@@ -304,6 +301,10 @@ def _recover_create(ctx: OpContext, op: str, plan: dict[str, Any], domain: Domai
         record = interrupted_record(froze=True, thawed=thawed, thaw_error=error)
         plan = {**plan, "consistency": record.to_plan()}
         thaw_note = f"; {thaw_report(thawed, error)}"
+    if "memory" in plan:  # a VM libvirt paused for the save and never resumed runs
+        thaw_note += resume_left_paused(ctx, plan["memory"], domain)
+        if "consistency" not in plan:
+            plan = {**plan, "consistency": memory_record().to_plan()}
     overlays = [DiskOverlay(**o) for o in plan["overlays"]]
     paths = {d.target: d.path for d in domain.disks}
     switched = [o for o in overlays if paths.get(o.target) == o.overlay]
@@ -312,8 +313,12 @@ def _recover_create(ctx: OpContext, op: str, plan: dict[str, Any], domain: Domai
         return
     if switched:  # never seen (the switch is atomic) but never left half-done either
         _undo_snapshot(ctx, domain.uuid, domain.state.is_live, switched)
-    ctx.remove_files([o.overlay for o in overlays])
+    ctx.remove_files([o.overlay for o in overlays] + _memory_files(plan))
     ctx.journal.close(op, ROLLED_BACK, detail=f"recover: interrupted before the switch{thaw_note}")
+
+
+def _memory_files(plan: dict[str, Any]) -> list[str]:
+    return [plan["memory"]["file"]] if "memory" in plan else []
 
 
 def _group_rows(
@@ -356,24 +361,3 @@ def _group_rows(
         )
         tops.append(VolumeMove(volume.uuid, o["overlay"], snapshot_uuid, now))
     return snapshots, refs, tops
-
-
-def _choose_disks(found: Discovered, *, skip_unsupported: bool) -> list[str]:
-    """Targets to snapshot, in deviceId order."""
-    planned = [p for p in found.planned if p.device_id is not None]
-    if not planned:
-        raise OperationError(f"VM {found.domain.name} has no disks")
-    root = planned[0]
-    if not root.eligible:
-        raise OperationError(
-            f"root disk {root.disk.target} cannot be snapshotted: {root.skip_reason}"
-        )
-    blocking = [p for p in planned if p.blocks_create]
-    if blocking and not skip_unsupported:
-        listed = "; ".join(f"{p.disk.target}: {p.skip_reason}" for p in blocking)
-        raise OperationError(
-            f"VM {found.domain.name} has writable disks that cannot be snapshotted ({listed}); "
-            "a group without them would not be the VM's point in time (skip_unsupported "
-            "to take it anyway)"
-        )
-    return [p.disk.target for p in planned if p.eligible]

@@ -9,7 +9,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from snapgroup.domain.inventory import Group, GroupRef, group_document, ref_document, zstack_date
+from snapgroup.domain.inventory import (
+    Group,
+    GroupRef,
+    MemoryState,
+    group_document,
+    ref_document,
+    zstack_date,
+)
 from snapgroup.store.base import DateParser
 from snapgroup.store.repo import Repo
 
@@ -92,6 +99,7 @@ def documents_of_rows(
             sorted(policy.split(",")) if policy else None,
             label,
             bool(protected),
+            _memory(memory_file, memory_size, memory_sha256, memory_mode),
         )
         for (
             uuid,
@@ -107,6 +115,10 @@ def documents_of_rows(
             policy,
             label,
             protected,
+            memory_file,
+            memory_size,
+            memory_sha256,
+            memory_mode,
         ) in views  # Repo.group_views
     ]
 
@@ -200,6 +212,10 @@ def _group(row: Sequence[Any], refs: Sequence[GroupRef], date: DateParser) -> Gr
         policy,
         label,
         protected,
+        memory_file,
+        memory_size,
+        memory_sha256,
+        memory_mode,
     ) = row  # Repo.group_views
     return Group(
         uuid=uuid,
@@ -216,4 +232,12 @@ def _group(row: Sequence[Any], refs: Sequence[GroupRef], date: DateParser) -> Gr
         policy=tuple(sorted(policy.split(","))) if policy else None,  # policy_repo's marks
         policy_label=label,
         protected=bool(protected),
+        memory=MemoryState.of(memory_file, memory_size, memory_sha256, memory_mode),
     )
+
+
+def _memory(
+    file: str | None, size: int | None, sha256: str | None, mode: str | None
+) -> dict[str, Any] | None:
+    memory = MemoryState.of(file, size, sha256, mode)
+    return memory.to_dict() if memory else None

@@ -49,6 +49,11 @@ class CreateGroupParams(_Request):
         default=None, pattern=UUID_PATTERN, description="the new group's uuid"
     )
     tagUuids: list[str] | None = None
+    withMemory: bool | None = Field(
+        default=None,
+        description="ZStack SDK's: save the running VM's memory state too; a revert "
+        "resumes the VM at that moment (a stopped VM is refused)",
+    )
 
 
 class CreateGroupRequest(_Tagged):
@@ -134,6 +139,13 @@ class GroupRefInventory(_Response):
     statusReason: str | None = None
 
 
+class MemoryStateInventory(_Response):
+    file: str
+    size: int
+    sha256: str
+    mode: str = Field(description="live: the guest ran during the copy; paused: it did not")
+
+
 class GroupInventory(_Response):
     uuid: str
     snapshotCount: int
@@ -143,6 +155,10 @@ class GroupInventory(_Response):
     createDate: str
     lastOpDate: str
     volumeSnapshotRefs: list[GroupRefInventory]
+    withMemory: bool = Field(False, description="**ours**: the group holds a memory state")
+    memory: MemoryStateInventory | None = Field(
+        None, description="**ours**: the memory file (null: a disk-only group)"
+    )
 
 
 class InventoryDocument(_Response):

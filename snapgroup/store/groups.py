@@ -46,6 +46,10 @@ GROUP_VIEW_COLUMNS = (
     "policy",
     "policy_label",
     "protected",
+    "memory_file",
+    "memory_size",
+    "memory_sha256",
+    "memory_mode",
 )
 
 

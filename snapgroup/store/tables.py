@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, ForeignKey, Index, String
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, String
 from sqlmodel import Field, SQLModel
 
 UUID_LEN = 32
@@ -84,6 +84,12 @@ class GroupRow(SQLModel, table=True):
     policy: str | None = Field(default=None, max_length=1024)  # the policies' names, a,b
     policy_label: str | None = Field(default=None, max_length=16)  # hourly, daily, ...
     protected: bool | None = None  # True: never pruned, a plain delete refused
+    # Memory groups (ops/memory_state.py): the VM's saved memory state, a file beside
+    # its root disk named by UUID. NULL memory_file: a disk-only group.
+    memory_file: str | None = Field(default=None, max_length=4096)
+    memory_size: int | None = Field(default=None, sa_type=BigInteger)  # bytes
+    memory_sha256: str | None = Field(default=None, max_length=64)  # hex
+    memory_mode: str | None = Field(default=None, max_length=8)  # live / paused
 
 
 class RefRow(SQLModel, table=True):

@@ -36,6 +36,7 @@ from snapgroup.domain.models import (
     VmState,
 )
 from snapgroup.ports import ProgressFn
+from snapgroup.testing.fake_memory import MemoryFiles, MemoryHypervisor
 
 
 class _Faults:
@@ -92,7 +93,7 @@ class FakeImage:
     clusters: dict[int, str] = field(default_factory=dict)
 
 
-class FakeImageTool(_Faults):
+class FakeImageTool(MemoryFiles, _Faults):
     def __init__(self, free: int = 1 << 40) -> None:
         super().__init__()
         self.images: dict[str, FakeImage] = {}
@@ -307,7 +308,7 @@ class FakeDomain:
     disks: list[DomainDisk]
 
 
-class FakeHypervisor(_Faults):
+class FakeHypervisor(MemoryHypervisor, _Faults):
     def __init__(self, images: FakeImageTool) -> None:
         super().__init__()
         self.lock = images.lock  # a block commit changes images and the domain at once
@@ -317,6 +318,10 @@ class FakeHypervisor(_Faults):
         # has no agent (freeze/thaw/guest_filesystems fail, as libvirt's do).
         self.agents: dict[str, tuple[str, ...]] = {}
         self.frozen: set[str] = set()  # VMs whose filesystems are frozen now
+        # Memory state (snapgroup.testing.fake_memory): memory size, guest state, clock.
+        self.memory: dict[str, int] = {}
+        self.ram: dict[str, str] = {}
+        self.clock_set: list[str] = []
 
     @_serialised
     def define(self, uuid: str, name: str, state: VmState, disks: Sequence[DomainDisk]) -> None:

@@ -45,6 +45,9 @@ GROUP_KEYS = {
     "policy",
     "policyLabel",
     "protected",
+    # ours, memory groups (snapgroup.ops.memory_state)
+    "withMemory",
+    "memory",
 }
 
 

@@ -1,8 +1,10 @@
 """Guest-agent verbs (application consistency): the guest's filesystems listed, frozen,
-thawed, each request bounded by a timeout."""
+thawed; its clock set (after a memory state is resumed). Each request bounded by a
+timeout."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,3 +44,10 @@ class GuestAgent(LibvirtConnection):
         """Thaw every frozen guest filesystem; returns how many were thawed (0 when none
         was frozen: thawing is always safe)."""
         return int(self._agent_call(vm_uuid, timeout, lambda dom: dom.fsThaw(None, 0)))
+
+    def set_guest_time(self, vm_uuid: str, *, timeout: int | None = None) -> None:
+        """guest-set-time to the host's now (virDomainSetTime with a time: the guest
+        does not have to trust its own RTC)."""
+        now = time.time_ns()
+        moment = {"seconds": now // 1_000_000_000, "nseconds": now % 1_000_000_000}
+        self._agent_call(vm_uuid, timeout, lambda dom: dom.setTime(moment, 0))

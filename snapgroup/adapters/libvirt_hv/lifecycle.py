@@ -1,12 +1,25 @@
-"""Life-cycle verbs: a domain started, a domain shut down (ACPI, then powered off)."""
+"""Life-cycle verbs: a domain started, shut down (ACPI, then powered off), started
+from a saved memory state (memory groups), resumed; its memory's size.
+
+libvirt 9.0 takes external memory+disk snapshots but cannot revert to them (9.7 can).
+Their memory file is a save image (`virsh save`'s format), which restoreFlags starts
+from, given a domain XML whose disks point elsewhere: restore_memory puts each disk
+on the overlay snapgroup made over the snapshot's file, without a stored
+<backingStore> (QEMU reads the chain from the overlay's header). Only the running
+domain gets that XML; the persistent definition is set_disk_sources' to change.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 
+import libvirt
+
+from snapgroup.adapters.domxml import normalize_uuid, parse_domain, with_disk_sources
 from snapgroup.adapters.libvirt_hv.connection import LibvirtConnection
-from snapgroup.domain.errors import HypervisorError
+from snapgroup.domain.errors import HypervisorError, InvalidArgument
+from snapgroup.domain.models import VmState
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +54,36 @@ class Lifecycle(LibvirtConnection):
         dom = self._domain(vm_uuid)
         with self._calls():
             dom.create()
+
+    def resume(self, vm_uuid: str) -> None:
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            state = int(dom.state()[0])
+            if state == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+            elif state != libvirt.VIR_DOMAIN_RUNNING:
+                raise HypervisorError(f"domain {dom.name()} is not running (state {state})")
+
+    def memory_bytes(self, vm_uuid: str) -> int:
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            # [state, max memory KiB, current memory KiB, vCPUs, CPU time]
+            return int(dom.info()[2]) * 1024
+
+    def restore_memory(
+        self, vm_uuid: str, memory_file: str, sources: dict[str, str], *, paused: bool
+    ) -> None:
+        dom = self._domain(vm_uuid)
+        conn = self._connection()
+        with self._calls():
+            if dom.isActive():
+                raise HypervisorError(f"domain {dom.name()} is running: stop it before a restore")
+            xml = str(
+                conn.saveImageGetXMLDesc(memory_file, libvirt.VIR_DOMAIN_SAVE_IMAGE_XML_SECURE)
+            )
+        saved = parse_domain(xml, VmState.STOPPED)
+        if saved.uuid != normalize_uuid(vm_uuid):
+            raise InvalidArgument(f"{memory_file} holds the state of domain {saved.uuid}")
+        flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
+        with self._calls():
+            conn.restoreFlags(memory_file, with_disk_sources(xml, sources), flags)

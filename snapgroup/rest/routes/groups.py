@@ -57,7 +57,11 @@ def create_group(
         prechecks.vm_idle(engine, prechecks.root_volume_vm(engine, root))
         return lambda: {
             "inventory": engine.create(
-                root_volume_uuid=root, name=name, description=description, resource_uuid=resource
+                root_volume_uuid=root,
+                name=name,
+                description=description,
+                resource_uuid=resource,
+                with_memory=bool(params.withMemory),
             ).to_inventory()
         }
 

@@ -1,0 +1,195 @@
+"""Memory groups: a running VM's memory state saved with its disks at one instant, and
+resumed by a revert (create, revert, delete, ungroup, check and verify share this).
+
+Create (creating.py with `memory`): ONE libvirt snapshot call saves the memory to
+`<uuid>.mem` beside the root disk and switches every disk onto its overlay
+(Hypervisor.snapshot_with_memory); the guest is paused for the save, or with `live`
+keeps running while most of its memory is copied. The group records the file, its
+size, its SHA-256 and how it was taken. Refused before anything is made or paused: a
+VM that is not running, a memory that would not fit on the file's filesystem, and
+application consistency (a guest frozen for the snapshot would resume frozen).
+
+Revert (revert.py with the group's memory): libvirt 9.0 cannot revert to an external
+snapshot itself, but the memory file is a save image: the VM is stopped, every disk
+gets a fresh overlay on its snapshot as in a disk revert, the persistent definition is
+switched onto them (one defineXML), then the saved state is restored onto them
+(Hypervisor.restore_memory), the guest runs on from that moment and its clock is set
+through the agent (best effort). A restore that fails puts the disks back.
+
+The file lives as long as its group: delete and ungroup remove it; `check` calls the
+group unavailable when it is gone or its checksum changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from snapgroup.domain.errors import InvalidArgument, OperationError, SnapgroupError
+from snapgroup.domain.models import DomainInfo, VmState
+from snapgroup.ops.consistency import Consistency, ConsistencyRecord, ConsistencyType
+from snapgroup.ops.context import OpContext
+from snapgroup.store.tables import GroupRow
+
+log = logging.getLogger(__name__)
+
+# Beyond the guest's memory, a save image holds a header and the domain's XML (a few
+# KiB); QEMU's device state is small. Counted once per memory snapshot.
+MEMORY_MARGIN = 16 << 20
+LIVE, PAUSED = "live", "paused"
+SUFFIX = ".mem"
+MEMORY_NOTE = (
+    "memory state saved with the disks: a revert resumes the guest at this moment "
+    "(the disks alone are crash-consistent)"
+)
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """A create's memory request. `live`: the guest runs while most of its memory is
+    copied (a shorter pause, a larger file when it keeps writing)."""
+
+    live: bool = False
+
+
+def memory_consistency(mode: Consistency) -> Consistency:
+    """A memory group's freeze mode: never a freeze (the frozen guest would be saved,
+    and resumed, frozen); `application` asked for explicitly is refused."""
+    if mode is Consistency.APPLICATION:
+        raise InvalidArgument(
+            "--with-memory saves the running guest whole and does not freeze its "
+            "filesystems (it would resume frozen): use --consistency auto or crash"
+        )
+    return Consistency.CRASH
+
+
+def memory_record() -> ConsistencyRecord:
+    return ConsistencyRecord(ConsistencyType.CRASH, note=MEMORY_NOTE)
+
+
+def refuse_stopped(domain: DomainInfo) -> None:
+    if not domain.state.is_live:
+        raise OperationError(
+            f"VM {domain.name} is {domain.state.value}: a memory group needs it running "
+            "(a stopped VM has no memory state; take a disk-only group)"
+        )
+
+
+def plan_memory(
+    ctx: OpContext, domain: DomainInfo, root_path: str, options: MemoryOptions
+) -> dict[str, Any]:
+    """Where the memory goes, once it is known to fit: the journal's plan["memory"].
+    Nothing is made or paused here."""
+    refuse_stopped(domain)
+    directory = os.path.dirname(root_path)
+    path = os.path.join(directory, f"{ctx.new_uuid()}{SUFFIX}")
+    if ctx.images.exists(path):
+        raise OperationError(f"memory file path already exists: {path}")
+    memory = ctx.hv.memory_bytes(domain.uuid)
+    need = memory + MEMORY_MARGIN
+    free = ctx.images.free_bytes(directory)
+    if free < need:
+        raise OperationError(
+            f"VM {domain.name}: its memory state ({_mib(memory)} MiB, {_mib(need)} MiB with "
+            f"the save image's margin) would not fit on the filesystem of {directory} "
+            f"({_mib(free)} MiB free): nothing was done"
+        )
+    return {"file": path, "live": options.live, "state": domain.state.value}
+
+
+def memory_columns(ctx: OpContext, memory: dict[str, Any]) -> dict[str, Any]:
+    """A memory group's columns, its file read once for the checksum."""
+    digest = ctx.images.digest(memory["file"])
+    return {
+        "memory_file": memory["file"],
+        "memory_size": digest.size,
+        "memory_sha256": digest.sha256,
+        "memory_mode": LIVE if memory["live"] else PAUSED,
+    }
+
+
+def resume_left_paused(ctx: OpContext, memory: dict[str, Any], domain: DomainInfo) -> str:
+    """After an interrupted memory snapshot: a VM that was running and is paused now
+    (libvirt paused it for the save) runs again. Returns a note ("" when nothing was
+    done)."""
+    if memory.get("state") != VmState.RUNNING.value or domain.state is not VmState.PAUSED:
+        return ""
+    try:
+        ctx.hv.resume(domain.uuid)
+    except SnapgroupError as exc:
+        log.error("VM %s was left paused and could not be resumed: %s", domain.name, exc)
+        return f"; VM left paused, resuming it failed ({exc.details}): run `virsh resume`"
+    return "; the VM, left paused by the save, was resumed"
+
+
+MemoryCheck = Callable[[GroupRow], str | None]
+
+
+def memory_checker(ctx: OpContext) -> MemoryCheck:
+    """Why a group's memory state cannot be resumed (None: it can, or it has none):
+    its file is gone, cannot be read, or is not what was saved (size and SHA-256)."""
+
+    def problem(group: GroupRow) -> str | None:
+        path = group.memory_file
+        if path is None:
+            return None
+        if not ctx.images.exists(path):
+            return f"memory file {path} of the group is missing"
+        try:
+            digest = ctx.images.digest(path)
+        except SnapgroupError as exc:
+            return f"memory file {path} cannot be read ({exc.details})"
+        if digest.size != group.memory_size or digest.sha256 != group.memory_sha256:
+            return (
+                f"memory file {path} changed since the group was taken (sha256 "
+                f"{digest.sha256[:16]}..., {digest.size} bytes; recorded "
+                f"{(group.memory_sha256 or '')[:16]}..., {group.memory_size} bytes)"
+            )
+        return None
+
+    return problem
+
+
+def restore_memory(
+    ctx: OpContext,
+    vm_uuid: str,
+    memory: dict[str, Any],
+    sources: dict[str, str],
+    old_sources: dict[str, str],
+) -> SnapgroupError | None:
+    """Resume the saved state on the disks `sources` (the persistent definition is on
+    them already). On failure the definition goes back to `old_sources` and the error
+    is returned: the VM stays stopped where it was."""
+    try:
+        ctx.hv.restore_memory(vm_uuid, memory["file"], sources, paused=memory["paused"])
+    except SnapgroupError as exc:
+        try:
+            domain = ctx.hv.lookup(vm_uuid)
+        except SnapgroupError:
+            return exc  # cannot even look: recovery decides later
+        if domain.state.is_live:
+            return None  # it was restored after all (the error came after)
+        if old_sources:
+            ctx.hv.set_disk_sources(vm_uuid, old_sources)
+        return exc
+    return None
+
+
+def after_resume(ctx: OpContext, vm_uuid: str, memory: dict[str, Any]) -> str | None:
+    """The guest's clock set to now through its agent, when it runs and answers (best
+    effort: a guest without an agent keeps the snapshot's time until it syncs). A note
+    when it could not be."""
+    if memory.get("paused"):
+        return "resumed paused: the guest clock is set by the guest once it runs"
+    try:
+        ctx.hv.set_guest_time(vm_uuid, timeout=ctx.freeze_timeout)
+    except SnapgroupError as exc:
+        return f"guest clock not set ({exc.details})"
+    return None
+
+
+def _mib(n: int) -> int:
+    return -(-n // (1 << 20))

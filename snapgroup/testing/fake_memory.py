@@ -1,0 +1,122 @@
+"""The memory-state verbs of the fakes (memory groups), mixed into FakeHypervisor and
+FakeImageTool (snapgroup.testing.fakes).
+
+A fake guest's "RAM" is a string (`FakeHypervisor.ram[vm]`, "" until a test sets it):
+a memory snapshot writes it into the memory file (a fake image of format "memory"
+whose cluster 0 holds it), and a restore reads it back, so a test can prove a revert
+resumed the state of the snapshot and not a later one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from snapgroup.domain.errors import HypervisorError, ImageToolError
+from snapgroup.domain.models import DiskOverlay, FileDigest, VmState
+
+MEMORY_FORMAT = "memory"  # a fake image that is a saved memory state
+DEFAULT_MEMORY = 512 << 20
+
+
+class MemoryFiles:
+    """FakeImageTool's digest: the size recorded for the file and a SHA-256 of its
+    clusters (a test changes the file with FakeImageTool.write)."""
+
+    if TYPE_CHECKING:
+        lock: threading.RLock
+        images: dict[str, Any]
+
+        def _call(self, method: str, *args: object) -> None: ...
+
+    def digest(self, path: str) -> FileDigest:
+        with self.lock:
+            self._call("digest", path)
+            image = self.images.get(path)
+            if image is None:
+                raise ImageToolError(f"cannot read {path}: No such file or directory")
+            text = json.dumps(image.clusters, sort_keys=True).encode()
+            return FileDigest(image.virtual_size, hashlib.sha256(text).hexdigest())
+
+
+class MemoryHypervisor:
+    """FakeHypervisor's memory-state verbs. `memory[vm]`: the domain's current memory
+    in bytes (DEFAULT_MEMORY when unset); `ram[vm]`: its guest's state; `clock_set`:
+    the VMs whose guest clock was set, in order."""
+
+    if TYPE_CHECKING:
+        lock: threading.RLock
+        images: Any  # the FakeImageTool (not imported: fakes imports this module)
+        agents: dict[str, tuple[str, ...]]
+        memory: dict[str, int]
+        ram: dict[str, str]
+        clock_set: list[str]
+
+        def _call(self, method: str, *args: object) -> None: ...
+        def _domain(self, vm: str) -> Any: ...
+        def _set_source(self, domain: Any, target: str, path: str) -> None: ...
+
+    def memory_bytes(self, vm_uuid: str) -> int:
+        with self.lock:
+            self._call("memory_bytes", vm_uuid)
+            domain = self._domain(vm_uuid)
+            return self.memory.get(domain.uuid, DEFAULT_MEMORY)
+
+    def snapshot_with_memory(
+        self, vm_uuid: str, overlays: Sequence[DiskOverlay], memory_file: str, *, live: bool
+    ) -> None:
+        with self.lock:
+            self._call("snapshot_with_memory", vm_uuid, tuple(overlays), memory_file, live)
+            domain = self._domain(vm_uuid)
+            if not domain.state.is_live:
+                raise HypervisorError(f"domain {domain.name} is not running")
+            if memory_file in self.images.images:
+                raise HypervisorError(f"memory file {memory_file} already exists")
+            for o in overlays:  # atomic: validate everything first
+                if o.overlay not in self.images.images:
+                    raise HypervisorError(f"overlay {o.overlay} does not exist")
+            self.images.add(memory_file, fmt=MEMORY_FORMAT, data={0: self.ram.get(domain.uuid, "")})
+            self.images.images[memory_file].virtual_size = self.memory.get(
+                domain.uuid, DEFAULT_MEMORY
+            )
+            for o in overlays:
+                self._set_source(domain, o.target, o.overlay)
+
+    def restore_memory(
+        self, vm_uuid: str, memory_file: str, sources: dict[str, str], *, paused: bool
+    ) -> None:
+        with self.lock:
+            self._call("restore_memory", vm_uuid, memory_file, dict(sources), paused)
+            domain = self._domain(vm_uuid)
+            if domain.state.is_live:
+                raise HypervisorError(f"domain {domain.name} is already running")
+            image = self.images.images.get(memory_file)
+            if image is None or image.format != MEMORY_FORMAT:
+                raise HypervisorError(f"cannot restore from {memory_file}: not a saved state")
+            for target, path in sources.items():
+                if path not in self.images.images:
+                    raise HypervisorError(f"disk {target}: {path} does not exist")
+            for target, path in sources.items():
+                self._set_source(domain, target, path)
+            self.ram[domain.uuid] = image.clusters.get(0, "")
+            domain.state = VmState.PAUSED if paused else VmState.RUNNING
+
+    def resume(self, vm_uuid: str) -> None:
+        with self.lock:
+            self._call("resume", vm_uuid)
+            domain = self._domain(vm_uuid)
+            if domain.state is VmState.PAUSED:
+                domain.state = VmState.RUNNING
+            elif domain.state is not VmState.RUNNING:
+                raise HypervisorError(f"domain {domain.name} is not running")
+
+    def set_guest_time(self, vm_uuid: str, *, timeout: int | None = None) -> None:
+        with self.lock:
+            self._call("set_guest_time", vm_uuid, timeout)
+            domain = self._domain(vm_uuid)
+            if domain.uuid not in self.agents:
+                raise HypervisorError("argument unsupported: QEMU guest agent is not configured")
+            self.clock_set.append(domain.uuid)
