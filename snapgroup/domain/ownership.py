@@ -1,0 +1,135 @@
+"""Which host owns a VM in a store shared by several (pure).
+
+The host whose libvirt runs a VM (or, for a stopped VM, defines it) owns its rows:
+volumes, groups (and through them refs and snapshots), unfinished operations. Each host
+holds a lease in the store, renewed while it operates or serves, and with it reports
+which of its VMs run there. When a VM shows up on another host and its owner no longer
+runs it, the new host takes it over; while both run it (a migration in flight, a split
+brain) every host refuses it. No host asks another's libvirt: the lease is the evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from snapgroup.domain.models import VmState
+
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class HostLease:
+    """A host's row in the registry: until when its lease holds, when it last renewed
+    it, and which of its VMs ran there then (None: it did not say)."""
+
+    name: str
+    expires: datetime
+    heartbeat: datetime
+    running: frozenset[str] | None = None
+    address: str | None = None  # its `serve`, when it serves
+
+    def live(self, now: datetime) -> bool:
+        return now < self.expires
+
+    def runs(self, vm_uuid: str) -> bool:
+        return self.running is not None and vm_uuid in self.running
+
+
+class Verdict(StrEnum):
+    MINE = "mine"
+    TAKE_OVER = "take-over"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    owner: str | None = None  # the other host, when there is one
+    reason: str = ""  # why: the take-over's warning, or the refusal's message
+
+
+def decide(
+    *,
+    vm_uuid: str,
+    vm_name: str = "",
+    here: str,
+    owners: set[str],
+    state_here: VmState | None,
+    lease: HostLease | None,
+    same_disks: bool,
+    now: datetime,
+) -> Decision:
+    """Whether host `here` may operate on the VM whose rows name `owners`.
+    `state_here`: the VM in this host's libvirt (None: not defined here); `lease`: the
+    other owner's registry row (None: it has none); `same_disks`: this host's
+    definition opens files the store records for the VM (shared storage), not another
+    VM's that happens to share the UUID."""
+    vm = f"{vm_name} ({vm_uuid})" if vm_name else vm_uuid
+    others = owners - {here}
+    if not others:
+        return Decision(Verdict.MINE)
+    if len(others) > 1:
+        return _refuse(vm, here, others, "its rows name several hosts")
+    (owner,) = others
+    if state_here is None:
+        return _refuse(vm, here, others, "it is not defined here")
+    if not same_disks:
+        return _refuse(
+            vm, here, others, "this host defines it on other disk files (not shared storage?)"
+        )
+    if lease is None:
+        return _refuse(
+            vm,
+            here,
+            others,
+            f"host {owner} holds no lease in the store (it has not run "
+            "this snapgroup yet): run any snapgroup command there first",
+        )
+    running_here = state_here.is_live
+    seen = lease.heartbeat.isoformat(timespec="seconds")
+    if lease.live(now):
+        if lease.runs(vm_uuid):
+            if running_here:
+                return _refuse(
+                    vm,
+                    here,
+                    others,
+                    "a migration in flight or a split brain; retry once it settles",
+                    prefix=f"VM {vm} is running on two hosts, {owner} (reported at {seen}) "
+                    f"and this one ({here})",
+                )
+            return _refuse(vm, here, others, f"it runs there (reported at {seen})")
+        if lease.running is None:
+            return _refuse(vm, here, others, "its live lease does not say where the VM runs")
+        return Decision(
+            Verdict.TAKE_OVER,
+            owner,
+            f"host {owner} reports it not running (at {seen}) and it "
+            f"{'runs' if running_here else 'is defined and stopped'} here",
+        )
+    expired = lease.expires.isoformat(timespec="seconds")
+    if not running_here and lease.runs(vm_uuid):
+        return _refuse(
+            vm,
+            here,
+            others,
+            f"it was running on {owner} at its last report ({seen}) and "
+            f"{owner}'s lease has expired since ({expired}): {owner} may be down, or alive "
+            "and silent; start the VM here to take it over",
+        )
+    return Decision(
+        Verdict.TAKE_OVER,
+        owner,
+        f"host {owner}'s lease expired at {expired} and the VM "
+        f"{'runs' if running_here else 'is defined and stopped'} here",
+    )
+
+
+def _refuse(
+    vm: str, here: str, others: set[str], why: str, *, prefix: str | None = None
+) -> Decision:
+    hosts = ", ".join(sorted(others))
+    head = prefix or f"VM {vm} belongs to host {hosts}, not to this host ({here})"
+    return Decision(Verdict.REFUSE, hosts, f"{head}: {why}")
