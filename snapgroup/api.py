@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from snapgroup.adapters.backup_repo import BackupRepo
+from snapgroup.adapters.guest_files import LibguestfsFiles
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
 from snapgroup.adapters.qemu_img import QemuImg
 from snapgroup.domain.backup_manifest import BackupManifest, DamagedBackup
@@ -26,6 +27,7 @@ from snapgroup.ops import (
     delete,
     delete_snapshot,
     export,
+    file_mounts,
     prune_backups,
     queries,
     restore,
@@ -37,6 +39,7 @@ from snapgroup.ops import (
     update,
     verify,
 )
+from snapgroup.ops import files as file_ops
 from snapgroup.ops import policies as policy_ops
 from snapgroup.ops import protect as protect_ops
 from snapgroup.ops.autosnap_port import EnginePort, ExportFn
@@ -49,6 +52,7 @@ from snapgroup.ops.context import new_uuid as random_uuid
 from snapgroup.ops.context import utcnow as now_utc
 from snapgroup.ops.creating import MAX_CHAIN_DEPTH
 from snapgroup.ops.delete_plan import DeletePlan
+from snapgroup.ops.guest_sources import FilesSource
 from snapgroup.ops.journal import Journal
 from snapgroup.ops.prune_backups import PruneReport
 from snapgroup.ops.queries import GroupPage
@@ -59,7 +63,14 @@ from snapgroup.ops.snapshots import SnapshotView
 from snapgroup.ops.syncing import Change
 from snapgroup.ops.tree import VmTree
 from snapgroup.ops.verify import Difference
-from snapgroup.ports import BackupStoreFactory, Clock, Hypervisor, ImageTool, ProgressFn
+from snapgroup.ports import (
+    BackupStoreFactory,
+    Clock,
+    GuestFiles,
+    Hypervisor,
+    ImageTool,
+    ProgressFn,
+)
 from snapgroup.store.db import Database
 from snapgroup.store.policy_repo import PolicyRecord
 from snapgroup.store.repo import Repo
@@ -163,6 +174,7 @@ class Engine:
         freeze_timeout: int = FREEZE_TIMEOUT_S,
         host: str | None = None,
         backup_store: BackupStoreFactory = BackupRepo,
+        guest_files: GuestFiles | None = None,
     ) -> None:
         """`host`: this host's name in a store shared by several (default
         snapgroup.infra.host.local_host()); the engine only operates on VMs it owns.
@@ -180,6 +192,8 @@ class Engine:
         )
         # A policy with export_to exports each group it takes (then prunes to export_keep).
         self.policy_export = _policy_export
+        # The file browser's appliance (libguestfs): reads guests' filesystems.
+        self.guest_files: GuestFiles = guest_files or LibguestfsFiles()
 
     # Groups
     def create(
@@ -345,6 +359,50 @@ class Engine:
             start=start,
             progress=progress,
         )
+
+    # Files of any group or backup (ops/files.py, ops/file_mounts.py)
+    def files(
+        self,
+        source: FilesSource,
+        *,
+        disk: str | None = None,
+        fs: str | None = None,
+        path: str | None = None,
+    ) -> file_ops.Listing:
+        return file_ops.browse(self.ctx, self.guest_files, source, disk=disk, fs=fs, path=path)
+
+    def extract(
+        self,
+        source: FilesSource,
+        paths: Sequence[str],
+        *,
+        to: str,
+        disk: str | None = None,
+        fs: str | None = None,
+    ) -> list[file_ops.Extracted]:
+        return file_ops.extract(
+            self.ctx, self.guest_files, source, paths=paths, to=to, disk=disk, fs=fs
+        )
+
+    def download(
+        self, source: FilesSource, path: str, *, disk: str | None = None, fs: str | None = None
+    ) -> file_ops.Download:
+        return file_ops.download(self.ctx, self.guest_files, source, path=path, disk=disk, fs=fs)
+
+    def mount(
+        self,
+        source: FilesSource,
+        mountpoint: str,
+        *,
+        disk: str | None = None,
+        fs: str | None = None,
+    ) -> file_mounts.Mounted:
+        return file_mounts.mount(
+            self.ctx, self.guest_files, source, mountpoint=mountpoint, disk=disk, fs=fs
+        )
+
+    def umount(self, mountpoint: str) -> None:
+        file_mounts.umount(self.guest_files, mountpoint)
 
     def prune_backups(self, *, at: str, vm: str, keep: int) -> PruneReport:
         return prune_backups.prune_backups(self.ctx, at=at, vm=vm, keep=keep)

@@ -16,7 +16,8 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO
 
 from snapgroup.domain.errors import ImageToolError, SnapgroupError
 
@@ -121,6 +122,8 @@ def run(
     on_line: Callable[[str], None] | None = None,
     error: type[SnapgroupError] = ImageToolError,
     ok_codes: tuple[int, ...] = (0,),
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> str:
     """Run `argv` and return its stdout.
 
@@ -128,23 +131,19 @@ def run(
     line too). Raises `error` when the binary cannot be started, exits non-zero or
     outlives `timeout` seconds (it is then killed); details name the tool, the exit code
     and the end of stderr. `ok_codes`: exit codes that are answers, not failures (qemu-img
-    check exits 2 on corruptions with its report on stdout).
+    check exits 2 on corruptions with its report on stdout). `env`: variables set for the
+    tool on top of ours; `pass_fds`: descriptors it inherits (a lock a daemon keeps).
     """
-    args = [str(a) for a in argv]
-    if not args:
-        raise error("no command given")
-    tool = os.path.basename(args[0])
-    command = shlex.join(args)
-    log.debug("run: %s", command)
-    binary = shutil.which(args[0])
-    if binary is None:  # what Popen would say, said before setpriv could say it
-        missing = FileNotFoundError(errno.ENOENT, "not found or not executable", args[0])
-        raise error(f"{tool}: cannot run {command}: {missing.strerror}") from missing
-    spawned = [_SETPRIV, "--pdeathsig", "KILL", "--", binary, *args[1:]] if _SETPRIV else args
+    tool, command, spawned = _prepare(argv, error)
     try:
         # A list argv and no shell: ';', '$(...)' and spaces stay literal arguments.
         proc = subprocess.Popen(  # noqa: S603
-            spawned, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            spawned,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_environment(env),
+            pass_fds=tuple(pass_fds),
         )
     except OSError as exc:  # PermissionError, ...
         raise error(f"{tool}: cannot run {command}: {exc.strerror or exc}") from exc
@@ -171,3 +170,47 @@ def run(
     if stderr.strip():
         log.debug("%s stderr: %s", tool, stderr.strip())
     return stdout
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    stderr: IO[bytes],
+    env: Mapping[str, str] | None = None,
+    error: type[SnapgroupError] = ImageToolError,
+) -> subprocess.Popen[bytes]:
+    """Start a tool that serves requests on its stdin/stdout for a while (the file
+    browser's appliance driver); the caller talks to it and reaps it. Like run(): an
+    argv list, no shell, and it dies with us (pdeathsig). stderr goes to `stderr` (a
+    file: a pipe nobody reads would stall the tool)."""
+    tool, command, spawned = _prepare(argv, error)
+    try:
+        return subprocess.Popen(  # noqa: S603
+            spawned,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=_environment(env),
+        )
+    except OSError as exc:
+        raise error(f"{tool}: cannot run {command}: {exc.strerror or exc}") from exc
+
+
+def _prepare(argv: Sequence[str], error: type[SnapgroupError]) -> tuple[str, str, list[str]]:
+    """The tool's name, the command as logged, and the argv to start (under setpriv)."""
+    args = [str(a) for a in argv]
+    if not args:
+        raise error("no command given")
+    tool = os.path.basename(args[0])
+    command = shlex.join(args)
+    log.debug("run: %s", command)
+    binary = shutil.which(args[0])
+    if binary is None:  # what Popen would say, said before setpriv could say it
+        missing = FileNotFoundError(errno.ENOENT, "not found or not executable", args[0])
+        raise error(f"{tool}: cannot run {command}: {missing.strerror}") from missing
+    spawned = [_SETPRIV, "--pdeathsig", "KILL", "--", binary, *args[1:]] if _SETPRIV else args
+    return tool, command, spawned
+
+
+def _environment(extra: Mapping[str, str] | None) -> dict[str, str] | None:
+    return None if extra is None else {**os.environ, **extra}

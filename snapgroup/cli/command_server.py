@@ -39,6 +39,7 @@ log = logging.getLogger("snapgroup.daemon")
 LOCAL_COMMANDS = frozenset(
     {"serve", "daemon", "account", "install-units"}  # paths: the cwd
     | {"export", "backups", "verify-backup", "restore", "prune-backups"}
+    | {"files", "extract", "mount", "umount"}  # paths; an appliance for seconds
 )
 # Compared once resolved (URI, URL), or only about reaching the daemon at all.
 RESOLVED_ENV = frozenset({"SNAPGROUP_DB", "LIBVIRT_DEFAULT_URI", SOCKET_ENV, NO_DAEMON_ENV})

@@ -92,6 +92,21 @@ class ImageToolError(SnapgroupError):
     description = "qemu-img failed"
 
 
+class GuestToolError(SnapgroupError):
+    """The file browser's appliance (libguestfs) could not be started or failed."""
+
+    code = "HOST.1004"
+    description = "the file browser's appliance (libguestfs) failed"
+
+
+class FilesystemError(SnapgroupError):
+    """A guest filesystem the appliance cannot read: a damaged superblock, not a
+    filesystem at all, a type it does not know. Nothing was changed anywhere."""
+
+    code = "FILES.1000"
+    description = "the guest filesystem cannot be read"
+
+
 class StoreError(SnapgroupError):
     code = "SYS.1010"
     description = "metadata store unavailable or corrupt"
@@ -132,6 +147,8 @@ ALL_ERRORS: tuple[type[SnapgroupError], ...] = (
     HypervisorUnavailable,
     HypervisorError,
     ImageToolError,
+    GuestToolError,
+    FilesystemError,
     StoreError,
     SnapshotWrongStatus,
     BatchDeleteError,
