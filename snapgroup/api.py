@@ -16,7 +16,7 @@ from snapgroup.adapters.qemu_img import QemuImg
 from snapgroup.domain.backup_manifest import BackupManifest, DamagedBackup
 from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.inventory import DeleteReport, DeleteResult, Group, VolumeView
-from snapgroup.domain.models import DeleteMode
+from snapgroup.domain.models import DEFAULT_STOP_TIMEOUT, DeleteMode
 from snapgroup.domain.retention import AutoGroup, Policy, VmRef
 from snapgroup.domain.zquery import Query
 from snapgroup.ops import autosnap as autosnap_ops
@@ -256,7 +256,7 @@ class Engine:
         volumes: Sequence[str] | None = None,
         safety_group: bool = True,
         stop: bool = False,
-        stop_timeout: float = revert.DEFAULT_STOP_TIMEOUT,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> RevertReport:
         return revert.revert(
             self.ctx,

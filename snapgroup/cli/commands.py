@@ -5,43 +5,16 @@ runs commands with this module, and never runs `daemon` itself (LOCAL_COMMANDS).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn, Protocol, TextIO
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TextIO, cast
 
-from snapgroup.cli import (
-    account,
-    backups,
-    check,
-    clone,
-    create,
-    delete,
-    delete_snapshot,
-    export,
-    extract,
-    files,
-    listing,
-    mount,
-    operations,
-    policy_commands,
-    prune_backups,
-    recover,
-    restore,
-    revert,
-    serve,
-    show,
-    snapshots,
-    sync,
-    tree,
-    ungroup,
-    update,
-    verify,
-    verify_backup,
-    volumes,
-)
-from snapgroup.cli.context import Context
 from snapgroup.cli.output import Abort, abort
 from snapgroup.domain.errors import InternalError, SnapgroupError
+
+if TYPE_CHECKING:
+    from snapgroup.cli.context import Context
 
 
 class Command(Protocol):
@@ -50,36 +23,44 @@ class Command(Protocol):
     def register(self, sub: Any) -> None: ...
 
 
-COMMANDS: tuple[Command, ...] = (
-    volumes,
-    create,
-    listing,
-    show,
-    update,
-    delete,
-    check,
-    revert,
-    clone,
-    ungroup,
-    tree,
-    snapshots,
-    delete_snapshot,
-    sync,
-    recover,
-    verify,
-    operations,
-    policy_commands,
-    export,
-    backups,
-    verify_backup,
-    restore,
-    prune_backups,
-    files,
-    extract,
-    mount,
-    serve,
-    account,
-)
+# Every command, in the order `--help` lists them, and the module (snapgroup.cli.<module>)
+# that registers it. A command line imports only its command's module (build_parser's
+# `command`): what the others need (the REST stack, backups, policies) is never loaded.
+COMMANDS: dict[str, str] = {
+    "volumes": "volumes",
+    "create": "create",
+    "list": "listing",
+    "show": "show",
+    "update": "update",
+    "delete": "delete",
+    "check": "check",
+    "revert": "revert",
+    "clone": "clone",
+    "ungroup": "ungroup",
+    "tree": "tree",
+    "snapshots": "snapshots",
+    "delete-snapshot": "delete_snapshot",
+    "sync": "sync",
+    "recover": "recover",
+    "verify": "verify",
+    "operations": "operations",
+    "policy": "policy",
+    "autosnap": "autosnap",
+    "protect": "protect",
+    "unprotect": "protect",
+    "install-units": "install_units",
+    "export": "export",
+    "backups": "backups",
+    "verify-backup": "verify_backup",
+    "restore": "restore",
+    "prune-backups": "prune_backups",
+    "files": "files",
+    "extract": "extract",
+    "mount": "mount",
+    "umount": "mount",
+    "serve": "serve",
+    "account": "account",
+}
 
 # argparse's status for a usage error, under --json too: it is not a failed operation (1).
 USAGE_STATUS = 2
@@ -140,18 +121,48 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
 def build_parser(
     parser_class: type[argparse.ArgumentParser] = _Parser,
     *,
-    extra: Sequence[Command] = (),
+    extra: Mapping[str, str] = {},
+    command: str | None = None,
 ) -> argparse.ArgumentParser:
+    """The parser of every command of COMMANDS (and `extra`, in the same shape), or, when
+    `command` names one (see command_of), of that command alone: it parses that
+    command's lines exactly as the whole parser does, importing only its module."""
+    catalog = {**COMMANDS, **extra}
     parser = parser_class(
         prog="snapgroup", description="Consistent snapshot groups of a libvirt VM's disks."
     )
     add_global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (*COMMANDS, *extra):
-        command.register(sub)
+    names = catalog if command is None else [command]
+    for module in dict.fromkeys(catalog[name] for name in names):  # protect, unprotect: once
+        loaded = cast(Command, importlib.import_module(f"snapgroup.cli.{module}"))
+        loaded.register(sub)
     for command_parser in _all_subparsers(parser):
         add_global_options(command_parser, suppress=True)
     return parser
+
+
+# The global options that take a value (as the next argument or after "=").
+_VALUED = frozenset({"--connect", "--db", "--wait"})
+_FLAGS = frozenset({"--json", "-v", "--verbose"})
+
+
+def command_of(argv: Sequence[str], names: Sequence[str]) -> str | None:
+    """The command of a command line, when its arguments before the command are all
+    global options spelt out in full and no help is asked there: then the parser of
+    that command alone (build_parser's `command`) parses it as the whole one would.
+    None for anything else (an unknown or abbreviated option, -h, no command): the
+    whole parser then answers, in argparse's words."""
+    args = iter(argv)
+    for arg in args:
+        if arg in _FLAGS or ("=" in arg and arg.partition("=")[0] in _VALUED):
+            continue
+        if arg in _VALUED:
+            if next(args, None) is None:
+                return None
+            continue
+        return arg if arg in names else None
+    return None
 
 
 def _all_subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

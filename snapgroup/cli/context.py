@@ -1,4 +1,6 @@
-"""What a command needs: the engine (built lazily, from global options) and the streams."""
+"""What a command needs: the engine (built lazily, from global options) and the streams.
+The facade is imported when a command first asks for the engine: `--help` and usage
+errors never load it."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from snapgroup.api import Engine, open_engine
+if TYPE_CHECKING:
+    from snapgroup.api import Engine
 
 
 @dataclass
@@ -30,7 +33,10 @@ class Context:
         connect: str | None = args.connect
         db: str | None = args.db
         wait: float = args.wait
-        return cls(
-            make_engine=lambda: open_engine(connect=connect, db=db, lock_wait=wait),
-            as_json=args.json,
-        )
+
+        def make_engine() -> Engine:
+            from snapgroup.api import open_engine
+
+            return open_engine(connect=connect, db=db, lock_wait=wait)
+
+        return cls(make_engine=make_engine, as_json=args.json)

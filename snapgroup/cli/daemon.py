@@ -13,13 +13,13 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from snapgroup.api import Engine, default_uri
-from snapgroup.cli.command_server import CommandServer, listen
 from snapgroup.cli.context import Context
 from snapgroup.cli.wire import DEFAULT_SOCKET, SOCKET_ENV, socket_path
-from snapgroup.store.db import default_url
+
+if TYPE_CHECKING:
+    from snapgroup.api import Engine
 
 
 def register(sub: Any) -> None:
@@ -42,6 +42,12 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    # The server and the engine's whole stack, loaded when the daemon starts (not for
+    # `snapgroup --help`, which lists this command).
+    from snapgroup.api import Engine, default_uri
+    from snapgroup.cli.command_server import CommandServer, listen
+    from snapgroup.store.db import default_url
+
     base = ctx.engine  # opened and recovered before the first client
 
     def engine_for(wait: float) -> Engine:

@@ -7,7 +7,6 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import ProgressPrinter, print_json, print_plan, results_table
-from snapgroup.ops.delete import DeleteRefused
 
 
 def register(sub: Any) -> None:
@@ -31,6 +30,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from snapgroup.ops.delete import DeleteRefused  # with the engine, not for --help
+
     if args.dry_run:
         plan = ctx.engine.delete_plan(args.uuid, mode=args.mode).to_json()
         return print_plan(plan, ctx.out, as_json=ctx.as_json)

@@ -1,4 +1,6 @@
-"""`snapgroup` run in this process: every command of commands.py, and `daemon`."""
+"""`snapgroup` run in this process: every command of commands.py, and `daemon`. Only
+the module of the command named is imported (commands.command_of), and the engine only
+when the command asks for it (context.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +10,20 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from snapgroup.cli import commands, daemon
+from snapgroup.cli import commands
 from snapgroup.cli.commands import USAGE_STATUS, UsageError, execute, wants_json
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json
 from snapgroup.domain.errors import InvalidArgument
 
+# Commands only this process runs, never the daemon's parser (command_server.py).
+LOCAL = {"daemon": "daemon"}
+
 
 def build_parser(
-    parser_class: type[argparse.ArgumentParser] = commands._Parser,
+    parser_class: type[argparse.ArgumentParser] = commands._Parser, *, command: str | None = None
 ) -> argparse.ArgumentParser:
-    return commands.build_parser(parser_class, extra=(daemon,))
+    return commands.build_parser(parser_class, extra=LOCAL, command=command)
 
 
 def main(
@@ -32,7 +37,8 @@ def main(
     err = err or sys.stderr
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        command = commands.command_of(argv, [*commands.COMMANDS, *LOCAL])
+        args = build_parser(command=command).parse_args(argv)
     except UsageError as usage:
         if not wants_json(argv):  # argparse's usage and message on stderr, status 2
             argparse.ArgumentParser.error(usage.parser, usage.message)

@@ -10,7 +10,6 @@ from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
 from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.retention import CONSISTENCIES, LABELS, Policy, Retention
-from snapgroup.ops.policies import record_json
 
 
 def register(sub: Any) -> None:
@@ -63,6 +62,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from snapgroup.ops.policies import record_json  # with the engine, not for --help
+
     action = args.action
     if action == "set":
         return _set(args, ctx)
@@ -105,6 +106,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _set(args: argparse.Namespace, ctx: Context) -> int:
+    from snapgroup.ops.policies import record_json
+
     if args.exclude and not args.all:
         raise InvalidArgument("--exclude goes with --all")
     policy = Policy(

@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, results_table
-from snapgroup.ops.revert import DEFAULT_STOP_TIMEOUT
+from snapgroup.domain.models import DEFAULT_STOP_TIMEOUT
 
 
 def register(sub: Any) -> None:

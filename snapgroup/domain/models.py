@@ -22,6 +22,10 @@ class VmState(StrEnum):
         return self in (VmState.RUNNING, VmState.PAUSED)
 
 
+# Seconds a guest is given to shut down when asked to (revert --stop), then powered off.
+DEFAULT_STOP_TIMEOUT = 60.0
+
+
 class VolumeType(StrEnum):
     ROOT = "Root"
     DATA = "Data"

@@ -3,28 +3,6 @@ share sits in modules of its own (creating, syncing, merging, merge_checks, disc
 consistency, journal, recovery, resolve, lineage, group_views, availability_rules,
 backing_up).
 
-A use case never imports another. Importing this package imports every module that
-registers a journal kind's recovery (recovery.recovers), so the registry is full
-whichever use case runs first."""
-
-from snapgroup.ops import (
-    clone,
-    creating,
-    delete,
-    delete_snapshot,
-    export,
-    prune_backups,
-    restore,
-    revert,
-)
-
-__all__ = [
-    "clone",
-    "creating",
-    "delete",
-    "delete_snapshot",
-    "export",
-    "prune_backups",
-    "restore",
-    "revert",
-]
+A use case never imports another. This package imports none of its modules: a command
+loads the use cases it runs (the facade imports each on first call), and recovery loads
+the module of an unfinished operation's kind when it finds one (recovery.HOMES)."""

@@ -1,9 +1,11 @@
 """Recovery: finish or roll back the operations a killed process left running. Each use
 case registers the recovery of its journal kind here (@recovers); this module imports
-none of them (ops/__init__.py imports them all, which fills the registry)."""
+none of them: the module HOMES names for a kind is loaded by name when an unfinished
+operation of that kind is found, so a command whose journal is empty loads none."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,18 @@ _RECOVERERS: dict[str, RecoverFn] = {}
 # repository outlives the VM, so they are recovered without looking it up; their
 # recoveries get a placeholder domain (state OTHER, no disks) and must not read it.
 _WITHOUT_VM: set[str] = set()
+# Journal kind -> the module whose @recovers registers its recovery
+# (tests/unit/test_recovery_registry.py checks that each does).
+HOMES = {
+    "clone": "snapgroup.ops.clone",
+    "create": "snapgroup.ops.creating",
+    "delete": "snapgroup.ops.delete",
+    "delete-snapshot": "snapgroup.ops.delete_snapshot",
+    "export": "snapgroup.ops.export",
+    "prune-backups": "snapgroup.ops.prune_backups",
+    "restore": "snapgroup.ops.restore",
+    "revert": "snapgroup.ops.revert",
+}
 
 
 def recovers(kind: str, *, without_vm: bool = False) -> Callable[[RecoverFn], RecoverFn]:
@@ -34,6 +48,13 @@ def recovers(kind: str, *, without_vm: bool = False) -> Callable[[RecoverFn], Re
         return fn
 
     return register
+
+
+def recovery_of(kind: str) -> RecoverFn | None:
+    """The recovery registered for `kind` (its HOMES module loaded first), or None."""
+    if kind not in _RECOVERERS and kind in HOMES:
+        importlib.import_module(HOMES[kind])
+    return _RECOVERERS.get(kind)
 
 
 def recover_pending(ctx: OpContext) -> list[OperationRow]:
@@ -60,8 +81,9 @@ def recover_pending(ctx: OpContext) -> list[OperationRow]:
 def recover_one(ctx: OpContext, row: OperationRow) -> None:
     """One interrupted operation (the caller holds its VM's lock)."""
     plan = Journal.plan_of(row)
-    if row.kind in _WITHOUT_VM:
-        _RECOVERERS[row.kind](ctx, row.uuid, plan, DomainInfo(row.vm_uuid, "", VmState.OTHER, ()))
+    recover = recovery_of(row.kind)
+    if recover is not None and row.kind in _WITHOUT_VM:
+        recover(ctx, row.uuid, plan, DomainInfo(row.vm_uuid, "", VmState.OTHER, ()))
         return
     try:
         domain = ctx.hv.lookup(row.vm_uuid)
@@ -72,7 +94,6 @@ def recover_one(ctx: OpContext, row: OperationRow) -> None:
             detail="recover: the VM no longer exists; its files were left as they are",
         )
         return
-    recover = _RECOVERERS.get(row.kind)
     if recover is None:
         ctx.journal.close(row.uuid, FAILED, detail=f"recover: unknown kind {row.kind}")
         return
