@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # libguestfs-make-fixed-appliance (make appliance) and guestfish (the bench's baseline).
 FILES_PACKAGES := python3-guestfs guestmount libguestfs-xfs libguestfs-tools
 DEB_PACKAGES := qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-clients \
-	libvirt-dev pkg-config busybox-static qemu-guest-agent e2fsprogs postgresql \
+	libvirt-dev pkg-config busybox-static qemu-guest-agent e2fsprogs postgresql acl \
 	$(FILES_PACKAGES)
 # Where `make appliance` puts it; the adapter reads SNAPGROUP_APPLIANCE, same default.
 APPLIANCE ?= /var/lib/snapgroup/appliance

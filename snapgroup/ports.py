@@ -284,6 +284,13 @@ class BackupStore(Protocol):
         """holder -> the files it recorded."""
         ...
 
+    def open_to_qemu(self, files: Sequence[str]) -> None:
+        """Let the user libvirt runs QEMU as read these repository files (the chain of
+        disks restored thin as a VM): search on the directories on their way, read on
+        them, no one else let in. OperationError naming a file it still cannot read (a
+        read-only repository cannot be changed)."""
+        ...
+
     def release(self, manifest: BackupManifest, holder: str) -> None: ...
 
     def move_file(self, src: str, dst: str) -> None: ...

@@ -64,6 +64,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 
+from snapgroup.adapters.qemu_access import open_to, qemu_user
 from snapgroup.domain.backup_manifest import (
     MANIFEST,
     PIECE_SIZE,
@@ -306,6 +307,11 @@ class BackupRepo:
                 raise RepositoryError(f"cannot read the hold {path}: {exc}") from exc
             out[holder] = files
         return out
+
+    def open_to_qemu(self, files: Sequence[str]) -> None:
+        user = qemu_user()  # None: QEMU runs as root, or as us (we are not root)
+        if user is not None:
+            open_to(self.root, files, user)
 
     def release(self, manifest: BackupManifest, holder: str) -> None:
         path = self._hold_path(manifest, holder)

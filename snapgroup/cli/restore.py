@@ -22,12 +22,15 @@ def register(sub: Any) -> None:
     parser.add_argument("--from", dest="source", required=True, metavar="DIR")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--as", dest="as_vm", metavar="NEW_VM", help="the new VM's name")
-    target.add_argument("--to-dir", metavar="PATH", help="write only the disk images here")
+    target.add_argument(
+        "--to-dir", metavar="PATH", help="write only the disk images here (made 0700 if missing)"
+    )
     parser.add_argument("--disk-dir", metavar="PATH", help="with --as: where its disks go")
     parser.add_argument(
         "--keep-chain",
         action="store_true",
-        help="thin overlays on the repository's files instead of standalone copies",
+        help="thin overlays on the repository's files instead of standalone copies (with "
+        "--as: QEMU's user is let through to those files, no one else)",
     )
     parser.add_argument("--start", action="store_true", help="with --as: start the new VM")
     parser.set_defaults(run=run)

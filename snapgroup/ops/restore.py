@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from snapgroup.domain.backup_manifest import BackupManifest
 from snapgroup.domain.errors import (
     InvalidArgument,
     OperationError,
@@ -28,7 +29,7 @@ from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.resolve import lookup_or_none
-from snapgroup.ports import ProgressFn
+from snapgroup.ports import BackupStore, ProgressFn
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ def restore(
         directory = to_dir
         names = {d.target: d.file for d in manifest.disks}
     directory = os.path.abspath(directory)
+    if to_dir is not None and not os.path.lexists(directory):
+        _make_directory(directory)
     if not os.path.isdir(directory):
         raise InvalidArgument(f"{directory} is not a directory")
     files = {t: os.path.join(directory, n) for t, n in names.items()}
@@ -127,6 +130,8 @@ def restore(
                 raise OperationError(
                     f"backup {backup_id} cannot be restored: {describe(store, report)}"
                 )
+            if keep_chain and as_vm is not None:  # its QEMU reads the repository's files
+                store.open_to_qemu(_chain_files(store, manifest))
             if keep_chain:  # its disks read the repository's files: no prune may merge them
                 store.hold(manifest, restore_id, sorted(files.values()))
             ctx.journal.step(op, RESTORE, "written")
@@ -150,6 +155,25 @@ def restore(
         domain = lookup_or_none(ctx, restore_id)
         state = domain.state.value if domain is not None else "Unknown"
     return Restored(backup_id, restore_id if as_vm else None, as_vm, state, files, keep_chain)
+
+
+def _make_directory(directory: str) -> None:
+    """--to-dir's target, made as `mkdir -p -m 0700` would (virtnbdrestore makes it too)."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except NotADirectoryError as exc:
+        raise InvalidArgument(f"cannot create {directory}: {exc.strerror}") from exc
+    except OSError as exc:
+        raise OperationError(f"cannot create {directory}: {exc.strerror}") from exc
+
+
+def _chain_files(store: BackupStore, manifest: BackupManifest) -> list[str]:
+    """Every repository file the backup's disks read: their own and their bases'."""
+    return [
+        store.member_file(manifest.vm_uuid, member, disk.volume_uuid)
+        for disk in manifest.disks
+        for member in disk.chain
+    ]
 
 
 def _beside_original(ctx: OpContext, vm_uuid: str) -> str:
