@@ -257,7 +257,9 @@ class Engine:
         safety_group: bool = True,
         stop: bool = False,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        paused: bool = False,
     ) -> RevertReport:
+        """A memory group's VM runs again from its saved state (`paused`: paused)."""
         return revert.revert(
             self.ctx,
             group_uuid,
@@ -265,6 +267,7 @@ class Engine:
             safety_group=safety_group,
             stop=stop,
             stop_timeout=stop_timeout,
+            paused=paused,
         )
 
     def clone(self, group_uuid: str, *, name: str, start: bool = False) -> Clone:

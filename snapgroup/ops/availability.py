@@ -19,6 +19,7 @@ from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.validate import parse_uuid
 from snapgroup.ops.availability_rules import Availability, availability, file_checker
 from snapgroup.ops.context import OpContext
+from snapgroup.ops.memory_state import memory_checker
 from snapgroup.ops.resolve import lookup_or_none
 from snapgroup.ops.syncing import sync_locked
 from snapgroup.store.repo import Repo
@@ -39,12 +40,14 @@ def check(ctx: OpContext, group_uuids: Sequence[str]) -> list[Availability]:
             domains[row.vm_uuid] = _synced_domain(ctx, row.vm_uuid)
     results = []
     exists = file_checker(ctx)  # one stat per file however many groups read it
+    memory = memory_checker(ctx)
     with ctx.db.transaction() as session:
         repo = Repo(session)
         for uuid in uuids:
             group = repo.group(uuid)
             assert group is not None
-            results.append(availability(repo, group, domains[group.vm_uuid], exists=exists))
+            domain = domains[group.vm_uuid]
+            results.append(availability(repo, group, domain, exists=exists, memory=memory))
     return results
 
 

@@ -8,7 +8,8 @@ backing chain (on whichever branch of the tree it is), or when its own snapshot 
 marked changed (a merge into its file failed midway: it no longer holds its point in
 time; the groups above it read through the merged child, which still holds that
 data). Files are only looked for (a stat each), not opened: revert and clone read the
-real chain before they build on it.
+real chain before they build on it. A memory group is unavailable too when its memory
+file is gone or not what was saved (memory_state.memory_checker: its checksum).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.planner import classify
 from snapgroup.ops.context import OpContext
+from snapgroup.ops.memory_state import MemoryCheck
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow
 
@@ -49,14 +51,21 @@ def file_checker(ctx: OpContext) -> Callable[[str], bool]:
 
 
 def availability(
-    repo: Repo, group: GroupRow, domain: DomainInfo | None, *, exists: Callable[[str], bool]
+    repo: Repo,
+    group: GroupRow,
+    domain: DomainInfo | None,
+    *,
+    exists: Callable[[str], bool],
+    memory: MemoryCheck,
 ) -> Availability:
     """For a synced VM (`domain` None: it is gone). `exists`: does a file exist
-    (file_checker, or an ImageTool's exists)."""
+    (file_checker, or an ImageTool's exists); `memory`: memory_state.memory_checker."""
     reasons: list[str] = []
     volumes: dict[str, str | None] = {}
     if domain is None:
         reasons.append(f"VM {group.vm_uuid} is no longer defined")
+    if (memory_problem := memory(group)) is not None:
+        reasons.append(memory_problem)
     in_group: set[str] = set()
     refs = repo.refs_with_snapshots([group.uuid])
     attached = [

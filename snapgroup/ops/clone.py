@@ -27,6 +27,7 @@ from snapgroup.ops.availability_rules import availability, file_checker
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.lineage import check_snapshot_chain
+from snapgroup.ops.memory_state import memory_checker
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.resolve import lookup_or_none
 from snapgroup.ops.syncing import sync_locked
@@ -101,7 +102,9 @@ def _clone_locked(ctx: OpContext, uuid: str, vm_uuid: str, name: str) -> Clone:
         group = repo.group(uuid)
         if group is None:
             raise NotFound(f"snapshot group {uuid} not found")
-        state = availability(repo, group, domain, exists=file_checker(ctx))
+        state = availability(
+            repo, group, domain, exists=file_checker(ctx), memory=memory_checker(ctx)
+        )
         if not state.available:
             raise OperationError(
                 f"group {uuid} is unavailable, it cannot be cloned: {state.reason}"

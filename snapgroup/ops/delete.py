@@ -101,6 +101,7 @@ def _delete_locked(
         "merges": [asdict(spec) for spec in specs.values()],
         "noop": [m.snapshot.uuid for m in merges if m.snapshot.deleted],
         "total": len(merges),
+        "memory_file": plan_.memory_file,  # removed with the group
     }
     op = ctx.journal.begin("delete", vm_uuid, plan, group_uuid=uuid)
     merged = _run_merges(ctx, op, vm_uuid, live, list(specs.values()), progress)
@@ -114,7 +115,7 @@ def _delete_locked(
         else:
             results.append(merged[m.snapshot.uuid])
     succeeded = [r.snapshot_uuid for r in results if r.success]
-    changed = _record_delete(ctx, op, uuid, succeeded, len(merges), mode, merged)
+    changed = _record_delete(ctx, op, uuid, succeeded, len(merges), mode, merged, plan_.memory_file)
     return DeleteReport(uuid, tuple(_name_changed(r, changed, uuid) for r in results))
 
 
@@ -154,10 +155,15 @@ def _record_delete(
     total: int,
     mode: DeleteMode,
     merged: dict[str, DeleteResult] | None = None,
+    memory_file: str | None = None,
 ) -> dict[str, str]:
     """One transaction: chain moves of the merged snapshots, their rows, the group,
     the snapshots whose files a merge that did not complete wrote into (marked
-    changed; returned: uuid -> reason), and the journal's 'done'."""
+    changed; returned: uuid -> reason), and the journal's 'done'. A memory group's
+    memory file goes first when the group goes (a kill between leaves the group
+    without it, unavailable, and `recover` finishes the delete)."""
+    if memory_file and (mode is DeleteMode.ENFORCING or len(succeeded) == total):
+        ctx.remove_files([memory_file])
     now = ctx.clock()
     with ctx.db.transaction() as session:
         repo = Repo(session)
@@ -206,6 +212,7 @@ def _recover_delete(ctx: OpContext, op: str, plan: dict[str, Any], domain: Domai
         plan["total"],
         DeleteMode.parse(plan["mode"]),
         merged,
+        plan.get("memory_file"),
     )
 
 

@@ -39,6 +39,9 @@ class DeletePlan:
     merges: list[PendingMerge]
     space: list[SpaceNeed]
     protected: bool
+    # A memory group's memory file, removed with the group (its space freed too).
+    memory_file: str | None = None
+    memory_size: int | None = None
 
     @property
     def live(self) -> bool:
@@ -82,6 +85,8 @@ class DeletePlan:
             "live": self.live,
             "protected": self.protected,
             "disks": disks,
+            "memoryFile": self.memory_file,
+            "memoryBytes": self.memory_size,
             "space": [
                 {"directory": s.directory, "needed": s.needed, "free": s.free, "fits": s.fits}
                 for s in self.space
@@ -109,8 +114,9 @@ def plan_group_delete(
         family = repo.merge_family([m.snapshot for m in merges if not m.snapshot.deleted])
         pinned = pinned_snapshots(repo, _lineage_volumes(repo, merges, chains))
         name, protected = group.name, bool(group.protected)
+        memory = (group.memory_file, group.memory_size)
     domain = domain_for_delete(ctx, vm_uuid, mode)
-    plan = DeletePlan(uuid, name, vm_uuid, mode, domain, merges, [], protected)
+    plan = DeletePlan(uuid, name, vm_uuid, mode, domain, merges, [], protected, *memory)
     if protected:
         return plan  # refused before anything is read from the files
     for m in merges:

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from snapgroup.domain.errors import InvalidArgument, OperationError, SnapgroupError
 from snapgroup.domain.models import DomainInfo, VmState
 from snapgroup.ops.consistency import Consistency, ConsistencyRecord, ConsistencyType
 from snapgroup.ops.context import OpContext
+from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 MEMORY_MARGIN = 16 << 20
 LIVE, PAUSED = "live", "paused"
 SUFFIX = ".mem"
+_OURS = re.compile(r"^[0-9a-f]{32}\.mem$")  # memory files are named by UUID
 MEMORY_NOTE = (
     "memory state saved with the disks: a revert resumes the guest at this moment "
     "(the disks alone are crash-consistent)"
@@ -153,29 +157,42 @@ def memory_checker(ctx: OpContext) -> MemoryCheck:
     return problem
 
 
-def restore_memory(
+class Resumed(StrEnum):
+    """Where resume_state left the VM."""
+
+    RUNNING = "running"  # from the saved state (running or paused, as asked)
+    ROLLED_BACK = "rolled-back"  # not resumed; its definition back on the old disks
+    UNKNOWN = "unknown"  # not resumed, and it could not be looked at: `recover` decides
+
+
+def resume_state(
     ctx: OpContext,
     vm_uuid: str,
     memory: dict[str, Any],
     sources: dict[str, str],
     old_sources: dict[str, str],
-) -> SnapgroupError | None:
-    """Resume the saved state on the disks `sources` (the persistent definition is on
-    them already). On failure the definition goes back to `old_sources` and the error
-    is returned: the VM stays stopped where it was."""
+) -> tuple[Resumed, SnapgroupError | None]:
+    """The stopped VM, whose definition is on `sources` already, started from the saved
+    state on them (`memory`: its file and `paused`). A VM running already was restored
+    by an interrupted process: a paused one runs (unless asked paused). When the restore
+    fails the definition goes back to `old_sources` and the error is returned."""
+    domain = ctx.hv.lookup(vm_uuid)
+    if domain.state.is_live:
+        if domain.state is VmState.PAUSED and not memory["paused"]:
+            ctx.hv.resume(vm_uuid)
+        return Resumed.RUNNING, None
     try:
         ctx.hv.restore_memory(vm_uuid, memory["file"], sources, paused=memory["paused"])
     except SnapgroupError as exc:
         try:
-            domain = ctx.hv.lookup(vm_uuid)
+            if ctx.hv.lookup(vm_uuid).state.is_live:
+                return Resumed.RUNNING, None  # restored after all: the error came later
+            if old_sources:
+                ctx.hv.set_disk_sources(vm_uuid, old_sources)
         except SnapgroupError:
-            return exc  # cannot even look: recovery decides later
-        if domain.state.is_live:
-            return None  # it was restored after all (the error came after)
-        if old_sources:
-            ctx.hv.set_disk_sources(vm_uuid, old_sources)
-        return exc
-    return None
+            return Resumed.UNKNOWN, exc
+        return Resumed.ROLLED_BACK, exc
+    return Resumed.RUNNING, None
 
 
 def after_resume(ctx: OpContext, vm_uuid: str, memory: dict[str, Any]) -> str | None:
@@ -193,3 +210,47 @@ def after_resume(ctx: OpContext, vm_uuid: str, memory: dict[str, Any]) -> str | 
 
 def _mib(n: int) -> int:
     return -(-n // (1 << 20))
+
+
+@dataclass(frozen=True)
+class MemoryFinding:
+    """What `verify` reports of a VM's memory files (as a Difference)."""
+
+    kind: str
+    detail: str
+    groups: tuple[str, ...] = ()
+    severity: str = "error"
+
+
+def memory_findings(
+    ctx: OpContext, vm_uuid: str, directories: Iterable[str], *, busy: bool
+) -> list[MemoryFinding]:
+    """Each of the VM's memory groups whose memory file is gone or not what was saved
+    (memory-missing, memory-changed), and, unless an operation is at work on the VM
+    (`busy`), UUID-named memory files in its disks' directories that no group of the
+    store records (orphan-memory: a warning; never removed here, since another store's
+    VM may keep its disks in the same directory)."""
+    with ctx.db.transaction() as session:
+        repo = Repo(session)
+        groups = [g for g in repo.groups(vm_uuid=vm_uuid) if g.memory_file is not None]
+        recorded = repo.memory_files()
+    check = memory_checker(ctx)
+    found = []
+    for group in groups:
+        problem = check(group)
+        if problem is not None:
+            kind = "memory-missing" if problem.endswith("is missing") else "memory-changed"
+            found.append(MemoryFinding(kind, problem, (group.uuid,)))
+    if busy:
+        return found
+    for directory in sorted(set(directories)):
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if _OURS.match(name) and path not in recorded:
+                detail = f"{path}: a memory file no group records (remove it if no store does)"
+                found.append(MemoryFinding("orphan-memory", detail, severity="warning"))
+    return found

@@ -8,11 +8,18 @@ overlay) is then removed. Without it, the current data of each restored volume i
 discarded. Any group can be reverted to, and the later ones stay usable: the chains
 become a tree, whose branches delete merges handle (planner.plan_merge).
 
+A memory group (ops/memory_state.py) goes back to its running moment: once the
+definition is switched, the saved state is restored onto the new overlays and the VM
+runs (or stays paused, `paused`) from there; its guest clock is then set through the
+agent. A restore that fails puts the definition back and drops the overlays: the VM
+stays stopped where it was. `volumes` reverts the disks alone (the VM stays stopped).
+
 Journal steps (`revert:<step>`, each a fault-injection point):
 begin -> safety (a safety group is about to be taken) -> overlays (made; the old tops
-are recorded) -> switched (the domain is on the new overlays) -> removed (old tops gone)
--> done, with the metadata. Recovery rolls forward once the domain is switched, and
-back (dropping the new overlays) before that.
+are recorded) -> switched (the domain is on the new overlays) -> [restoring (a memory
+group's state is being restored)] -> removed (old tops gone) -> done, with the
+metadata. Recovery rolls forward once the domain is switched (restoring a memory state
+first when the VM is still stopped), and back (dropping the new overlays) before that.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from snapgroup.ops.context import OpContext
 from snapgroup.ops.creating import create_locked
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.lineage import check_snapshot_chain
+from snapgroup.ops.memory_state import Resumed, after_resume, memory_checker, resume_state
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.syncing import sync_locked
 from snapgroup.store.repo import Repo
@@ -65,6 +73,10 @@ class RevertReport:
     group_uuid: str
     results: tuple[RevertResult, ...]
     safety_group: Group | None = None
+    # A memory group's: the VM's state once resumed (Running / Paused), and what did not
+    # go as it should around it (the guest clock not set...).
+    resumed: str | None = None
+    note: str | None = None
 
     @property
     def error(self) -> OperationError | None:
@@ -82,6 +94,9 @@ class RevertReport:
             "results": [r.to_dict() for r in self.results],
             "safetyGroupUuid": self.safety_group.uuid if self.safety_group else None,
         }
+        if self.resumed is not None:  # a memory group's
+            response["resumed"] = self.resumed
+            response["note"] = self.note
         if (error := self.error) is not None:
             response["error"] = error.to_dict()
         return response
@@ -102,19 +117,30 @@ def revert(
     safety_group: bool = True,
     stop: bool = False,
     stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    paused: bool = False,
 ) -> RevertReport:
     """`volumes`: restore only these volume UUIDs (the only way to revert to an
     unavailable group); the others are left as they are. `stop`: shut a running VM down
-    first (ACPI, powered off after `stop_timeout` seconds)."""
+    first (ACPI, powered off after `stop_timeout` seconds). A memory group's VM runs
+    again from its saved state (`paused`: resumed paused), unless `volumes` is given."""
     uuid = parse_uuid(group_uuid, "group uuid")
     wanted = [parse_uuid(v, "volume uuid") for v in volumes] if volumes is not None else None
     if wanted is not None and not wanted:
         raise InvalidArgument("--volumes names no volume")
     group = ctx.owned_group(uuid)
+    memory = None
+    if group.memory_file is not None and wanted is None:
+        memory = {"file": group.memory_file, "paused": paused}
+    elif paused:
+        raise InvalidArgument(
+            f"--paused resumes a memory group's state: group {uuid} has none"
+            if group.memory_file is None
+            else "--paused: a revert of --volumes restores disks only, the VM stays stopped"
+        )
     with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
         domain = _stopped_domain(ctx, group.vm_uuid, stop, stop_timeout)
         restores = _choose(ctx, uuid, domain, wanted)
-        return _revert_locked(ctx, uuid, domain, restores, safety_group)
+        return _revert_locked(ctx, uuid, domain, restores, safety_group, memory)
 
 
 def _stopped_domain(ctx: OpContext, vm_uuid: str, stop: bool, timeout: float) -> DomainInfo:
@@ -147,7 +173,9 @@ def _choose(
         group = repo.group(uuid)
         if group is None:
             raise NotFound(f"snapshot group {uuid} not found")  # deleted while we waited
-        state = availability(repo, group, domain, exists=file_checker(ctx))
+        state = availability(
+            repo, group, domain, exists=file_checker(ctx), memory=memory_checker(ctx)
+        )
         refs = repo.refs_with_snapshots([uuid])
         in_group = {ref.volume_uuid for ref, _ in refs}
         if wanted is None:
@@ -174,7 +202,12 @@ def _choose(
 
 
 def _revert_locked(
-    ctx: OpContext, uuid: str, domain: DomainInfo, restores: list[_Restore], safety: bool
+    ctx: OpContext,
+    uuid: str,
+    domain: DomainInfo,
+    restores: list[_Restore],
+    safety: bool,
+    memory: dict[str, Any] | None = None,
 ) -> RevertReport:
     vm_uuid = domain.uuid
     disks = [
@@ -196,6 +229,8 @@ def _revert_locked(
         "disks": disks,
         "old_tops": None,  # known once the safety group is taken
     }
+    if memory is not None:
+        plan["memory"] = memory
     op = ctx.journal.begin(KIND, vm_uuid, plan, group_uuid=uuid)
     safety_group: Group | None = None
     try:
@@ -209,18 +244,41 @@ def _revert_locked(
         ctx.hv.set_disk_sources(vm_uuid, {d["target"]: d["overlay"] for d in disks})
     except SnapgroupError as exc:
         if not _settle(ctx, op, plan, vm_uuid):
-            return RevertReport(
-                uuid,
-                tuple(
-                    RevertResult(d["volume_uuid"], d["snapshot_uuid"], False, exc) for d in disks
-                ),
-                safety_group,
-            )
+            return _failed(uuid, disks, exc, safety_group)
     else:
         ctx.journal.step(op, KIND, "switched")
+        if memory is not None and (error := _resume(ctx, op, plan, vm_uuid)) is not None:
+            return _failed(uuid, disks, error, safety_group)
         _roll_forward(ctx, op, plan)
     results = tuple(RevertResult(d["volume_uuid"], d["snapshot_uuid"], True) for d in disks)
-    return RevertReport(uuid, results, safety_group)
+    if memory is None:
+        return RevertReport(uuid, results, safety_group)
+    note = after_resume(ctx, vm_uuid, memory)
+    resumed = VmState.PAUSED if memory["paused"] else VmState.RUNNING
+    return RevertReport(uuid, results, safety_group, resumed.value, note)
+
+
+def _failed(
+    uuid: str, disks: list[dict[str, Any]], error: SnapgroupError, safety: Group | None
+) -> RevertReport:
+    results = (RevertResult(d["volume_uuid"], d["snapshot_uuid"], False, error) for d in disks)
+    return RevertReport(uuid, tuple(results), safety)
+
+
+def _resume(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -> SnapgroupError | None:
+    """A switched memory revert's VM started from the group's saved state. None: it
+    runs. Else the error, once the revert is rolled back (or left to `recover` when the
+    VM cannot even be looked at)."""
+    ctx.journal.step(op, KIND, "restoring")
+    disks: list[dict[str, Any]] = plan["disks"]
+    old = {t: p for t, p in (plan["old_tops"] or {}).items() if p is not None}
+    sources = {d["target"]: d["overlay"] for d in disks}
+    outcome, error = resume_state(ctx, vm_uuid, plan["memory"], sources, old)
+    if outcome is Resumed.ROLLED_BACK:
+        ctx.remove_files([d["overlay"] for d in disks])
+        detail = f"revert: the memory state was not restored ({error}); the disks are back"
+        ctx.journal.close(op, ROLLED_BACK, detail=detail)
+    return error
 
 
 def _take_safety_group(ctx: OpContext, domain: DomainInfo, uuid: str, safety_uuid: str) -> Group:
@@ -256,7 +314,12 @@ def _settle(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -> bool
     except SnapgroupError:
         return False
     recover_revert(ctx, op, plan, domain)
-    return _switched(plan, domain)
+    if "memory" not in plan:
+        return _switched(plan, domain)
+    try:  # a memory state that could not be restored rolled the revert back
+        return _switched(plan, ctx.hv.lookup(vm_uuid))
+    except SnapgroupError:
+        return False
 
 
 def _switched(plan: dict[str, Any], domain: DomainInfo) -> bool:
@@ -269,8 +332,11 @@ def _switched(plan: dict[str, Any], domain: DomainInfo) -> bool:
 @recovers(KIND)
 def recover_revert(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
     """Forward once the domain is on the new overlays (one defineXML: all or none are),
-    else back. The safety group is its own journaled create: kept if it was taken."""
+    else back. The safety group is its own journaled create: kept if it was taken. A
+    memory group's VM still stopped is first started from its saved state."""
     if _switched(plan, domain):
+        if "memory" in plan and _resume(ctx, op, plan, domain.uuid) is not None:
+            return
         _roll_forward(ctx, op, plan)
         return
     ctx.remove_files([d["overlay"] for d in plan["disks"]])

@@ -1,5 +1,6 @@
 """Ungroup: drop a group and keep its volume snapshots (ZStack's
-UngroupVolumeSnapshotGroup). Metadata only, one transaction."""
+UngroupVolumeSnapshotGroup). Metadata only, one transaction; a memory group's memory
+file goes with the group (it is the group's VM state, no snapshot's)."""
 
 from __future__ import annotations
 
@@ -23,5 +24,7 @@ def ungroup(ctx: OpContext, group_uuid: str) -> Group:
         if not groups:
             raise NotFound(f"snapshot group {uuid} not found")
         repo.delete_snapshots(r.volume_snapshot_uuid for r in groups[0].refs if r.snapshot_deleted)
+        if groups[0].memory is not None:
+            ctx.remove_files([groups[0].memory.file])
         repo.delete_group(uuid)
         return groups[0]

@@ -14,6 +14,7 @@ from typing import Any
 
 from snapgroup.domain.errors import NotFound, SnapgroupError
 from snapgroup.ops.context import OpContext
+from snapgroup.ops.memory_state import memory_findings
 from snapgroup.ops.recovery import recover_pending
 from snapgroup.store.operations import OperationRepo
 from snapgroup.store.repo import Repo
@@ -136,6 +137,11 @@ def _verify_vm(ctx: OpContext, vm_uuid: str, *, repair: bool) -> list[Difference
         known_files.add(volume.install_path)
         known_files.update(s.install_path for s in lineages[volume.uuid])
     diffs.extend(_orphans(ctx, vm_uuid, volumes, known_files, live, repair=repair))
+    directories = {os.path.dirname(v.install_path) for v in volumes}
+    diffs.extend(
+        Difference(vm_uuid, f.kind, f.detail, groups=f.groups, severity=f.severity)
+        for f in memory_findings(ctx, vm_uuid, directories, busy=busy)
+    )
     return diffs
 
 

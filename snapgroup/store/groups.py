@@ -155,6 +155,11 @@ class GroupQueries(RepoBase):
             query = query.where(g.vm_uuid == vm_uuid)
         return self._rows(query.order_by(_R.group_uuid, _R.device_id))
 
+    def memory_files(self) -> set[str]:
+        """The memory file of every memory group in the store (any VM, any host)."""
+        query = sa_select(_GROUPS.c.memory_file).where(_GROUPS.c.memory_file.is_not(None))
+        return {str(path) for (path,) in self.session.execute(query)}
+
     def delete_group(self, uuid: str) -> None:
         self.session.execute(delete(RefRow).where(col(RefRow.group_uuid) == uuid))
         self.session.execute(delete(GroupRow).where(col(GroupRow.uuid) == uuid))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,216 @@ def test_killed_during_the_save_recovery_removes_the_file_and_resumes(
     (row,) = lab.engine.recover()
     assert row.state == "rolled-back" and "resumed" in (row.detail or "")
     assert _state(lab) == before  # no overlay, no memory file, running, no group
+
+
+# -- revert ------------------------------------------------------------------------------
+
+
+def _memory_group_then_run_on(lab: Lab) -> tuple[str, list[dict[int, str]]]:
+    """A memory group taken while the guest's RAM says counter=41, then the guest ran
+    on (RAM and disks changed). Returns the group and the disks' view at the snapshot."""
+    lab_domain(lab.hv)
+    lab.hv.agents[VM] = ("/",)
+    lab.hv.ram[VM] = "counter=41"
+    for disk in lab.hv.domains[VM].disks:
+        assert disk.path is not None
+        lab.images.write(disk.path, 1, f"{disk.target}@snapshot")
+    at_snapshot = lab.view_of_vm()
+    group = lab.engine.create(vm="vm1", name="m1", with_memory=True)
+    lab.hv.ram[VM] = "counter=99"
+    for disk in lab.hv.domains[VM].disks:
+        assert disk.path is not None
+        lab.images.write(disk.path, 1, f"{disk.target}@later")
+    return group.uuid, at_snapshot
+
+
+def test_revert_of_a_memory_group_resumes_the_vm_at_that_moment(lab: Lab) -> None:
+    uuid, at_snapshot = _memory_group_then_run_on(lab)
+    report = lab.engine.revert(uuid, stop=True, stop_timeout=0)
+
+    assert report.error is None and report.resumed == "Running" and report.note is None
+    assert lab.hv.domains[VM].state is VmState.RUNNING
+    assert lab.hv.ram[VM] == "counter=41"  # the saved state, not the later one
+    assert lab.view_of_vm() == at_snapshot  # every disk back at the snapshot
+    ((_vm, memory_file, sources, paused),) = lab.hv.called("restore_memory")
+    assert memory_file == lab.engine.get(uuid).memory.file  # type: ignore[union-attr]
+    assert sources == {d.target: d.path for d in lab.hv.domains[VM].disks} and not paused
+    assert lab.hv.clock_set == [VM]  # the guest clock set through the agent
+    assert report.safety_group is not None  # the present was kept, as for any revert
+    assert report.to_response()["resumed"] == "Running"
+    # again: a second revert to the same group works the same
+    lab.hv.ram[VM] = "counter=150"
+    second = lab.engine.revert(uuid, stop=True, stop_timeout=0)
+    assert second.error is None and lab.hv.ram[VM] == "counter=41"
+    assert lab.view_of_vm() == at_snapshot
+    assert lab.engine.check([uuid])[0].available
+
+
+def test_revert_paused_leaves_the_vm_paused_and_the_clock_alone(lab: Lab) -> None:
+    uuid, _ = _memory_group_then_run_on(lab)
+    report = lab.engine.revert(uuid, stop=True, stop_timeout=0, paused=True)
+    assert report.error is None and report.resumed == "Paused"
+    assert lab.hv.domains[VM].state is VmState.PAUSED and lab.hv.clock_set == []
+    assert report.note is not None and "paused" in report.note
+
+
+def test_without_an_agent_the_revert_says_the_clock_was_not_set(lab: Lab) -> None:
+    uuid, _ = _memory_group_then_run_on(lab)
+    del lab.hv.agents[VM]
+    report = lab.engine.revert(uuid, stop=True, stop_timeout=0)
+    assert report.error is None and lab.hv.domains[VM].state is VmState.RUNNING
+    assert report.note is not None and "guest clock not set" in report.note
+
+
+def test_a_revert_of_volumes_restores_the_disks_only(lab: Lab) -> None:
+    uuid, _ = _memory_group_then_run_on(lab)
+    volume = lab.engine.get(uuid).refs[1].volume_uuid
+    report = lab.engine.revert(uuid, volumes=[volume], stop=True, stop_timeout=0)
+    assert report.error is None and report.resumed is None
+    assert lab.hv.called("restore_memory") == []
+    assert lab.hv.domains[VM].state is VmState.STOPPED
+    with pytest.raises(InvalidArgument, match="--paused"):
+        lab.engine.revert(uuid, volumes=[volume], paused=True)
+
+
+def test_paused_is_refused_for_a_disk_only_group(lab: Lab) -> None:
+    lab_domain(lab.hv)
+    group = lab.engine.create(vm="vm1", name="d1")
+    with pytest.raises(InvalidArgument, match="has none"):
+        lab.engine.revert(group.uuid, stop=True, paused=True)
+    assert lab.hv.domains[VM].state is VmState.RUNNING
+
+
+def test_a_disk_only_revert_works_as_before(lab: Lab) -> None:
+    lab_domain(lab.hv)
+    group = lab.engine.create(vm="vm1", name="d1")
+    report = lab.engine.revert(group.uuid, stop=True, stop_timeout=0)
+    assert report.error is None and report.resumed is None
+    assert lab.hv.domains[VM].state is VmState.STOPPED
+    assert lab.hv.called("restore_memory") == []
+
+
+def test_a_gone_or_changed_memory_file_makes_the_group_unavailable(lab: Lab) -> None:
+    uuid, _ = _memory_group_then_run_on(lab)
+    memory_file = lab.engine.get(uuid).memory.file  # type: ignore[union-attr]
+    lab.images.write(memory_file, 0, "tampered")
+    (state,) = lab.engine.check([uuid])
+    assert not state.available and "changed since the group was taken" in (state.reason or "")
+    with pytest.raises(OperationError, match="unavailable"):
+        lab.engine.revert(uuid, stop=True, stop_timeout=0)
+    assert lab.hv.domains[VM].state is VmState.STOPPED  # stopped, nothing else changed
+    lab.images.remove(memory_file)
+    (state,) = lab.engine.check([uuid])
+    assert not state.available and "is missing" in (state.reason or "")
+
+
+def test_a_failed_restore_puts_the_disks_back(lab: Lab) -> None:
+    uuid, _ = _memory_group_then_run_on(lab)
+    lab.hv.shutdown(VM, timeout=0)
+    tops = [d.path for d in lab.hv.domains[VM].disks]
+    lab.hv.fail["restore_memory"] = OperationError("incompatible save image")
+    report = lab.engine.revert(uuid, safety_group=False)
+    assert report.error is not None and "incompatible" in str(report.error.cause)
+    assert lab.hv.domains[VM].state is VmState.STOPPED
+    assert [d.path for d in lab.hv.domains[VM].disks] == tops  # back where they were
+    assert all(p in lab.images.images for p in tops if p)  # and kept (no safety group)
+    (op,) = [o for o in lab.engine.operations() if o.kind == "revert"]
+    assert op.state == "rolled-back" and "memory state was not restored" in (op.detail or "")
+    overlays = [d["overlay"] for d in json.loads(op.plan)["disks"]]
+    assert overlays and not any(p in lab.images.images for p in overlays)
+    assert lab.engine.check([uuid])[0].available  # and the group can be tried again
+
+
+@pytest.mark.parametrize("step", ["revert:switched", "revert:restoring"])
+def test_killed_before_the_restore_recovery_resumes_the_vm(
+    lab: Lab, die_at: list[str], step: str
+) -> None:
+    uuid, at_snapshot = _memory_group_then_run_on(lab)
+    die_at.append(step)
+    with pytest.raises(Killed):
+        lab.engine.revert(uuid, stop=True, stop_timeout=0)
+    assert lab.hv.domains[VM].state is VmState.STOPPED
+    rows = lab.engine.recover()
+    assert [r.state for r in rows if r.kind == "revert"] == ["done"]
+    assert lab.hv.domains[VM].state is VmState.RUNNING and lab.hv.ram[VM] == "counter=41"
+    assert lab.view_of_vm() == at_snapshot
+
+
+def test_killed_after_the_restore_recovery_rolls_forward(lab: Lab, die_at: list[str]) -> None:
+    uuid, at_snapshot = _memory_group_then_run_on(lab)
+    die_at.append("revert:removed")
+    with pytest.raises(Killed):
+        lab.engine.revert(uuid, stop=True, stop_timeout=0)
+    assert lab.hv.domains[VM].state is VmState.RUNNING
+    rows = lab.engine.recover()
+    assert [r.state for r in rows if r.kind == "revert"] == ["done"]
+    assert len(lab.hv.called("restore_memory")) == 1  # not restored twice
+    assert lab.view_of_vm() == at_snapshot
+
+
+# -- the memory file's life ----------------------------------------------------------------
+
+
+def test_delete_removes_the_memory_file(lab: Lab) -> None:
+    lab_domain(lab.hv)
+    group = lab.engine.create(vm="vm1", name="m1", with_memory=True)
+    assert group.memory is not None and group.memory.file in lab.images.images
+    plan = lab.engine.delete_plan(group.uuid).to_json()
+    assert plan["memoryFile"] == group.memory.file and plan["memoryBytes"] == group.memory.size
+    report = lab.engine.delete(group.uuid)
+    assert report.error is None
+    assert group.memory.file not in lab.images.images
+    assert lab.engine.list_groups() == []
+
+
+def test_a_delete_that_keeps_the_group_keeps_its_memory_file(lab: Lab) -> None:
+    lab_domain(lab.hv)
+    group = lab.engine.create(vm="vm1", name="m1", with_memory=True)
+    lab.engine.create(vm="vm1", name="m2")
+    lab.hv.fail["block_commit"] = HypervisorError("commit failed")
+    lab.hv.fail_times["block_commit"] = 1
+    report = lab.engine.delete(group.uuid, mode="Permissive")
+    assert report.error is not None
+    assert group.memory is not None and group.memory.file in lab.images.images
+    assert [g.uuid for g in lab.engine.list_groups()][0] == group.uuid
+
+
+def test_killed_delete_recovery_removes_the_memory_file(lab: Lab, die_at: list[str]) -> None:
+    lab_domain(lab.hv)
+    group = lab.engine.create(vm="vm1", name="m1", with_memory=True)
+    die_at.append("delete:begin")
+    with pytest.raises(Killed):
+        lab.engine.delete(group.uuid)
+    assert group.memory is not None and group.memory.file in lab.images.images
+    (row,) = [r for r in lab.engine.recover() if r.kind == "delete"]
+    assert row.state == "done" and group.memory.file not in lab.images.images
+    assert lab.engine.list_groups() == []
+
+
+def test_ungroup_removes_the_memory_file(lab: Lab) -> None:
+    lab_domain(lab.hv)
+    group = lab.engine.create(vm="vm1", name="m1", with_memory=True)
+    lab.engine.ungroup(group.uuid)
+    assert group.memory is not None and group.memory.file not in lab.images.images
+
+
+def test_verify_names_a_memory_file_gone_changed_or_orphaned(lab: Lab, tmp_path: Path) -> None:
+    lab_domain(lab.hv, directory=str(tmp_path))
+    group = lab.engine.create(vm="vm1", name="m1", with_memory=True)
+    assert group.memory is not None
+    assert group.memory.file.startswith(f"{tmp_path}/")  # beside the root disk
+    assert [d for d in lab.engine.verify(vm="vm1") if "memory" in d.kind] == []
+    lab.images.write(group.memory.file, 0, "tampered")
+    (changed,) = [d for d in lab.engine.verify(vm="vm1") if "memory" in d.kind]
+    assert changed.kind == "memory-changed" and changed.groups == (group.uuid,)
+    assert group.memory.file in changed.detail
+    lab.images.remove(group.memory.file)
+    (gone,) = [d for d in lab.engine.verify(vm="vm1") if "memory" in d.kind]
+    assert gone.kind == "memory-missing" and group.memory.file in gone.detail
+    stray = tmp_path / f"{'e' * 32}.mem"
+    stray.write_bytes(b"state")
+    kinds = {d.kind: d for d in lab.engine.verify(vm="vm1", repair=True)}
+    assert (
+        kinds["orphan-memory"].severity == "warning" and str(stray) in kinds["orphan-memory"].detail
+    )
+    assert stray.exists()  # reported, never removed by verify
