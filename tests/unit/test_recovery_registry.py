@@ -44,7 +44,26 @@ def test_every_journal_kind_is_registered_by_its_home() -> None:
     assert _run(code).split() == KINDS
 
 
+def test_an_empty_journal_loads_no_recovery() -> None:
+    """`recover` (which every command runs first) with nothing to recover imports no
+    use case: none of the modules that register a recovery."""
+    code = (
+        "import sys\n"
+        "from snapgroup.api import Engine\n"
+        "from snapgroup.ops import recovery\n"
+        "from snapgroup.store.db import Database\n"
+        "from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool\n"
+        "images = FakeImageTool()\n"
+        "engine = Engine(hypervisor=FakeHypervisor(images), images=images, "
+        "db=Database('sqlite://'))\n"
+        "assert engine.recover() == []\n"
+        "print(sorted(m for m in recovery.HOMES.values() if m in sys.modules))\n"
+    )
+    assert _run(code) == "[]"
+
+
 def test_a_kind_registers_once() -> None:
+    assert recovery.recovery_of("create") is not None
     with pytest.raises(AssertionError, match="two recoveries for create"):
         recovery.recovers("create")(lambda ctx, op, plan, domain: None)
 
