@@ -28,6 +28,7 @@ from snapgroup.store.db import Database
 
 POLL_SECONDS = 0.05
 _TRY = text("SELECT pg_try_advisory_lock(:key)")
+_UNLOCK_ALL = text("SELECT pg_advisory_unlock_all()")
 
 
 def lock_key(kind: str, vm_uuid: str) -> int:
@@ -60,7 +61,7 @@ class AdvisoryLocks:
         try:
             yield _try(conn, key)
         finally:
-            conn.close()  # ends the session: the lock, if taken, goes with it
+            _release(conn)
 
     @contextmanager
     def _held(self, kind: str, vm_uuid: str, what: str, wait: float) -> Iterator[None]:
@@ -74,7 +75,19 @@ class AdvisoryLocks:
                 time.sleep(POLL_SECONDS)
             yield
         finally:
-            conn.close()
+            _release(conn)
+
+
+def _release(conn: Connection) -> None:
+    """Unlocked, then closed. The unlock is answered once done; a close alone ends the
+    session a moment later, on the server's time: a lock taken at once after it (the
+    next operation, in this process or on another host) could find it still held."""
+    try:
+        conn.execute(_UNLOCK_ALL)
+    except SQLAlchemyError:
+        pass  # the connection is gone: so is its session, and the lock with it
+    finally:
+        conn.close()
 
 
 def _try(conn: Connection, key: int) -> bool:

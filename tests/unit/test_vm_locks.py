@@ -124,6 +124,25 @@ def test_lock_keys_are_per_kind_and_vm() -> None:
     assert lock_key("vm", VM) == lock_key("vm", "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa")
 
 
+def test_a_released_lock_is_free_at_once_for_the_next_taker(pg_url: str) -> None:
+    """The release is answered by the server before the block ends. A close alone ended
+    the session a moment later, on the server's time, and the next operation (here, or
+    on another host) could find the VM busy: the unit tests on PostgreSQL failed so
+    under load, and this loop did in some runs (it is a race: not in every run)."""
+    db = Database(pg_url)
+    locks = AdvisoryLocks(db)
+    try:
+        for _ in range(200):
+            with locks.vm(VM):
+                pass
+            with locks.try_vm(VM) as free:
+                assert free
+            with locks.vm(VM):  # right after try_vm's release
+                pass
+    finally:
+        db.dispose()
+
+
 HOLDER = """
 import sys, time
 from snapgroup.store.db import Database
