@@ -148,6 +148,12 @@ class Hypervisor(Protocol):
         """Let a paused domain run; a running one is left as it is."""
         ...
 
+    def wait_idle(self, vm_uuid: str, *, timeout: float) -> bool:
+        """Wait until libvirt runs no job on the domain: a snapshot, a save or a restore
+        goes on inside libvirtd when the process that asked for it is killed. False
+        when it still does after `timeout` seconds."""
+        ...
+
 
 class ImageTool(Protocol):
     """qemu-img, and the files it makes. Raises ImageToolError."""

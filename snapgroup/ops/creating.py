@@ -41,6 +41,7 @@ from snapgroup.ops.memory_state import (
     plan_memory,
     refuse_stopped,
     resume_left_paused,
+    settled_domain,
 )
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.syncing import synced
@@ -289,6 +290,10 @@ def _settle_create(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) 
 
 @recovers("create")
 def _recover_create(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
+    settled = settled_domain(ctx, domain)  # libvirtd may still be at the snapshot
+    if settled is None:
+        return  # the journal stays open: a later `recover` decides
+    domain = settled
     thaw_note = ""
     if plan.get("freezing") and "consistency" not in plan:
         # Killed inside the freeze window: the guest may still be frozen, and every

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 # Beyond the guest's memory, a save image holds a header and the domain's XML (a few
 # KiB); QEMU's device state is small. Counted once per memory snapshot.
 MEMORY_MARGIN = 16 << 20
+# How long a recovery waits for libvirtd to finish a memory save or a restore that a
+# killed process asked for (libvirtd goes on without its client): a large guest's
+# memory on a slow disk. Past it, the journal stays open for a later `recover`.
+JOB_WAIT_S = 600.0
 LIVE, PAUSED = "live", "paused"
 SUFFIX = ".mem"
 _OURS = re.compile(r"^[0-9a-f]{32}\.mem$")  # memory files are named by UUID
@@ -113,6 +117,15 @@ def memory_columns(ctx: OpContext, memory: dict[str, Any]) -> dict[str, Any]:
         "memory_sha256": digest.sha256,
         "memory_mode": LIVE if memory["live"] else PAUSED,
     }
+
+
+def settled_domain(ctx: OpContext, domain: DomainInfo) -> DomainInfo | None:
+    """The domain once libvirt runs no job on it any more (a snapshot or a restore an
+    interrupted process started goes on inside libvirtd): None while it still does."""
+    if not ctx.hv.wait_idle(domain.uuid, timeout=JOB_WAIT_S):
+        log.warning("VM %s: libvirt is still at work on it; recover later", domain.name)
+        return None
+    return ctx.hv.lookup(domain.uuid)
 
 
 def resume_left_paused(ctx: OpContext, memory: dict[str, Any], domain: DomainInfo) -> str:

@@ -43,7 +43,13 @@ from snapgroup.ops.context import OpContext
 from snapgroup.ops.creating import create_locked
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.lineage import check_snapshot_chain
-from snapgroup.ops.memory_state import Resumed, after_resume, memory_checker, resume_state
+from snapgroup.ops.memory_state import (
+    Resumed,
+    after_resume,
+    memory_checker,
+    resume_state,
+    settled_domain,
+)
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.syncing import sync_locked
 from snapgroup.store.repo import Repo
@@ -334,6 +340,11 @@ def recover_revert(ctx: OpContext, op: str, plan: dict[str, Any], domain: Domain
     """Forward once the domain is on the new overlays (one defineXML: all or none are),
     else back. The safety group is its own journaled create: kept if it was taken. A
     memory group's VM still stopped is first started from its saved state."""
+    if "memory" in plan:  # libvirtd may still be at the restore a killed process asked
+        settled = settled_domain(ctx, domain)
+        if settled is None:
+            return  # the journal stays open: a later `recover` decides
+        domain = settled
     if _switched(plan, domain):
         if "memory" in plan and _resume(ctx, op, plan, domain.uuid) is not None:
             return

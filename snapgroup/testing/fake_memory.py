@@ -45,7 +45,8 @@ class MemoryFiles:
 class MemoryHypervisor:
     """FakeHypervisor's memory-state verbs. `memory[vm]`: the domain's current memory
     in bytes (DEFAULT_MEMORY when unset); `ram[vm]`: its guest's state; `clock_set`:
-    the VMs whose guest clock was set, in order."""
+    the VMs whose guest clock was set, in order; `busy`: the VMs libvirt is still at
+    work on (a job a killed process asked for: wait_idle says so)."""
 
     if TYPE_CHECKING:
         lock: threading.RLock
@@ -54,6 +55,7 @@ class MemoryHypervisor:
         memory: dict[str, int]
         ram: dict[str, str]
         clock_set: list[str]
+        busy: set[str]
 
         def _call(self, method: str, *args: object) -> None: ...
         def _domain(self, vm: str) -> Any: ...
@@ -112,6 +114,13 @@ class MemoryHypervisor:
                 domain.state = VmState.RUNNING
             elif domain.state is not VmState.RUNNING:
                 raise HypervisorError(f"domain {domain.name} is not running")
+
+    def wait_idle(self, vm_uuid: str, *, timeout: float) -> bool:
+        """False for the VMs in `busy` (as if libvirt were still at a job a killed
+        process asked for), at once."""
+        with self.lock:
+            self._call("wait_idle", vm_uuid, timeout)
+            return self._domain(vm_uuid).uuid not in self.busy
 
     def set_guest_time(self, vm_uuid: str, *, timeout: int | None = None) -> None:
         with self.lock:

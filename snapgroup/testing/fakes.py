@@ -322,6 +322,7 @@ class FakeHypervisor(MemoryHypervisor, _Faults):
         self.memory: dict[str, int] = {}
         self.ram: dict[str, str] = {}
         self.clock_set: list[str] = []
+        self.busy: set[str] = set()  # VMs libvirt is still at work on (wait_idle: False)
 
     @_serialised
     def define(self, uuid: str, name: str, state: VmState, disks: Sequence[DomainDisk]) -> None:

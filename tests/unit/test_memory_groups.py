@@ -180,6 +180,38 @@ def test_killed_during_the_save_recovery_removes_the_file_and_resumes(
     assert _state(lab) == before  # no overlay, no memory file, running, no group
 
 
+def test_recovery_waits_while_libvirt_still_saves_for_a_killed_create(
+    lab: Lab, die_at: list[str]
+) -> None:
+    """libvirtd goes on with a snapshot whose client was killed: recovery must not take
+    the overlays and the memory file away under it (found on the real stack: the VM
+    ended on a deleted overlay)."""
+    lab_domain(lab.hv)
+    die_at.append("create:overlays")
+    with pytest.raises(Killed):
+        lab.engine.create(vm="vm1", name="m1", with_memory=True)
+    (op,) = lab.engine.operations()
+    plan = json.loads(op.plan)
+    memory_file = plan["memory"]["file"]
+    lab.images.add(memory_file, fmt="memory", data={0: "being written"})
+    lab.hv.domains[VM].state = VmState.PAUSED  # libvirt paused it for the save
+    lab.hv.busy.add(VM)
+    (row,) = lab.engine.recover()
+    assert row.state == "running"  # left for later: nothing touched
+    assert memory_file in lab.images.images
+    assert all(o["overlay"] in lab.images.images for o in plan["overlays"])
+    assert lab.hv.called("resume") == []
+    # libvirtd finishes the snapshot: the disks on the overlays, the VM running again
+    for o in plan["overlays"]:
+        lab.hv.set_disk_sources(VM, {o["target"]: o["overlay"]})
+    lab.hv.domains[VM].state = VmState.RUNNING
+    lab.hv.busy.clear()
+    (row,) = lab.engine.recover()
+    assert row.state == "done"
+    (group,) = lab.engine.list_groups()
+    assert group.memory is not None and group.memory.file == memory_file
+
+
 # -- revert ------------------------------------------------------------------------------
 
 
@@ -349,7 +381,7 @@ def test_a_delete_that_keeps_the_group_keeps_its_memory_file(lab: Lab) -> None:
     report = lab.engine.delete(group.uuid, mode="Permissive")
     assert report.error is not None
     assert group.memory is not None and group.memory.file in lab.images.images
-    assert [g.uuid for g in lab.engine.list_groups()][0] == group.uuid
+    assert group.uuid in [g.uuid for g in lab.engine.list_groups()]
 
 
 def test_killed_delete_recovery_removes_the_memory_file(lab: Lab, die_at: list[str]) -> None:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import libvirt
 
 from snapgroup.adapters.domxml import normalize_uuid, parse_domain, with_disk_sources
 from snapgroup.adapters.libvirt_hv.connection import LibvirtConnection
-from snapgroup.domain.errors import HypervisorError, InvalidArgument
+from snapgroup.adapters.libvirt_hv.errors import translate
+from snapgroup.domain.errors import HypervisorError, InvalidArgument, NotFound
 from snapgroup.domain.models import VmState
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,19 @@ class Lifecycle(LibvirtConnection):
             elif state != libvirt.VIR_DOMAIN_RUNNING:
                 raise HypervisorError(f"domain {dom.name()} is not running (state {state})")
 
+    def wait_idle(self, vm_uuid: str, *, timeout: float) -> bool:
+        dom = self._domain(vm_uuid)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                if not _busy(dom):
+                    return True
+            except NotFound:
+                return True  # undefined meanwhile: no job either
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.poll_interval)
+
     def memory_bytes(self, vm_uuid: str) -> int:
         dom = self._domain(vm_uuid)
         with self._calls():
@@ -87,3 +102,35 @@ class Lifecycle(LibvirtConnection):
         flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
         with self._calls():
             conn.restoreFlags(memory_file, with_disk_sources(xml, sources), flags)
+
+
+# A paused domain libvirt is at work on: saving its memory for a snapshot or a save,
+# starting it from a saved state (a restore), dumping or migrating it.
+_WORKING = frozenset(
+    {
+        libvirt.VIR_DOMAIN_PAUSED_SNAPSHOT,
+        libvirt.VIR_DOMAIN_PAUSED_SAVE,
+        libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
+        libvirt.VIR_DOMAIN_PAUSED_DUMP,
+        libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
+    }
+)
+
+
+def _busy(dom: Any) -> bool:
+    """libvirt runs a job on the domain (virsh domjobinfo: Bounded/Unbounded), or holds
+    it paused for one. A stopped domain has neither."""
+    try:
+        state, reason = (int(v) for v in dom.state()[:2])
+        if state == libvirt.VIR_DOMAIN_SHUTOFF:
+            return False
+        job = int(dom.jobInfo()[0])
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise NotFound(str(exc)) from None
+        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+            return False  # "domain is not running": stopped between the two calls
+        raise translate(exc) from None
+    if job in (libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED):
+        return True
+    return state == libvirt.VIR_DOMAIN_PAUSED and reason in _WORKING
