@@ -84,7 +84,10 @@ class Agent:
             pv_disks[_plain_uuid(pv["pv_uuid"])] = self._disk_of(pv["pv_name"], devices)
         out = []
         for dev in dict.fromkeys([*devices, *partitions, *lvs, *fstypes]):
-            entry: dict[str, Any] = {"device": dev, "fstype": fstypes.get(dev, "")}
+            fstype = fstypes.get(dev) or ""
+            if not fstype and not dev.startswith("btrfsvol:"):  # an LVM PV, a LUKS volume
+                fstype = self._vfs_type(dev)
+            entry: dict[str, Any] = {"device": dev, "fstype": fstype}
             if dev in devices:
                 entry["kind"], entry["disks"] = "disk", [dev]
                 entry["partitioned"] = any(p.startswith(dev) for p in partitions)
@@ -108,6 +111,9 @@ class Agent:
             found["label"] = _quiet(lambda: g.vfs_label(dev), "")
             found["uuid"] = _quiet(lambda: g.vfs_uuid(dev), "")
         return found
+
+    def _vfs_type(self, dev: str) -> str:
+        return str(_quiet(lambda: self.g.vfs_type(dev), "") or "")
 
     def _is_lv(self, dev: str) -> bool:
         return bool(_quiet(lambda: self.g.is_lv(dev), False))

@@ -88,6 +88,8 @@ def unpack_tar(chunks: Iterable[bytes], dest: str) -> Unpacked:
     try:
         with tarfile.open(fileobj=reader, mode="r|") as archive:
             archive.extractall(root, filter=guard)
+        while reader.read(1 << 20):  # the archive's padding: the stream is read to its end
+            pass
     except tarfile.TarError as exc:
         raise OperationError(f"the guest's tar stream is damaged: {exc}") from exc
     # tarfile sets times from a float (~0.2 us off at today's epoch): set them exact,

@@ -164,3 +164,17 @@ def test_pax_mtimes_are_kept_to_the_nanosecond(layout: tuple[Path, Path]) -> Non
         archive.addfile(info, io.BytesIO(data))
     unpack_tar(_chunks(buf.getvalue()), str(dest))
     assert (dest / "f").stat().st_mtime_ns == 1700000123_456789012
+
+
+def test_the_stream_is_read_to_its_end(layout: tuple[Path, Path]) -> None:
+    """tar stops at its end marker; the record padding after it must be read too (the
+    appliance's stream is not finished until then)."""
+    dest, _ = layout
+    finished = []
+
+    def stream() -> Iterator[bytes]:
+        yield from _chunks(_tar(_file("./f", b"x")), 512)
+        finished.append(True)
+
+    unpack_tar(stream(), str(dest))
+    assert finished == [True]
