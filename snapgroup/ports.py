@@ -209,8 +209,16 @@ class ImageTool(Protocol):
         compressed with `compress`."""
         ...
 
-    def check(self, path: str) -> ImageCheck:
-        """`qemu-img check` of the file by itself (its backing file is not opened)."""
+    def check(self, path: str, *, shared: bool = False) -> ImageCheck:
+        """`qemu-img check` of the file by itself (its backing file is not opened).
+        `shared` (-U): the file may be open in a running QEMU (read-only: a backing
+        file; a file QEMU writes gives no reliable answer)."""
+        ...
+
+    def repair_leaks(self, path: str) -> ImageCheck:
+        """`qemu-img check -r leaks`: free the clusters nothing references (a writer
+        killed mid-write leaves them); the check of what remains. Needs the file to
+        itself: never call it on a file a running QEMU has open."""
         ...
 
     def set_backing(self, image: str, *, backing_name: str | None, safe: bool) -> None:

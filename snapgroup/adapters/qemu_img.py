@@ -231,17 +231,28 @@ class QemuImg:
         argv = [self.binary, "convert", "-U", "-f", "qcow2", "-O", "qcow2", "-W", "-m", "4"]
         return [*argv, "-B", backing, "-F", "qcow2"]
 
-    def check(self, path: str) -> ImageCheck:
+    def check(self, path: str, *, shared: bool = False) -> ImageCheck:
         """`qemu-img check` of the file by itself: its backing file is not opened (a
         missing base is the repository's finding, not this file's corruption)."""
+        return self._check(path, ["-U"] if shared else [])
+
+    def repair_leaks(self, path: str) -> ImageCheck:
+        """`qemu-img check -r leaks`, which takes the file's write lock: refused (an
+        ImageToolError) while another process, QEMU included, holds the file."""
+        return self._check(path, ["-r", "leaks"])
+
+    def _check(self, path: str, options: list[str]) -> ImageCheck:
         spec = {"driver": "qcow2", "file": {"driver": "file", "filename": _abspath(path, "image")}}
         argv = [
             self.binary,
             "check",
+            *options,
             "--output=json",
             "json:" + json.dumps({**spec, "backing": None}),
         ]
-        # 2: corruptions, 3: leaks only; both print their report.
+        # 2: corruptions, 3: leaks only; both print their report. After a repair the
+        # report counts what is left ("leaks-fixed" the freed ones). Each leaked
+        # cluster is a line on stderr, which only the debug log shows.
         out = run(argv, ok_codes=(0, 2, 3))
         try:
             report = json.loads(out)

@@ -23,6 +23,18 @@ from snapgroup.store.tables import OperationRow
 FAULT_ENV = "SNAPGROUP_FAULT_STEP"
 RUNNING, DONE, FAILED, ROLLED_BACK = "running", "done", "failed", "rolled-back"
 _hits: dict[str, int] = {}
+# Plan keys naming a file a tool is about to write in place (the value: its path), put
+# in the plan by the step before the tool starts. A tool killed mid-write may leave
+# leaked clusters there, which recovery frees (ops/leaks.py). WRITING + a snapshot's
+# uuid: a commit into its file (its data changes: ops/merge_checks.py); REBASING + a
+# snapshot's uuid: a safe rebase of its file (its view stays the same).
+WRITING, REBASING = "writing:", "rebasing:"
+
+
+def written_files(plan: dict[str, Any]) -> list[str]:
+    """Every file the journaled operation began writing in place, once each."""
+    found = [v for k, v in plan.items() if k.startswith((WRITING, REBASING))]
+    return list(dict.fromkeys(found))
 
 
 def checkpoint(name: str) -> None:
@@ -102,6 +114,15 @@ class Journal:
             return
         values = {"state": state, "detail": detail, "updated": self.clock()}
         OperationRepo(session).update(op_uuid, values)
+
+    def note(self, op_uuid: str, text: str) -> None:
+        """Add `text` to the operation's detail (what its recovery did besides)."""
+        with self.db.transaction() as session:
+            journal = OperationRepo(session)
+            row = journal.get(op_uuid)
+            if row is not None:
+                detail = f"{row.detail}; {text}" if row.detail else text
+                journal.update(op_uuid, {"detail": detail, "updated": self.clock()})
 
     @staticmethod
     def plan_of(row: OperationRow) -> dict[str, Any]:

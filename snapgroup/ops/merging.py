@@ -12,7 +12,7 @@ from typing import Any
 from snapgroup.domain.errors import OperationError, SnapgroupError
 from snapgroup.domain.models import BlockJobProgress
 from snapgroup.domain.planner import MergeKind, MergePlan
-from snapgroup.ops.journal import Journal, checkpoint
+from snapgroup.ops.journal import REBASING, WRITING, Journal, checkpoint
 from snapgroup.ports import Hypervisor, ImageTool, ProgressFn
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow
@@ -53,11 +53,6 @@ class _CombinedProgress:
                 progress(BlockJobProgress(cur=cur, end=end))
 
         return report
-
-
-# Journal plan key prefix: WRITING + snapshot uuid -> the snapshot's file, a commit into
-# which has begun (merging_into).
-WRITING = "writing:"
 
 
 def merging_into(plan: dict[str, Any]) -> dict[str, str]:
@@ -269,7 +264,8 @@ class Merger:
         through the snapshot, so doing it again is right."""
         below = self._backing(child, live)
         if below == spec.base:
-            self.journal.step(op, self.kind, f"rebase {spec.target}")
+            step, written = f"rebase {spec.target}", {REBASING + child_uuid: child}
+            self.journal.step(op, self.kind, step, **written)
             self.images.rebase(child, backing=spec.parent, backing_format="qcow2", unsafe=False)
         elif below != spec.parent:
             raise OperationError(

@@ -11,8 +11,9 @@ from typing import Any
 
 from snapgroup.domain.errors import NotFound
 from snapgroup.domain.models import DomainInfo, VmState
+from snapgroup.ops import leaks
 from snapgroup.ops.context import OpContext
-from snapgroup.ops.journal import FAILED, Journal
+from snapgroup.ops.journal import FAILED, Journal, written_files
 from snapgroup.store.operations import OperationRepo
 from snapgroup.store.tables import OperationRow
 
@@ -97,4 +98,14 @@ def recover_one(ctx: OpContext, row: OperationRow) -> None:
     if recover is None:
         ctx.journal.close(row.uuid, FAILED, detail=f"recover: unknown kind {row.kind}")
         return
+    # A writer killed mid-write leaves leaked clusters in its file: freed before the
+    # work is redone (the redo may need that space) and after (a redo cut short by an
+    # error leaves its own; a running VM's files are checked only then). What became
+    # of each file's (the later pass's word) is noted on the operation.
+    written = written_files(plan)
+    found = {leak.path: leak for leak in leaks.free_written(ctx, written, settled=False)}
     recover(ctx, row.uuid, plan, domain)
+    found.update((leak.path, leak) for leak in leaks.free_written(ctx, written, settled=True))
+    if found:
+        described = "; ".join(leak.describe() for leak in found.values())
+        ctx.journal.note(row.uuid, f"recover: {described}")

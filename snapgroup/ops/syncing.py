@@ -7,7 +7,9 @@ What it records (metadata only; it never removes or rewrites a file):
 * a detached volume whose top file is gone was removed: its snapshots are marked
   deleted (refs say snapshotDeleted=true) and it no longer pins what it sat on;
 * a VM that is no longer defined has every volume detached: its groups are unavailable
-  and every file is kept.
+  and every file is kept. Once it has no group left (and no other VM's chain reads its
+  snapshots, nor it another's), `snapgroup sync` forgets it: its volume and snapshot
+  rows go (forget_gone), its files stay.
 What it only reports: a disk whose top file is not the recorded one (an overlay made
 outside snapgroup, or another file), and chains that do not match the metadata.
 """
@@ -37,8 +39,8 @@ from snapgroup.store.tables import VolumeRow
 @dataclass(frozen=True)
 class Change:
     vm_uuid: str
-    kind: str  # vm-gone, volume-attached, volume-detached, volume-removed, top-changed,
-    # chain-mismatch
+    kind: str  # vm-gone, vm-forgotten, volume-attached, volume-detached, volume-removed,
+    # top-changed, chain-mismatch
     detail: str
     volume_uuid: str | None = None
 
@@ -161,6 +163,47 @@ def _vm_gone(repo: Repo, volumes: list[VolumeRow], vm_uuid: str, now: Any) -> li
             ),
         )
     return changes
+
+
+def forget_gone(ctx: OpContext, vm_uuid: str) -> Change | None:
+    """A VM that is no longer defined (the caller holds its lock and has synced it) and
+    that nothing keeps: its rows are dropped, its files left as they are. None: kept."""
+    with ctx.db.transaction() as session:
+        repo = Repo(session)
+        volumes = repo.volumes_of_vm(vm_uuid)
+        if not volumes or kept_by(ctx, repo, vm_uuid, volumes) or read_by(repo, vm_uuid, volumes):
+            return None
+        dropped = repo.forget_volumes([v.uuid for v in volumes])
+    return Change(
+        vm_uuid,
+        "vm-forgotten",
+        f"the VM is no longer defined and has no groups: its {len(volumes)} volume(s) and "
+        f"{dropped} snapshot record(s) are forgotten, its files kept",
+    )
+
+
+def kept_by(ctx: OpContext, repo: Repo, vm_uuid: str, volumes: list[VolumeRow]) -> str | None:
+    """Why the records of a VM that is gone must stay (None: nothing keeps them): its
+    groups, or its disks still reading another VM's snapshots (a clone whose disks
+    are still there: they pin that VM's snapshots). See also read_by."""
+    groups = repo.groups(vm_uuid=vm_uuid)
+    if groups:
+        return f"{len(groups)} group(s)"
+    own = {v.uuid for v in volumes}
+    there = [v for v in volumes if ctx.images.exists(v.install_path)]  # sync drops the rest
+    for lineage in repo.lineages(there).values():
+        if any(s.volume_uuid not in own for s in lineage):
+            return "its disks sit on another VM's snapshots: remove them and `sync`"
+    return None
+
+
+def read_by(repo: Repo, vm_uuid: str, volumes: list[VolumeRow]) -> str | None:
+    """Another VM's disk that reads the snapshots of this one (a clone of it), which
+    keeps its records as long as that disk does; None: none."""
+    for _snapshot, volume in repo.foreign_dependents(of_volumes=[v.uuid for v in volumes]):
+        if volume.vm_uuid != vm_uuid:
+            return f"VM {volume.vm_name}'s disk {volume.target} reads its snapshots"
+    return None
 
 
 def _attachments(

@@ -1,21 +1,27 @@
 """Metadata against reality: the domain XML, `qemu-img info --backing-chain`, the files.
 
 `repair` fixes only what is safe: it finishes interrupted operations (recover), marks
-volumes that left the domain as detached, and removes overlay files snapgroup made that
-no chain and no record uses. It never touches a file that holds a VM's data.
+volumes that left the domain as detached, removes overlay files snapgroup made that no
+chain and no record uses, frees leaked qcow2 clusters in files no running VM holds
+(ops/leaks.py) and forgets a VM that is gone with no groups left (as `sync` does). It
+never changes what a file holds for a VM.
+
+Leaked clusters are a warning (severity "warning"): space lost, no data at risk.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from snapgroup.domain.errors import NotFound, SnapgroupError
+from snapgroup.ops import leaks
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.memory_state import memory_findings
 from snapgroup.ops.recovery import recover_pending
+from snapgroup.ops.syncing import forget_gone, kept_by, read_by, sync_locked
 from snapgroup.store.operations import OperationRepo
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow, VolumeRow
@@ -31,12 +37,14 @@ class Difference:
     volume_uuid: str | None = None
     repaired: bool = False
     groups: tuple[str, ...] = ()  # the groups a revert to which needs what is wrong
+    severity: str = "error"  # "warning": worth fixing, nothing is wrong with the data
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "vmInstanceUuid": self.vm_uuid,
             "volumeUuid": self.volume_uuid,
             "kind": self.kind,
+            "severity": self.severity,
             "detail": self.detail,
             "repaired": self.repaired,
             "groups": list(self.groups),
@@ -68,6 +76,8 @@ def verify(ctx: OpContext, *, vm: str | None = None, repair: bool = False) -> li
             vm_uuids = sorted({g.vm_uuid for g in groups} | repo.vm_uuids(host=host))
         pending = {op.vm_uuid for op in OperationRepo(session).unfinished(host=ctx.journal.host)}
     diffs: list[Difference] = []
+    in_use = leaks.InUse(ctx)  # read once, if a leak is found
+    checked: set[str] = set()  # files qemu-img checked: a clone's chain shares some
     for vm_uuid in vm_uuids:
         if vm_uuid in pending:
             diffs.append(
@@ -77,19 +87,24 @@ def verify(ctx: OpContext, *, vm: str | None = None, repair: bool = False) -> li
                     "an interrupted operation awaits `snapgroup recover`",
                 )
             )
-        diffs.extend(_verify_vm(ctx, vm_uuid, repair=repair))
+        busy = vm_uuid in pending
+        diffs.extend(_verify_vm(ctx, vm_uuid, in_use, checked, busy=busy, repair=repair))
     return diffs
 
 
-def _verify_vm(ctx: OpContext, vm_uuid: str, *, repair: bool) -> list[Difference]:
+def _verify_vm(
+    ctx: OpContext,
+    vm_uuid: str,
+    in_use: leaks.InUse,
+    checked: set[str],
+    *,
+    busy: bool,
+    repair: bool,
+) -> list[Difference]:
     try:
         domain = ctx.hv.lookup(vm_uuid)
     except NotFound:
-        return [
-            Difference(
-                vm_uuid, "vm-missing", "the VM is no longer defined; its groups and files are kept"
-            )
-        ]
+        return _vm_missing(ctx, vm_uuid, repair=repair and not busy)
     live = domain.state.is_live
     disks = {d.target: d for d in domain.disks}
     diffs: list[Difference] = []
@@ -132,6 +147,8 @@ def _verify_vm(ctx: OpContext, vm_uuid: str, *, repair: bool) -> list[Difference
             files.extend(found)
             diffs.extend(broken)
     diffs.extend(_verify_files(ctx, files))
+    if not busy:  # an operation at work may be writing any of them
+        diffs.extend(_verify_images(ctx, files, in_use, checked, repair=repair))
     known_files = {f.path for f in files}
     for volume in volumes:
         known_files.add(volume.install_path)
@@ -142,6 +159,44 @@ def _verify_vm(ctx: OpContext, vm_uuid: str, *, repair: bool) -> list[Difference
         Difference(vm_uuid, f.kind, f.detail, groups=f.groups, severity=f.severity)
         for f in memory_findings(ctx, vm_uuid, directories, busy=busy)
     )
+    return diffs
+
+
+def _vm_missing(ctx: OpContext, vm_uuid: str, *, repair: bool) -> list[Difference]:
+    """A VM no longer defined: kept while it has groups (or its disks still read another
+    VM's snapshots); with nothing left, `sync` forgets it, and so does `repair` (after
+    the sync it implies). A VM whose records stay only because another VM's chain reads
+    its snapshots is fine: that chain is verified with the other VM."""
+    with ctx.db.transaction() as session:
+        repo = Repo(session)
+        volumes = repo.volumes_of_vm(vm_uuid)
+        why, reader = kept_by(ctx, repo, vm_uuid, volumes), read_by(repo, vm_uuid, volumes)
+    if why is not None:
+        detail = f"the VM is no longer defined; its records and files are kept: {why}"
+        return [Difference(vm_uuid, "vm-missing", detail)]
+    if reader is not None:
+        return []
+    if not repair:
+        detail = "the VM is no longer defined and has no groups: `sync` forgets it"
+        return [Difference(vm_uuid, "vm-missing", detail)]
+    with ctx.locks.vm(vm_uuid, wait=ctx.lock_wait):
+        sync_locked(ctx, vm_uuid, None)
+        forgotten = forget_gone(ctx, vm_uuid)
+    if forgotten is None:  # changed since it was read: the next verify tells
+        return []
+    return [Difference(vm_uuid, "vm-missing", forgotten.detail, repaired=True)]
+
+
+def _verify_images(
+    ctx: OpContext, files: list[_File], in_use: leaks.InUse, checked: set[str], *, repair: bool
+) -> list[Difference]:
+    """ops/leaks.image_findings of the files, each as a difference of its volume."""
+    by_path = {f.path: f for f in files}
+    diffs = []
+    for found in leaks.image_findings(ctx, by_path, in_use, checked, repair=repair):
+        f = by_path[found.path]
+        diff = _diff(f, found.kind, f"{found.detail} ({f.what})")
+        diffs.append(replace(diff, repaired=found.repaired, severity=found.severity))
     return diffs
 
 

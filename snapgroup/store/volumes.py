@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from sqlalchemy import (
     bindparam,
+    delete,
     or_,
 )
 from sqlalchemy import select as sa_select
@@ -18,7 +19,7 @@ from snapgroup.store.base import (
     _VOLUMES,
     RepoBase,
 )
-from snapgroup.store.tables import GroupRow, SnapshotRow, VolumeRow
+from snapgroup.store.tables import GroupRow, RefRow, SnapshotRow, VolumeRow
 
 
 class VolumeTop(NamedTuple):
@@ -102,3 +103,23 @@ class VolumeQueries(RepoBase):
         volumes = self.session.exec(select(VolumeRow.install_path))
         snapshots = self.session.exec(select(SnapshotRow.install_path))
         return set(volumes) | set(snapshots)
+
+    def forget_volumes(self, uuids: Sequence[str]) -> int:
+        """Drop the rows of these volumes and of all their snapshots (deleted ones too,
+        and any ref naming one): a VM gone for good. The snapshot rows dropped."""
+        ids = list(uuids)
+        if not ids:
+            return 0
+        self.session.flush()  # pending changes to these rows go first
+        own = select(SnapshotRow.uuid).where(col(SnapshotRow.volume_uuid).in_(ids))
+        snapshots = list(self.session.exec(own))
+        self.session.execute(delete(RefRow).where(col(RefRow.volume_snapshot_uuid).in_(snapshots)))
+        self.session.execute(delete(SnapshotRow).where(col(SnapshotRow.volume_uuid).in_(ids)))
+        self.session.execute(delete(VolumeRow).where(col(VolumeRow.uuid).in_(ids)))
+        # Rows of this session that are gone now leave it (never flushed again).
+        for table, keys in ((SnapshotRow, snapshots), (VolumeRow, ids)):
+            for key in keys:
+                row = self.session.identity_map.get(self.session.identity_key(table, key))
+                if row is not None:
+                    self.session.expunge(row)
+        return len(snapshots)

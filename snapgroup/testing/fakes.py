@@ -99,6 +99,7 @@ class FakeImageTool(MemoryFiles, _Faults):
         self.images: dict[str, FakeImage] = {}
         self.free = free
         self.corrupt: set[str] = set()
+        self.leaks: dict[str, int] = {}  # path -> leaked clusters (a writer killed mid-write)
         self._layers: dict[tuple[str, str, int, int, str | None], ImageInfo] = {}
 
     # helpers for tests
@@ -246,11 +247,18 @@ class FakeImageTool(MemoryFiles, _Faults):
         _written(target, self.images[target])
 
     @_serialised
-    def check(self, path: str) -> ImageCheck:
+    def check(self, path: str, *, shared: bool = False) -> ImageCheck:
         self._call("check", path)
         if path not in self.images and self._from_file(path) is None:
             raise ImageToolError(f"qemu-img: could not open '{path}'")
-        return ImageCheck(corruptions=int(path in self.corrupt), leaks=0, check_errors=0)
+        leaks = self.leaks.get(path, 0)
+        return ImageCheck(corruptions=int(path in self.corrupt), leaks=leaks, check_errors=0)
+
+    @_serialised
+    def repair_leaks(self, path: str) -> ImageCheck:
+        self._call("repair_leaks", path)
+        self.leaks.pop(path, None)
+        return self.check(path)
 
     @_serialised
     def set_backing(self, image: str, *, backing_name: str | None, safe: bool) -> None:

@@ -110,8 +110,11 @@ def test_clone_of_a_stopped_vm_is_defined_stopped(
     assert engine.sync(made.uuid)[0].kind == "vm-gone"
     with pytest.raises(OperationError, match="a clone"):
         engine.delete(group.uuid)
-    # ...and releases it once they are gone and sync has seen it
+    # ...and releases it once they are gone and sync has seen it, which forgets the
+    # clone (no groups left): verify is clean, not "vm-missing" forever
     for disk in made.disks:
         Path(disk.install_path).unlink()
-    assert [c.kind for c in engine.sync(made.uuid)] == ["volume-removed"] * 3
+    assert [c.kind for c in engine.sync(made.uuid)] == ["volume-removed"] * 3 + ["vm-forgotten"]
+    assert engine.verify() == []
     assert engine.delete(group.uuid).error is None
+    assert engine.verify() == []
