@@ -36,6 +36,7 @@ from bench import (
     merge,
     metadata,
     rest_query,
+    startup,
 )
 from bench.timing import Row, Stats
 
@@ -52,6 +53,7 @@ BENCHES: dict[str, Bench] = {
     autosnap.NAME: autosnap.run,
     export.NAME: export.run,
     export_nbd.NAME: export_nbd.run,
+    startup.NAME: startup.run,
     freeze.NAME: freeze.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"

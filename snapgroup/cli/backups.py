@@ -15,7 +15,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--at", required=True, metavar="DIR", help="the repository")
     parser.add_argument("--vm", help="only this VM's (name or UUID)")
     parser.add_argument("--tree", action="store_true", help="each backup under its base")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, paths=("at",))  # the daemon runs it when absolute
 
 
 def _base(m: BackupManifest) -> str | None:

@@ -6,8 +6,9 @@ reads lines back: {"out": text} and {"err": text} as the command writes them, th
 anything has run, so the client runs the command itself. The daemon declines whatever it
 cannot run exactly as the client would have: another store or libvirt URI, another
 SNAPGROUP_*/LIBVIRT_* environment, a command that reads the terminal or serves, --verbose
-(its log belongs on the client's terminal), and anything argparse would answer itself
-(usage errors, --help).
+(its log belongs on the client's terminal), a relative path (the client's cwd is not
+ours: a command names its path arguments in its `paths` default), and anything argparse
+would answer itself (usage errors, --help).
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ from snapgroup.store.db import DEFAULT_DB_URL
 log = logging.getLogger("snapgroup.daemon")
 
 # Commands that serve, or read the client's terminal: always run by the client.
-# The backup commands take paths (relative ones are the client's cwd) and copy for long.
+# The backup commands run here when their paths are absolute (see admit).
 LOCAL_COMMANDS = frozenset(
     {"serve", "daemon", "account", "install-units"}  # paths: the cwd
-    | {"export", "backups", "verify-backup", "restore", "prune-backups"}
     | {"files", "extract", "mount", "umount"}  # paths; an appliance for seconds
 )
 # Compared once resolved (URI, URL), or only about reaching the daemon at all.
@@ -231,6 +231,10 @@ class CommandServer:
             raise Declined(f"{args.command} runs in the client")
         if args.verbose:
             raise Declined("--verbose logs on the client's terminal")
+        for dest in getattr(args, "paths", ()):
+            path = getattr(args, dest)
+            if path is not None and not os.path.isabs(path):
+                raise Declined(f"{path}: a relative path is the client's")
         connect = args.connect or env.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
         db = args.db or env.get("SNAPGROUP_DB") or DEFAULT_DB_URL
         if connect != self.connect:

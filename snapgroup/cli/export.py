@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="compress the files' clusters (zstd): fewer bytes, more CPU",
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, paths=("to",))  # the daemon runs it when absolute
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:

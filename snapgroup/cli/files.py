@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import print_json, table
 from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.guest_files import iso_time
-from snapgroup.ops.guest_sources import FilesSource
+
+if TYPE_CHECKING:
+    from snapgroup.ops.guest_sources import FilesSource
 
 SOURCE_HELP = (
     "Reads a group's disks (GROUP) or a backup's (--backup ID --at DIR, its incremental "
@@ -31,6 +33,8 @@ def add_source(parser: argparse.ArgumentParser) -> None:
 
 def source_of(args: argparse.Namespace, words: list[str]) -> tuple[FilesSource, list[str]]:
     """The source and the positional words after it (GROUP first unless --backup)."""
+    from snapgroup.ops.guest_sources import FilesSource  # with the engine, not for --help
+
     if args.backup is not None:
         return FilesSource(backup=args.backup, at=args.at), words
     if not words:

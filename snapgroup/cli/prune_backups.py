@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--at", required=True, metavar="DIR", help="the repository")
     parser.add_argument("--vm", required=True, help="the VM (name or UUID)")
     parser.add_argument("--keep", required=True, type=int, metavar="N")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, paths=("at",))  # the daemon runs it when absolute
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:

@@ -33,7 +33,8 @@ def register(sub: Any) -> None:
         "--as: QEMU's user is let through to those files, no one else)",
     )
     parser.add_argument("--start", action="store_true", help="with --as: start the new VM")
-    parser.set_defaults(run=run)
+    # The daemon runs it when these are absolute.
+    parser.set_defaults(run=run, paths=("source", "to_dir", "disk_dir"))
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:

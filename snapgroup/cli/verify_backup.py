@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("backup", nargs="?", metavar="BACKUP")
     parser.add_argument("--at", required=True, metavar="DIR", help="the repository")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, paths=("at",))  # the daemon runs it when absolute
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:

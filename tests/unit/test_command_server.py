@@ -318,3 +318,25 @@ def test_a_reader_gone_early_ends_the_client_quietly_and_the_command_still_runs(
     assert (client.returncode, client.stderr) == (-signal.SIGPIPE, "")
     # Only the daemon could create it (test:///fake is no URI the client can open).
     assert [g.name for g in daemon.engine_for(0).list_groups()] == ["piped"]
+
+
+def test_a_backup_command_runs_in_the_daemon_when_its_paths_are_absolute(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Issue 20: an export or a listing through the daemon costs no start-up; a relative
+    path is the client's cwd's, so the client runs that one itself."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    code, out, err = daemon.run("--json", "backups", "--at", str(repo))
+    assert (code, json.loads(out), err) == (0, {"backups": [], "damaged": []}, "")
+    assert daemon.run("--json", "backups", "--at", str(repo)) == daemon.run_here(
+        "--json", "backups", "--at", str(repo)
+    )
+    for argv in (
+        ("backups", "--at", "repo"),
+        ("export", "e" * 32, "--to", "repo"),
+        ("restore", "b", "--from", str(repo), "--to-dir", "out"),
+    ):
+        with pytest.raises(Declined, match="a relative path is the client's"):
+            daemon.server.admit(daemon.argv(*argv), relevant_env(os.environ))
+        assert daemon.run(*argv) == (None, "", "")

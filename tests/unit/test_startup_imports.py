@@ -1,0 +1,117 @@
+"""What a command loads before and while it runs (issue 20): its own command's module and
+what that runs, nothing else. Checked on sys.modules at the end of a real `snapgroup`
+process (no daemon), never on a timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# The web stack: `serve` and `account` only.
+REST = {"fastapi", "uvicorn", "starlette", "snapgroup.rest"}
+# The engine's stack: no command line loads it before its command asks for the engine.
+ENGINE = {"sqlalchemy", "sqlmodel", "pydantic", "libvirt", "snapgroup.api", "snapgroup.store"}
+BACKUPS = {
+    "snapgroup.adapters.backup_repo",
+    "snapgroup.ops.backing_up",
+    "snapgroup.ops.export",
+    "snapgroup.ops.exporting",
+    "snapgroup.ops.prune_backups",
+    "snapgroup.ops.restore",
+}
+POLICIES = {
+    "snapgroup.ops.autosnap",
+    "snapgroup.ops.autosnap_port",
+    "snapgroup.ops.policies",
+    "snapgroup.store.policy_repo",
+}
+FILES = {"snapgroup.adapters.guest_files", "snapgroup.ops.files", "snapgroup.ops.file_mounts"}
+# A use case that registers a recovery: loaded by recover only when the journal holds
+# an unfinished operation of its kind (ops/recovery.py HOMES).
+RECOVERIES = {
+    "snapgroup.ops.clone",
+    "snapgroup.ops.creating",
+    "snapgroup.ops.delete",
+    "snapgroup.ops.delete_snapshot",
+    "snapgroup.ops.revert",
+}
+
+DUMP = """
+import atexit, json, sys
+out, argv = sys.argv[1], sys.argv[2:]
+def dump():
+    with open(out, "w") as f:
+        json.dump(sorted(sys.modules), f)
+atexit.register(dump)
+from snapgroup.cli.launch import main
+sys.exit(main(argv))
+"""
+
+
+def loaded(tmp_path: Path, *argv: str) -> set[str]:
+    """The modules a `snapgroup ARGV` process had loaded when it ended (it must succeed)."""
+    out = tmp_path / "modules.json"
+    env = {**os.environ, "SNAPGROUP_NO_DAEMON": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", DUMP, str(out), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(out.read_text()))
+
+
+def under(modules: set[str], packages: set[str]) -> set[str]:
+    """The modules that are one of `packages` or inside one."""
+    return {m for m in modules if any(m == p or m.startswith(f"{p}.") for p in packages)}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> list[str]:
+    """The global options of a command on an empty store of its own (libvirt's test
+    driver: nothing below connects to it)."""
+    return ["--connect", "test:///default", "--db", f"sqlite:///{tmp_path / 'store.db'}"]
+
+
+def test_help_loads_no_engine_and_no_web_stack(tmp_path: Path) -> None:
+    modules = loaded(tmp_path, "--help")
+    # ops/autosnap.py (stdlib and domain only) may load: its defaults are in the help.
+    assert under(modules, REST | ENGINE | BACKUPS | FILES | RECOVERIES) == set()
+    assert "snapgroup.cli.listing" in modules  # every command's module, for their names
+
+
+def test_a_commands_help_loads_only_that_command(tmp_path: Path) -> None:
+    modules = loaded(tmp_path, "list", "--help")
+    commands = {m for m in under(modules, {"snapgroup.cli"}) if m.count(".") == 2}
+    assert commands - {"snapgroup.cli.launch", "snapgroup.cli.wire"} == {
+        "snapgroup.cli.main",
+        "snapgroup.cli.commands",
+        "snapgroup.cli.context",
+        "snapgroup.cli.output",
+        "snapgroup.cli.listing",
+    }
+    assert under(modules, REST | ENGINE) == set()
+
+
+@pytest.mark.parametrize("argv", [["list"], ["--json", "list"], ["operations"]])
+def test_a_read_loads_no_backups_policies_files_or_recoveries(
+    tmp_path: Path, store: list[str], argv: list[str]
+) -> None:
+    modules = loaded(tmp_path, *store, *argv)
+    assert "snapgroup.store.db" in modules  # it did read the store
+    assert under(modules, REST | BACKUPS | POLICIES | FILES | RECOVERIES) == set()
+
+
+def test_a_backup_listing_loads_no_policies_or_recoveries(tmp_path: Path, store: list[str]) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    modules = loaded(tmp_path, *store, "backups", "--at", str(repo))
+    assert "snapgroup.adapters.backup_repo" in modules
+    assert under(modules, REST | POLICIES | FILES | RECOVERIES) == set()
