@@ -38,6 +38,12 @@ def register(sub: Any) -> None:
     )
     put.add_argument("--consistency", choices=CONSISTENCIES, default="auto")
     put.add_argument(
+        "--with-memory",
+        action="store_true",
+        help="memory groups: the VM's running state too (a VM that is not running then "
+        "gets no group, and the pass reports it)",
+    )
+    put.add_argument(
         "--min-free-percent",
         type=float,
         metavar="P",
@@ -117,6 +123,7 @@ def _set(args: argparse.Namespace, ctx: Context) -> int:
         exclude=tuple(args.exclude),
         consistency=args.consistency,
         min_free_percent=args.min_free_percent,
+        with_memory=args.with_memory,
     )
     record, new = ctx.engine.set_policy(
         policy,

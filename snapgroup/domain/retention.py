@@ -75,6 +75,7 @@ class Policy:
     exclude: tuple[str, ...] = ()
     consistency: str = "auto"
     min_free_percent: float | None = None
+    with_memory: bool = False  # memory groups (the VM's running state too)
 
     def covers(self, vm_uuid: str, vm_name: str) -> bool:
         ids = {vm_uuid, vm_name}
@@ -133,6 +134,12 @@ def combined_consistency(policies: Iterable[Policy]) -> str:
     return next((c for c in ("application", "auto") if c in asked), "crash")
 
 
+def combined_with_memory(policies: Iterable[Policy]) -> bool:
+    """Several policies on one VM: a memory group when any asks for one (it holds what a
+    disk-only group does, and the running state too)."""
+    return any(p.with_memory for p in policies)
+
+
 def combined_min_free(policies: Iterable[Policy]) -> float | None:
     """Several policies on one VM: the strictest space guard."""
     return max(
@@ -167,6 +174,11 @@ def validate_policy(policy: Policy) -> None:
         raise InvalidArgument(
             f"policy {policy.name}: consistency {policy.consistency!r}: one of "
             + ", ".join(CONSISTENCIES)
+        )
+    if policy.with_memory and policy.consistency == "application":
+        raise InvalidArgument(
+            f"policy {policy.name}: --with-memory does not freeze the guest (it would "
+            "resume frozen): use --consistency auto or crash"
         )
     if policy.min_free_percent is not None and not 0 <= policy.min_free_percent < 100:
         raise InvalidArgument(

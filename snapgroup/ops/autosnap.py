@@ -27,6 +27,7 @@ from snapgroup.domain.retention import (
     VmRef,
     combined_consistency,
     combined_min_free,
+    combined_with_memory,
     plan_prune,
     plan_take,
     utc,
@@ -50,9 +51,12 @@ class AutosnapPort(Protocol):
         reads them."""
         ...
 
-    def create(self, vm: VmRef, take: Take, *, consistency: str, wait: float) -> AutoGroup:
+    def create(
+        self, vm: VmRef, take: Take, *, consistency: str, wait: float, with_memory: bool = False
+    ) -> AutoGroup:
         """Take the group `take` names, marked with its policies and label, in one
-        operation. Waits `wait` seconds for the VM's lock, then raises Busy."""
+        operation (`with_memory`: a memory group). Waits `wait` seconds for the VM's
+        lock, then raises Busy."""
         ...
 
     def delete(self, group_uuid: str, *, wait: float) -> None:
@@ -207,8 +211,13 @@ def _one_vm(
             groups.append(report.taken)
         else:
             consistency = combined_consistency(policies)
+            memory = combined_with_memory(policies)
+            if memory:  # a memory group is never frozen (memory_state.memory_consistency)
+                consistency = "crash"
             # on failure this raises out: no prune after a failed create
-            report.taken = port.create(vm, take, consistency=consistency, wait=wait)
+            report.taken = port.create(
+                vm, take, consistency=consistency, wait=wait, with_memory=memory
+            )
             groups.append(report.taken)
             export = getattr(port, "export", None)
             if export is not None:

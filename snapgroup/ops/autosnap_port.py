@@ -18,6 +18,7 @@ from snapgroup.ops.consistency import Consistency
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.creating import create_locked
 from snapgroup.ops.lineage import pinned_snapshots
+from snapgroup.ops.memory_state import MemoryOptions
 from snapgroup.store.policy_repo import PolicyRecord, PolicyRepo, encode_marks
 from snapgroup.store.repo import Repo
 
@@ -82,7 +83,9 @@ class EnginePort:
                 self._held = frozenset(r.group_uuid for r in refs if r is not None)
             return self._held
 
-    def create(self, vm: VmRef, take: Take, *, consistency: str, wait: float) -> AutoGroup:
+    def create(
+        self, vm: VmRef, take: Take, *, consistency: str, wait: float, with_memory: bool = False
+    ) -> AutoGroup:
         ctx = replace(self.ctx, lock_wait=wait)
         ctx.check_owner(vm.uuid)
         with ctx.locks.vm(vm.uuid, wait=wait):
@@ -96,6 +99,7 @@ class EnginePort:
                 skip_unsupported=False,
                 mode=Consistency.parse(consistency),
                 marks={"policy": encode_marks(take.policies), "policy_label": take.label},
+                memory=MemoryOptions() if with_memory else None,
             )
         return AutoGroup(group.uuid, group.create_date, frozenset(take.policies), name=take.name)
 

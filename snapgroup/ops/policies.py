@@ -79,6 +79,7 @@ def record_json(record: PolicyRecord) -> dict[str, Any]:
         "weekly": r.weekly,
         "monthly": r.monthly,
         "consistency": p.consistency,
+        "withMemory": p.with_memory,
         "minFreePercent": p.min_free_percent,
         "exportTo": record.export_to,
         "exportKeep": record.export_keep,

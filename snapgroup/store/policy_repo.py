@@ -62,6 +62,7 @@ def _policy(row: PolicyRow) -> Policy:
         exclude=tuple(json.loads(row.exclude)),
         consistency=row.consistency,
         min_free_percent=row.min_free_percent,
+        with_memory=bool(row.with_memory),
     )
 
 
@@ -90,6 +91,7 @@ def _columns(policy: Policy) -> dict[str, object]:
         "every": r.every,
         "consistency": policy.consistency,
         "min_free_percent": policy.min_free_percent,
+        "with_memory": policy.with_memory,
     }
 
 

@@ -32,6 +32,7 @@ class PolicyRow(SQLModel, table=True):
     export_to: str | None = Field(default=None, max_length=4096)
     export_keep: int | None = None
     export_compress: bool | None = None  # NULL (stores made before it): not compressed
+    with_memory: bool | None = None  # memory groups; NULL (stores made before it): no
     create_date: datetime
     last_op_date: datetime
 

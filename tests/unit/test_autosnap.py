@@ -30,6 +30,7 @@ class FakePort:
     create_seconds: float = 0.0
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    memory: list[bool] = field(default_factory=list)  # with_memory of each create
     running: int = 0
     most_running: int = 0
     guard: threading.Lock = field(default_factory=threading.Lock)
@@ -57,9 +58,12 @@ class FakePort:
         finally:
             lock.release()
 
-    def create(self, vm: VmRef, take: Take, *, consistency: str, wait: float) -> AutoGroup:
+    def create(
+        self, vm: VmRef, take: Take, *, consistency: str, wait: float, with_memory: bool = False
+    ) -> AutoGroup:
         with self.guard:
             self.calls.append(("create", vm.name))
+            self.memory.append(with_memory)
             self.running += 1
             self.most_running = max(self.most_running, self.running)
         try:
@@ -269,6 +273,29 @@ def test_a_vm_a_policy_names_but_the_host_lacks_is_reported() -> None:
     assert report.exit_status == 1
 
 
+def test_a_memory_policy_takes_memory_groups_never_frozen() -> None:
+    seen: list[str] = []
+
+    class Port(FakePort):
+        def create(
+            self, vm: VmRef, take: Take, *, consistency: str, wait: float, with_memory: bool = False
+        ) -> AutoGroup:
+            seen.append(consistency)
+            return super().create(
+                vm, take, consistency=consistency, wait=wait, with_memory=with_memory
+            )
+
+    port = Port([_vm(1), _vm(2)])
+    policies = [
+        Policy("mem", Retention(hourly=1), vms=("vm1",), with_memory=True),
+        Policy("app", Retention(daily=1), consistency="application"),
+    ]
+    autosnap(port, policies, now=NOW)
+    by_vm = dict(zip([c[1] for c in port.calls if c[0] == "create"], port.memory, strict=True))
+    assert by_vm == {"vm1": True, "vm2": False}
+    assert sorted(seen) == ["application", "crash"]  # vm1's memory group is not frozen
+
+
 @pytest.mark.parametrize(
     ("consistencies", "expected"),
     [(["crash"], "crash"), (["crash", "auto"], "auto"), (["auto", "application"], "application")],
@@ -279,7 +306,9 @@ def test_the_strongest_consistency_asked_for_is_used(
     seen: list[str] = []
 
     class Port(FakePort):
-        def create(self, vm: VmRef, take: Take, *, consistency: str, wait: float) -> AutoGroup:
+        def create(
+            self, vm: VmRef, take: Take, *, consistency: str, wait: float, with_memory: bool = False
+        ) -> AutoGroup:
             seen.append(consistency)
             return super().create(vm, take, consistency=consistency, wait=wait)
 

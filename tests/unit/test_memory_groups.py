@@ -423,3 +423,46 @@ def test_verify_names_a_memory_file_gone_changed_or_orphaned(lab: Lab, tmp_path:
         kinds["orphan-memory"].severity == "warning" and str(stray) in kinds["orphan-memory"].detail
     )
     assert stray.exists()  # reported, never removed by verify
+
+
+# -- policies --with-memory ------------------------------------------------------------------
+
+
+def test_a_memory_policy_takes_memory_groups_and_prunes_their_files(lab: Lab) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from snapgroup.domain.retention import Policy, Retention
+    from snapgroup.ops.policies import record_json
+
+    lab_domain(lab.hv)
+    record, _ = lab.engine.set_policy(
+        Policy("mem", Retention(hourly=1), vms=("vm1",), with_memory=True)
+    )
+    assert record.policy.with_memory and record_json(record)["withMemory"] is True
+    assert lab.engine.policy("mem").policy.with_memory  # stored
+    files = []
+    for hour in range(3):
+        now = datetime(2026, 12, 1, 10 + hour, 30, tzinfo=UTC)
+        lab.engine.clock = lambda now=now: now  # type: ignore[misc]
+        report = lab.engine.autosnap(now=now, wait=0, parallel=1)
+        assert report.exit_status == 0, report.to_json()
+        taken = lab.engine.get(report.vms[0].taken.uuid)  # type: ignore[union-attr]
+        assert taken.memory is not None
+        files.append(taken.memory.file)
+    # hourly 1: the older groups were pruned, their memory files with them
+    assert [f in lab.images.images for f in files] == [False, False, True]
+    lab.hv.domains[VM].state = VmState.STOPPED
+    now = datetime(2026, 12, 1, 14, 30, tzinfo=UTC) + timedelta(hours=1)
+    report = lab.engine.autosnap(now=now, wait=0, parallel=1)
+    assert report.exit_status != 0  # a memory policy takes nothing of a stopped VM, and says so
+    assert "needs it running" in str(report.to_json())
+
+
+def test_a_memory_policy_cannot_ask_for_application_consistency(lab: Lab) -> None:
+    from snapgroup.domain.retention import Policy, Retention
+
+    with pytest.raises(InvalidArgument, match="does not freeze"):
+        lab.engine.set_policy(
+            Policy("m", Retention(hourly=1), with_memory=True, consistency="application")
+        )
+    assert lab.engine.policies() == []

@@ -34,6 +34,7 @@ class PolicyParams(StrictBody):
     weekly: int = Field(0, ge=0, le=100_000)
     monthly: int = Field(0, ge=0, le=100_000)
     consistency: str = Field("auto", pattern="^(" + "|".join(CONSISTENCIES) + ")$")
+    withMemory: bool = Field(False, description="memory groups (the running state too)")
     minFreePercent: float | None = Field(None, ge=0, lt=100)
     exportTo: str | None = Field(
         None, max_length=4096, description="a backup repository this server serves: its name"
@@ -68,6 +69,7 @@ class PolicyInventory(BaseModel):
     weekly: int
     monthly: int
     consistency: str
+    withMemory: bool = False
     minFreePercent: float | None = None
     exportTo: str | None = None
     exportKeep: int | None = None
@@ -133,6 +135,7 @@ def _policy(name: str, p: PolicyParams) -> Policy:
         exclude=tuple(p.exclude),
         consistency=p.consistency,
         min_free_percent=p.minFreePercent,
+        with_memory=p.withMemory,
     )
 
 
