@@ -26,6 +26,7 @@ from snapgroup.rest.jobs import (
 from snapgroup.rest.routes import (
     accounts,
     backups,
+    files,
     groups,
     jobs,
     management,
@@ -93,6 +94,7 @@ def create_app(
     for module in (
         accounts,
         backups,
+        files,
         groups,
         jobs,
         management,

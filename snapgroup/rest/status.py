@@ -21,6 +21,7 @@ from starlette.routing import Match
 from snapgroup.domain.errors import (
     AuthenticationError,
     Busy,
+    FilesystemError,
     HypervisorUnavailable,
     InternalError,
     InvalidArgument,
@@ -43,6 +44,7 @@ _STATUS: dict[type[SnapgroupError], int] = {
     Busy: 409,
     OperationError: 409,
     SnapshotWrongStatus: 409,
+    FilesystemError: 422,  # the guest's filesystem cannot be read (damaged, not one)
     StoreError: 503,
     HypervisorUnavailable: 503,
     Timeout: 503,

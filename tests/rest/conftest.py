@@ -22,6 +22,7 @@ from snapgroup.rest.auth import Accounts, sha512_hex
 from snapgroup.store.db import Database
 from snapgroup.store.repo import Repo
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
+from snapgroup.testing.guest_fakes import FakeGuestFiles
 
 PREFIX = "/zstack/v1"
 VM = "a" * 32
@@ -113,7 +114,9 @@ def fake_engine(db: Database, clock: Clock) -> tuple[Engine, FakeHypervisor, Fak
     images = FakeImageTool()
     hv = FakeHypervisor(images)
     lab_domain(hv)
-    engine = Engine(hypervisor=hv, images=images, db=db, clock=clock)
+    engine = Engine(
+        hypervisor=hv, images=images, db=db, clock=clock, guest_files=FakeGuestFiles(images.read)
+    )
     Accounts(engine.db, clock=clock, cost=CHEAP).set_password("admin", PASSWORD)
     return engine, hv, images
 

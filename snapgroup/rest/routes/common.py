@@ -40,6 +40,8 @@ _ERRORS = {
     401: "no session, or an unknown or expired one (ID.1001); wrong login (ID.1000)",
     404: "not found (SYS.1003)",
     409: "the VM is busy (SYS.1011) or in the wrong state, or another host's (SYS.1006)",
+    422: "the guest's filesystem cannot be read: a damaged superblock, not a filesystem "
+    "(FILES.1000)",
 }
 
 
