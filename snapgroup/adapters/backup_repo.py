@@ -1,4 +1,7 @@
 """A backup repository in a directory: file I/O only (qemu-img runs in qemu_img.py).
+BackupRepo keeps the layout: where each backup is, which are listed, how an export is
+published and a prune's state kept. Its files one at a time (checksums, durable writes)
+are backup_files.py's, the holds of thin restores backup_holds.py's.
 
 Layout (format 1)::
 
@@ -50,24 +53,31 @@ keeps each point true):
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
-import hashlib
 import json
-import mmap
 import os
-import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 
+from snapgroup.adapters.backup_files import (
+    UUID,
+    RepositoryError,
+    check_uuid,
+    file_problem,
+    file_size,
+    fsync_dir,
+    fsync_file,
+    listdir,
+    seal_file,
+    sha256_file,
+    write_atomic,
+)
+from snapgroup.adapters.backup_holds import read_holds, remove_hold, write_hold
 from snapgroup.adapters.qemu_access import open_to, qemu_user
 from snapgroup.domain.backup_manifest import (
     MANIFEST,
-    PIECE_SIZE,
     BackupManifest,
     DamagedBackup,
     Partial,
@@ -77,18 +87,12 @@ from snapgroup.domain.backup_manifest import (
 )
 from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError, SnapgroupError
 
+# RepositoryError and the file functions live in backup_files.py: imported from here too.
+__all__ = ["BackupRepo", "RepositoryError", "file_problem", "file_size", "sha256_file"]
+
 PARTIAL_PREFIX = ".partial-"
 PRUNE_PLAN = "prune.json"
 PRUNING_MANIFEST = "manifest.pruning.json"
-HOLD_PREFIX = "hold-"
-_UUID = re.compile(r"[0-9a-f]{32}")
-_CHUNK = 4 << 20
-# Threads hashing one file's pieces: the cores, up to 4 (beyond, the disk is the limit).
-_HASHERS = max(1, min(4, os.cpu_count() or 1))
-
-
-class RepositoryError(OperationError):
-    """A repository that cannot be read or written (SYS.1006 with the path and cause)."""
 
 
 class BackupRepo:
@@ -100,10 +104,10 @@ class BackupRepo:
     # paths ------------------------------------------------------------------------------
 
     def vm_dir(self, vm_uuid: str) -> str:
-        return os.path.join(self.root, _uuid(vm_uuid, "VM uuid"))
+        return os.path.join(self.root, check_uuid(vm_uuid, "VM uuid"))
 
     def backup_dir(self, vm_uuid: str, backup_id: str) -> str:
-        return os.path.join(self.vm_dir(vm_uuid), _uuid(backup_id, "backup id"))
+        return os.path.join(self.vm_dir(vm_uuid), check_uuid(backup_id, "backup id"))
 
     def file(self, manifest: BackupManifest, volume_uuid: str) -> str:
         return self.member_file(manifest.vm_uuid, manifest.backup_id, volume_uuid)
@@ -114,7 +118,7 @@ class BackupRepo:
     # reading ----------------------------------------------------------------------------
 
     def vms(self) -> list[str]:
-        return [n for n in _listdir(self.root) if _UUID.fullmatch(n)]
+        return [n for n in listdir(self.root) if UUID.fullmatch(n)]
 
     def backups(self, vm_uuid: str | None = None) -> list[BackupManifest]:
         return self.scan(vm_uuid)[0]
@@ -128,9 +132,9 @@ class BackupRepo:
         damaged: list[DamagedBackup] = []
         for vm in [vm_uuid] if vm_uuid else self.vms():
             vm_dir = self.vm_dir(vm)
-            for name in _listdir(vm_dir):
+            for name in listdir(vm_dir):
                 directory = os.path.join(vm_dir, name)
-                if not _UUID.fullmatch(name) or not os.path.isdir(directory):
+                if not UUID.fullmatch(name) or not os.path.isdir(directory):
                     continue
                 path = os.path.join(directory, MANIFEST)
                 if os.path.isfile(path):
@@ -139,13 +143,13 @@ class BackupRepo:
                     except SnapgroupError as exc:
                         damaged.append(DamagedBackup(vm, name, exc.details))
                 elif not os.path.exists(os.path.join(directory, PRUNE_PLAN)) and any(
-                    _listdir(directory)
+                    listdir(directory)
                 ):  # no plan: not a prune's hidden backup; empty: a prune's last remains
                     damaged.append(DamagedBackup(vm, name, f"{MANIFEST} is missing"))
         return sorted(out, key=lambda m: (m.created, m.backup_id)), damaged
 
     def get(self, backup_id: str, *, vm_uuid: str | None = None) -> BackupManifest:
-        backup_id = _uuid(backup_id, "backup id")
+        backup_id = check_uuid(backup_id, "backup id")
         for vm in [vm_uuid] if vm_uuid else self.vms():
             path = os.path.join(self.backup_dir(vm, backup_id), MANIFEST)
             if os.path.isfile(path):
@@ -169,7 +173,9 @@ class BackupRepo:
 
     def begin(self, vm_uuid: str, backup_id: str) -> Partial:
         """A fresh `.partial-<id>/` (a stale one of the same id is removed first)."""
-        path = os.path.join(self.vm_dir(vm_uuid), PARTIAL_PREFIX + _uuid(backup_id, "backup id"))
+        path = os.path.join(
+            self.vm_dir(vm_uuid), PARTIAL_PREFIX + check_uuid(backup_id, "backup id")
+        )
         if os.path.exists(self.backup_dir(vm_uuid, backup_id)):
             raise OperationError(f"backup {backup_id} already exists in {self.root}")
         try:
@@ -189,11 +195,11 @@ class BackupRepo:
             raise InvalidArgument("manifest and partial name different backups")
         try:
             for d in manifest.disks:
-                _fsync_file(partial.file(d.volume_uuid))
-            _write_atomic(os.path.join(partial.path, MANIFEST), manifest.to_json())
+                fsync_file(partial.file(d.volume_uuid))
+            write_atomic(os.path.join(partial.path, MANIFEST), manifest.to_json())
             final = self.backup_dir(manifest.vm_uuid, manifest.backup_id)
             os.rename(partial.path, final)
-            _fsync_dir(self.vm_dir(manifest.vm_uuid))
+            fsync_dir(self.vm_dir(manifest.vm_uuid))
         except OSError as exc:
             raise RepositoryError(
                 f"cannot publish backup {manifest.backup_id}: {exc.strerror}"
@@ -219,13 +225,13 @@ class BackupRepo:
         """Backup ids of interrupted exports of this VM."""
         return [
             n[len(PARTIAL_PREFIX) :]
-            for n in _listdir(self.vm_dir(vm_uuid))
-            if n.startswith(PARTIAL_PREFIX) and _UUID.fullmatch(n[len(PARTIAL_PREFIX) :])
+            for n in listdir(self.vm_dir(vm_uuid))
+            if n.startswith(PARTIAL_PREFIX) and UUID.fullmatch(n[len(PARTIAL_PREFIX) :])
         ]
 
     def partial(self, vm_uuid: str, backup_id: str) -> Partial:
         """The partial of export `backup_id` (whether or not it exists)."""
-        name = PARTIAL_PREFIX + _uuid(backup_id, "backup id")
+        name = PARTIAL_PREFIX + check_uuid(backup_id, "backup id")
         return Partial(vm_uuid, backup_id, os.path.join(self.vm_dir(vm_uuid), name))
 
     def discard_partials(self, vm_uuid: str) -> list[str]:
@@ -240,7 +246,7 @@ class BackupRepo:
         check_manifest(manifest, where=f"backup {manifest.backup_id}")
         path = os.path.join(self.backup_dir(manifest.vm_uuid, manifest.backup_id), MANIFEST)
         try:
-            _write_atomic(path, manifest.to_json())
+            write_atomic(path, manifest.to_json())
         except OSError as exc:
             raise RepositoryError(f"cannot write {path}: {exc.strerror}") from exc
 
@@ -251,9 +257,9 @@ class BackupRepo:
         renamed aside): from here its files may change and nothing may read it."""
         directory = self.backup_dir(manifest.vm_uuid, manifest.backup_id)
         try:
-            _write_atomic(os.path.join(directory, PRUNE_PLAN), json.dumps(plan, indent=2) + "\n")
+            write_atomic(os.path.join(directory, PRUNE_PLAN), json.dumps(plan, indent=2) + "\n")
             os.rename(os.path.join(directory, MANIFEST), os.path.join(directory, PRUNING_MANIFEST))
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except OSError as exc:
             raise RepositoryError(
                 f"cannot hide backup {manifest.backup_id}: {exc.strerror}"
@@ -263,9 +269,9 @@ class BackupRepo:
         """Prunes an interrupted process left: the hidden manifest and its plan."""
         out: list[tuple[BackupManifest, dict[str, object]]] = []
         vm_dir = self.vm_dir(vm_uuid)
-        for name in _listdir(vm_dir):
+        for name in listdir(vm_dir):
             plan_path = os.path.join(vm_dir, name, PRUNE_PLAN)
-            if not (_UUID.fullmatch(name) and os.path.isfile(plan_path)):
+            if not (UUID.fullmatch(name) and os.path.isfile(plan_path)):
                 continue
             hidden = os.path.join(vm_dir, name, PRUNING_MANIFEST)
             manifest_path = (
@@ -276,62 +282,12 @@ class BackupRepo:
             out.append((self._read(manifest_path, vm_uuid, name), plan))
         return out
 
-    # holds: disks restored with --keep-chain ------------------------------------------------
-
-    def hold(self, manifest: BackupManifest, holder: str, files: Sequence[str]) -> None:
-        """`<backup-dir>/hold-<holder>.json`: these files read this backup's. Beside the
-        manifest, so it goes with the backup's directory (a prune removes it only once
-        the hold is found stale). Nothing is recorded on a read-only repository: no
-        prune through this mount can change it."""
-        path = self._hold_path(manifest, holder)
-        try:
-            _write_atomic(path, json.dumps({"files": list(files)}, indent=2) + "\n")
-        except OSError as exc:
-            if exc.errno == errno.EROFS:  # nothing prunes through a read-only mount
-                return
-            raise RepositoryError(f"cannot write {path}: {exc.strerror}") from exc
-
-    def holds(self, manifest: BackupManifest) -> dict[str, list[str]]:
-        directory = self.backup_dir(manifest.vm_uuid, manifest.backup_id)
-        out: dict[str, list[str]] = {}
-        for name in _listdir(directory):
-            holder = name.removeprefix(HOLD_PREFIX).removesuffix(".json")
-            if not (name.startswith(HOLD_PREFIX) and _UUID.fullmatch(holder)):
-                continue
-            path = os.path.join(directory, name)
-            try:
-                with open(path, "rb") as f:
-                    doc = json.loads(f.read())
-                files = [str(x) for x in doc["files"]]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise RepositoryError(f"cannot read the hold {path}: {exc}") from exc
-            out[holder] = files
-        return out
-
-    def open_to_qemu(self, files: Sequence[str]) -> None:
-        user = qemu_user()  # None: QEMU runs as root, or as us (we are not root)
-        if user is not None:
-            open_to(self.root, files, user)
-
-    def release(self, manifest: BackupManifest, holder: str) -> None:
-        path = self._hold_path(manifest, holder)
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise RepositoryError(f"cannot remove the stale hold {path}: {exc.strerror}") from exc
-
-    def _hold_path(self, manifest: BackupManifest, holder: str) -> str:
-        directory = self.backup_dir(manifest.vm_uuid, manifest.backup_id)
-        return os.path.join(directory, f"{HOLD_PREFIX}{_uuid(holder, 'holder')}.json")
-
     def move_file(self, src: str, dst: str) -> None:
         """Rename within the repository, atomically replacing `dst`; both directories fsynced."""
         try:
             os.rename(src, dst)
-            _fsync_dir(os.path.dirname(dst))
-            _fsync_dir(os.path.dirname(src))
+            fsync_dir(os.path.dirname(dst))
+            fsync_dir(os.path.dirname(src))
         except OSError as exc:
             raise RepositoryError(f"cannot rename {src} to {dst}: {exc.strerror}") from exc
 
@@ -343,7 +299,25 @@ class BackupRepo:
             for name in sorted(os.listdir(directory), key=lambda n: n == PRUNE_PLAN):
                 os.remove(os.path.join(directory, name))
             os.rmdir(directory)
-        _fsync_dir(self.vm_dir(vm_uuid))
+        fsync_dir(self.vm_dir(vm_uuid))
+
+    # holds: disks restored with --keep-chain (backup_holds.py) ------------------------------
+
+    def hold(self, manifest: BackupManifest, holder: str, files: Sequence[str]) -> None:
+        """`<backup-dir>/hold-<holder>.json`: these files read this backup's (nothing is
+        recorded on a read-only repository: no prune through this mount can change it)."""
+        write_hold(self.backup_dir(manifest.vm_uuid, manifest.backup_id), holder, files)
+
+    def holds(self, manifest: BackupManifest) -> dict[str, list[str]]:
+        return read_holds(self.backup_dir(manifest.vm_uuid, manifest.backup_id))
+
+    def release(self, manifest: BackupManifest, holder: str) -> None:
+        remove_hold(self.backup_dir(manifest.vm_uuid, manifest.backup_id), holder)
+
+    def open_to_qemu(self, files: Sequence[str]) -> None:
+        user = qemu_user()  # None: QEMU runs as root, or as us (we are not root)
+        if user is not None:
+            open_to(self.root, files, user)
 
     # files (the BackupStore port's) -------------------------------------------------------
 
@@ -357,134 +331,11 @@ class BackupRepo:
             raise RepositoryError(f"cannot read {path}: {exc.strerror}") from exc
 
     def seal(self, path: str) -> str:
-        """fsync a file just written and read its checksum, side by side: the writeback
-        is the disk's work, the hashing the cores' (together ~ the longer of the two)."""
-        try:
-            with ThreadPoolExecutor(1, thread_name_prefix="fsync") as pool:
-                synced = pool.submit(_fsync_file, path)
-                digest = sha256_file(path, mapped=True)  # just written, in our partial
-                synced.result()
-        except OSError as exc:
-            raise RepositoryError(f"cannot seal {path}: {exc.strerror}") from exc
-        return digest
+        """fsync a file just written and read its checksum, side by side."""
+        return seal_file(path)
 
     def size(self, path: str) -> int:
         return file_size(path)
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
-
-
-# files --------------------------------------------------------------------------------
-
-
-def sha256_file(path: str, piece_size: int | None = PIECE_SIZE, *, mapped: bool = False) -> str:
-    """The file's checksum as a manifest records it: SHA-256 over its pieces' SHA-256
-    digests, the pieces hashed on up to _HASHERS threads (hashlib drops the GIL), or with
-    `piece_size` None the plain SHA-256 of the whole file (formatVersion 1). OSError for a
-    missing or unreadable file. `mapped`: hashed from a memory map, without a copy into a
-    buffer (~12% faster here); only for a file nobody else may truncate meanwhile (a
-    mapping of a shrunken file faults the process): one this process just wrote."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        if piece_size is None:
-            return _sha256_range(fd, 0, size).hex()
-        starts = range(0, size, piece_size)
-        workers = max(1, min(_HASHERS, len(starts)))
-        with contextlib.ExitStack() as stack:
-            hash_piece: Callable[[int, int], bytes] = functools.partial(_sha256_range, fd)
-            if mapped and size:
-                whole = stack.enter_context(mmap.mmap(fd, size, prot=mmap.PROT_READ))
-                view = stack.enter_context(memoryview(whole))
-
-                def hash_piece(at: int, length: int) -> bytes:
-                    return hashlib.sha256(view[at : at + length]).digest()
-
-            pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="sha256"))
-            digests = list(pool.map(lambda at: hash_piece(at, min(piece_size, size - at)), starts))
-        return hashlib.sha256(b"".join(digests)).hexdigest()
-    finally:
-        os.close(fd)
-
-
-def _sha256_range(fd: int, offset: int, length: int) -> bytes:
-    digest = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    while length > 0:
-        n = os.preadv(fd, [view[: min(_CHUNK, length)]], offset)
-        if n == 0:  # the file shrank meanwhile: what is there is what is hashed
-            break
-        digest.update(view[:n])
-        offset += n
-        length -= n
-    return digest.digest()
-
-
-def file_problem(path: str, sha256: str, piece_size: int | None = PIECE_SIZE) -> str | None:
-    """Why a repository file is not what its manifest says: missing, unreadable or a
-    different SHA-256; None when it is."""
-    try:
-        actual = sha256_file(path, piece_size)
-    except FileNotFoundError:
-        return "missing"
-    except OSError as exc:
-        return f"unreadable: {exc.strerror}"
-    return None if actual == sha256 else f"sha256 mismatch (expected {sha256}, found {actual})"
-
-
-def file_size(path: str | os.PathLike[str]) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError as exc:
-        raise RepositoryError(f"cannot stat {path}: {exc.strerror}") from exc
-
-
-def _uuid(value: str, what: str) -> str:
-    # Every repository name is a UUID we made: nothing a user typed becomes a path here.
-    if not _UUID.fullmatch(value):
-        raise InvalidArgument(f"{what} {value!r} is not a 32-hex UUID")
-    return value
-
-
-def _listdir(path: str) -> Iterator[str]:
-    try:
-        names = os.listdir(path)
-    except FileNotFoundError:
-        return iter(())
-    except OSError as exc:
-        raise RepositoryError(f"cannot list {path}: {exc.strerror}") from exc
-    return iter(sorted(names))
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write beside, fsync, rename over: a reader sees the old text or the new, whole."""
-    tmp = path + ".tmp"
-    # 0600: the manifest holds the domain XML, graphics passwords included.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with open(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    _fsync_dir(os.path.dirname(path))

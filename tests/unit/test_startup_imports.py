@@ -17,6 +17,8 @@ REST = {"fastapi", "uvicorn", "starlette", "snapgroup.rest"}
 # The engine's stack: no command line loads it before its command asks for the engine.
 ENGINE = {"sqlalchemy", "sqlmodel", "pydantic", "libvirt", "snapgroup.api", "snapgroup.store"}
 BACKUPS = {
+    "snapgroup.adapters.backup_files",
+    "snapgroup.adapters.backup_holds",
     "snapgroup.adapters.backup_repo",
     "snapgroup.ops.backing_up",
     "snapgroup.ops.export",
