@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from snapgroup.domain.backup_manifest import ImageCheck
 from snapgroup.domain.errors import NotFound, SnapgroupError
 from snapgroup.domain.models import VmState
 from snapgroup.ops.context import OpContext
 
 log = logging.getLogger(__name__)
+_CHECKS_AT_ONCE = 4
 
 
 @dataclass(frozen=True)
@@ -143,15 +146,15 @@ def image_findings(
 ) -> list[ImageFinding]:
     """`qemu-img check` of each file there not `checked` yet (-U: a running VM may read
     it), but a running VM's tops, which QEMU writes as it is checked: corruption is an
-    error, leaked clusters a warning, freed with `repair` where no running VM holds them."""
+    error, leaked clusters a warning, freed with `repair` where no running VM holds them.
+    The checks run a few at a time (a process each: ~10-15 ms a file here)."""
+    todo = [p for p in paths if p not in checked and ctx.images.exists(p) and not in_use.written(p)]
+    checked.update(todo)
+    with ThreadPoolExecutor(_CHECKS_AT_ONCE, thread_name_prefix="snapgroup-check") as pool:
+        results = list(pool.map(lambda path: _check_or_none(ctx, path), todo))
     found = []
-    for path in paths:
-        if path in checked or not ctx.images.exists(path) or in_use.written(path):
-            continue
-        checked.add(path)
-        try:
-            result = ctx.images.check(path, shared=True)
-        except SnapgroupError:
+    for path, result in zip(todo, results, strict=True):
+        if result is None:
             continue  # not a qcow2 file qemu-img reads: the chain checks tell
         if result.corruptions or result.check_errors:
             what = f"{result.corruptions} corruption(s), {result.check_errors} check error(s)"
@@ -164,3 +167,10 @@ def image_findings(
             detail = f"{leak.describe()}; space only, the data is intact"
             found.append(ImageFinding(path, "image-leaks", detail, repaired=leak.freed))
     return found
+
+
+def _check_or_none(ctx: OpContext, path: str) -> ImageCheck | None:
+    try:
+        return ctx.images.check(path, shared=True)
+    except SnapgroupError:
+        return None
