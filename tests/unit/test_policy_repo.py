@@ -150,6 +150,7 @@ def test_an_older_store_gains_the_policy_table_and_group_columns(tmp_path: Path)
     Database(f"sqlite:///{path}").dispose()
     with sqlite3.connect(path) as conn:  # as a store made before policies existed
         conn.execute("DROP TABLE snapshot_policy")
+        conn.execute("DROP TABLE schema_stamp")  # and before the schema stamp
         for column in ("policy", "policy_label", "protected"):
             conn.execute(f"ALTER TABLE volume_snapshot_group DROP COLUMN {column}")
         conn.execute(

@@ -160,6 +160,7 @@ def test_sqlite_store_is_wal_and_gets_missing_indexes(tmp_path: Path) -> None:
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.execute("DROP INDEX ix_volume_parent_snapshot_uuid")  # a store made before it
+        conn.execute("DROP TABLE schema_stamp")  # and before the schema stamp
         conn.commit()
         db = Database(f"sqlite:///{path}")
         with db.transaction() as session:
