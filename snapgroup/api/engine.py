@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from snapgroup.api.backups import Backups, open_repository, policy_export
 from snapgroup.api.files import Files
+from snapgroup.api.instant import Instant
 from snapgroup.api.policies import Policies
 from snapgroup.domain.models import DEFAULT_STOP_TIMEOUT, DeleteMode
 from snapgroup.ops.consistency import FREEZE_TIMEOUT_S, Consistency
@@ -17,6 +18,7 @@ from snapgroup.ops.context import new_uuid as random_uuid
 
 if TYPE_CHECKING:
     from snapgroup.domain.inventory import DeleteReport, DeleteResult, Group, VolumeView
+    from snapgroup.domain.ownership import HostView
     from snapgroup.domain.zquery import Query
     from snapgroup.ops import queries
     from snapgroup.ops.availability_rules import Availability
@@ -55,7 +57,7 @@ class _FromContext:
         setattr(engine.ctx, self.name, value)
 
 
-class Engine(Backups, Files, Policies):
+class Engine(Backups, Files, Instant, Policies):
     """Snapshot groups of a VM's disks: every method is one use case (ops/)."""
 
     if TYPE_CHECKING:  # the attributes below, typed as the context holds them
@@ -283,10 +285,22 @@ class Engine(Backups, Files, Policies):
 
     def recover(self) -> list[OperationRow]:
         """Finish or roll back every interrupted operation of this host whose VM lock is
-        free (a held lock means its process is still at work). Idempotent."""
+        free (a held lock means its process is still at work). Idempotent. Renews this
+        host's lease on the way (every command starts here)."""
         from snapgroup.ops.recovery import recover_pending
 
+        self.ctx.renew_lease()
         return recover_pending(self.ctx)
+
+    def hosts(self) -> list[HostView]:
+        """The hosts of the store, their leases and their VMs."""
+        from snapgroup.ops import hosts as host_ops
+
+        return host_ops.hosts(self.ctx)
+
+    def heartbeat(self, *, address: str | None = None) -> None:
+        """This host's lease renewed now (serve's heartbeat), `address` recorded."""
+        self.ctx.renew_lease(address=address, force=True)
 
     def operations(self, *, limit: int = 100) -> list[OperationRow]:
         from snapgroup.ops import queries

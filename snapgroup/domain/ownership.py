@@ -77,7 +77,11 @@ def decide(
         return _refuse(vm, here, others, "it is not defined here")
     if not same_disks:
         return _refuse(
-            vm, here, others, "this host defines it on other disk files (not shared storage?)"
+            vm,
+            here,
+            others,
+            "this host's definition opens other disk files than the store records (a stale "
+            "definition, or not on shared storage)",
         )
     if lease is None:
         return _refuse(
@@ -133,3 +137,40 @@ def _refuse(
     hosts = ", ".join(sorted(others))
     head = prefix or f"VM {vm} belongs to host {hosts}, not to this host ({here})"
     return Decision(Verdict.REFUSE, hosts, f"{head}: {why}")
+
+
+@dataclass(frozen=True)
+class HostView:
+    """A host as `snapgroup hosts` shows it: its lease (None: it holds none, its rows
+    predate the registry) and the VMs the store records as its own."""
+
+    name: str
+    lease: HostLease | None
+    vms: tuple[str, ...]
+    live: bool
+
+    def to_dict(self) -> dict[str, object]:
+        lease = self.lease
+        return {
+            "name": self.name,
+            "address": lease.address if lease else None,
+            "leaseExpires": lease.expires.isoformat() if lease else None,
+            "heartbeat": lease.heartbeat.isoformat() if lease else None,
+            "live": self.live,
+            "running": sorted(lease.running) if lease and lease.running is not None else None,
+            "vmInstanceUuids": list(self.vms),
+        }
+
+
+def host_views(leases: list[HostLease], vms: dict[str, set[str]], now: datetime) -> list[HostView]:
+    """Every host with a lease or with VMs, by name."""
+    by_name = {lease.name: lease for lease in leases}
+    return [
+        HostView(
+            name,
+            by_name.get(name),
+            tuple(sorted(vms.get(name, ()))),
+            name in by_name and by_name[name].live(now),
+        )
+        for name in sorted(by_name.keys() | vms.keys())
+    ]

@@ -6,13 +6,18 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from snapgroup.domain.errors import NotFound, OperationError, SnapgroupError
+from snapgroup.domain.models import DomainInfo
+from snapgroup.domain.ownership import Decision, Verdict
 from snapgroup.infra.host import local_host
 from snapgroup.infra.locks import FileLocks
+from snapgroup.ops import host_lease
 from snapgroup.ops.consistency import FREEZE_TIMEOUT_S
+from snapgroup.ops.host_lease import lease_seconds
 from snapgroup.ops.journal import Journal
+from snapgroup.ops.ownership import domain_here, owner_decision, take_over
 from snapgroup.ports import BackupStoreFactory, Clock, Hypervisor, ImageTool, VmLocks
 from snapgroup.store.db import Database
 from snapgroup.store.locks import AdvisoryLocks
@@ -43,6 +48,7 @@ class OpContext:
     backup_store: BackupStoreFactory | None = None
     # One operation on a VM at a time: in the database when every host shares it.
     locks: VmLocks = field(default_factory=FileLocks)
+    _lease_renewed: datetime | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def make(
@@ -79,25 +85,85 @@ class OpContext:
         )
 
     def check_owner(
-        self, vm_uuid: str, repo: Repo | None = None, *, volumes: Sequence[VolumeRow] = ()
+        self,
+        vm_uuid: str,
+        repo: Repo | None = None,
+        *,
+        volumes: Sequence[VolumeRow] = (),
+        domain: DomainInfo | None = None,
+        looked_up: bool = False,
     ) -> None:
-        """OperationError unless this host owns the VM's files (or no host is recorded):
-        in a store shared by several hosts, each operates on its own VMs only.
-        `volumes`: the VM's volumes, when the caller has just read them all."""
+        """Returns when this host owns the VM, or has just taken it over from a host
+        that no longer runs it (ops/ownership.py, domain/ownership.py); else
+        OperationError, which says whose it is and why. `repo`: the caller's
+        transaction, which holds the VM's lock (a take-over is done in it); without
+        one, a take-over takes the lock. `volumes`: the VM's, when the caller has
+        just read them all; `domain` with `looked_up`: the VM in this host's libvirt."""
         if repo is None:
+            self.renew_lease()
             with self.db.transaction() as session:
-                self.check_owner(vm_uuid, Repo(session))
+                decision = self._owner(Repo(session), vm_uuid, (), domain, looked_up)
+            if decision.verdict is not Verdict.TAKE_OVER:
+                self._refuse(decision)
+                return
+            with self.locks.vm(vm_uuid, wait=self.lock_wait), self.db.transaction() as session:
+                self.check_owner(vm_uuid, Repo(session), domain=domain, looked_up=looked_up)
             return
-        if volumes:
-            hosts = {v.host for v in volumes if v.host is not None} | repo.group_hosts(vm_uuid)
-        else:
-            hosts = repo.vm_hosts(vm_uuid)
-        others = hosts - {self.host}
-        if others:
-            raise OperationError(
-                f"VM {vm_uuid} belongs to host {', '.join(sorted(others))}, not to this "
-                f"host ({self.host}): a host only operates on its own VMs"
+        decision = self._owner(repo, vm_uuid, volumes, domain, looked_up)
+        self._refuse(decision)
+        if decision.verdict is Verdict.TAKE_OVER:
+            if not looked_up:
+                domain = domain_here(self.hv, vm_uuid)
+            take_over(
+                repo,
+                decision,
+                vm_uuid=vm_uuid,
+                host=self.host,
+                now=self.clock(),
+                new_uuid=self.new_uuid,
+                running_here=domain is not None and domain.state.is_live,
             )
+
+    def _owner(
+        self,
+        repo: Repo,
+        vm_uuid: str,
+        volumes: Sequence[VolumeRow],
+        domain: DomainInfo | None,
+        looked_up: bool,
+    ) -> Decision:
+        return owner_decision(
+            self.hv,
+            repo,
+            vm_uuid=vm_uuid,
+            host=self.host,
+            now=self.clock(),
+            volumes=volumes,
+            domain=domain,
+            looked_up=looked_up,
+        )
+
+    @staticmethod
+    def _refuse(decision: Decision) -> None:
+        if decision.verdict is Verdict.REFUSE:
+            raise OperationError(decision.reason)
+
+    def renew_lease(self, *, address: str | None = None, force: bool = False) -> None:
+        """This host's lease in the registry, renewed with its report when a third of
+        it has passed (`force`: now; `address`: its `serve`, recorded)."""
+        seconds, now = lease_seconds(), self.clock()
+        last = self._lease_renewed
+        if not force and last is not None and now < last + timedelta(seconds=seconds / 3):
+            return  # renewed by this process lately: not even a read
+        host_lease.renew(
+            self.hv,
+            self.db,
+            self.host,
+            now,
+            address=address,
+            if_older_than=None if force else seconds / 3,
+        )
+        self._lease_renewed = now
 
     def owned_group(self, uuid: str) -> GroupRow:
         """The group's row (NotFound when there is none), once this host is known to own

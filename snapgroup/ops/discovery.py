@@ -118,7 +118,9 @@ def _assign(row: VolumeRow, **values: object) -> None:
 
 
 def discover(ctx: OpContext, domain: DomainInfo) -> Discovered:
-    """The domain's disks recorded as volumes, in a transaction of their own."""
+    """The domain's disks recorded as volumes, in a transaction of their own (once this
+    host owns the VM, or has taken it over)."""
+    ctx.check_owner(domain.uuid, domain=domain, looked_up=True)
     with ctx.db.transaction() as session:
         return register_volumes(
             Repo(session), domain, now=ctx.clock(), new_uuid=ctx.new_uuid, host=ctx.host
@@ -130,7 +132,11 @@ def domain_of(ctx: OpContext, *, vm: str | None, root_volume_uuid: str | None) -
     if (vm is None) == (root_volume_uuid is None):
         raise InvalidArgument("give exactly one of a VM (name or UUID) or a root volume UUID")
     if vm is not None:
-        return ctx.hv.lookup(vm)
+        domain = ctx.hv.lookup(vm)
+        # Before the lock: a take-over moves the rows and any interrupted operation of
+        # the old owner, which the operation's sync then finishes first.
+        ctx.check_owner(domain.uuid, domain=domain, looked_up=True)
+        return domain
     volume_uuid = parse_uuid(root_volume_uuid or "", "rootVolumeUuid")
     with ctx.db.transaction() as session:
         volume = Repo(session).volume(volume_uuid)

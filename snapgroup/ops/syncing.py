@@ -107,7 +107,7 @@ def _record(
     is gone) and the volumes attached now. The VM's volumes are read once."""
     known = repo.volumes_of_vm(vm_uuid)
     # Another host's VM is not in this host's libvirt: it would look gone.
-    ctx.check_owner(vm_uuid, repo, volumes=known)
+    ctx.check_owner(vm_uuid, repo, volumes=known, domain=domain, looked_up=True)
     before = {v.uuid: (v.attached, v.target, v.install_path) for v in known}
     if domain is None:
         return _vm_gone(repo, known, vm_uuid, now) + _removed(ctx, repo, known, now), None, []

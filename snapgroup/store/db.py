@@ -30,7 +30,7 @@ from sqlmodel import Session as Session  # re-exported: the type of a transactio
 from sqlmodel import SQLModel, create_engine
 
 from snapgroup.domain.errors import StoreError
-from snapgroup.store import policy_tables, tables  # noqa: F401  (registers their tables)
+from snapgroup.store import host_tables, policy_tables, tables  # noqa: F401  (registers their tables)
 
 DEFAULT_DB_DIR = Path("/var/lib/snapgroup")
 DEFAULT_DB_URL = f"sqlite:///{DEFAULT_DB_DIR / 'snapgroup.db'}"

@@ -1,0 +1,189 @@
+"""Ownership follows the VM: two engines with different host names on one store, each
+with its own (fake) libvirt over the same (fake) shared storage. A VM that moves from
+host a to host b is taken over by b once a no longer runs it (a's report says so, or
+a's lease expired), journaled and said; while both run it, both refuse it. On SQLite
+and PostgreSQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from snapgroup.api import Engine
+from snapgroup.domain.errors import OperationError
+from snapgroup.domain.models import VmState
+from snapgroup.store.db import Database
+from snapgroup.store.hosts import HostRepo
+from snapgroup.store.repo import Repo
+from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
+
+VM = "a" * 32
+
+
+class Clock:
+    """One clock for both hosts (their clocks in step, as NTP keeps them)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class Host:
+    name: str
+    engine: Engine
+    hv: FakeHypervisor
+
+
+@dataclass
+class Cluster:
+    a: Host
+    b: Host
+    clock: Clock
+    images: FakeImageTool
+
+    def migrate(self, *, state: VmState = VmState.RUNNING, keep_source: bool = False) -> None:
+        """The VM leaves a for b, on the same disk files (shared storage); a keeps its
+        definition, shut off, when `keep_source` (virsh migrate --persistent)."""
+        domain = self.a.hv.domains[VM]
+        self.b.hv.define(VM, domain.name, state, domain.disks)
+        domain.state = VmState.STOPPED
+        if not keep_source:
+            self.a.hv.undefine(VM)
+
+
+@pytest.fixture
+def cluster(store: Database) -> Cluster:
+    images = FakeImageTool()  # one storage both hosts see
+    clock = Clock()
+    counter = iter(range(1, 1 << 20))
+
+    def host(name: str) -> Host:
+        hv = FakeHypervisor(images)
+        engine = Engine(
+            hypervisor=hv,
+            images=images,
+            db=store,
+            host=name,
+            clock=clock,
+            new_uuid=lambda: f"{next(counter):032x}",
+        )
+        return Host(name, engine, hv)
+
+    a, b = host("host-a"), host("host-b")
+    lab_domain(a.hv, directory="/shared")
+    return Cluster(a, b, clock, images)
+
+
+def _owners(store: Database) -> set[str | None]:
+    with store.transaction() as session:
+        repo = Repo(session)
+        return {v.host for v in repo.volumes_of_vm(VM)} | {g.host for g in repo.groups()}
+
+
+def test_a_vm_that_moved_is_taken_over_once_its_owner_reports_it_gone(
+    cluster: Cluster, store: Database
+) -> None:
+    a, b = cluster.a, cluster.b
+    group = a.engine.create(vm="vm1", name="on-a")
+    before = [r.install_path for r in group.refs]
+    cluster.migrate()  # a live migration: a's last report still has it running
+    with pytest.raises(OperationError, match="running on two hosts, host-a") as err:
+        b.engine.create(vm="vm1", name="on-b")
+    assert "and this one (host-b)" in err.value.details
+    cluster.clock.advance(25)
+    a.engine.heartbeat()  # a's report: the VM no longer runs there
+    taken = b.engine.create(vm="vm1", name="on-b")
+    assert _owners(store) == {"host-b"}
+    # The groups taken on a read back exactly; b operates on them.
+    assert [r.install_path for r in b.engine.get(group.uuid).refs] == before
+    assert [g.name for g in b.engine.list_groups()] == ["on-a", "on-b"]
+    b.engine.delete(group.uuid)
+    assert [g.uuid for g in b.engine.list_groups()] == [taken.uuid]
+    takeover = [op for op in b.engine.operations() if op.kind == "takeover"]
+    assert len(takeover) == 1 and takeover[0].host == "host-b" and takeover[0].state == "done"
+    assert takeover[0].detail is not None
+    assert takeover[0].detail.startswith(f"VM {VM} taken over from host host-a: host host-a")
+    # a refuses, and says whose it is now.
+    with pytest.raises(OperationError, match="belongs to host host-b"):
+        a.engine.delete(taken.uuid)
+
+
+def test_the_old_owner_keeping_a_stopped_definition_is_refused_while_b_runs_it(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    group = a.engine.create(vm="vm1", name="on-a")
+    cluster.migrate(keep_source=True)
+    a.engine.heartbeat()
+    b.engine.volumes("vm1")  # taken over
+    with pytest.raises(OperationError, match="not to this host \\(host-a\\): it runs there"):
+        a.engine.revert(group.uuid)
+    b.engine.create(vm="vm1", name="on-b")  # a's definition is stale now
+    with pytest.raises(OperationError, match="opens other disk files than the store records"):
+        a.engine.revert(group.uuid)
+    assert [d.state for d in a.hv.domains.values()] == [VmState.STOPPED]
+
+
+def test_a_vm_whose_owner_died_is_taken_over_after_the_lease(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    group = a.engine.create(vm="vm1", name="on-a")
+    cluster.migrate()  # a stopped with it: no more reports
+    with pytest.raises(OperationError, match="running on two hosts"):
+        b.engine.volumes("vm1")
+    cluster.clock.advance(61)
+    assert [v.volume_uuid for v in b.engine.volumes("vm1")] == [r.volume_uuid for r in group.refs]
+    detail = next(op.detail for op in b.engine.operations() if op.kind == "takeover")
+    assert detail is not None and "host host-a's lease expired at" in detail
+    assert "the VM runs here" in detail
+
+
+def test_a_dead_owner_that_ran_it_keeps_it_from_a_stopped_copy(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    group = a.engine.create(vm="vm1", name="on-a")
+    cluster.migrate(state=VmState.STOPPED)
+    cluster.clock.advance(61)
+    with pytest.raises(OperationError, match="start the VM here to take it over"):
+        b.engine.revert(group.uuid)
+    b.hv.domains[VM].state = VmState.RUNNING  # started here: b's own now
+    b.engine.create(vm="vm1", name="on-b")
+    with b.engine.db.transaction() as session:
+        lease = HostRepo(session).lease("host-b")
+    assert lease is not None and lease.runs(VM)
+
+
+def test_an_operation_the_old_owner_left_unfinished_moves_with_the_vm(
+    cluster: Cluster, store: Database
+) -> None:
+    a, b = cluster.a, cluster.b
+    a.engine.create(vm="vm1", name="on-a")
+    op = a.engine.journal.begin("create", VM, {"overlays": []})  # a died here
+    cluster.migrate()
+    cluster.clock.advance(61)
+    b.engine.create(vm="vm1", name="on-b")
+    rows = {row.uuid: row for row in b.engine.operations()}
+    assert rows[op].host == "host-b" and rows[op].state != "running"
+    assert a.engine.recover() == []
+
+
+def test_hosts_lists_leases_and_vms(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    a.engine.create(vm="vm1", name="on-a")
+    b.engine.heartbeat(address="http://host-b:8080/zstack")
+    views = {v.name: v.to_dict() for v in b.engine.hosts()}
+    assert views["host-a"]["vmInstanceUuids"] == [VM] and views["host-a"]["running"] == [VM]
+    assert views["host-a"]["live"] is True
+    assert views["host-b"]["address"] == "http://host-b:8080/zstack"
+    assert views["host-b"]["vmInstanceUuids"] == []
+    cluster.clock.advance(61)
+    views = {v.name: v.to_dict() for v in b.engine.hosts()}
+    assert views["host-a"]["live"] is False and views["host-b"]["live"] is True
+    # A command beside the serving host keeps its address.
+    assert views["host-b"]["address"] == "http://host-b:8080/zstack"
