@@ -61,6 +61,17 @@ class Hypervisor(Protocol):
         to end; pivot an active commit that is ready. No job: nothing to do."""
         ...
 
+    def block_pull(self, vm_uuid: str, target: str) -> None:
+        """Running domain: start copying everything the disk's backing chain holds into
+        its top file (a libvirt block pull, QEMU's work: it goes on without us) and
+        return at once. When the job ends the top file stands alone."""
+        ...
+
+    def block_job(self, vm_uuid: str, target: str) -> BlockJobProgress | None:
+        """The disk's block job now, as progress; None when it has none (or the domain
+        does not run)."""
+        ...
+
     def shutdown(self, vm_uuid: str, *, timeout: float) -> None:
         """Stop a running or paused domain: ACPI shutdown, then power it off if it is still
         up after `timeout` seconds (0: power off at once). Returns once it is shut off."""

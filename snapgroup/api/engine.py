@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from snapgroup.api.backups import Backups, open_repository, policy_export
 from snapgroup.api.files import Files
+from snapgroup.api.instant import Instant
 from snapgroup.api.policies import Policies
 from snapgroup.domain.models import DEFAULT_STOP_TIMEOUT, DeleteMode
 from snapgroup.ops.consistency import FREEZE_TIMEOUT_S, Consistency
@@ -56,7 +57,7 @@ class _FromContext:
         setattr(engine.ctx, self.name, value)
 
 
-class Engine(Backups, Files, Policies):
+class Engine(Backups, Files, Instant, Policies):
     """Snapshot groups of a VM's disks: every method is one use case (ops/)."""
 
     if TYPE_CHECKING:  # the attributes below, typed as the context holds them

@@ -1,4 +1,4 @@
-"""snapgroup clone GROUP_UUID --name NEW_VM [--start]."""
+"""snapgroup clone GROUP_UUID --name NEW_VM [--start [--instant [--follow]]]."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from snapgroup.cli.context import Context
-from snapgroup.cli.output import print_json, table
+from snapgroup.cli.output import ProgressPrinter, print_json, table
+from snapgroup.cli.restore import add_instant_options, say_copying
+from snapgroup.domain.errors import InvalidArgument
 
 
 def register(sub: Any) -> None:
@@ -20,15 +22,32 @@ def register(sub: Any) -> None:
     parser.add_argument("uuid", metavar="GROUP_UUID")
     parser.add_argument("--name", required=True, help="the new VM's name")
     parser.add_argument("--start", action="store_true", help="start the clone once defined")
+    add_instant_options(parser, "the group's snapshots")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    made = ctx.engine.clone(args.uuid, name=args.name, start=args.start)
+    copying = None
+    if args.instant:
+        if not args.start:
+            raise InvalidArgument("--instant needs --start")
+        made, copying = ctx.engine.instant_clone(
+            args.uuid,
+            name=args.name,
+            follow=args.follow,
+            progress=ProgressPrinter("copying", ctx.err) if args.follow else None,
+        )
+    else:
+        made = ctx.engine.clone(args.uuid, name=args.name, start=args.start)
     if ctx.as_json:
-        print_json({"inventory": made.to_inventory()}, ctx.out)
+        doc = {"inventory": made.to_inventory()}
+        if copying is not None:
+            doc["instant"] = copying.to_dict()
+        print_json(doc, ctx.out)
         return 0
     ctx.out.write(f"VM {made.name} ({made.uuid}) is {made.state}\n")
+    if copying is not None:
+        say_copying(copying, ctx)
     rows = [(d.target, d.volume_uuid, d.snapshot_uuid, d.install_path) for d in made.disks]
     table(rows, ["DISK", "VOLUME", "ON SNAPSHOT", "INSTALL PATH"], ctx.out)
     return 0

@@ -1,12 +1,17 @@
-"""snapgroup restore --from DIR BACKUP (--as NEW_VM | --to-dir PATH) [--keep-chain] [--start]."""
+"""snapgroup restore --from DIR BACKUP (--as NEW_VM | --to-dir PATH) [--keep-chain] [--start]
+[--instant [--follow]]."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import ProgressPrinter, print_json, table
+from snapgroup.domain.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from snapgroup.ops.instant import Copying
 
 
 def register(sub: Any) -> None:
@@ -33,11 +38,37 @@ def register(sub: Any) -> None:
         "--as: QEMU's user is let through to those files, no one else)",
     )
     parser.add_argument("--start", action="store_true", help="with --as: start the new VM")
+    add_instant_options(parser, "the repository")
     # The daemon runs it when these are absolute.
     parser.set_defaults(run=run, paths=("source", "to_dir", "disk_dir"))
 
 
+def add_instant_options(parser: argparse.ArgumentParser, over: str) -> None:
+    parser.add_argument(
+        "--instant",
+        action="store_true",
+        help=f"with --start: answer once the VM runs on thin overlays over {over}, then "
+        "copy its disks local in the background (libvirt block pulls; `snapgroup "
+        "recover` finishes a copy cut short)",
+    )
+    parser.add_argument(
+        "--follow", action="store_true", help="with --instant: wait for the copy, showing it"
+    )
+
+
+def say_copying(copying: Copying, ctx: Context) -> None:
+    if copying.done:
+        ctx.out.write("its disks are local and standalone\n")
+    else:
+        ctx.out.write(
+            "copying its disks local in the background (operation "
+            f"{copying.operation}; `snapgroup recover` finishes it if cut short)\n"
+        )
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    if args.instant:
+        return _run_instant(args, ctx)
     done = ctx.engine.restore(
         args.backup,
         source=args.source,
@@ -53,5 +84,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     if done.vm_uuid:
         ctx.out.write(f"VM {done.vm_name} ({done.vm_uuid}) is {done.state}\n")
+    table(sorted(done.files.items()), ["DISK", "FILE"], ctx.out)
+    return 0
+
+
+def _run_instant(args: argparse.Namespace, ctx: Context) -> int:
+    if not (args.as_vm and args.start) or args.keep_chain:
+        raise InvalidArgument("--instant needs --as NEW_VM and --start (it keeps the chain)")
+    done, copying = ctx.engine.instant_restore(
+        args.backup,
+        source=args.source,
+        as_vm=args.as_vm,
+        disk_dir=args.disk_dir,
+        follow=args.follow,
+        progress=ProgressPrinter("copying", ctx.err) if args.follow else None,
+    )
+    if ctx.as_json:
+        print_json({"restored": done.to_dict(), "instant": copying.to_dict()}, ctx.out)
+        return 0
+    ctx.out.write(f"VM {done.vm_name} ({done.vm_uuid}) is {done.state}\n")
+    say_copying(copying, ctx)
     table(sorted(done.files.items()), ["DISK", "FILE"], ctx.out)
     return 0

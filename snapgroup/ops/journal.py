@@ -31,6 +31,15 @@ _hits: dict[str, int] = {}
 WRITING, REBASING = "writing:", "rebasing:"
 
 
+STEP_MAX = 64  # the operation table's step column
+
+
+def _fit(step: str) -> str:
+    """A step as the store keeps it: a long one (a prune's `rename <backup>/<volume>`)
+    is cut to the column, its head kept (what is done, then on what)."""
+    return step if len(step) <= STEP_MAX else step[: STEP_MAX - 3] + "..."
+
+
 def written_files(plan: dict[str, Any]) -> list[str]:
     """Every file the journaled operation began writing in place, once each."""
     found = [v for k, v in plan.items() if k.startswith((WRITING, REBASING))]
@@ -90,7 +99,7 @@ class Journal:
         Its own commit, by primary key: the plan is read only when it changes."""
         with self.db.transaction() as session:
             journal = OperationRepo(session)
-            values: dict[str, Any] = {"step": step, "updated": self.clock()}
+            values: dict[str, Any] = {"step": _fit(step), "updated": self.clock()}
             if plan_update:
                 plan = journal.plan(op_uuid)
                 assert plan is not None

@@ -32,6 +32,7 @@ HOMES = {
     "delete": "snapgroup.ops.delete",
     "delete-snapshot": "snapgroup.ops.delete_snapshot",
     "export": "snapgroup.ops.export",
+    "instant": "snapgroup.ops.instant",
     "prune-backups": "snapgroup.ops.prune_backups",
     "restore": "snapgroup.ops.restore",
     "revert": "snapgroup.ops.revert",

@@ -326,6 +326,7 @@ class FakeHypervisor(MemoryHypervisor, _Faults):
         # has no agent (freeze/thaw/guest_filesystems fail, as libvirt's do).
         self.agents: dict[str, tuple[str, ...]] = {}
         self.frozen: set[str] = set()  # VMs whose filesystems are frozen now
+        self.pulls: dict[tuple[str, str], BlockJobProgress] = {}  # (vm, target): running
         # Memory state (snapgroup.testing.fake_memory): memory size, guest state, clock.
         self.memory: dict[str, int] = {}
         self.ram: dict[str, str] = {}
@@ -408,6 +409,28 @@ class FakeHypervisor(MemoryHypervisor, _Faults):
     @_serialised
     def settle_block_job(self, vm_uuid: str, target: str) -> None:
         self._call("settle_block_job", vm_uuid, target)
+
+    @_serialised
+    def block_pull(self, vm_uuid: str, target: str) -> None:
+        """A pull starts and runs until finish_pulls() (a test's "QEMU copied it")."""
+        self._call("block_pull", vm_uuid, target)
+        domain = self._domain(vm_uuid)
+        if domain.state not in (VmState.RUNNING, VmState.PAUSED):
+            raise HypervisorError(f"a block pull needs a running domain; {domain.name} is not")
+        self.pulls[(domain.uuid, target)] = BlockJobProgress(0, 1 << 30)
+
+    @_serialised
+    def block_job(self, vm_uuid: str, target: str) -> BlockJobProgress | None:
+        return self.pulls.get((self._domain(vm_uuid).uuid, target))
+
+    def finish_pulls(self) -> None:
+        """Every running pull done: each top holds its chain's view, backed by nothing."""
+        for (uuid, target), _ in list(self.pulls.items()):
+            path = self.disk_path(uuid, target)
+            assert path is not None
+            self.images.images[path].clusters = self.images.read(path)
+            self.images.images[path].backing = None
+            del self.pulls[(uuid, target)]
 
     @_serialised
     def shutdown(self, vm_uuid: str, *, timeout: float) -> None:

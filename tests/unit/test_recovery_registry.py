@@ -21,6 +21,7 @@ KINDS = [
     "delete",
     "delete-snapshot",
     "export",
+    "instant",
     "prune-backups",
     "restore",
     "revert",

@@ -13,7 +13,7 @@ from snapgroup.adapters.domxml import active_commit_base
 from snapgroup.adapters.libvirt_hv.connection import LibvirtConnection
 from snapgroup.adapters.libvirt_hv.errors import translate
 from snapgroup.domain.errors import HypervisorError, InvalidArgument, NotFound
-from snapgroup.domain.models import DomainDisk, DomainInfo
+from snapgroup.domain.models import BlockJobProgress, DomainDisk, DomainInfo
 from snapgroup.ports import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,19 @@ class BlockJobs(LibvirtConnection):
             raise HypervisorError(
                 f"disk {target} has a block job of type {kind} that snapgroup did not start"
             )
+
+    def block_pull(self, vm_uuid: str, target: str) -> None:
+        dom = self._domain(vm_uuid)
+        self._live_disk(dom, target, "a block pull")
+        with self._calls():
+            dom.blockPull(target, 0, 0)  # no bandwidth cap, the whole chain
+
+    def block_job(self, vm_uuid: str, target: str) -> BlockJobProgress | None:
+        dom = self._domain(vm_uuid)
+        if not self._info(dom).state.is_live:
+            return None
+        job = _DomainJobs(self, dom).job(target)
+        return BlockJobProgress(job["cur"], job["end"]) if job else None
 
     def _jobs(self, dom: Any) -> JobWait:
         return JobWait(

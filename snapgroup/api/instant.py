@@ -1,0 +1,78 @@
+"""Engine's instant recoveries (ops/instant.py over ops/restore.py and ops/clone.py):
+a new VM running at once on thin overlays, its disks copied local in the background."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from snapgroup.domain.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from snapgroup.ops.clone import Clone
+    from snapgroup.ops.context import OpContext
+    from snapgroup.ops.instant import Copying
+    from snapgroup.ops.restore import Restored
+    from snapgroup.ports import ProgressFn
+
+
+class Instant:
+    """restore --instant, clone --instant."""
+
+    ctx: OpContext
+
+    def instant_restore(
+        self,
+        backup_id: str,
+        *,
+        source: str,
+        as_vm: str,
+        disk_dir: str | None = None,
+        follow: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> tuple[Restored, Copying]:
+        """The backup as a new VM, started on thin overlays over the repository (a
+        --keep-chain restore, which holds the backup), then each disk pulled local by
+        QEMU. Returns once the VM runs (with `follow`, once the copy is done too)."""
+        from snapgroup.ops import instant, restore
+
+        if not as_vm:
+            raise InvalidArgument("--instant needs --as NEW_VM")
+        done = restore.restore(
+            self.ctx,
+            backup_id,
+            source=source,
+            as_vm=as_vm,
+            disk_dir=disk_dir,
+            keep_chain=True,
+            start=True,
+        )
+        assert done.vm_uuid is not None
+        copying = instant.start_copy(
+            self.ctx, done.vm_uuid, done.files, repo=source, backup_id=done.backup_id
+        )
+        if follow:
+            copying = instant.follow(self.ctx, copying, progress=progress)
+        return done, copying
+
+    def instant_clone(
+        self,
+        group_uuid: str,
+        *,
+        name: str,
+        follow: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> tuple[Clone, Copying]:
+        """A clone started at once on overlays over the group's snapshots, then each
+        disk pulled local: afterwards it pins none of them (the group can be deleted)."""
+        from snapgroup.ops import clone, instant
+
+        made = clone.clone(self.ctx, group_uuid, name=name, start=True)
+        copying = instant.start_copy(
+            self.ctx,
+            made.uuid,
+            {d.target: d.install_path for d in made.disks},
+            clone_volumes={d.target: d.volume_uuid for d in made.disks},
+        )
+        if follow:
+            copying = instant.follow(self.ctx, copying, progress=progress)
+        return made, copying

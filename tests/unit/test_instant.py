@@ -1,0 +1,115 @@
+"""Instant recovery on the fakes (ops/instant.py): the new VM runs at once on thin
+overlays, one pull a disk copies them local; the backup stays held (prune refuses) until
+every pull has ended; recover finishes a copy whatever cut it short."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from snapgroup.adapters.backup_repo import BackupRepo
+from snapgroup.domain.errors import OperationError
+from snapgroup.domain.models import VmState
+from snapgroup.testing.fakes import lab_domain
+from tests.unit.conftest import Killed, Lab
+
+VM = "a" * 32
+
+
+class _Repo(BackupRepo):
+    """The real repository, but QEMU's user is not let in (no QEMU runs here)."""
+
+    def open_to_qemu(self, files: Sequence[str]) -> None:
+        pass
+
+
+@pytest.fixture
+def backed_up(lab: Lab, tmp_path: Path) -> tuple[str, list[str]]:
+    """A repository with two backups of vm1 (full, incremental): (repo, backup ids)."""
+    lab.engine.ctx.backup_store = _Repo
+    (tmp_path / "vm").mkdir()
+    lab_domain(lab.hv, directory=str(tmp_path / "vm"))
+    repo = str(tmp_path / "repo")
+    ids = []
+    for n in range(2):
+        for disk in lab.hv.domains[VM].disks:
+            assert disk.path is not None
+            lab.images.write(disk.path, n + 1, f"{disk.target}@{n}")
+        group = lab.engine.create(vm="vm1", name=f"g{n}")
+        ids.append(lab.engine.export(group.uuid, to=repo).manifest.backup_id)
+    for backup in lab.engine.backups(at=repo):  # the fake images know them at their place
+        for disk in backup.disks:
+            lab.images.chain(str(Path(repo) / VM / backup.backup_id / disk.file))
+    return repo, ids
+
+
+def _operation(lab: Lab, uuid: str) -> str:
+    (row,) = [r for r in lab.engine.operations() if r.uuid == uuid]
+    return row.state
+
+
+def test_the_vm_runs_at_once_and_its_disks_become_local(
+    lab: Lab, backed_up: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    repo, (b1, _) = backed_up  # the oldest: the one a prune merges first
+    want = {
+        d.target: lab.images.read(str(Path(repo) / VM / b1 / f"{d.volume_uuid}.qcow2"))
+        for d in lab.engine.backups(at=repo)[0].disks
+    }
+    done, copying = lab.engine.instant_restore(b1, source=repo, as_vm="new")
+    assert done.state == "Running" and not copying.done
+    assert sorted(t for (_, t) in lab.hv.pulls) == ["vda", "vdb", "vdc"]
+    for target, path in done.files.items():  # thin: read through the repository
+        assert lab.images.images[path].backing is not None
+        assert lab.images.read(path) == want[target]
+    # While the copy runs, the backup is held (prune refuses) and recover leaves it be.
+    with pytest.raises(OperationError, match="keep-chain"):
+        lab.engine.prune_backups(at=repo, vm="vm1", keep=1)
+    lab.engine.recover()
+    assert _operation(lab, copying.operation) == "running"
+    lab.hv.finish_pulls()
+    lab.engine.recover()
+    assert _operation(lab, copying.operation) == "done"
+    for target, path in done.files.items():  # standalone, and the backup's data
+        assert lab.images.images[path].backing is None
+        assert lab.images.read(path) == want[target]
+    assert lab.engine.prune_backups(at=repo, vm="vm1", keep=1).pruned  # no hold left
+
+
+def test_a_killed_start_and_a_lost_qemu_are_finished_by_recover(
+    lab: Lab, backed_up: tuple[str, list[str]], die_at: list[str]
+) -> None:
+    repo, (_, b2) = backed_up
+    die_at.append("instant:pull:vdb")  # after vda's pull started, before vdb's
+    with pytest.raises(Killed):
+        lab.engine.instant_restore(b2, source=repo, as_vm="new")
+    (new,) = [u for u, d in lab.hv.domains.items() if d.name == "new"]
+    assert sorted(t for (_, t) in lab.hv.pulls) == ["vda"]
+    lab.engine.recover()  # vda's runs on; vdb's and vdc's are started
+    assert sorted(t for (_, t) in lab.hv.pulls) == ["vda", "vdb", "vdc"]
+    # The host restarts: QEMU and its jobs are gone, the VM is stopped.
+    lab.hv.pulls.clear()
+    lab.hv.domains[new].state = VmState.STOPPED
+    lab.engine.recover()  # made standalone offline
+    for disk in lab.hv.domains[new].disks:
+        assert disk.path is not None and lab.images.images[disk.path].backing is None
+    (op,) = [r for r in lab.engine.operations() if r.kind == "instant"]
+    assert op.state == "done"
+
+
+def test_an_instant_clone_stops_pinning_the_group_once_copied(
+    lab: Lab, backed_up: tuple[str, list[str]]
+) -> None:
+    group = lab.engine.list_groups(vm="vm1")[-1]
+    made, copying = lab.engine.instant_clone(group.uuid, name="twin")
+    assert made.state == "Running" and not copying.done
+    assert lab.engine.delete_plan(group.uuid).to_json()["wouldRefuse"]  # the clone reads it
+    lab.hv.finish_pulls()
+    lab.engine.recover()
+    assert _operation(lab, copying.operation) == "done"
+    report = lab.engine.delete(group.uuid)
+    assert report.error is None
+    for disk in lab.hv.domains[made.uuid].disks:
+        assert disk.path is not None and lab.images.read(disk.path)
