@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "recover": "recover",
     "verify": "verify",
     "operations": "operations",
+    "hosts": "hosts",
     "policy": "policy",
     "autosnap": "autosnap",
     "protect": "protect",
