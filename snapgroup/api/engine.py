@@ -298,9 +298,10 @@ class Engine(Backups, Files, Instant, Policies):
 
         return host_ops.hosts(self.ctx)
 
-    def heartbeat(self, *, address: str | None = None) -> None:
-        """This host's lease renewed now (serve's heartbeat), `address` recorded."""
-        self.ctx.renew_lease(address=address, force=True)
+    def heartbeat(self, *, address: str | None = None, serving: bool = True) -> float:
+        """This host's lease renewed now (serve's heartbeat), `address` recorded (not
+        `serving`: erased, the server stops). The lease's length in seconds."""
+        return self.ctx.renew_lease(address=address, force=True, serving=serving)
 
     def operations(self, *, limit: int = 100) -> list[OperationRow]:
         from snapgroup.ops import queries

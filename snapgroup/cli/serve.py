@@ -7,6 +7,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import socket
 from typing import Any
 
 from snapgroup.cli.context import Context
@@ -52,7 +53,22 @@ def register(sub: Any) -> None:
         help="serve the backup repository in DIR (absolute) as NAME; repeatable. Clients "
         "name repositories, never directories",
     )
+    parser.add_argument(
+        "--advertise",
+        metavar="URL",
+        help="the URL other hosts of the store reach this server at (default: "
+        "http://HOST:PORT<context-path>, HOST the host's name when listening on all)",
+    )
     parser.set_defaults(run=run)
+
+
+def advertised(host: str, port: int, context_path: str) -> str:
+    """The URL recorded in the host registry for this server."""
+    from snapgroup.rest.app import normalize_context_path
+
+    name = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host
+    shown = f"[{name}]" if ":" in name else name
+    return f"http://{shown}:{port}{normalize_context_path(context_path)}"
 
 
 def parse_repositories(specs: list[str]) -> dict[str, str]:
@@ -107,6 +123,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     from snapgroup.rest import create_app
     from snapgroup.rest.app import normalize_context_path
+    from snapgroup.rest.heartbeat import Heartbeat
 
     engine = ctx.engine  # opened (and recovered) before the first request
     app = create_app(
@@ -123,7 +140,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     ctx.err.flush()
     verbose = logging.getLogger().level <= logging.DEBUG
-    uvicorn.run(
-        app, host=host, port=port, log_level="info" if verbose else "warning", access_log=verbose
-    )
+    # The host's lease, renewed while serving, with the address other hosts use.
+    with Heartbeat(engine, args.advertise or advertised(host, port, args.context_path)):
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="info" if verbose else "warning",
+            access_log=verbose,
+        )
     return 0

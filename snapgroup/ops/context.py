@@ -148,22 +148,27 @@ class OpContext:
         if decision.verdict is Verdict.REFUSE:
             raise OperationError(decision.reason)
 
-    def renew_lease(self, *, address: str | None = None, force: bool = False) -> None:
+    def renew_lease(
+        self, *, address: str | None = None, force: bool = False, serving: bool = True
+    ) -> float:
         """This host's lease in the registry, renewed with its report when a third of
-        it has passed (`force`: now; `address`: its `serve`, recorded)."""
+        it has passed (`force`: now; `address`: its `serve`, recorded; not `serving`:
+        its address erased). The lease's length in seconds."""
         seconds, now = lease_seconds(), self.clock()
         last = self._lease_renewed
         if not force and last is not None and now < last + timedelta(seconds=seconds / 3):
-            return  # renewed by this process lately: not even a read
+            return seconds  # renewed by this process lately: not even a read
         host_lease.renew(
             self.hv,
             self.db,
             self.host,
             now,
             address=address,
+            keep_address=serving,
             if_older_than=None if force else seconds / 3,
         )
         self._lease_renewed = now
+        return seconds
 
     def owned_group(self, uuid: str) -> GroupRow:
         """The group's row (NotFound when there is none), once this host is known to own
