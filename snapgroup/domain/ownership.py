@@ -48,6 +48,7 @@ class Decision:
     verdict: Verdict
     owner: str | None = None  # the other host, when there is one
     reason: str = ""  # why: the take-over's warning, or the refusal's message
+    settling: bool = False  # refused for now: running on two hosts (a migration, maybe)
 
 
 def decide(
@@ -136,7 +137,7 @@ def _refuse(
 ) -> Decision:
     hosts = ", ".join(sorted(others))
     head = prefix or f"VM {vm} belongs to host {hosts}, not to this host ({here})"
-    return Decision(Verdict.REFUSE, hosts, f"{head}: {why}")
+    return Decision(Verdict.REFUSE, hosts, f"{head}: {why}", settling=prefix is not None)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ host's name, the VM locks and the lock wait; and the ownership checks they all m
 
 from __future__ import annotations
 
+import time
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from snapgroup.store.db import Database
 from snapgroup.store.locks import AdvisoryLocks
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import GroupRow, VolumeRow
+
+SETTLE_POLL_SECONDS = 1.0  # how often --wait looks again at a VM running on two hosts
 
 
 def utcnow() -> datetime:
@@ -101,8 +104,15 @@ class OpContext:
         just read them all; `domain` with `looked_up`: the VM in this host's libvirt."""
         if repo is None:
             self.renew_lease()
-            with self.db.transaction() as session:
-                decision = self._owner(Repo(session), vm_uuid, (), domain, looked_up)
+            # A VM running on two hosts may be migrating: --wait waits for it to settle.
+            deadline = time.monotonic() + self.lock_wait
+            while True:
+                with self.db.transaction() as session:
+                    decision = self._owner(Repo(session), vm_uuid, (), domain, looked_up)
+                if not decision.settling or time.monotonic() >= deadline:
+                    break
+                time.sleep(SETTLE_POLL_SECONDS)
+                looked_up = False  # where it runs now
             if decision.verdict is not Verdict.TAKE_OVER:
                 self._refuse(decision)
                 return

@@ -6,8 +6,11 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +63,20 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(store: Database) -> Cluster:
+def shared(store: Database, tmp_path: Path) -> Iterator[Database]:
+    """`store`, but a SQLite file in place of the in-memory one (which each thread
+    would see empty)."""
+    if store.is_postgresql:
+        yield store
+        return
+    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def cluster(shared: Database) -> Cluster:
+    store = shared
     images = FakeImageTool()  # one storage both hosts see
     clock = Clock()
     counter = iter(range(1, 1 << 20))
@@ -89,7 +105,7 @@ def _owners(store: Database) -> set[str | None]:
 
 
 def test_a_vm_that_moved_is_taken_over_once_its_owner_reports_it_gone(
-    cluster: Cluster, store: Database
+    cluster: Cluster, shared: Database
 ) -> None:
     a, b = cluster.a, cluster.b
     group = a.engine.create(vm="vm1", name="on-a")
@@ -101,7 +117,7 @@ def test_a_vm_that_moved_is_taken_over_once_its_owner_reports_it_gone(
     cluster.clock.advance(25)
     a.engine.heartbeat()  # a's report: the VM no longer runs there
     taken = b.engine.create(vm="vm1", name="on-b")
-    assert _owners(store) == {"host-b"}
+    assert _owners(shared) == {"host-b"}
     # The groups taken on a read back exactly; b operates on them.
     assert [r.install_path for r in b.engine.get(group.uuid).refs] == before
     assert [g.name for g in b.engine.list_groups()] == ["on-a", "on-b"]
@@ -160,7 +176,7 @@ def test_a_dead_owner_that_ran_it_keeps_it_from_a_stopped_copy(cluster: Cluster)
 
 
 def test_an_operation_the_old_owner_left_unfinished_moves_with_the_vm(
-    cluster: Cluster, store: Database
+    cluster: Cluster, shared: Database
 ) -> None:
     a, b = cluster.a, cluster.b
     a.engine.create(vm="vm1", name="on-a")
@@ -187,3 +203,25 @@ def test_hosts_lists_leases_and_vms(cluster: Cluster) -> None:
     assert views["host-a"]["live"] is False and views["host-b"]["live"] is True
     # A command beside the serving host keeps its address.
     assert views["host-b"]["address"] == "http://host-b:8080/zstack"
+
+
+def test_wait_waits_for_a_migration_to_settle(cluster: Cluster) -> None:
+    """--wait: a VM running on two hosts is looked at again until the old host's report
+    no longer has it (here: a's heartbeat once b is waiting), then taken over."""
+    a, b = cluster.a, cluster.b
+    a.engine.create(vm="vm1", name="on-a")
+    cluster.migrate()
+    b.engine.lock_wait = 60.0
+    looked = len(b.hv.called("lookup"))
+
+    def old_host_reports() -> None:
+        while len(b.hv.called("lookup")) < looked + 3:  # b is waiting: it looked again
+            threading.Event().wait(0.01)
+        a.engine.heartbeat()
+
+    reporter = threading.Thread(target=old_host_reports)
+    reporter.start()
+    taken = b.engine.create(vm="vm1", name="on-b")
+    reporter.join()
+    assert taken.name == "on-b"
+    assert any(op.kind == "takeover" for op in b.engine.operations())
