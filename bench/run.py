@@ -33,6 +33,7 @@ from bench import (
     freeze,
     lab,
     machine,
+    memory,
     merge,
     metadata,
     rest_query,
@@ -54,6 +55,7 @@ BENCHES: dict[str, Bench] = {
     export.NAME: export.run,
     export_nbd.NAME: export_nbd.run,
     startup.NAME: startup.run,
+    memory.NAME: memory.run,
     freeze.NAME: freeze.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"

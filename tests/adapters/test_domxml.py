@@ -208,6 +208,17 @@ def test_snapshot_xml_rejects() -> None:
         snapshot_xml([DiskOverlay("vdq", "/a", "/b")], ["vda"])
 
 
+def test_snapshot_xml_with_the_memory_names_its_file_first() -> None:
+    ov = DiskOverlay("vda", "/d/root.qcow2", "/d/root.s1.qcow2")
+    root = ET.fromstring(snapshot_xml([ov], ["vda", "vdb"], memory_file="/d/abc.mem"))
+    memory = child(root, "memory")
+    assert (memory.get("snapshot"), memory.get("file")) == ("external", "/d/abc.mem")
+    assert [c.tag for c in root] == ["memory", "disks"]
+    assert "<memory" not in snapshot_xml([ov], ["vda"])  # disk-only: no memory element
+    with pytest.raises(InvalidArgument, match="absolute"):
+        snapshot_xml([ov], ["vda"], memory_file="abc.mem")
+
+
 # -- with_disk_sources -----------------------------------------------------------------
 
 

@@ -107,7 +107,16 @@ def guest_exec(name: str, *argv: str) -> str:
         time.sleep(0.05)
 
 
+def wait_for_agent(name: str) -> None:
+    """Just after a restore libvirt may not see the agent connected yet."""
+    deadline = time.monotonic() + 30
+    while virsh("qemu-agent-command", name, '{"execute":"guest-ping"}').returncode != 0:
+        assert time.monotonic() < deadline, "the guest agent did not come back"
+        time.sleep(0.1)
+
+
 def uptime(name: str) -> float:
+    wait_for_agent(name)
     return float(guest_exec(name, "/bin/cat", "/proc/uptime").split()[0])
 
 

@@ -47,7 +47,22 @@ class GuestAgent(LibvirtConnection):
 
     def set_guest_time(self, vm_uuid: str, *, timeout: int | None = None) -> None:
         """guest-set-time to the host's now (virDomainSetTime with a time: the guest
-        does not have to trust its own RTC)."""
-        now = time.time_ns()
-        moment = {"seconds": now // 1_000_000_000, "nseconds": now % 1_000_000_000}
-        self._agent_call(vm_uuid, timeout, lambda dom: dom.setTime(moment, 0))
+        does not have to trust its own RTC). Just after a restore libvirt may not see
+        the agent connected yet: that is waited for, up to `timeout` seconds (10)."""
+        deadline = time.monotonic() + (timeout if timeout is not None else 10)
+
+        def set_time(dom: Any) -> bool:
+            now = time.time_ns()
+            moment = {"seconds": now // 1_000_000_000, "nseconds": now % 1_000_000_000}
+            try:
+                dom.setTime(moment, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_AGENT_UNRESPONSIVE:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                return False
+            return True
+
+        while not self._agent_call(vm_uuid, timeout, set_time):
+            time.sleep(self.poll_interval)
