@@ -61,15 +61,23 @@ class Hypervisor(Protocol):
         to end; pivot an active commit that is ready. No job: nothing to do."""
         ...
 
-    def block_pull(self, vm_uuid: str, target: str) -> None:
+    def block_pull(self, vm_uuid: str, target: str, *, bandwidth: int | None = None) -> None:
         """Running domain: start copying everything the disk's backing chain holds into
         its top file (a libvirt block pull, QEMU's work: it goes on without us) and
-        return at once. When the job ends the top file stands alone."""
+        return at once; `bandwidth`: at most that many MiB/s. When the job ends the top
+        file stands alone."""
         ...
 
     def block_job(self, vm_uuid: str, target: str) -> BlockJobProgress | None:
         """The disk's block job now, as progress; None when it has none (or the domain
         does not run)."""
+        ...
+
+    def flush_disks(self, vm_uuid: str) -> None:
+        """Make what QEMU wrote to a running domain's disks durable, its image metadata
+        included (a pulled top's cluster tables may sit in QEMU's cache while its header
+        already names no backing file): the domain is paused, which flushes every disk,
+        and resumed at once. A domain that does not run has nothing cached."""
         ...
 
     def shutdown(self, vm_uuid: str, *, timeout: float) -> None:

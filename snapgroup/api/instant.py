@@ -27,6 +27,7 @@ class Instant:
         source: str,
         as_vm: str,
         disk_dir: str | None = None,
+        bandwidth: int | None = None,
         follow: bool = False,
         progress: ProgressFn | None = None,
     ) -> tuple[Restored, Copying]:
@@ -48,17 +49,30 @@ class Instant:
         )
         assert done.vm_uuid is not None
         copying = instant.start_copy(
-            self.ctx, done.vm_uuid, done.files, repo=source, backup_id=done.backup_id
+            self.ctx,
+            done.vm_uuid,
+            done.files,
+            repo=source,
+            backup_id=done.backup_id,
+            bandwidth=bandwidth,
         )
         if follow:
             copying = instant.follow(self.ctx, copying, progress=progress)
         return done, copying
+
+    def instant_follow(self, operation: str, *, progress: ProgressFn | None = None) -> None:
+        """Drive an instant recovery's copy (journal operation `operation`) to its end:
+        the CLI's background follower."""
+        from snapgroup.ops import instant
+
+        instant.follow_operation(self.ctx, operation, progress=progress)
 
     def instant_clone(
         self,
         group_uuid: str,
         *,
         name: str,
+        bandwidth: int | None = None,
         follow: bool = False,
         progress: ProgressFn | None = None,
     ) -> tuple[Clone, Copying]:
@@ -72,6 +86,7 @@ class Instant:
             made.uuid,
             {d.target: d.install_path for d in made.disks},
             clone_volumes={d.target: d.volume_uuid for d in made.disks},
+            bandwidth=bandwidth,
         )
         if follow:
             copying = instant.follow(self.ctx, copying, progress=progress)

@@ -7,7 +7,7 @@ from typing import Any
 
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import ProgressPrinter, print_json, table
-from snapgroup.cli.restore import add_instant_options, say_copying
+from snapgroup.cli.restore import add_instant_options, background, say_copying
 from snapgroup.domain.errors import InvalidArgument
 
 
@@ -34,20 +34,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         made, copying = ctx.engine.instant_clone(
             args.uuid,
             name=args.name,
+            bandwidth=args.bandwidth,
             follow=args.follow,
             progress=ProgressPrinter("copying", ctx.err) if args.follow else None,
         )
     else:
         made = ctx.engine.clone(args.uuid, name=args.name, start=args.start)
+    instant = background(args, copying) if copying is not None else None
     if ctx.as_json:
         doc = {"inventory": made.to_inventory()}
-        if copying is not None:
-            doc["instant"] = copying.to_dict()
+        if instant is not None:
+            doc["instant"] = instant
         print_json(doc, ctx.out)
         return 0
     ctx.out.write(f"VM {made.name} ({made.uuid}) is {made.state}\n")
-    if copying is not None:
-        say_copying(copying, ctx)
+    if instant is not None:
+        say_copying(instant, ctx)
     rows = [(d.target, d.volume_uuid, d.snapshot_uuid, d.install_path) for d in made.disks]
     table(rows, ["DISK", "VOLUME", "ON SNAPSHOT", "INSTALL PATH"], ctx.out)
     return 0

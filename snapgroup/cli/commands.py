@@ -59,6 +59,7 @@ COMMANDS: dict[str, str] = {
     "extract": "extract",
     "mount": "mount",
     "umount": "mount",
+    "instant-follow": "instant_follow",
     "serve": "serve",
     "account": "account",
 }

@@ -54,15 +54,31 @@ def add_instant_options(parser: argparse.ArgumentParser, over: str) -> None:
     parser.add_argument(
         "--follow", action="store_true", help="with --instant: wait for the copy, showing it"
     )
+    parser.add_argument(
+        "--bandwidth",
+        type=int,
+        metavar="MIB_S",
+        help="with --instant: copy each disk at most this fast (default: as fast as it goes)",
+    )
 
 
-def say_copying(copying: Copying, ctx: Context) -> None:
-    if copying.done:
+def background(args: argparse.Namespace, copying: Copying) -> dict[str, Any]:
+    """The copy's document; unless it is done (--follow), its follower started."""
+    doc = copying.to_dict()
+    if not copying.done:
+        from snapgroup.cli.instant_follow import spawn
+
+        doc["followerPid"] = spawn(args, copying.operation)
+    return doc
+
+
+def say_copying(doc: dict[str, Any], ctx: Context) -> None:
+    if not doc["copying"]:
         ctx.out.write("its disks are local and standalone\n")
     else:
         ctx.out.write(
-            "copying its disks local in the background (operation "
-            f"{copying.operation}; `snapgroup recover` finishes it if cut short)\n"
+            f"copying its disks local in the background (operation {doc['operationUuid']}, "
+            f"follower pid {doc['followerPid']}; `snapgroup recover` finishes it if cut short)\n"
         )
 
 
@@ -96,13 +112,15 @@ def _run_instant(args: argparse.Namespace, ctx: Context) -> int:
         source=args.source,
         as_vm=args.as_vm,
         disk_dir=args.disk_dir,
+        bandwidth=args.bandwidth,
         follow=args.follow,
         progress=ProgressPrinter("copying", ctx.err) if args.follow else None,
     )
+    doc = background(args, copying)
     if ctx.as_json:
-        print_json({"restored": done.to_dict(), "instant": copying.to_dict()}, ctx.out)
+        print_json({"restored": done.to_dict(), "instant": doc}, ctx.out)
         return 0
     ctx.out.write(f"VM {done.vm_name} ({done.vm_uuid}) is {done.state}\n")
-    say_copying(copying, ctx)
+    say_copying(doc, ctx)
     table(sorted(done.files.items()), ["DISK", "FILE"], ctx.out)
     return 0

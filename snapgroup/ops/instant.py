@@ -5,13 +5,18 @@ into its overlay, inside QEMU, while the guest runs. When every pull has ended t
 reads nothing but its own files: the backup's hold is released (prune may merge it
 again), a clone's volumes no longer pin the group's snapshots.
 
-The copy is QEMU's work, not this process's: the command answers as soon as the VM runs,
-and a snapgroup killed meanwhile (kill -9) stops nothing. The operation is journaled
-(`instant`) and stays open until the copy is finished; `recover` (run first by every
-command) finishes it: pulls still running are left to run; ended ones are checked (the
-top stands alone); a pull that died with its QEMU (a host restart) is started again if
-the VM runs, or, when it is stopped, the disk is made standalone offline (a safe
-`qemu-img rebase` onto nothing: every cluster of the chain copied into the top).
+The disks are pulled one after another: QEMU 7.2 crashes (a NULL dereference, the
+domain gone) when a block-stream job starts while another one runs in the same QEMU,
+which the lab showed three times in three parallel tries and never in sequence. So the
+copy needs a driver that starts the next pull when one ends: `follow` (the command's
+--follow, or the follower process the CLI leaves running in the background), and
+`recover`, run first by every command. The operation is journaled (`instant`) and stays
+open until the copy is finished: a pull still running is left to run; when none runs
+the next disk still on its backing file is pulled; a pull that died with its QEMU (a host
+restart) is started again if the VM runs, or, when it is stopped, the disks are made
+standalone offline (a safe `qemu-img rebase` onto nothing). At the end QEMU's caches are
+flushed (a pause of the guest for the flush: a pulled top's new cluster tables may sit in
+QEMU's cache while its header already names no backing file), then the hold goes.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from snapgroup.domain.errors import OperationError
-from snapgroup.domain.models import BlockJobProgress, DomainInfo
+from snapgroup.domain.errors import InvalidArgument
+from snapgroup.domain.models import DomainInfo
 from snapgroup.ops.backing_up import open_store
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, Journal
@@ -60,55 +65,81 @@ def start_copy(
     repo: str | None = None,
     backup_id: str | None = None,
     clone_volumes: Mapping[str, str] | None = None,
+    bandwidth: int | None = None,
 ) -> Copying:
-    """Journal the copy of the running VM's `disks`, then start one block pull a disk.
-    `repo`/`backup_id`: the backup whose hold (holder: the VM's uuid) is released at
-    the end; `clone_volumes`: target -> the clone's volume, unpinned at the end."""
+    """Journal the copy of the running VM's `disks`, then start one block pull a disk
+    (`bandwidth`: MiB/s each, None: as fast as it goes). `repo`/`backup_id`: the backup
+    whose hold (holder: the VM's uuid) is released at the end; `clone_volumes`: target
+    -> the clone's volume, unpinned at the end."""
+    if bandwidth is not None and bandwidth < 1:
+        raise InvalidArgument("--bandwidth is in MiB/s: 1 or more")
     plan = {
         "disks": dict(disks),
         "repo": repo,
         "backup_id": backup_id,
         "clone_volumes": dict(clone_volumes or {}),
+        "bandwidth": bandwidth,
     }
-    op = ctx.journal.begin(KIND, vm_uuid, plan)
-    for target in sorted(disks):
-        ctx.journal.step(op, KIND, f"pull:{target}")
-        ctx.hv.block_pull(vm_uuid, target)
-    ctx.journal.step(op, KIND, "pulling")
-    return Copying(vm_uuid, op, dict(disks))
+    with ctx.locks.vm(vm_uuid, wait=ctx.lock_wait):  # one driver at a time (recover too)
+        op = ctx.journal.begin(KIND, vm_uuid, plan)
+        done = _drive(ctx, op, plan, ctx.hv.lookup(vm_uuid))
+    return Copying(vm_uuid, op, dict(disks), done=done)
 
 
 def follow(ctx: OpContext, copying: Copying, *, progress: ProgressFn | None = None) -> Copying:
-    """Wait for the copy to end (the pulls' progress, all disks together, to
-    `progress`), then finish it: the VM stands alone."""
-    while True:
-        jobs = [ctx.hv.block_job(copying.vm_uuid, t) for t in sorted(copying.disks)]
-        running = [j for j in jobs if j is not None]
-        if not running:
-            break
-        if progress is not None:
-            progress(BlockJobProgress(sum(j.cur for j in running), sum(j.end for j in running)))
-        time.sleep(POLL_S)
-    domain = ctx.hv.lookup(copying.vm_uuid)
-    plan = _plan(ctx, copying.operation)
-    if not _finish(ctx, copying.operation, plan, domain):
-        raise OperationError(
-            f"the copy of VM {copying.vm_uuid}'s disks ended but a disk still reads its "
-            "backing file: `snapgroup recover` starts it again"
-        )
+    """Drive the copy to its end (the current pull's progress to `progress`): the
+    VM then stands alone. The VM's lock is held meanwhile: recover (in any other
+    command) leaves the copy to this driver while it lives."""
+    with ctx.locks.vm(copying.vm_uuid, wait=ctx.lock_wait):
+        _follow(ctx, copying, progress)
     return Copying(copying.vm_uuid, copying.operation, copying.disks, done=True)
 
 
-def _plan(ctx: OpContext, op: str) -> dict[str, Any]:
+def _follow(ctx: OpContext, copying: Copying, progress: ProgressFn | None) -> None:
+    while True:
+        plan = _plan(ctx, copying.operation)
+        if plan is None:  # finished meanwhile (a recover elsewhere)
+            break
+        domain = ctx.hv.lookup(copying.vm_uuid)
+        if not domain.state.is_live:
+            recover_instant(ctx, copying.operation, plan, domain)
+            break
+        if _drive(ctx, copying.operation, plan, domain):
+            break
+        if progress is not None:
+            for target in sorted(copying.disks):
+                job = ctx.hv.block_job(copying.vm_uuid, target)
+                if job is not None:
+                    progress(job)
+        time.sleep(POLL_S)
+
+
+def _drive(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> bool:
+    """One step on a running VM: a pull running is left to run; else the next disk
+    still on its backing file is pulled; else the copy is finished. True when done."""
+    for target in sorted(plan["disks"]):
+        if ctx.hv.block_job(domain.uuid, target) is not None:
+            return False
+    for target, path in sorted(plan["disks"].items()):
+        if ctx.images.chain(path, shared=True)[0].backing is not None:
+            ctx.journal.step(op, KIND, f"pull:{target}")
+            ctx.hv.block_pull(domain.uuid, target, bandwidth=plan.get("bandwidth"))
+            return False
+    return _finish(ctx, op, plan, domain)
+
+
+def _plan(ctx: OpContext, op: str) -> dict[str, Any] | None:
+    """The copy's plan while it is open, else None."""
     with ctx.db.transaction() as session:
         row = OperationRepo(session).get(op)
-    assert row is not None
-    return Journal.plan_of(row)
+    return Journal.plan_of(row) if row is not None and row.state == "running" else None
 
 
 def _finish(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> bool:
-    """Every disk standalone: release what the thin disks held, close the operation.
-    False (nothing done) while a disk still has a backing file."""
+    """Every disk standalone and durable: release what the thin disks held, close the
+    operation. False (nothing done) while a disk still has a backing file."""
+    if domain.state.is_live:  # the pulled clusters' tables may still be in QEMU's cache
+        ctx.hv.flush_disks(domain.uuid)
     for path in plan["disks"].values():
         if ctx.images.chain(path, shared=domain.state.is_live)[0].backing is not None:
             return False
@@ -138,21 +169,24 @@ def _unpin(ctx: OpContext, volume_uuids: list[str]) -> None:
 
 @recovers(KIND)
 def recover_instant(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
-    """Pulls running: left to run (the operation stays open). Ended: finished. A pull
-    lost with its QEMU: started again on a running VM; on a stopped one the disk is
-    made standalone here, offline."""
-    pending = False
+    """A running VM: one step of the copy (_drive). A stopped one: every disk still on
+    its backing file is made standalone here, offline, and the copy finished."""
+    if domain.state.is_live:
+        _drive(ctx, op, plan, domain)
+        return
     for target, path in sorted(plan["disks"].items()):
-        if domain.state.is_live:
-            if ctx.hv.block_job(domain.uuid, target) is not None:
-                pending = True
-                continue
-            if ctx.images.chain(path, shared=True)[0].backing is not None:
-                ctx.hv.block_pull(domain.uuid, target)
-                ctx.journal.step(op, KIND, f"pull:{target}")
-                pending = True
-        elif ctx.images.chain(path)[0].backing is not None:
+        if ctx.images.chain(path)[0].backing is not None:
             ctx.journal.step(op, KIND, f"flatten:{target}")
             ctx.images.set_backing(path, backing_name=None, safe=True)
-    if not pending:
-        _finish(ctx, op, plan, domain)
+    _finish(ctx, op, plan, domain)
+
+
+def follow_operation(ctx: OpContext, op: str, *, progress: ProgressFn | None = None) -> None:
+    """The background follower's work: drive operation `op` to its end."""
+    plan = _plan(ctx, op)
+    if plan is None:
+        return
+    with ctx.db.transaction() as session:
+        row = OperationRepo(session).get(op)
+    assert row is not None
+    follow(ctx, Copying(row.vm_uuid, op, plan["disks"]), progress=progress)

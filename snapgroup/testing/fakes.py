@@ -411,7 +411,7 @@ class FakeHypervisor(MemoryHypervisor, _Faults):
         self._call("settle_block_job", vm_uuid, target)
 
     @_serialised
-    def block_pull(self, vm_uuid: str, target: str) -> None:
+    def block_pull(self, vm_uuid: str, target: str, *, bandwidth: int | None = None) -> None:
         """A pull starts and runs until finish_pulls() (a test's "QEMU copied it")."""
         self._call("block_pull", vm_uuid, target)
         domain = self._domain(vm_uuid)
@@ -422,6 +422,10 @@ class FakeHypervisor(MemoryHypervisor, _Faults):
     @_serialised
     def block_job(self, vm_uuid: str, target: str) -> BlockJobProgress | None:
         return self.pulls.get((self._domain(vm_uuid).uuid, target))
+
+    @_serialised
+    def flush_disks(self, vm_uuid: str) -> None:
+        self._call("flush_disks", vm_uuid)
 
     def finish_pulls(self) -> None:
         """Every running pull done: each top holds its chain's view, backed by nothing."""

@@ -50,6 +50,20 @@ def _operation(lab: Lab, uuid: str) -> str:
     return row.state
 
 
+def _pulling(lab: Lab) -> list[str]:
+    return sorted(t for (_, t) in lab.hv.pulls)
+
+
+def _copy_through(lab: Lab, uuid: str) -> list[list[str]]:
+    """QEMU ends each pull, recover (any command's) starts the next: the pulls seen."""
+    seen = []
+    while _operation(lab, uuid) == "running":
+        seen.append(_pulling(lab))
+        lab.hv.finish_pulls()
+        lab.engine.recover()
+    return seen
+
+
 def test_the_vm_runs_at_once_and_its_disks_become_local(
     lab: Lab, backed_up: tuple[str, list[str]], tmp_path: Path
 ) -> None:
@@ -60,7 +74,7 @@ def test_the_vm_runs_at_once_and_its_disks_become_local(
     }
     done, copying = lab.engine.instant_restore(b1, source=repo, as_vm="new")
     assert done.state == "Running" and not copying.done
-    assert sorted(t for (_, t) in lab.hv.pulls) == ["vda", "vdb", "vdc"]
+    assert _pulling(lab) == ["vda"]  # one at a time (QEMU 7.2 crashes on parallel pulls)
     for target, path in done.files.items():  # thin: read through the repository
         assert lab.images.images[path].backing is not None
         assert lab.images.read(path) == want[target]
@@ -69,9 +83,9 @@ def test_the_vm_runs_at_once_and_its_disks_become_local(
         lab.engine.prune_backups(at=repo, vm="vm1", keep=1)
     lab.engine.recover()
     assert _operation(lab, copying.operation) == "running"
-    lab.hv.finish_pulls()
-    lab.engine.recover()
-    assert _operation(lab, copying.operation) == "done"
+    assert _pulling(lab) == ["vda"]  # left to run
+    assert _copy_through(lab, copying.operation) == [["vda"], ["vdb"], ["vdc"]]
+    assert lab.hv.called("flush_disks")  # made durable before the hold goes
     for target, path in done.files.items():  # standalone, and the backup's data
         assert lab.images.images[path].backing is None
         assert lab.images.read(path) == want[target]
@@ -82,13 +96,15 @@ def test_a_killed_start_and_a_lost_qemu_are_finished_by_recover(
     lab: Lab, backed_up: tuple[str, list[str]], die_at: list[str]
 ) -> None:
     repo, (_, b2) = backed_up
-    die_at.append("instant:pull:vdb")  # after vda's pull started, before vdb's
+    die_at.append("instant:pull:vdb")  # vda copied, killed before vdb's pull starts
     with pytest.raises(Killed):
-        lab.engine.instant_restore(b2, source=repo, as_vm="new")
+        _, copying = lab.engine.instant_restore(b2, source=repo, as_vm="new")
+        lab.hv.finish_pulls()
+        lab.engine.instant_follow(copying.operation)
     (new,) = [u for u, d in lab.hv.domains.items() if d.name == "new"]
-    assert sorted(t for (_, t) in lab.hv.pulls) == ["vda"]
-    lab.engine.recover()  # vda's runs on; vdb's and vdc's are started
-    assert sorted(t for (_, t) in lab.hv.pulls) == ["vda", "vdb", "vdc"]
+    assert _pulling(lab) == []
+    lab.engine.recover()  # the next disk's pull is started
+    assert _pulling(lab) == ["vdb"]
     # The host restarts: QEMU and its jobs are gone, the VM is stopped.
     lab.hv.pulls.clear()
     lab.hv.domains[new].state = VmState.STOPPED
@@ -106,9 +122,7 @@ def test_an_instant_clone_stops_pinning_the_group_once_copied(
     made, copying = lab.engine.instant_clone(group.uuid, name="twin")
     assert made.state == "Running" and not copying.done
     assert lab.engine.delete_plan(group.uuid).to_json()["wouldRefuse"]  # the clone reads it
-    lab.hv.finish_pulls()
-    lab.engine.recover()
-    assert _operation(lab, copying.operation) == "done"
+    assert len(_copy_through(lab, copying.operation)) == 3
     report = lab.engine.delete(group.uuid)
     assert report.error is None
     for disk in lab.hv.domains[made.uuid].disks:

@@ -13,7 +13,7 @@ from snapgroup.adapters.domxml import active_commit_base
 from snapgroup.adapters.libvirt_hv.connection import LibvirtConnection
 from snapgroup.adapters.libvirt_hv.errors import translate
 from snapgroup.domain.errors import HypervisorError, InvalidArgument, NotFound
-from snapgroup.domain.models import BlockJobProgress, DomainDisk, DomainInfo
+from snapgroup.domain.models import BlockJobProgress, DomainDisk, DomainInfo, VmState
 from snapgroup.ports import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,11 @@ class BlockJobs(LibvirtConnection):
                 f"disk {target} has a block job of type {kind} that snapgroup did not start"
             )
 
-    def block_pull(self, vm_uuid: str, target: str) -> None:
+    def block_pull(self, vm_uuid: str, target: str, *, bandwidth: int | None = None) -> None:
         dom = self._domain(vm_uuid)
         self._live_disk(dom, target, "a block pull")
         with self._calls():
-            dom.blockPull(target, 0, 0)  # no bandwidth cap, the whole chain
+            dom.blockPull(target, bandwidth or 0, 0)  # MiB/s (0: no cap); the whole chain
 
     def block_job(self, vm_uuid: str, target: str) -> BlockJobProgress | None:
         dom = self._domain(vm_uuid)
@@ -117,6 +117,14 @@ class BlockJobs(LibvirtConnection):
             return None
         job = _DomainJobs(self, dom).job(target)
         return BlockJobProgress(job["cur"], job["end"]) if job else None
+
+    def flush_disks(self, vm_uuid: str) -> None:
+        dom = self._domain(vm_uuid)
+        if self._info(dom).state is not VmState.RUNNING:
+            return  # stopped: nothing cached; paused: flushed when it was paused
+        with self._calls():
+            dom.suspend()  # QEMU's vm_stop drains and flushes every block device
+            dom.resume()
 
     def _jobs(self, dom: Any) -> JobWait:
         return JobWait(
