@@ -466,3 +466,41 @@ def test_a_memory_policy_cannot_ask_for_application_consistency(lab: Lab) -> Non
             Policy("m", Retention(hourly=1), with_memory=True, consistency="application")
         )
     assert lab.engine.policies() == []
+
+
+def test_an_older_store_gains_the_memory_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    from snapgroup.store.db import Database
+
+    path = tmp_path / "old.db"
+    Database(f"sqlite:///{path}").dispose()
+    with sqlite3.connect(path) as conn:  # as a store made before memory groups
+        conn.execute("DROP TABLE schema_stamp")
+        for column in ("memory_file", "memory_size", "memory_sha256", "memory_mode"):
+            conn.execute(f"ALTER TABLE volume_snapshot_group DROP COLUMN {column}")
+        conn.execute("ALTER TABLE snapshot_policy DROP COLUMN with_memory")
+    from snapgroup.api import Engine
+    from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
+
+    images = FakeImageTool()
+    hv = FakeHypervisor(images)
+    lab_domain(hv)
+    hv.memory[VM] = 5 << 30  # beyond a 32-bit column
+    engine = Engine(hypervisor=hv, images=images, db=Database(f"sqlite:///{path}"))
+    try:
+        disk_only = engine.create(vm="vm1", name="d1")
+        memory = engine.create(vm="vm1", name="m1", with_memory=True)
+        assert not disk_only.with_memory and memory.with_memory
+        assert memory.memory is not None and memory.memory.size == 5 << 30
+        assert engine.get(memory.uuid).memory == memory.memory
+    finally:
+        engine.db.dispose()
+
+
+def test_a_memory_file_beyond_4_gib_is_recorded_whole(lab: Lab) -> None:
+    lab_domain(lab.hv)
+    lab.hv.memory[VM] = 5 << 30  # a BIGINT on PostgreSQL, not an INTEGER
+    group = lab.engine.create(vm="vm1", name="m1", with_memory=True)
+    assert lab.engine.get(group.uuid).memory == group.memory
+    assert group.memory is not None and group.memory.size == 5 << 30
