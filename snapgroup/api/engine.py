@@ -303,6 +303,11 @@ class Engine(Backups, Files, Instant, Policies):
         `serving`: erased, the server stops). The lease's length in seconds."""
         return self.ctx.renew_lease(address=address, force=True, serving=serving)
 
+    def vm_busy(self, vm_uuid: str) -> bool:
+        """Whether an operation holds the VM now (its lock: on PostgreSQL, any host's)."""
+        with self.ctx.locks.try_vm(vm_uuid) as free:
+            return not free
+
     def operations(self, *, limit: int = 100) -> list[OperationRow]:
         from snapgroup.ops import queries
 

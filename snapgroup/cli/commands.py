@@ -50,6 +50,7 @@ COMMANDS: dict[str, str] = {
     "protect": "protect",
     "unprotect": "protect",
     "install-units": "install_units",
+    "libvirt-hook": "libvirt_hook",
     "export": "export",
     "backups": "backups",
     "verify-backup": "verify_backup",

@@ -1,6 +1,7 @@
 """snapgroup install-units [--dry-run] [--root DIR]: the systemd units of contrib/systemd
 installed with ExecStart on this snapgroup, then daemon-reload and the timer (and the
-daemon) enabled and started."""
+daemon) enabled and started; and libvirt's qemu hook (contrib/libvirt: no migration
+while an operation holds the VM), which libvirtd reads when it (re)starts."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from snapgroup.domain.errors import InvalidArgument, OperationError
 UNIT_DIR = "etc/systemd/system"
 PLACEHOLDER = "/usr/local/bin/snapgroup"  # what contrib's ExecStart lines name
 ENABLE = ("snapgroup-daemon.service", "snapgroup-autosnap.timer")
+HOOK = "etc/libvirt/hooks/qemu.d/snapgroup"  # beside any other qemu hook (libvirt >= 6.5)
 
 
 def register(sub: Any) -> None:
@@ -45,6 +47,20 @@ def register(sub: Any) -> None:
 
 def default_source() -> Path:
     return Path(__file__).resolve().parents[2] / "contrib" / "systemd"
+
+
+def default_hook() -> Path:
+    return Path(__file__).resolve().parents[2] / "contrib" / "libvirt" / "snapgroup-qemu-hook"
+
+
+def hook_text(text: str, executable: str) -> str:
+    """The hook's text running `executable`."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if " exec " in f" {line}" and PLACEHOLDER in line:
+            line = line.replace(PLACEHOLDER, executable, 1)
+        lines.append(line)
+    return "".join(lines)
 
 
 def default_executable() -> str:
@@ -80,16 +96,23 @@ def plan(source: Path, root: Path, executable: str) -> list[tuple[Path, str]]:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     source = Path(args.source) if args.source else default_source()
     root = Path(args.root)
-    files = plan(source, root, args.executable or default_executable())
+    executable = args.executable or default_executable()
+    files = plan(source, root, executable)
+    hook = (root / HOOK, hook_text(default_hook().read_text(), executable))
     commands: list[list[str]] = []
     if root.resolve() == Path("/"):
-        commands = [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", *ENABLE]]
+        commands = [
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", "--now", *ENABLE],
+            # libvirtd finds its hooks when it starts (its VMs run on meanwhile).
+            ["systemctl", "try-restart", "libvirtd.service"],
+        ]
     if not args.dry_run:
         try:
-            for path, text in files:
+            for path, text in [*files, hook]:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
-                path.chmod(0o644)
+                path.chmod(0o755 if path == hook[0] else 0o644)
         except OSError as exc:
             raise OperationError(f"cannot write {exc.filename}: {exc.strerror}") from exc
         for argv in commands:
@@ -99,6 +122,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             {
                 "dryRun": args.dry_run,
                 "units": [str(p) for p, _ in files],
+                "hooks": [str(hook[0])],
                 "commands": commands,
             },
             ctx.out,
@@ -108,6 +132,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     for path, text in files:
         execs = [ln for ln in text.splitlines() if ln.startswith("ExecStart=")]
         ctx.out.write(f"{verb} {path}" + (f": {'; '.join(execs)}" if execs else "") + "\n")
+    ctx.out.write(f"{verb} {hook[0]}: libvirt's qemu hook\n")
     for argv in commands:
         ctx.out.write(f"{'would run' if args.dry_run else 'ran'}: {' '.join(argv)}\n")
     return 0
