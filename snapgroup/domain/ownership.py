@@ -10,10 +10,11 @@ brain) every host refuses it. No host asks another's libvirt: the lease is the e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
+from snapgroup.domain.errors import OperationError
 from snapgroup.domain.models import VmState
 
 DEFAULT_LEASE_SECONDS = 60.0
@@ -49,6 +50,16 @@ class Decision:
     owner: str | None = None  # the other host, when there is one
     reason: str = ""  # why: the take-over's warning, or the refusal's message
     settling: bool = False  # refused for now: running on two hosts (a migration, maybe)
+    address: str | None = None  # refused: the owner's `serve`, when it serves (lease live)
+
+
+class OwnedElsewhere(OperationError):
+    """SYS.1006: the VM is another host's. `address`: that host's `serve` when it serves
+    and its lease is live: a REST request for the VM is forwarded there."""
+
+    def __init__(self, details: str, *, owner: str | None, address: str | None) -> None:
+        super().__init__(details)
+        self.owner, self.address = owner, address
 
 
 def decide(
@@ -67,7 +78,32 @@ def decide(
     other owner's registry row (None: it has none); `same_disks`: this host's
     definition opens files the store records for the VM (shared storage), not another
     VM's that happens to share the UUID."""
-    vm = f"{vm_name} ({vm_uuid})" if vm_name else vm_uuid
+    decision = _decide(
+        vm_uuid=vm_uuid,
+        vm=f"{vm_name} ({vm_uuid})" if vm_name else vm_uuid,
+        here=here,
+        owners=owners,
+        state_here=state_here,
+        lease=lease,
+        same_disks=same_disks,
+        now=now,
+    )
+    if decision.verdict is Verdict.REFUSE and lease is not None and lease.live(now):
+        return replace(decision, address=lease.address)
+    return decision
+
+
+def _decide(
+    *,
+    vm_uuid: str,
+    vm: str,
+    here: str,
+    owners: set[str],
+    state_here: VmState | None,
+    lease: HostLease | None,
+    same_disks: bool,
+    now: datetime,
+) -> Decision:
     others = owners - {here}
     if not others:
         return Decision(Verdict.MINE)

@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from snapgroup.domain.errors import NotFound, OperationError, SnapgroupError
+from snapgroup.domain.errors import NotFound, SnapgroupError
 from snapgroup.domain.models import DomainInfo
-from snapgroup.domain.ownership import Decision, Verdict
+from snapgroup.domain.ownership import Decision, OwnedElsewhere, Verdict
 from snapgroup.infra.host import local_host
 from snapgroup.infra.locks import FileLocks
 from snapgroup.ops import host_lease
@@ -156,7 +156,7 @@ class OpContext:
     @staticmethod
     def _refuse(decision: Decision) -> None:
         if decision.verdict is Verdict.REFUSE:
-            raise OperationError(decision.reason)
+            raise OwnedElsewhere(decision.reason, owner=decision.owner, address=decision.address)
 
     def renew_lease(
         self, *, address: str | None = None, force: bool = False, serving: bool = True

@@ -13,8 +13,10 @@ from fastapi.responses import JSONResponse
 
 from snapgroup.api import Engine
 from snapgroup.domain.errors import NotFound
+from snapgroup.domain.ownership import OwnedElsewhere
 from snapgroup.rest import prechecks
 from snapgroup.rest.auth import Accounts
+from snapgroup.rest.forward import forward, forwardable
 from snapgroup.rest.jobs import JobRegistry, Work, job_uuid_from_header
 
 
@@ -92,7 +94,12 @@ class Services:
         job = self.jobs.find(job_uuid, kind)
         if job is None:
             prechecks.take_named_vm()  # nothing left from an earlier request
-            work = precheck()
+            try:
+                work = precheck()
+            except OwnedElsewhere as elsewhere:  # the VM's owner serves: it answers
+                if not forwardable(request, elsewhere):
+                    raise
+                return forward(request, elsewhere, prefix=self.prefix, host=self.engine.host)
             job = self.jobs.submit(job_uuid, kind, work, vm_uuid=prechecks.take_named_vm())
         location = f"{str(request.base_url).rstrip('/')}{self.prefix}/api-jobs/{job.uuid}"
         return JSONResponse({"location": location}, status_code=202)

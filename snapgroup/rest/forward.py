@@ -1,0 +1,66 @@
+"""An operation on a VM another host owns, forwarded to that host's `serve` (its address
+in the host registry, domain/ownership.py): the client that talks to any host of the
+store is answered by the VM's owner, as if it had asked it. The same request goes on:
+method, path below the context path, query, body, the session (sessions are in the
+shared store) and the job's uuid; the owner's answer comes back (its status and JSON
+document: its job's location is the owner's). A forwarded request is never forwarded again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+
+import anyio.from_thread
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from snapgroup.domain.errors import InternalError
+from snapgroup.domain.ownership import OwnedElsewhere
+
+log = logging.getLogger(__name__)
+
+FORWARDED = "X-Snapgroup-Forwarded"  # the header a forwarded request carries
+PASSED = ("authorization", "content-type", "x-job-uuid", "accept")
+TIMEOUT = 30.0  # seconds: the owner answers 202 at once (the work runs as its job)
+
+
+def forwardable(request: Request, elsewhere: OwnedElsewhere) -> bool:
+    address = elsewhere.address or ""
+    return address.startswith(("http://", "https://")) and FORWARDED not in request.headers
+
+
+def forward(request: Request, elsewhere: OwnedElsewhere, *, prefix: str, host: str) -> JSONResponse:
+    """`request` (of this server, whose API is at `prefix`) sent to the owner's server.
+    Called from the route's worker thread; the body is read on the event loop."""
+    assert elsewhere.address is not None
+    body = anyio.from_thread.run(request.body)
+    path = request.url.path.removeprefix(prefix)
+    url = elsewhere.address.rstrip("/") + "/v1" + path
+    if request.url.query:
+        url += "?" + request.url.query
+    headers = {k: v for k, v in request.headers.items() if k.lower() in PASSED}
+    headers[FORWARDED] = host
+    outgoing = urllib.request.Request(
+        url, data=body or None, headers=headers, method=request.method
+    )
+    log.info("forwarding %s %s to host %s", request.method, path, elsewhere.owner)
+    try:
+        with urllib.request.urlopen(outgoing, timeout=TIMEOUT) as answer:
+            status, content = answer.status, answer.read()
+    except urllib.error.HTTPError as refused:  # its 4xx / 5xx: the client's answer
+        status, content = refused.code, refused.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise InternalError(
+            f"{elsewhere.details}; its server at {elsewhere.address} did not answer "
+            f"the forwarded request: {getattr(exc, 'reason', exc)}"
+        ) from exc
+    try:
+        document = json.loads(content) if content else None
+    except ValueError:
+        raise InternalError(
+            f"{elsewhere.details}; its server at {elsewhere.address} answered the "
+            f"forwarded request with HTTP {status} and no JSON document"
+        ) from None
+    return JSONResponse(document, status_code=status)
