@@ -1,10 +1,11 @@
 """Two hosts on one machine, one PostgreSQL store, one shared storage directory: host a
-is the system libvirtd (qemu:///system), host b root's session libvirtd
-(qemu:///session), a second, independent libvirt with its own domains and its own QEMU
-processes. A VM moves from a to b by a stop on a and a start on b over the same disk
-files (libvirt refuses a live migration between two daemons of one machine: they share
-its host UUID). What is simulated: the hosts' names (SNAPGROUP_HOST) and the network
-between them (none: one machine)."""
+is the system libvirtd, host b a second libvirtd in a mount namespace of its own (its own
+configuration and host UUID, domains, QEMU processes: tests/lab/second_host.py), with
+snapgroup's qemu hook installed. A VM moves from a to b by a live migration (`virsh
+migrate --live --persistent --undefinesource`; `--unsafe`: libvirt takes a local
+directory for unshared storage, though both daemons open the same files) or by a stop on
+a and a start on b. What is simulated: the hosts' names (SNAPGROUP_HOST) and the network
+between them (one machine: loopback)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,38 @@ import pytest
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
 from snapgroup.adapters.qemu_img import QemuImg
 from snapgroup.api import Engine
+from snapgroup.cli.install_units import default_hook, hook_text
 from snapgroup.domain.errors import OperationError
 from snapgroup.store.db import Database
 from snapgroup.store.hosts import HostRepo
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
+from tests.lab.second_host import second_libvirtd
 from tests.lab.tools import sh
 from tests.pgtools import empty_all_tables
 
 pytestmark = pytest.mark.lab
 
-SYSTEM, SESSION = "qemu:///system", "qemu:///session"
+A = "qemu:///system"
 ROOT = Path(__file__).resolve().parents[2]
 LEASE = 3.0  # seconds: a host's lease, short for the test
+
+
+@pytest.fixture(scope="module")
+def b_uri(pg_url: str) -> Iterator[str]:
+    """Host b's libvirt, its qemu hook running this snapgroup on the test's store."""
+    root = Path(f"/var/tmp/sg-lab-hostb-{uuid.uuid4().hex[:8]}")
+    wrapper = root.with_name(root.name + "-snapgroup")
+    wrapper.write_text(
+        f"#!/bin/sh\nexport SNAPGROUP_DB='{pg_url}' PYTHONPATH='{ROOT}'\n"
+        f'exec {sys.executable} -m snapgroup "$@"\n'
+    )
+    wrapper.chmod(0o700)
+    try:
+        hook = hook_text(default_hook().read_text(), str(wrapper))
+        with second_libvirtd(root, hook=hook) as uri:
+            yield uri
+    finally:
+        wrapper.unlink()
 
 
 @pytest.fixture
@@ -47,13 +68,13 @@ def store(pg_store: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Datab
 
 
 @pytest.fixture
-def vm() -> Iterator[LabVm]:
+def vm(b_uri: str) -> Iterator[LabVm]:
     name = f"sg-lab-2h-{uuid.uuid4().hex[:8]}"
-    made = create_lab_vm(lab_directory(name), name=name, start=True, uri=SYSTEM)
+    made = create_lab_vm(lab_directory(name), name=name, start=True, uri=A)
     try:
         yield made
     finally:
-        for uri in (SESSION, SYSTEM):  # wherever it is now
+        for uri in (b_uri, A):  # wherever it is now
             sh("virsh", "-c", uri, "destroy", name, check=False)
             sh("virsh", "-c", uri, "undefine", name, check=False)
         made.destroy()
@@ -65,34 +86,49 @@ def _host(store: Database, uri: str, name: str, *, wait: float = 0.0) -> Engine:
     )
 
 
-def _move_to_session(vm: LabVm) -> None:
+def _migrate(vm: LabVm, b_uri: str) -> subprocess.CompletedProcess[str]:
+    """A live migration from host a to host b, the definition moved with it."""
+    return sh(
+        "virsh", "-c", A, "migrate", "--live", "--unsafe", "--persistent",
+        "--undefinesource", vm.name, b_uri, check=False,
+    )  # fmt: skip
+
+
+def _stop_and_start(vm: LabVm, b_uri: str) -> None:
     """A stop on host a, a start on host b: the same definition (its disks on the
     overlays a's groups made), over the same files."""
-    xml = sh("virsh", "-c", SYSTEM, "dumpxml", "--inactive", vm.name).stdout
-    sh("virsh", "-c", SYSTEM, "destroy", vm.name)
-    sh("virsh", "-c", SYSTEM, "undefine", vm.name)
+    xml = sh("virsh", "-c", A, "dumpxml", "--inactive", vm.name).stdout
+    sh("virsh", "-c", A, "destroy", vm.name)
+    sh("virsh", "-c", A, "undefine", vm.name)
     domain = ET.fromstring(xml)
-    for label in domain.findall("seclabel"):  # the system daemon's; b sets its own
+    for label in domain.findall("seclabel"):  # a's; b sets its own
         domain.remove(label)
     definition = vm.directory / "on-b.xml"
     definition.write_text(ET.tostring(domain, encoding="unicode"))
-    sh("virsh", "-c", SESSION, "define", str(definition))
-    sh("virsh", "-c", SESSION, "start", vm.name)
+    sh("virsh", "-c", b_uri, "define", str(definition))
+    sh("virsh", "-c", b_uri, "start", vm.name)
 
 
 def _digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_a_vm_stopped_on_a_and_started_on_b_keeps_its_groups_on_b(
-    store: Database, vm: LabVm, tmp_path: Path
+@pytest.mark.parametrize("move", ["live-migration", "stop-and-start"])
+def test_a_vm_that_moved_from_a_to_b_keeps_its_groups_on_b(
+    store: Database, vm: LabVm, b_uri: str, tmp_path: Path, move: str
 ) -> None:
-    a = _host(store, SYSTEM, "hosta")
+    a = _host(store, A, "hosta")
     g1 = a.create(vm=vm.name, name="on-a")
     frozen = {r.install_path: _digest(r.install_path) for r in g1.refs}
-    _move_to_session(vm)
+    if move == "live-migration":
+        done = _migrate(vm, b_uri)
+        assert done.returncode == 0, done.stderr
+    else:
+        _stop_and_start(vm, b_uri)
+    assert vm.name not in sh("virsh", "-c", A, "list", "--all", "--name").stdout.split()
+    assert sh("virsh", "-c", b_uri, "domstate", vm.name).stdout.strip() == "running"
     # b waits out a's lease (a's last report had the VM running), then takes it over.
-    b = _host(store, SESSION, "hostb", wait=30 * LEASE)
+    b = _host(store, b_uri, "hostb", wait=30 * LEASE)
     g2 = b.create(vm=vm.name, name="on-b")
     takeover = next(op for op in b.operations() if op.kind == "takeover")
     assert takeover.detail is not None and "host hosta's lease expired" in takeover.detail
@@ -104,7 +140,7 @@ def test_a_vm_stopped_on_a_and_started_on_b_keeps_its_groups_on_b(
     ]
     assert {p: _digest(p) for p in frozen} == frozen
     assert b.check([g1.uuid])[0].available
-    # b operates: delete, export, revert (its QEMU stopped and started by b's libvirt).
+    # b operates: delete (a live merge in b's QEMU), export, revert.
     assert b.delete(g2.uuid).error is None
     repo = tmp_path / "repo"
     exported = b.export(g1.uuid, to=str(repo))
@@ -119,6 +155,22 @@ def test_a_vm_stopped_on_a_and_started_on_b_keeps_its_groups_on_b(
     assert hosts["hostb"].vms == (vm.uuid,) and hosts["hosta"].vms == ()
 
 
+def test_no_migration_while_an_operation_holds_the_vm(
+    store: Database, vm: LabVm, b_uri: str
+) -> None:
+    """b's qemu hook refuses the incoming migration while a (another host: the lock is
+    the store's) holds the VM; once it is free, the migration goes through."""
+    a = _host(store, A, "hosta")
+    a.create(vm=vm.name, name="on-a")
+    with a.ctx.locks.vm(vm.uuid):  # an operation of host a on the VM
+        refused = _migrate(vm, b_uri)
+    assert refused.returncode != 0
+    assert f"an operation holds VM {vm.name} ({vm.uuid})" in refused.stderr
+    assert sh("virsh", "-c", A, "domstate", vm.name).stdout.strip() == "running"
+    done = _migrate(vm, b_uri)
+    assert done.returncode == 0, done.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -127,9 +179,9 @@ def _free_port() -> int:
 
 
 def test_b_takes_over_once_the_lease_of_as_killed_server_runs_out(
-    store: Database, vm: LabVm, pg_url: str
+    store: Database, vm: LabVm, b_uri: str, pg_url: str
 ) -> None:
-    a = _host(store, SYSTEM, "hosta")
+    a = _host(store, A, "hosta")
     a.create(vm=vm.name, name="on-a")
     env = {**os.environ, "SNAPGROUP_HOST": "hosta", "SNAPGROUP_NO_DAEMON": "1"}
     serve = subprocess.Popen(
@@ -149,12 +201,14 @@ def test_b_takes_over_once_the_lease_of_as_killed_server_runs_out(
         assert lease.runs(vm.uuid)
         serve.send_signal(signal.SIGKILL)  # host a's server dies, its lease with it
         serve.wait()
-        _move_to_session(vm)
-        b = _host(store, SESSION, "hostb", wait=30 * LEASE)
+        done = _migrate(vm, b_uri)
+        assert done.returncode == 0, done.stderr
+        b = _host(store, b_uri, "hostb", wait=30 * LEASE)
         b.create(vm=vm.name, name="on-b")
         with store.transaction() as session:
             hosta = HostRepo(session).lease("hosta")
         assert hosta is not None and hosta.address is not None  # killed: never erased
+        assert not hosta.live(b.clock())
         assert {g.name for g in b.list_groups(vm=vm.name)} == {"on-a", "on-b"}
     finally:
         serve.kill()
