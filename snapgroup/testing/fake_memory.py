@@ -1,5 +1,5 @@
 """The memory-state verbs of the fakes (memory groups), mixed into FakeHypervisor and
-FakeImageTool (snapgroup.testing.fakes).
+FakeImageTool (snapgroup.testing.fakes, fake_images.py).
 
 A fake guest's "RAM" is a string (`FakeHypervisor.ram[vm]`, "" until a test sets it):
 a memory snapshot writes it into the memory file (a fake image of format "memory"
