@@ -34,7 +34,7 @@ SNAPGROUP_CLI = str(Path(sys.executable).with_name("snapgroup"))
 # installed package has it (pip and Debian's packaging compile it on install): in a
 # cache of the benchmarks' own, filled by each figure's warm-up round, since a
 # development tree may run with PYTHONDONTWRITEBYTECODE=1 (an editable install then
-# compiles each of snapgroup's modules at every start: ~0.2 s more here).
+# compiles each of snapgroup's modules at every start: 0.2-0.3 s more here).
 PYCACHE = Path(tempfile.gettempdir()) / "snapgroup-bench-pycache"
 
 
