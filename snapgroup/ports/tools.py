@@ -1,14 +1,12 @@
-"""The engine's ports. Adapters implement them; tests pass fakes (snapgroup.testing.fakes)."""
+"""The two tools an operation drives on a VM's disks: libvirt (Hypervisor) and qemu-img
+(ImageTool), and the progress their long jobs report (ProgressFn)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
-from datetime import datetime
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from snapgroup.domain.backup_manifest import BackupManifest, DamagedBackup, ImageCheck, Partial
-from snapgroup.domain.guest_files import FileEntry, GuestDisk, GuestFilesystem
+from snapgroup.domain.backup_manifest import ImageCheck
 from snapgroup.domain.models import (
     BlockJobProgress,
     DiskOverlay,
@@ -19,7 +17,6 @@ from snapgroup.domain.models import (
 )
 
 ProgressFn = Callable[[BlockJobProgress], None]
-Clock = Callable[[], datetime]  # now, timezone-aware (tests pass a fixed one)
 
 
 class Hypervisor(Protocol):
@@ -265,157 +262,4 @@ class ImageTool(Protocol):
     def filesystem(self, directory: str) -> int:
         """Which filesystem holds `directory` (st_dev): merges writing to the same one
         share its free space."""
-        ...
-
-
-class BackupStore(Protocol):
-    """A backup repository (adapters/backup_repo.py): manifests and files under one
-    directory, a backup listed only once complete. Raises SnapgroupError subclasses."""
-
-    root: str
-
-    def file(self, manifest: BackupManifest, volume_uuid: str) -> str: ...
-
-    def member_file(self, vm_uuid: str, backup_id: str, volume_uuid: str) -> str:
-        """A disk's file in backup `backup_id` of the VM: a member of another backup's
-        chain, or a backup whose manifest is set aside (file() needs the manifest)."""
-        ...
-
-    def backups(self, vm_uuid: str | None = None) -> list[BackupManifest]:
-        """Complete backups with a readable manifest, oldest first."""
-        ...
-
-    def scan(self, vm_uuid: str | None = None) -> tuple[list[BackupManifest], list[DamagedBackup]]:
-        """backups(), and the backup directories whose manifest is unreadable or gone."""
-        ...
-
-    def get(self, backup_id: str, *, vm_uuid: str | None = None) -> BackupManifest: ...
-
-    def begin(self, vm_uuid: str, backup_id: str) -> Partial: ...
-
-    def publish(self, partial: Partial, manifest: BackupManifest) -> None: ...
-
-    def discard(self, partial: Partial) -> None: ...
-
-    def partial(self, vm_uuid: str, backup_id: str) -> Partial: ...
-
-    def partials(self, vm_uuid: str) -> list[str]: ...
-
-    def discard_partials(self, vm_uuid: str) -> list[str]: ...
-
-    def rewrite_manifest(self, manifest: BackupManifest) -> None: ...
-
-    def hide_for_prune(self, manifest: BackupManifest, plan: Mapping[str, object]) -> None: ...
-
-    def pending_prunes(self, vm_uuid: str) -> list[tuple[BackupManifest, dict[str, object]]]: ...
-
-    def hold(self, manifest: BackupManifest, holder: str, files: Sequence[str]) -> None:
-        """Record that `files` (disks restored with --keep-chain) read this backup's."""
-        ...
-
-    def holds(self, manifest: BackupManifest) -> dict[str, list[str]]:
-        """holder -> the files it recorded."""
-        ...
-
-    def open_to_qemu(self, files: Sequence[str]) -> None:
-        """Let the user libvirt runs QEMU as read these repository files (the chain of
-        disks restored thin as a VM): search on the directories on their way, read on
-        them, no one else let in. OperationError naming a file it still cannot read (a
-        read-only repository cannot be changed)."""
-        ...
-
-    def release(self, manifest: BackupManifest, holder: str) -> None: ...
-
-    def move_file(self, src: str, dst: str) -> None: ...
-
-    def remove_backup_dir(self, vm_uuid: str, backup_id: str) -> None: ...
-
-    def file_problem(self, path: str, sha256: str, piece_size: int | None) -> str | None:
-        """Why a file is not what its manifest says (missing, unreadable, another
-        SHA-256 over pieces of `piece_size`, None: of the whole file); None when it is."""
-        ...
-
-    def sha256(self, path: str) -> str:
-        """The file's checksum over pieces of backup_manifest.PIECE_SIZE."""
-        ...
-
-    def seal(self, path: str) -> str:
-        """Make a file just written durable (fsync) and return its checksum (as sha256)."""
-        ...
-
-    def size(self, path: str) -> int: ...
-
-    def exists(self, path: str) -> bool: ...
-
-
-BackupStoreFactory = Callable[[str], BackupStore]  # a repository's directory -> its store
-
-
-class VmLocks(Protocol):
-    """A VM's locks: one operation on a VM at a time, and one prune or restore of its
-    backups. infra/locks.py: flock(2) on this host (SQLite); store/locks.py: PostgreSQL
-    advisory locks, across every host of the store. Either is released when its holder
-    dies. Busy (SYS.1011) when the lock stays taken past `wait` seconds (0: at once)."""
-
-    def vm(self, vm_uuid: str, *, wait: float = 0.0) -> AbstractContextManager[None]: ...
-
-    def backups(self, vm_uuid: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
-        """A prune (rewrites backups) against a restore (reads them); taken after vm()
-        when both are."""
-        ...
-
-    def try_vm(self, vm_uuid: str) -> AbstractContextManager[bool]:
-        """The VM's lock for the block when it is free (True), else False at once."""
-        ...
-
-
-class GuestSession(Protocol):
-    """One appliance, started on a set of disks (opened read-only) and kept for several
-    requests. Devices are the appliance's (GuestFilesystem.device); paths are inside
-    that filesystem, resolved by the appliance. Raises NotFound (no such path),
-    InvalidArgument (not a directory / not a regular file), FilesystemError (cannot be
-    mounted: damaged, not a filesystem) and GuestToolError (the appliance failed)."""
-
-    def filesystems(self) -> list[GuestFilesystem]: ...
-
-    def list_dir(self, device: str, path: str) -> list[FileEntry]: ...
-
-    def stat(self, device: str, path: str) -> FileEntry:
-        """lstat: a symlink is described, not followed."""
-        ...
-
-    def read_file(self, device: str, path: str) -> Iterator[bytes]:
-        """A regular file's bytes. Checked before the first chunk; a failure later
-        raises from the iterator."""
-        ...
-
-    def read_tree(self, device: str, path: str) -> Iterator[bytes]:
-        """A directory's contents as a tar stream (numeric owners, mtimes, modes;
-        member names relative to it). For the host to unpack with care: whatever
-        names and links it holds are the guest's."""
-        ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> GuestSession: ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-
-class GuestFiles(Protocol):
-    """Guest filesystems read by an appliance (libguestfs: a small VM whose own kernel
-    parses them), never by the host's kernel. Nothing is ever written to the disks."""
-
-    def open(self, disks: Sequence[GuestDisk]) -> GuestSession: ...
-
-    def mount(
-        self, disks: Sequence[GuestDisk], device: str, mountpoint: str, *, keep_fd: int | None
-    ) -> None:
-        """Expose one filesystem read-only at `mountpoint` (FUSE, served by the
-        appliance) until unmount(); returns once it is mounted. `keep_fd`: a descriptor
-        the serving process inherits and keeps open until it exits (a lock)."""
-        ...
-
-    def unmount(self, mountpoint: str) -> None:
-        """Unmount what mount() mounted there; InvalidArgument when it is not ours."""
         ...
