@@ -9,7 +9,7 @@ size, its SHA-256 and how it was taken. Refused before anything is made or pause
 VM that is not running, a memory that would not fit on the file's filesystem, and
 application consistency (a guest frozen for the snapshot would resume frozen).
 
-Revert (revert.py with the group's memory): libvirt 9.0 cannot revert to an external
+Revert (reverting.py, with the group's memory): libvirt 9.0 cannot revert to an external
 snapshot itself, but the memory file is a save image: the VM is stopped, every disk
 gets a fresh overlay on its snapshot as in a disk revert, the persistent definition is
 switched onto them (one defineXML), then the saved state is restored onto them

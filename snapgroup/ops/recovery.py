@@ -35,7 +35,7 @@ HOMES = {
     "instant": "snapgroup.ops.instant",
     "prune-backups": "snapgroup.ops.prune_backups",
     "restore": "snapgroup.ops.restore",
-    "revert": "snapgroup.ops.revert",
+    "revert": "snapgroup.ops.reverting",
 }
 
 

@@ -1,118 +1,37 @@
 """Revert a stopped VM to a group's point in time (ZStack's RevertVmFromSnapshotGroup).
 
-Each restored volume gets a fresh UUID-named overlay on its snapshot's file; every disk
-switches in ONE defineXML, so a revert is all or nothing. **ours**: by default a safety
-group of the current state is taken first (the ordinary offline create, in the same
-lock), so a revert never loses anything; the old top the safety group leaves (an empty
-overlay) is then removed. Without it, the current data of each restored volume is
-discarded. Any group can be reverted to, and the later ones stay usable: the chains
-become a tree, whose branches delete merges handle (planner.plan_merge).
+Each restored volume gets a fresh overlay on its snapshot's file and every disk switches
+at once: a revert is all or nothing. **ours**: by default a safety group of the current
+state is taken first, so a revert never loses anything. Without it, the current data of
+each restored volume is discarded. Any group can be reverted to, and the later ones stay
+usable: the chains become a tree, whose branches delete merges handle
+(planner.plan_merge).
 
-A memory group (ops/memory_state.py) goes back to its running moment: once the
-definition is switched, the saved state is restored onto the new overlays and the VM
-runs (or stays paused, `paused`) from there; its guest clock is then set through the
-agent. A restore that fails puts the definition back and drops the overlays: the VM
-stays stopped where it was. `volumes` reverts the disks alone (the VM stays stopped).
+A memory group (ops/memory_state.py) goes back to its running moment: the VM runs (or
+stays paused, `paused`) from its saved state, its guest clock then set. A restore that
+fails leaves the VM stopped where it was. `volumes` reverts the disks alone (the VM
+stays stopped).
 
-Journal steps (`revert:<step>`, each a fault-injection point):
-begin -> safety (a safety group is about to be taken) -> overlays (made; the old tops
-are recorded) -> switched (the domain is on the new overlays) -> [restoring (a memory
-group's state is being restored)] -> removed (old tops gone) -> done, with the
-metadata. Recovery rolls forward once the domain is switched (restoring a memory state
-first when the VM is still stopped), and back (dropping the new overlays) before that.
+Here: what is reverted and whether it may be (the VM stopped, the group available, the
+volumes its own). How it runs, its journal and its recovery: ops/reverting.py.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from snapgroup.domain.errors import (
-    InvalidArgument,
-    NotFound,
-    OperationError,
-    SnapgroupError,
-)
-from snapgroup.domain.inventory import Group
+from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError
 from snapgroup.domain.models import DEFAULT_STOP_TIMEOUT, DomainInfo, VmState
-from snapgroup.domain.validate import NAME_MAX, parse_uuid
+from snapgroup.domain.validate import parse_uuid
 from snapgroup.ops.availability_rules import availability, file_checker
 from snapgroup.ops.context import OpContext
-from snapgroup.ops.creating import create_locked
-from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.lineage import check_snapshot_chain
-from snapgroup.ops.memory_state import (
-    Resumed,
-    after_resume,
-    memory_checker,
-    resume_state,
-    settled_domain,
-)
-from snapgroup.ops.recovery import recovers
+from snapgroup.ops.memory_state import memory_checker
+from snapgroup.ops.reverting import Restore, RevertReport, RevertResult, revert_locked
 from snapgroup.ops.syncing import sync_locked
 from snapgroup.store.repo import Repo
-from snapgroup.store.tables import SnapshotRow, VolumeRow
 
-KIND = "revert"
-
-
-@dataclass(frozen=True)
-class RevertResult:
-    volume_uuid: str
-    snapshot_uuid: str
-    success: bool
-    error: SnapgroupError | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "volumeUuid": self.volume_uuid,
-            "snapshotUuid": self.snapshot_uuid,
-            "success": self.success,
-            "error": self.error.to_dict() if self.error else None,
-        }
-
-
-@dataclass(frozen=True)
-class RevertReport:
-    group_uuid: str
-    results: tuple[RevertResult, ...]
-    safety_group: Group | None = None
-    # A memory group's: the VM's state once resumed (Running / Paused), and what did not
-    # go as it should around it (the guest clock not set...).
-    resumed: str | None = None
-    note: str | None = None
-
-    @property
-    def error(self) -> OperationError | None:
-        failed = [r for r in self.results if not r.success]
-        if not failed:
-            return None
-        return OperationError(
-            f"{len(failed)} of {len(self.results)} volumes were not reverted to group "
-            f"{self.group_uuid}",
-            cause=failed[0].error,
-        )
-
-    def to_response(self) -> dict[str, Any]:
-        response: dict[str, Any] = {
-            "results": [r.to_dict() for r in self.results],
-            "safetyGroupUuid": self.safety_group.uuid if self.safety_group else None,
-        }
-        if self.resumed is not None:  # a memory group's
-            response["resumed"] = self.resumed
-            response["note"] = self.note
-        if (error := self.error) is not None:
-            response["error"] = error.to_dict()
-        return response
-
-
-@dataclass(frozen=True)
-class _Restore:
-    volume: VolumeRow
-    snapshot: SnapshotRow
-    lineage: list[SnapshotRow]
+__all__ = ["RevertReport", "RevertResult", "revert", "revert_volume"]
 
 
 def revert(
@@ -146,7 +65,7 @@ def revert(
     with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
         domain = _stopped_domain(ctx, group.vm_uuid, stop, stop_timeout)
         restores = _choose(ctx, uuid, domain, wanted)
-        return _revert_locked(ctx, uuid, domain, restores, safety_group, memory)
+        return revert_locked(ctx, uuid, domain, restores, safety_group, memory)
 
 
 def _stopped_domain(ctx: OpContext, vm_uuid: str, stop: bool, timeout: float) -> DomainInfo:
@@ -172,7 +91,7 @@ def _stopped_domain(ctx: OpContext, vm_uuid: str, stop: bool, timeout: float) ->
 
 def _choose(
     ctx: OpContext, uuid: str, domain: DomainInfo, wanted: list[str] | None
-) -> list[_Restore]:
+) -> list[Restore]:
     sync_locked(ctx, domain.uuid, domain)
     with ctx.db.transaction() as session:
         repo = Repo(session)
@@ -201,196 +120,10 @@ def _choose(
         for ref, snapshot in refs:
             volume = repo.volume(ref.volume_uuid)
             if ref.volume_uuid in wanted and volume is not None:
-                restores.append(_Restore(volume, snapshot, repo.lineage(volume)))
+                restores.append(Restore(volume, snapshot, repo.lineage(volume)))
     for r in restores:
         check_snapshot_chain(ctx.images, r.snapshot, r.lineage)
     return restores
-
-
-def _revert_locked(
-    ctx: OpContext,
-    uuid: str,
-    domain: DomainInfo,
-    restores: list[_Restore],
-    safety: bool,
-    memory: dict[str, Any] | None = None,
-) -> RevertReport:
-    vm_uuid = domain.uuid
-    disks = [
-        {
-            "target": r.volume.target,
-            "volume_uuid": r.volume.uuid,
-            "snapshot_uuid": r.snapshot.uuid,
-            "snapshot_path": r.snapshot.install_path,
-            "overlay": os.path.join(
-                os.path.dirname(r.volume.install_path), f"{ctx.new_uuid()}.qcow2"
-            ),
-        }
-        for r in restores
-    ]
-    safety_uuid = ctx.new_uuid() if safety else None
-    plan: dict[str, Any] = {
-        "group_uuid": uuid,
-        "safety_group_uuid": safety_uuid,
-        "disks": disks,
-        "old_tops": None,  # known once the safety group is taken
-    }
-    if memory is not None:
-        plan["memory"] = memory
-    op = ctx.journal.begin(KIND, vm_uuid, plan, group_uuid=uuid)
-    safety_group: Group | None = None
-    try:
-        if safety_uuid is not None:
-            ctx.journal.step(op, KIND, "safety")
-            safety_group = _take_safety_group(ctx, domain, uuid, safety_uuid)
-        tops = {d.target: d.path for d in ctx.hv.lookup(vm_uuid).disks}
-        plan["old_tops"] = {d["target"]: tops.get(d["target"]) for d in disks}
-        _create_overlays(ctx, disks)
-        ctx.journal.step(op, KIND, "overlays", old_tops=plan["old_tops"])
-        ctx.hv.set_disk_sources(vm_uuid, {d["target"]: d["overlay"] for d in disks})
-    except SnapgroupError as exc:
-        if not _settle(ctx, op, plan, vm_uuid):
-            return _failed(uuid, disks, exc, safety_group)
-    else:
-        ctx.journal.step(op, KIND, "switched")
-        if memory is not None and (error := _resume(ctx, op, plan, vm_uuid)) is not None:
-            return _failed(uuid, disks, error, safety_group)
-        _roll_forward(ctx, op, plan)
-    results = tuple(RevertResult(d["volume_uuid"], d["snapshot_uuid"], True) for d in disks)
-    if memory is None:
-        return RevertReport(uuid, results, safety_group)
-    note = after_resume(ctx, vm_uuid, memory)
-    resumed = VmState.PAUSED if memory["paused"] else VmState.RUNNING
-    return RevertReport(uuid, results, safety_group, resumed.value, note)
-
-
-def _failed(
-    uuid: str, disks: list[dict[str, Any]], error: SnapgroupError, safety: Group | None
-) -> RevertReport:
-    results = (RevertResult(d["volume_uuid"], d["snapshot_uuid"], False, error) for d in disks)
-    return RevertReport(uuid, tuple(results), safety)
-
-
-def _resume(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -> SnapgroupError | None:
-    """A switched memory revert's VM started from the group's saved state. None: it
-    runs. Else the error, once the revert is rolled back (or left to `recover` when the
-    VM cannot even be looked at)."""
-    ctx.journal.step(op, KIND, "restoring")
-    disks: list[dict[str, Any]] = plan["disks"]
-    old = {t: p for t, p in (plan["old_tops"] or {}).items() if p is not None}
-    sources = {d["target"]: d["overlay"] for d in disks}
-    outcome, error = resume_state(ctx, vm_uuid, plan["memory"], sources, old)
-    if outcome is Resumed.ROLLED_BACK:
-        ctx.remove_files([d["overlay"] for d in disks])
-        detail = f"revert: the memory state was not restored ({error}); the disks are back"
-        ctx.journal.close(op, ROLLED_BACK, detail=detail)
-    return error
-
-
-def _take_safety_group(ctx: OpContext, domain: DomainInfo, uuid: str, safety_uuid: str) -> Group:
-    with ctx.db.transaction() as session:
-        group = Repo(session).group(uuid)
-    target_name = group.name if group is not None else uuid
-    name = f"before revert to {target_name}"[:NAME_MAX]
-    description = f"taken by `snapgroup revert` before VM {domain.name} went back to group {uuid}"
-    # The VM's lock is already held by this process: the create runs inside it.
-    return create_locked(
-        ctx, ctx.hv.lookup(domain.uuid), safety_uuid, name, description, skip_unsupported=True
-    )
-
-
-def _create_overlays(ctx: OpContext, disks: list[dict[str, Any]]) -> None:
-    """Each sized as its snapshot (its header read in-process): the overlay is then
-    written in-process too, not by a qemu-img run per disk (~20 ms each here)."""
-    made: list[str] = []
-    try:
-        for d in disks:
-            size = ctx.images.chain(d["snapshot_path"], shared=True)[0].virtual_size
-            ctx.images.create_overlay(
-                d["overlay"], backing=d["snapshot_path"], backing_format="qcow2", size=size
-            )
-            made.append(d["overlay"])
-    except BaseException:
-        ctx.remove_files(made)
-        raise
-
-
-def _settle(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -> bool:
-    """After a failure: finish the revert when the switch happened after all (True), else
-    roll it back (False). When the domain cannot even be read, `recover` decides later."""
-    try:
-        domain = ctx.hv.lookup(vm_uuid)
-    except SnapgroupError:
-        return False
-    recover_revert(ctx, op, plan, domain)
-    if "memory" not in plan:
-        return _switched(plan, domain)
-    try:  # a memory state that could not be restored rolled the revert back
-        return _switched(plan, ctx.hv.lookup(vm_uuid))
-    except SnapgroupError:
-        return False
-
-
-def _switched(plan: dict[str, Any], domain: DomainInfo) -> bool:
-    paths = {d.target: d.path for d in domain.disks}
-    return bool(plan["disks"]) and all(
-        paths.get(d["target"]) == d["overlay"] for d in plan["disks"]
-    )
-
-
-@recovers(KIND)
-def recover_revert(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
-    """Forward once the domain is on the new overlays (one defineXML: all or none are),
-    else back. The safety group is its own journaled create: kept if it was taken. A
-    memory group's VM still stopped is first started from its saved state."""
-    if "memory" in plan:  # libvirtd may still be at the restore a killed process asked
-        settled = settled_domain(ctx, domain)
-        if settled is None:
-            return  # the journal stays open: a later `recover` decides
-        domain = settled
-    if _switched(plan, domain):
-        if "memory" in plan and _resume(ctx, op, plan, domain.uuid) is not None:
-            return
-        _roll_forward(ctx, op, plan)
-        if "memory" in plan:
-            after_resume(ctx, domain.uuid, plan["memory"])  # best effort, as after a revert
-        return
-    ctx.remove_files([d["overlay"] for d in plan["disks"]])
-    ctx.journal.close(op, ROLLED_BACK, detail="revert: rolled back before the switch")
-
-
-def _roll_forward(ctx: OpContext, op: str, plan: dict[str, Any]) -> None:
-    disks: list[dict[str, Any]] = plan["disks"]
-    old_tops: dict[str, str | None] = plan["old_tops"] or {}
-    with ctx.db.transaction() as session:
-        repo = Repo(session)
-        # Never remove a file a snapshot or another volume still names.
-        kept = repo.all_install_paths() - {
-            v.install_path for d in disks if (v := repo.volume(d["volume_uuid"])) is not None
-        }
-    ctx.remove_files(
-        [
-            p
-            for d in disks
-            if (p := old_tops.get(d["target"])) and p != d["overlay"] and p not in kept
-        ]
-    )
-    ctx.journal.step(op, KIND, "removed")
-    now = ctx.clock()
-    with ctx.db.transaction() as session:
-        repo = Repo(session)
-        for d in disks:
-            volume = repo.volume(d["volume_uuid"])
-            assert volume is not None
-            volume.install_path = d["overlay"]
-            volume.parent_snapshot_uuid = d["snapshot_uuid"]
-            volume.last_op_date = now
-            repo.add(volume)
-        group = repo.group(plan["group_uuid"])
-        if group is not None:
-            group.last_op_date = now
-            repo.add(group)
-        ctx.journal.close(op, DONE, session=session)
 
 
 def revert_volume(ctx: OpContext, snapshot_uuid: str) -> RevertReport:

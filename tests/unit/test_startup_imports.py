@@ -41,6 +41,7 @@ RECOVERIES = {
     "snapgroup.ops.delete",
     "snapgroup.ops.delete_snapshot",
     "snapgroup.ops.revert",
+    "snapgroup.ops.reverting",
 }
 
 DUMP = """
