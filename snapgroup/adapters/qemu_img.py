@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from snapgroup.adapters import file_digest, qcow2
+from snapgroup.adapters.qemu_img_output import (
+    PROGRESS_END,
+    backing_chain,
+    check_report,
+    meter,
+    scaled,
+)
 from snapgroup.adapters.runner import run
 from snapgroup.domain.backup_manifest import ImageCheck
 from snapgroup.domain.errors import ImageToolError
-from snapgroup.domain.models import BlockJobProgress, FileDigest, ImageInfo
+from snapgroup.domain.models import FileDigest, ImageInfo
 from snapgroup.ports import ProgressFn
 
-# `qemu-img -p` draws "    (12.34/100%)".
-_PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
-PROGRESS_END = 10000  # progress is reported in hundredths of a percent
+__all__ = ["PROGRESS_END", "QemuImg"]  # PROGRESS_END: the scale of its progress
+
 # A backup file's clusters compressed: zstd, several times faster than qcow2's default
 # zlib (1 GiB here: 1.2 s vs 6.7 s); a cluster that does not shrink is written plain.
 _COMPRESS = ("-c", "-o", "compression_type=zstd")
@@ -64,14 +68,7 @@ class QemuImg:
         if shared:
             argv.append("-U")
         argv.append(_abspath(path, "image"))
-        out = run(argv, timeout=self.timeout)
-        try:
-            layers = json.loads(out)
-            if not isinstance(layers, list) or not layers:
-                raise ValueError("expected a non-empty JSON list")
-            return [_image_info(layer) for layer in layers]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ImageToolError(f"qemu-img info: unexpected output for {path}: {exc}") from exc
+        return backing_chain(run(argv, timeout=self.timeout), path)
 
     def create_overlay(
         self, path: str, *, backing: str, backing_format: str, size: int | None = None
@@ -141,10 +138,8 @@ class QemuImg:
         argv += ["-b", _abspath(base, "commit base"), _abspath(top, "commit top")]
 
         def on_line(line: str) -> None:
-            match = _PROGRESS.search(line)
-            if match and progress is not None:
-                cur = round(float(match.group(1)) * 100)
-                progress(BlockJobProgress(cur=min(cur, PROGRESS_END), end=PROGRESS_END))
+            if progress is not None and (seen := meter(line)) is not None:
+                progress(seen)
 
         run(argv, on_line=on_line if progress is not None else None)
 
@@ -215,7 +210,7 @@ class QemuImg:
                 argv = [*self._increment(backing), *(_COMPRESS if compress and not several else ())]
                 self._copy([*argv, _abspath(layer, "layer"), outs[i]], progress, i, steps)
             if several:
-                self.commit(outs[-1], base=target, progress=_scaled(progress, len(layers), steps))
+                self.commit(outs[-1], base=target, progress=scaled(progress, len(layers), steps))
             if several and compress:
                 argv = [*self._increment(base_name), *_COMPRESS, target, packed]
                 self._copy(argv, progress, steps - 1, steps)
@@ -253,16 +248,7 @@ class QemuImg:
         # 2: corruptions, 3: leaks only; both print their report. After a repair the
         # report counts what is left ("leaks-fixed" the freed ones). Each leaked
         # cluster is a line on stderr, which only the debug log shows.
-        out = run(argv, ok_codes=(0, 2, 3))
-        try:
-            report = json.loads(out)
-            return ImageCheck(
-                corruptions=int(report.get("corruptions", 0)),
-                leaks=int(report.get("leaks", 0)),
-                check_errors=int(report.get("check-errors", 0)),
-            )
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ImageToolError(f"qemu-img check: unexpected output for {path}: {exc}") from exc
+        return check_report(run(argv, ok_codes=(0, 2, 3)), path)
 
     def set_backing(self, image: str, *, backing_name: str | None, safe: bool) -> None:
         """Point `image` at `backing_name`, relative to the image's directory and written
@@ -286,14 +272,12 @@ class QemuImg:
         if progress is None:
             run(argv)
             return
-        report = _scaled(progress, step, steps)
+        report = scaled(progress, step, steps)
         assert report is not None
 
         def on_line(line: str) -> None:
-            match = _PROGRESS.search(line)
-            if match:
-                cur = round(float(match.group(1)) * 100)
-                report(BlockJobProgress(cur=min(cur, PROGRESS_END), end=PROGRESS_END))
+            if (seen := meter(line)) is not None:
+                report(seen)
 
         run([*argv[:2], "-p", *argv[2:]], on_line=on_line)
 
@@ -369,33 +353,3 @@ def _wait_released() -> None:
         pending = list(_releasing)
     for thread in pending:
         thread.join()
-
-
-def _scaled(progress: ProgressFn | None, step: int, steps: int) -> ProgressFn | None:
-    """A progress callback for step `step` of `steps` that reports to `progress` on the
-    whole operation's scale."""
-    if progress is None:
-        return None
-
-    def report(p: BlockJobProgress) -> None:
-        done = (step + p.cur / max(p.end, 1)) / steps
-        progress(BlockJobProgress(cur=round(done * PROGRESS_END), end=PROGRESS_END))
-
-    return report
-
-
-def _image_info(layer: dict[str, Any]) -> ImageInfo:
-    path = os.path.abspath(layer["filename"])
-    backing: str | None = layer.get("full-backing-filename")
-    if backing is None and layer.get("backing-filename"):
-        # Older output may lack the full name: a relative link is relative to the image.
-        backing = os.path.join(os.path.dirname(path), layer["backing-filename"])
-    return ImageInfo(
-        path=path,
-        format=str(layer["format"]),
-        virtual_size=int(layer["virtual-size"]),
-        actual_size=int(layer.get("actual-size", 0)),
-        backing=os.path.abspath(backing) if backing else None,
-        backing_format=layer.get("backing-filename-format"),
-        cluster_size=int(layer.get("cluster-size", 65536)),
-    )
