@@ -204,6 +204,10 @@ def patterns(schema: Mapping[str, Kind]) -> tuple[str, str, str]:
     return condition, rf"^[ +-]?(?:{names})$", rf"^{field}(?:,{field})*$"
 
 
+# Half of SQL's 64-bit range: a page's end (start + limit) stays within it too.
+SQL_INT_MAX = 2**62
+
+
 def _flag(value: str | None) -> bool:
     """Java's Boolean.valueOf, as ZStack reads these flags: only "true" is true."""
     return value is not None and value.strip().lower() == "true"
@@ -244,8 +248,10 @@ def parse_query(
             raise InvalidArgument(f"'fields' names unknown or no fields: {fields!r}")
     return Query(
         conditions=tuple(parse_condition(c, schema, refs) for c in q),
-        limit=DEFAULT_LIMIT if limit is None else limit,
-        start=start or 0,
+        # Past SQL's 64-bit integers a page means the same as at their bound (every row, or
+        # none): a driver would overflow on the literal (the OpenAPI fuzz sent 2**63).
+        limit=DEFAULT_LIMIT if limit is None else min(limit, SQL_INT_MAX),
+        start=min(start or 0, SQL_INT_MAX),
         count=_flag(count),
         reply_with_count=_flag(reply_with_count),
         sort_by=sort_by,

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
-    Integer,
     Select,
     String,
     bindparam,
@@ -202,8 +202,8 @@ def _page_select(
     columns = [c.label(n) for c, n in zip(group_view_columns(), GROUP_VIEW_COLUMNS, strict=True)]
     statement = select(*columns, *extra).where(*where)
     statement = statement.order_by(*compiler.order(sort_by, descending))
-    statement = statement.limit(bindparam("limit", type_=Integer))
-    return statement.offset(bindparam("start", type_=Integer)) if paged else statement
+    statement = statement.limit(bindparam("limit", type_=BigInteger))
+    return statement.offset(bindparam("start", type_=BigInteger)) if paged else statement
 
 
 @functools.lru_cache(maxsize=256)
