@@ -22,6 +22,8 @@ Standard library and `guestfs` only: it runs outside snapgroup's environment.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
 import os
@@ -172,6 +174,7 @@ class Agent:
             raise Failure(f"{path}: Not a directory", "notdir")
         self.reply({"ok": "stream"})
         read_end, write_end = os.pipe()
+        _widen(write_end)
         pump = threading.Thread(target=self._pump, args=(read_end,), daemon=True)
         pump.start()
         error: Failure | None = None
@@ -211,6 +214,13 @@ def _entry(name: str, st: dict[str, int], target: str | None) -> dict[str, Any]:
     }
 
 
+def _widen(fd: int) -> None:
+    """A pipe of CHUNK bytes (64 KiB by default): fewer wake-ups per MiB copied."""
+    # Beyond /proc/sys/fs/pipe-max-size for an unprivileged user: the default stays.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK)
+
+
 def _plain_uuid(value: str) -> str:
     return value.replace("-", "").lower()
 
@@ -223,6 +233,7 @@ def _quiet(fn: Callable[[], Any], default: Any) -> Any:
 
 
 def main() -> int:
+    _widen(1)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever libguestfs or QEMU print goes to stderr
     guestfs = importlib.import_module("guestfs")

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from snapgroup.domain.errors import InvalidArgument
-from snapgroup.domain.guest_files import GuestDisk
 from snapgroup.ops.context import OpContext
-from snapgroup.ops.guest_sources import FilesSource, choose, only_disk, resolve
+from snapgroup.ops.guest_sources import FilesSource, choose, named_device, only_disk, resolve
 from snapgroup.ports import GuestFiles
 
 
@@ -44,27 +43,13 @@ def mount(
     opened = resolve(ctx, source)
     only_disk(opened.disks, disk)
     with opened.lock:
-        device = _device(opened.disks, fs)
+        device = named_device(opened.disks, disk, fs)
         if device is None:
             with guest.open(opened.disks) as session:
                 chosen = choose(session.filesystems(), disk=disk, name=fs)
             device, fs = chosen.device, chosen.name
         guest.mount(opened.disks, device, point, keep_fd=None)
     return Mounted(opened.describe, fs or "", point)
-
-
-def _device(disks: tuple[GuestDisk, ...], fs: str | None) -> str | None:
-    """The appliance's device for a filesystem named without listing them: vdb1 is
-    the second disk handed over, partition 1 (/dev/sdb1); vg/lv is /dev/vg/lv."""
-    if fs is None:
-        return None
-    for index, disk in enumerate(disks):
-        suffix = fs.removeprefix(disk.target)
-        if suffix != fs and (suffix == "" or suffix.isdigit()) and index < 26:
-            return f"/dev/sd{chr(ord('a') + index)}{suffix}"
-    if fs.count("/") == 1 and all(fs.split("/")):
-        return f"/dev/{fs}"
-    return None
 
 
 def umount(guest: GuestFiles, mountpoint: str) -> None:

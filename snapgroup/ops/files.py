@@ -24,7 +24,13 @@ from snapgroup.infra.unpack import (
     write_file,
 )
 from snapgroup.ops.context import OpContext
-from snapgroup.ops.guest_sources import FilesSource, choose, on_disk, only_disk, resolve
+from snapgroup.ops.guest_sources import (
+    FilesSource,
+    on_disk,
+    only_disk,
+    open_filesystem,
+    resolve,
+)
 from snapgroup.ports import GuestFiles, GuestSession
 
 
@@ -62,16 +68,14 @@ def browse(
     only_disk(opened.disks, disk)
     wanted = guest_path(path) if path is not None else ("/" if fs is not None else None)
     with opened.lock, guest.open(opened.disks) as session:
-        found = session.filesystems()
         if wanted is None:
-            return Listing(opened.describe, on_disk(found, disk))
-        chosen = choose(found, disk=disk, name=fs)
-        entry = session.stat(chosen.device, wanted)
+            return Listing(opened.describe, on_disk(session.filesystems(), disk))
+        chosen, entry = open_filesystem(session, opened.disks, wanted, disk=disk, fs=fs)
         if entry.type == "directory":
             entries = session.list_dir(chosen.device, wanted)
         else:
             entries = [replace_name(entry, posixpath.basename(wanted))]
-        return Listing(opened.describe, found, chosen, wanted, entries)
+        return Listing(opened.describe, [], chosen, wanted, entries)
 
 
 def replace_name(entry: FileEntry, name: str) -> FileEntry:
@@ -131,9 +135,9 @@ def extract(
     made: list[str] = []
     try:
         with opened.lock, guest.open(opened.disks) as session:
-            device = choose(session.filesystems(), disk=disk, name=fs).device
+            chosen, _ = open_filesystem(session, opened.disks, wanted[0], disk=disk, fs=fs)
             return [
-                _extract_one(session, device, p, out, made)
+                _extract_one(session, chosen.device, p, out, made)
                 for p, out in zip(wanted, outs, strict=True)
             ]
     except BaseException:
@@ -199,8 +203,7 @@ def download(
     try:
         stack.enter_context(opened.lock)
         session = stack.enter_context(guest.open(opened.disks))
-        chosen = choose(session.filesystems(), disk=disk, name=fs)
-        entry = session.stat(chosen.device, wanted)
+        chosen, entry = open_filesystem(session, opened.disks, wanted, disk=disk, fs=fs)
         if entry.type == "directory":
             chunks = session.read_tree(chosen.device, wanted)
         elif entry.type == "file":

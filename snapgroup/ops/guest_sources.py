@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from snapgroup.domain.errors import FilesystemError, InvalidArgument, NotFound, OperationError
-from snapgroup.domain.guest_files import GuestDisk, GuestFilesystem, check_target
+from snapgroup.domain.guest_files import FileEntry, GuestDisk, GuestFilesystem, check_target
 from snapgroup.domain.validate import parse_uuid
 from snapgroup.ops.backing_up import open_store, present_backup
 from snapgroup.ops.context import OpContext
+from snapgroup.ports import GuestSession
 from snapgroup.store.repo import Repo
 
 
@@ -134,6 +135,51 @@ def choose(
             "a damaged superblock looks like this)"
         )
     raise InvalidArgument(f"several filesystems: name one with --fs ({_names(mountable)})")
+
+
+def named_device(disks: Sequence[GuestDisk], disk: str | None, fs: str | None) -> str | None:
+    """The appliance's device for a filesystem named without listing them (the
+    listing probes every device: seconds under TCG): vdb1 is the partition 1 of the
+    disk handed over as vdb (/dev/sdb1 when it was second), vg/lv is /dev/vg/lv. None
+    when `fs` is not given or names nothing this way."""
+    if fs is None:
+        return None
+    for index, d in enumerate(disks):
+        suffix = fs.removeprefix(d.target)
+        if suffix != fs and (suffix == "" or suffix.isdigit()) and index < 26:
+            if disk is not None and disk != d.target:
+                return None
+            return f"/dev/sd{chr(ord('a') + index)}{suffix}"
+    if disk is None and fs.count("/") == 1 and all(fs.split("/")):
+        return f"/dev/{fs}"
+    return None
+
+
+def open_filesystem(
+    session: GuestSession,
+    disks: Sequence[GuestDisk],
+    path: str,
+    *,
+    disk: str | None,
+    fs: str | None,
+) -> tuple[GuestFilesystem, FileEntry]:
+    """The filesystem (named, or the only one) and `path`'s entry in it. A named one is
+    tried without listing first; when it cannot be mounted, the listing says why (no
+    such filesystem, or none the appliance can mount there)."""
+    device = named_device(disks, disk, fs)
+    if device is not None:
+        try:
+            entry = session.stat(device, path)
+        except FilesystemError:
+            chosen = choose(session.filesystems(), disk=disk, name=fs)  # the precise error
+            if chosen.device == device:
+                raise
+            entry = session.stat(chosen.device, path)
+            return chosen, entry
+        named = GuestFilesystem(fs or device, device, "", (), "", 0)
+        return named, entry
+    chosen = choose(session.filesystems(), disk=disk, name=fs)
+    return chosen, session.stat(chosen.device, path)
 
 
 def _names(filesystems: Sequence[GuestFilesystem]) -> str:
