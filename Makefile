@@ -97,7 +97,9 @@ test: deps daemons guest appliance postgres
 	$(BIN)/ruff check snapgroup tests lab bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(PG_ENV) $(BIN)/pytest -q -n 3 -m "not serial"
+	@# loadgroup: tests marked xdist_group share one worker (and its module fixture:
+	@# tests/lab/test_files.py builds one lab VM and its guest filesystems, not three)
+	$(PG_ENV) $(BIN)/pytest -q -n 3 --dist loadgroup -m "not serial"
 	$(PG_ENV) $(BIN)/pytest -q -m serial
 
 clean:

@@ -36,7 +36,8 @@ from snapgroup.rest import create_app
 from snapgroup.rest.auth import Accounts, sha512_hex
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
 
-pytestmark = pytest.mark.lab
+# One worker runs them all (make test: --dist loadgroup): one world, few appliances.
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("guest-files")]
 
 URI = "qemu:///system"
 DISK_MIB = 512
