@@ -26,7 +26,7 @@ from snapgroup.domain.validate import parse_uuid, validate_name
 from snapgroup.ops.availability_rules import availability, file_checker
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, ROLLED_BACK
-from snapgroup.ops.lineage import check_snapshot_chain
+from snapgroup.ops.lineage import check_snapshot_chain, overlays_on_snapshots
 from snapgroup.ops.memory_state import memory_checker
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.resolve import lookup_or_none
@@ -134,7 +134,7 @@ def _clone_locked(ctx: OpContext, uuid: str, vm_uuid: str, name: str) -> Clone:
     plan = {"clone_uuid": clone_uuid, "name": name, "group_uuid": uuid, "disks": disks}
     op = ctx.journal.begin(KIND, vm_uuid, plan, group_uuid=uuid)
     try:
-        _create_overlays(ctx, disks)
+        overlays_on_snapshots(ctx, disks)
         ctx.journal.step(op, KIND, "overlays")
         ctx.hv.define_clone(
             vm_uuid,
@@ -156,22 +156,6 @@ def _clone_locked(ctx: OpContext, uuid: str, vm_uuid: str, name: str) -> Clone:
             _undo(ctx, op, plan, exc)
             raise
     return _described(ctx, _clone_of(plan, vm_uuid, "Stopped"))
-
-
-def _create_overlays(ctx: OpContext, disks: list[dict[str, Any]]) -> None:
-    made: list[str] = []
-    try:
-        for d in disks:
-            # The size from the image (read with -U): with it qemu-img does not open the
-            # snapshot, which the running original holds as a backing file.
-            size = ctx.images.chain(d["snapshot_path"], shared=True)[0].virtual_size
-            ctx.images.create_overlay(
-                d["overlay"], backing=d["snapshot_path"], backing_format="qcow2", size=size
-            )
-            made.append(d["overlay"])
-    except BaseException:
-        ctx.remove_files(made)
-        raise
 
 
 def _record(ctx: OpContext, op: str, plan: dict[str, Any]) -> None:

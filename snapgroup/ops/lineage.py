@@ -5,11 +5,15 @@ Those snapshots are pinned: a merge would rewrite or remove a file the clone rea
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from snapgroup.domain.errors import OperationError, SnapgroupError
 from snapgroup.ports import ImageTool
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow
+
+if TYPE_CHECKING:
+    from snapgroup.ops.context import OpContext
 
 
 def pinned_snapshots(
@@ -58,3 +62,22 @@ def check_snapshot_chain(
             f"snapshot {snapshot.uuid}: real chain {actual} does not match the recorded "
             f"chain {expected}"
         )
+
+
+def overlays_on_snapshots(ctx: OpContext, disks: Iterable[dict[str, Any]]) -> None:
+    """A new overlay per disk (d["overlay"]) on its snapshot's file (d["snapshot_path"]),
+    as clone and revert make them; on a failure, the ones made are removed. Each is sized
+    as its snapshot, read with -U: qemu-img then does not open the snapshot, which a
+    running VM may hold as a backing file, and the overlay is written in-process, not by
+    a qemu-img run per disk (~20 ms each here)."""
+    made: list[str] = []
+    try:
+        for d in disks:
+            size = ctx.images.chain(d["snapshot_path"], shared=True)[0].virtual_size
+            ctx.images.create_overlay(
+                d["overlay"], backing=d["snapshot_path"], backing_format="qcow2", size=size
+            )
+            made.append(d["overlay"])
+    except BaseException:
+        ctx.remove_files(made)
+        raise

@@ -30,6 +30,7 @@ from snapgroup.domain.validate import NAME_MAX
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.creating import create_locked
 from snapgroup.ops.journal import DONE, ROLLED_BACK
+from snapgroup.ops.lineage import overlays_on_snapshots
 from snapgroup.ops.memory_state import Resumed, after_resume, resume_state, settled_domain
 from snapgroup.ops.recovery import recovers
 from snapgroup.store.repo import Repo
@@ -135,7 +136,7 @@ def revert_locked(
             safety_group = _take_safety_group(ctx, domain, uuid, safety_uuid)
         tops = {d.target: d.path for d in ctx.hv.lookup(vm_uuid).disks}
         plan["old_tops"] = {d["target"]: tops.get(d["target"]) for d in disks}
-        _create_overlays(ctx, disks)
+        overlays_on_snapshots(ctx, disks)
         ctx.journal.step(op, KIND, "overlays", old_tops=plan["old_tops"])
         ctx.hv.set_disk_sources(vm_uuid, {d["target"]: d["overlay"] for d in disks})
     except SnapgroupError as exc:
@@ -187,22 +188,6 @@ def _take_safety_group(ctx: OpContext, domain: DomainInfo, uuid: str, safety_uui
     return create_locked(
         ctx, ctx.hv.lookup(domain.uuid), safety_uuid, name, description, skip_unsupported=True
     )
-
-
-def _create_overlays(ctx: OpContext, disks: list[dict[str, Any]]) -> None:
-    """Each sized as its snapshot (its header read in-process): the overlay is then
-    written in-process too, not by a qemu-img run per disk (~20 ms each here)."""
-    made: list[str] = []
-    try:
-        for d in disks:
-            size = ctx.images.chain(d["snapshot_path"], shared=True)[0].virtual_size
-            ctx.images.create_overlay(
-                d["overlay"], backing=d["snapshot_path"], backing_format="qcow2", size=size
-            )
-            made.append(d["overlay"])
-    except BaseException:
-        ctx.remove_files(made)
-        raise
 
 
 def _settle(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -> bool:
