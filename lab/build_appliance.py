@@ -42,12 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_guest import (  # a sibling script, not a package
     BuildError,
     KernelPackage,
-    apt_state,
     call,
+    kernel_package,
     log,
-    resolve_kernel,
     run,
     sha256_file,
+    unpack_kernel_package,
 )
 
 SUPERMIN_D = Path("/usr/lib/x86_64-linux-gnu/guestfs/supermin.d")
@@ -81,19 +81,10 @@ def fetch_kernel_tree(pkg: KernelPackage, work: Path) -> tuple[Path, str]:
     """The package unpacked whole in work/kernel (its root) and its release."""
     tree = work / "kernel"
     shutil.rmtree(work, ignore_errors=True)
-    (work / "download").mkdir(parents=True)
-    log(f"downloading {pkg.name} {pkg.version}")
-    run(
-        ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{pkg.name}={pkg.version}"],
-        cwd=work / "download",
-    )
-    debs = sorted((work / "download").glob(f"{pkg.name}_*.deb"))
-    if len(debs) != 1:
-        raise BuildError(f"apt-get download left {debs}")
-    run(["dpkg-deb", "-x", str(debs[0]), str(tree)])
+    deb = unpack_kernel_package(pkg, work / "download", tree)
     releases = sorted(p.name for p in (tree / "lib" / "modules").iterdir() if p.is_dir())
     if len(releases) != 1 or not (tree / "boot" / f"vmlinuz-{releases[0]}").is_file():
-        raise BuildError(f"unexpected package layout in {debs[0].name}")
+        raise BuildError(f"unexpected package layout in {deb.name}")
     run(["depmod", "-b", str(tree), releases[0]])
     return tree, releases[0]
 
@@ -153,12 +144,7 @@ def _build_locked(out: Path, force: bool) -> bool:
         old = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         old = {}
-    state = apt_state()
-    known = old.get("inputs", {}).get("kernel")
-    if old.get("apt_state") == state and isinstance(known, list) and len(known) == 2:
-        pkg = KernelPackage(str(known[0]), str(known[1]))
-    else:
-        pkg = resolve_kernel()
+    state, pkg = kernel_package(old)
     inputs = fingerprint(pkg)
     if not force and old.get("inputs") == inputs and outputs_intact(out, old):
         return False

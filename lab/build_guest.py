@@ -173,6 +173,35 @@ def resolve_kernel() -> KernelPackage:
     return pkg
 
 
+def kernel_package(old: dict[str, Any]) -> tuple[str, KernelPackage]:
+    """apt's state and the kernel package to build from: the one the previous manifest
+    OLD names while apt's lists are unchanged (no apt-cache call), else resolved again."""
+    state = apt_state()
+    known = old.get("inputs", {}).get("kernel")
+    if old.get("apt_state") == state and isinstance(known, list) and len(known) == 2:
+        return state, KernelPackage(str(known[0]), str(known[1]))
+    return state, resolve_kernel()
+
+
+def unpack_kernel_package(pkg: KernelPackage, download: Path, tree: Path) -> Path:
+    """PKG's .deb downloaded into DOWNLOAD (made afresh) and unpacked whole into TREE;
+    the .deb's path."""
+    shutil.rmtree(download, ignore_errors=True)
+    download.mkdir(parents=True)
+    # _apt cannot write into a root-only directory: download unsandboxed (we are root anyway).
+    log(f"downloading {pkg.name} {pkg.version}")
+    run(
+        ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{pkg.name}={pkg.version}"],
+        cwd=download,
+    )
+    debs = sorted(download.glob(f"{pkg.name}_*.deb"))
+    if len(debs) != 1:
+        raise BuildError(f"apt-get download left {debs} in {download}")
+    log(f"unpacking {debs[0].name}")
+    run(["dpkg-deb", "-x", str(debs[0]), str(tree)])
+    return debs[0]
+
+
 def _modinfo_depends(ko: bytes) -> list[str]:
     match = re.search(rb"(?:^|\x00)depends=([^\x00]*)\x00", ko)
     if match is None or not match.group(1):
@@ -189,20 +218,8 @@ def fetch_kernel(pkg: KernelPackage, work: Path) -> Path:
     # Only the current kernel is kept: drop caches of older package versions.
     shutil.rmtree(work / "kernel", ignore_errors=True)
     dl = work / "download"
-    shutil.rmtree(dl, ignore_errors=True)
-    dl.mkdir(parents=True)
-    # _apt cannot write into a root-only directory: download unsandboxed (we are root anyway).
-    log(f"downloading {pkg.name} {pkg.version}")
-    run(
-        ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{pkg.name}={pkg.version}"],
-        cwd=dl,
-    )
-    debs = sorted(dl.glob(f"{pkg.name}_*.deb"))
-    if len(debs) != 1:
-        raise BuildError(f"apt-get download left {debs} in {dl}")
     tree = dl / "tree"
-    log(f"unpacking {debs[0].name}")
-    run(["dpkg-deb", "-x", str(debs[0]), str(tree)])
+    unpack_kernel_package(pkg, dl, tree)
 
     vmlinuz = sorted((tree / "boot").glob("vmlinuz-*"))
     moddirs = sorted(p for p in (tree / "lib" / "modules").iterdir() if p.is_dir())
@@ -405,12 +422,7 @@ def _build_locked(out: Path, force: bool) -> bool:
             old = json.loads(manifest_path.read_text())
         except ValueError:
             old = {}
-    state = apt_state()
-    known = old.get("inputs", {}).get("kernel")
-    if old.get("apt_state") == state and isinstance(known, list) and len(known) == 2:
-        pkg = KernelPackage(str(known[0]), str(known[1]))
-    else:
-        pkg = resolve_kernel()
+    state, pkg = kernel_package(old)
     inputs = fingerprint(pkg)
     if not force and old.get("inputs") == inputs and outputs_intact(out, old):
         return False
