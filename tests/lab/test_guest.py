@@ -121,12 +121,14 @@ def _wait_for_agent(guest: Guest, started: float) -> float:
         time.sleep(0.1)
 
 
-@pytest.fixture
-def guest() -> Iterator[Guest]:
+@contextlib.contextmanager
+def booted_guest(*, scratch_prefix: str, scratch_dir: str, name_prefix: str) -> Iterator[Guest]:
+    """The lab guest (its writer on) started and answering its agent; destroyed and its
+    scratch directory (tempfile's, SCRATCH_PREFIX in SCRATCH_DIR) removed afterwards."""
     kernel_src, initrd_src = _ensure_guest_built()
     # qemu runs as libvirt-qemu: every directory on the way to the kernel, initrd and disks
     # must be searchable by it (pytest's tmp_path lives under a 0700 directory).
-    base = Path(tempfile.mkdtemp(prefix="sg-lab-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix=scratch_prefix, dir=scratch_dir))
     vm: LabVm | None = None
     try:
         base.chmod(0o755)
@@ -136,7 +138,7 @@ def guest() -> Iterator[Guest]:
         shutil.copyfile(initrd_src, initrd)
         vm = create_lab_vm(
             base / "vm",
-            name=f"sg-lab-guest-{uuid.uuid4().hex[:8]}",
+            name=f"{name_prefix}{uuid.uuid4().hex[:8]}",
             data_disks=len(DATA_SERIALS),
             disk_mib=DISK_MIB,
             kernel=kernel,
@@ -149,12 +151,20 @@ def guest() -> Iterator[Guest]:
         started = time.monotonic()
         vm.start()
         g.boot_to_agent_s = _wait_for_agent(g, started)
-        print(f"\n{vm.name}: virsh start -> first guest-ping answer: {g.boot_to_agent_s:.2f} s")
         yield g
     finally:
         if vm is not None:
             vm.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def guest() -> Iterator[Guest]:
+    with booted_guest(
+        scratch_prefix="sg-lab-", scratch_dir="/tmp", name_prefix="sg-lab-guest-"
+    ) as g:
+        print(f"\n{g.name}: virsh start -> first guest-ping answer: {g.boot_to_agent_s:.2f} s")
+        yield g
 
 
 def _read_guest_file(name: str, path: str) -> bytes:

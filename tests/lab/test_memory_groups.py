@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,16 +25,11 @@ import pytest
 
 from snapgroup.api import Engine, open_engine
 from snapgroup.cli.wire import NO_DAEMON_ENV
-from snapgroup.testing.labvm import create_lab_vm
 from tests.lab.test_guest import (
-    CMDLINE,
     DATA_SERIALS,
-    DISK_MIB,
-    ROOT_SERIAL,
     Guest,
-    _ensure_guest_built,
-    _wait_for_agent,
     agent,
+    booted_guest,
     guest_values,
     virsh,
     virsh_ok,
@@ -48,34 +42,10 @@ RUN_ON_S = 8.0  # guest seconds the guest runs on after the snapshot, before a r
 
 @pytest.fixture(scope="module")
 def guest() -> Iterator[Guest]:
-    kernel_src, initrd_src = _ensure_guest_built()
-    base = Path(tempfile.mkdtemp(prefix="sg-lab-mem-", dir="/var/tmp"))
-    vm = None
-    try:
-        base.chmod(0o755)
-        kernel, initrd = base / "vmlinuz", base / "initrd.gz"
-        shutil.copyfile(kernel_src, kernel)
-        shutil.copyfile(initrd_src, initrd)
-        vm = create_lab_vm(
-            base / "vm",
-            name=f"sg-lab-mem-{uuid.uuid4().hex[:8]}",
-            data_disks=len(DATA_SERIALS),
-            disk_mib=DISK_MIB,
-            kernel=kernel,
-            initrd=initrd,
-            cmdline=f"{CMDLINE} sg.root={ROOT_SERIAL} sg.writer=1",
-            guest_agent=True,
-            start=False,
-        )
-        g = Guest(vm, base)
-        started = time.monotonic()
-        vm.start()
-        g.boot_to_agent_s = _wait_for_agent(g, started)
+    with booted_guest(
+        scratch_prefix="sg-lab-mem-", scratch_dir="/var/tmp", name_prefix="sg-lab-mem-"
+    ) as g:
         yield g
-    finally:
-        if vm is not None:
-            vm.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
