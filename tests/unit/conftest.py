@@ -51,6 +51,18 @@ def store(request: pytest.FixtureRequest) -> Iterator[Database]:
 
 
 @pytest.fixture
+def shared(store: Database, tmp_path: Path) -> Iterator[Database]:
+    """`store`, but a SQLite file in place of the in-memory one, for tests whose threads
+    (two engines, two hosts) share one store: each would see an in-memory one empty."""
+    if store.is_postgresql:
+        yield store
+        return
+    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
 def lab(store: Database) -> Iterator[Lab]:
     images = FakeImageTool()
     hv = FakeHypervisor(images)

@@ -7,10 +7,8 @@ and PostgreSQL."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -60,18 +58,6 @@ class Cluster:
         domain.state = VmState.STOPPED
         if not keep_source:
             self.a.hv.undefine(VM)
-
-
-@pytest.fixture
-def shared(store: Database, tmp_path: Path) -> Iterator[Database]:
-    """`store`, but a SQLite file in place of the in-memory one (which each thread
-    would see empty)."""
-    if store.is_postgresql:
-        yield store
-        return
-    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
-    yield db
-    db.dispose()
 
 
 @pytest.fixture

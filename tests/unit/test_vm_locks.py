@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -51,18 +51,6 @@ class GatedHypervisor(FakeHypervisor):
         finally:
             with self._count:
                 self.inside -= 1
-
-
-@pytest.fixture
-def shared(store: Database, tmp_path: Path) -> Iterator[Database]:
-    """`store`, but a SQLite file in place of the in-memory one (each thread would see
-    a database of its own)."""
-    if store.is_postgresql:
-        yield store
-        return
-    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
-    yield db
-    db.dispose()
 
 
 def _engines(store: Database, hosts: tuple[str, str]) -> tuple[GatedHypervisor, Engine, Engine]:
