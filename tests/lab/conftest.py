@@ -10,6 +10,7 @@ import pytest
 from snapgroup.api import Engine, open_engine
 from snapgroup.ops import journal
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
+from tests.lab.tools import sh
 
 
 @pytest.fixture
@@ -42,6 +43,17 @@ def at_step(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Callable[[], None
 
     monkeypatch.setattr(journal, "checkpoint", checkpoint)
     return actions.__setitem__
+
+
+@pytest.fixture
+def restored() -> Iterator[list[str]]:
+    """Names of VMs a test restored: destroyed and undefined afterwards (their files
+    are in the lab VM's directory, which its fixture removes)."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        sh("virsh", "-c", "qemu:///system", "destroy", name, check=False)
+        sh("virsh", "-c", "qemu:///system", "undefine", name, "--nvram", check=False)
 
 
 def _vm(labdir: Path, start: bool) -> Iterator[LabVm]:

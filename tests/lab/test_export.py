@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,17 +29,6 @@ from tests.lab.tools import domblklist, export, same, sh, virsh, write_live, wri
 
 pytestmark = pytest.mark.lab
 TARGETS = ["vda", "vdb", "vdc"]
-
-
-@pytest.fixture
-def restored() -> Iterator[list[str]]:
-    """Names of VMs a test restored: destroyed and undefined afterwards (their files
-    are in the lab VM's directory, which its fixture removes)."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        sh("virsh", "-c", "qemu:///system", "destroy", name, check=False)
-        sh("virsh", "-c", "qemu:///system", "undefine", name, "--nvram", check=False)
 
 
 def macs(vm: str) -> list[str]:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ from tests.lab.tools import backing_chain, domblklist, same, sh, virsh
 
 pytestmark = pytest.mark.lab
 WAIT_S = 300.0  # how long a copy may take before the test gives up (not a measure)
-
-
-@pytest.fixture
-def restored() -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        sh("virsh", "-c", "qemu:///system", "destroy", name, check=False)
-        sh("virsh", "-c", "qemu:///system", "undefine", name, "--nvram", check=False)
 
 
 def _fill(vm: LabVm) -> None:

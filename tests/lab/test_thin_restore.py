@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ from tests.lab.tools import backing_chain, domblklist, export, same, sh, virsh, 
 
 pytestmark = pytest.mark.lab
 NOBODY = 65534  # an unrelated local user
-
-
-@pytest.fixture
-def restored() -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        sh("virsh", "-c", "qemu:///system", "destroy", name, check=False)
-        sh("virsh", "-c", "qemu:///system", "undefine", name, "--nvram", check=False)
 
 
 def qemu_ids() -> tuple[int, int]:
