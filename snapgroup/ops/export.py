@@ -31,7 +31,7 @@ from snapgroup.ops.backing_up import (
 )
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.exporting import SourceDisk, SourceGroup, export_group
-from snapgroup.ops.group_views import load_groups
+from snapgroup.ops.group_views import check_intact, load_groups
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.resolve import lookup_or_none
@@ -63,12 +63,7 @@ class ContextSource:
             ancestors = _ancestors(repo, row.vm_uuid, group_uuid)
         disks = []
         for ref, snap in sorted(refs, key=lambda rs: rs[0].device_id):
-            if snap.deleted or snap.changed:
-                why = "deleted" if snap.deleted else f"changed ({snap.changed})"
-                raise OperationError(
-                    f"group {group_uuid} cannot be exported: its snapshot of volume "
-                    f"{ref.volume_uuid} is {why}"
-                )
+            check_intact(group_uuid, ref.volume_uuid, snap, to_be="exported")
             volume = volumes.get(ref.volume_uuid)
             top = self.ctx.images.chain(snap.install_path, shared=True)[0]
             disks.append(

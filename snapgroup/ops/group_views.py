@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from snapgroup.domain.errors import OperationError
 from snapgroup.domain.inventory import (
     Group,
     GroupRef,
@@ -19,6 +20,17 @@ from snapgroup.domain.inventory import (
 )
 from snapgroup.store.base import DateParser
 from snapgroup.store.repo import Repo
+from snapgroup.store.tables import SnapshotRow
+
+
+def check_intact(group_uuid: str, volume_uuid: str, snap: SnapshotRow, *, to_be: str) -> None:
+    """A group is read (exported, browsed) only as it was taken: none of its snapshots
+    deleted or changed. `to_be`: what was asked ("read", "exported"), for the error."""
+    if snap.deleted or snap.changed:
+        why = "deleted" if snap.deleted else f"changed ({snap.changed})"
+        raise OperationError(
+            f"group {group_uuid} cannot be {to_be}: its snapshot of volume {volume_uuid} is {why}"
+        )
 
 
 def load_groups(repo: Repo, uuids: Sequence[str]) -> list[Group]:

@@ -16,11 +16,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from snapgroup.domain.errors import FilesystemError, InvalidArgument, NotFound, OperationError
+from snapgroup.domain.errors import FilesystemError, InvalidArgument, NotFound
 from snapgroup.domain.guest_files import FileEntry, GuestDisk, GuestFilesystem, check_target
 from snapgroup.domain.validate import parse_uuid
 from snapgroup.ops.backing_up import open_store, present_backup
 from snapgroup.ops.context import OpContext
+from snapgroup.ops.group_views import check_intact
 from snapgroup.ports import GuestSession
 from snapgroup.store.repo import Repo
 
@@ -64,11 +65,7 @@ def _group(ctx: OpContext, uuid: str) -> Opened:
         targets = {v.uuid: v.target for v in repo.volumes_of_vm(row.vm_uuid)}
     disks = []
     for ref, snap in sorted(refs, key=lambda rs: rs[0].device_id):
-        if snap.deleted or snap.changed:
-            why = "deleted" if snap.deleted else f"changed ({snap.changed})"
-            raise OperationError(
-                f"group {uuid} cannot be read: its snapshot of volume {ref.volume_uuid} is {why}"
-            )
+        check_intact(uuid, ref.volume_uuid, snap, to_be="read")
         if not ctx.images.exists(snap.install_path):
             raise NotFound(f"group {uuid}: its snapshot file {snap.install_path} is missing")
         target = targets.get(ref.volume_uuid) or f"disk{ref.device_id}"
