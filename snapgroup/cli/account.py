@@ -13,7 +13,7 @@ from snapgroup.domain.errors import InvalidArgument
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("account", help="accounts of the REST API (`snapgroup serve`)")
+    parser = sub.add_parser("account")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     set_password = actions.add_parser(
         "set-password",

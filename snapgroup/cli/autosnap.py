@@ -15,7 +15,6 @@ from snapgroup.ops.autosnap import DEFAULT_PARALLEL, DEFAULT_WAIT
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "autosnap",
-        help="one policy pass: take the groups that are due, prune beyond the keep counts",
         description="For every VM under a policy: a group when a UTC slot is due, then its "
         "policy-made groups beyond the keep counts deleted (only after a successful "
         "create; hand-made, protected and clone-read groups never). VMs in parallel; a busy "

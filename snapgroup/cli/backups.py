@@ -11,7 +11,7 @@ from snapgroup.domain.backup_manifest import BackupManifest
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("backups", help="list the backups in a repository")
+    parser = sub.add_parser("backups")
     parser.add_argument("--at", required=True, metavar="DIR", help="the repository")
     parser.add_argument("--vm", help="only this VM's (name or UUID)")
     parser.add_argument("--tree", action="store_true", help="each backup under its base")

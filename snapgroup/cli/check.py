@@ -10,7 +10,7 @@ from snapgroup.cli.output import print_json, table
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("check", help="check whether groups can still be reverted to")
+    parser = sub.add_parser("check")
     parser.add_argument("uuids", nargs="+", metavar="GROUP_UUID")
     parser.set_defaults(run=run)
 

@@ -14,7 +14,6 @@ from snapgroup.domain.errors import InvalidArgument
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "clone",
-        help="define a new VM on a group's point in time (the original keeps running)",
         description="Define a new libvirt VM (new UUID, new MAC addresses, its own "
         "overlays on the group's snapshots) that boots from the group's point in time. "
         "While the clone exists, the snapshots it reads cannot be deleted.",

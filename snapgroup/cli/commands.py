@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TextIO, cast
-
-from snapgroup.cli.output import Abort, abort
-from snapgroup.domain.errors import InternalError, SnapgroupError
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol, TextIO, cast
 
 if TYPE_CHECKING:
     from snapgroup.cli.context import Context
@@ -23,46 +19,76 @@ class Command(Protocol):
     def register(self, sub: Any) -> None: ...
 
 
-# Every command, in the order `--help` lists them, and the module (snapgroup.cli.<module>)
-# that registers it. A command line imports only its command's module (build_parser's
-# `command`): what the others need (the REST stack, backups, policies) is never loaded.
-COMMANDS: dict[str, str] = {
-    "volumes": "volumes",
-    "create": "create",
-    "list": "listing",
-    "show": "show",
-    "update": "update",
-    "delete": "delete",
-    "check": "check",
-    "revert": "revert",
-    "clone": "clone",
-    "ungroup": "ungroup",
-    "tree": "tree",
-    "snapshots": "snapshots",
-    "delete-snapshot": "delete_snapshot",
-    "sync": "sync",
-    "recover": "recover",
-    "verify": "verify",
-    "operations": "operations",
-    "hosts": "hosts",
-    "policy": "policy",
-    "autosnap": "autosnap",
-    "protect": "protect",
-    "unprotect": "protect",
-    "install-units": "install_units",
-    "libvirt-hook": "libvirt_hook",
-    "export": "export",
-    "backups": "backups",
-    "verify-backup": "verify_backup",
-    "restore": "restore",
-    "prune-backups": "prune_backups",
-    "files": "files",
-    "extract": "extract",
-    "mount": "mount",
-    "umount": "mount",
-    "instant-follow": "instant_follow",
-    "serve": "serve",
-    "account": "account",
+class Entry(NamedTuple):
+    """A command: the module (snapgroup.cli.<module>) that adds its arguments and run(),
+    and the one line `snapgroup --help` shows for it (None: argparse.SUPPRESS)."""
+
+    module: str
+    summary: str | None
+
+
+# Every command, in the order `snapgroup --help` lists them. A command line imports only
+# its own command's module (build_parser's `command`), and `snapgroup --help` none
+# (`stubs`): what the others need (the REST stack, backups, policies) is never loaded.
+COMMANDS: dict[str, Entry] = {
+    "volumes": Entry("volumes", "list a VM's disks and what a group would cover"),
+    "create": Entry("create", "take a snapshot group of every disk of a VM"),
+    "list": Entry("listing", "list snapshot groups (oldest first, one page)"),
+    "show": Entry("show", "show one snapshot group"),
+    "update": Entry("update", "rename or describe a snapshot group"),
+    "delete": Entry("delete", "delete a group, merging its snapshots away"),
+    "check": Entry("check", "check whether groups can still be reverted to"),
+    "revert": Entry("revert", "restore a stopped VM's volumes to a group's point in time"),
+    "clone": Entry(
+        "clone", "define a new VM on a group's point in time (the original keeps running)"
+    ),
+    "ungroup": Entry("ungroup", "drop a group and keep its snapshots (see `snapshots`)"),
+    "tree": Entry("tree", "show a VM's groups as a tree: which came from which, which is current"),
+    "snapshots": Entry("snapshots", "list a VM's volume snapshots"),
+    "delete-snapshot": Entry(
+        "delete_snapshot",
+        "delete one volume snapshot, merging it away; its group ref is kept and marked "
+        "snapshotDeleted (the group becomes unavailable)",
+    ),
+    "sync": Entry(
+        "sync",
+        "record disks attached or detached, removed volumes and undefined VMs since the "
+        "last look; report tops and chains that differ (every operation does this "
+        "first; data files are never removed)",
+    ),
+    "recover": Entry("recover", "finish or roll back interrupted operations"),
+    "verify": Entry("verify", "compare the metadata with reality"),
+    "operations": Entry("operations", "list the operation journal"),
+    "hosts": Entry("hosts", "list the hosts of the store, their leases and their VMs"),
+    "policy": Entry("policy", "snapshot policies: groups taken and pruned by themselves"),
+    "autosnap": Entry(
+        "autosnap", "one policy pass: take the groups that are due, prune beyond the keep counts"
+    ),
+    "protect": Entry(
+        "protect", "protect a group: never pruned by a policy, a delete of it refused"
+    ),
+    "unprotect": Entry("protect", "undo `protect`: the group may be deleted (and pruned) again"),
+    "install-units": Entry(
+        "install_units",
+        "install and enable the systemd units (autosnap timer every 15 min, daemon)",
+    ),
+    "libvirt-hook": Entry(
+        "libvirt_hook", "libvirt's qemu hook: refuse a migration while an operation holds the VM"
+    ),
+    "export": Entry("export", "copy a group to a backup repository (incremental when it can be)"),
+    "backups": Entry("backups", "list the backups in a repository"),
+    "verify-backup": Entry("verify_backup", "checksums and qemu-img check of a repository's files"),
+    "restore": Entry("restore", "a new VM (or disk images) from any backup"),
+    "prune-backups": Entry(
+        "prune_backups", "keep a VM's N newest backups, merging older ones into their successors"
+    ),
+    "files": Entry("files", "a group's or a backup's filesystems, or a directory in one"),
+    "extract": Entry("extract", "copy files or trees out of a group or a backup"),
+    "mount": Entry("mount", "expose a group's or a backup's filesystem read-only at a directory"),
+    "umount": Entry("mount", "undo snapgroup mount"),
+    "instant-follow": Entry("instant_follow", None),
+    "serve": Entry("serve", "serve the seed's REST API (ZStack's VolumeSnapshotGroup API)"),
+    "account": Entry("account", "accounts of the REST API (`snapgroup serve`)"),
 }
 
 # argparse's status for a usage error, under --json too: it is not a failed operation (1).
@@ -124,25 +150,58 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
 def build_parser(
     parser_class: type[argparse.ArgumentParser] = _Parser,
     *,
-    extra: Mapping[str, str] = {},
+    extra: Mapping[str, Entry] = {},
     command: str | None = None,
+    stubs: bool = False,
 ) -> argparse.ArgumentParser:
-    """The parser of every command of COMMANDS (and `extra`, in the same shape), or, when
-    `command` names one (see command_of), of that command alone: it parses that
-    command's lines exactly as the whole parser does, importing only its module."""
+    """The parser of every command of COMMANDS (and `extra`), or, when `command` names one
+    (see command_of), of that command alone: it parses that command's lines exactly as
+    the whole parser does, importing only its module. `stubs`: every command by its
+    summary alone, no module imported, for what argparse answers before it reaches a
+    command's arguments (`--help`, no command, an unknown one)."""
     catalog = {**COMMANDS, **extra}
     parser = parser_class(
         prog="snapgroup", description="Consistent snapshot groups of a libvirt VM's disks."
     )
     add_global_options(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    names = catalog if command is None else [command]
-    for module in dict.fromkeys(catalog[name] for name in names):  # protect, unprotect: once
-        loaded = cast(Command, importlib.import_module(f"snapgroup.cli.{module}"))
-        loaded.register(sub)
+    sub = _Summarised(
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), catalog
+    )
+    if stubs:
+        for name in catalog:
+            sub.add_parser(name)
+    else:
+        names = catalog if command is None else [command]
+        for module in dict.fromkeys(catalog[name].module for name in names):  # mount, umount
+            loaded = cast(Command, importlib.import_module(f"snapgroup.cli.{module}"))
+            loaded.register(sub)
     for command_parser in _all_subparsers(parser):
         add_global_options(command_parser, suppress=True)
     return parser
+
+
+class _Summarised:
+    """The subparsers action as a command module sees it: each command's parser gets its
+    one-line help from the catalog."""
+
+    def __init__(
+        self, action: argparse._SubParsersAction[Any], catalog: Mapping[str, Entry]
+    ) -> None:
+        self._action, self._catalog = action, catalog
+
+    @property
+    def _parser_class(self) -> type[argparse.ArgumentParser]:
+        return self._action._parser_class
+
+    @_parser_class.setter  # cli/files.py makes its commands' parsers intermixed
+    def _parser_class(self, value: type[argparse.ArgumentParser]) -> None:
+        self._action._parser_class = value
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        summary = self._catalog[name].summary
+        help_ = argparse.SUPPRESS if summary is None else summary
+        parser: argparse.ArgumentParser = self._action.add_parser(name, help=help_, **kwargs)
+        return parser
 
 
 # The global options that take a value (as the next argument or after "=").
@@ -196,6 +255,12 @@ def execute(
     context_factory: Callable[[argparse.Namespace], Context],
 ) -> int:
     """Run parsed arguments: here, or in the daemon (snapgroup.cli.command_server)."""
+    # Loaded with the command (`snapgroup --help` and usage errors never get here).
+    import logging
+
+    from snapgroup.cli.output import Abort, abort
+    from snapgroup.domain.errors import InternalError, SnapgroupError
+
     run: Callable[[argparse.Namespace, Context], int] = args.run
     try:
         ctx = context_factory(args)

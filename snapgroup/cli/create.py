@@ -11,7 +11,7 @@ from snapgroup.ops.consistency import Consistency
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("create", help="take a snapshot group of every disk of a VM")
+    parser = sub.add_parser("create")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--vm", help="VM name or UUID")
     target.add_argument("--root-volume", metavar="UUID", help="the VM's root volume UUID")

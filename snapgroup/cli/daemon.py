@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "daemon",
-        help="keep an engine open so that `snapgroup` commands start fast",
         description="Serve this host's `snapgroup` commands on a Unix socket (0600, "
         "root's): each then runs here, on an open libvirt connection and store, unless "
         "it asks for another store, libvirt URI or environment. Stops on SIGTERM or "

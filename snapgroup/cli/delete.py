@@ -10,7 +10,7 @@ from snapgroup.cli.output import ProgressPrinter, print_json, print_plan, result
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("delete", help="delete a group, merging its snapshots away")
+    parser = sub.add_parser("delete")
     parser.add_argument("uuid", metavar="GROUP_UUID")
     parser.add_argument(
         "--mode",

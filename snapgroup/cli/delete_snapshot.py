@@ -12,8 +12,6 @@ from snapgroup.cli.output import ProgressPrinter, print_json, table
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "delete-snapshot",
-        help="delete one volume snapshot, merging it away; its group ref is kept and "
-        "marked snapshotDeleted (the group becomes unavailable)",
     )
     parser.add_argument("uuid", metavar="SNAPSHOT_UUID")
     parser.add_argument(

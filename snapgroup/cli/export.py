@@ -12,7 +12,6 @@ from snapgroup.cli.output import ProgressPrinter, print_json, table
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "export",
-        help="copy a group to a backup repository (incremental when it can be)",
         description="Export the group's disks to the repository in DIR: only the clusters "
         "changed since the newest export of an ancestor group still in the repository, "
         "else the whole disks (the output says why). Works on running VMs.",

@@ -16,7 +16,6 @@ def register(sub: Any) -> None:
         "extract",
         usage="%(prog)s (GROUP | --backup ID --at DIR) [--disk TARGET] [--fs NAME] "
         "PATH... --to DIR",
-        help="copy files or trees out of a group or a backup",
         description="Each PATH (a file, or a directory's whole tree) is copied to "
         "DIR/<its name> with its mtime and mode (no setuid/setgid/sticky bit, no "
         "group/other write, owned by you); nothing existing is overwritten, no link "

@@ -72,7 +72,6 @@ def register(sub: Any) -> None:
         sub,
         "files",
         usage="%(prog)s (GROUP | --backup ID --at DIR) [--disk TARGET] [--fs NAME] [PATH]",
-        help="a group's or a backup's filesystems, or a directory in one",
         description="Without PATH: the disks' partitions, filesystems and LVM volumes. "
         "With PATH: that directory (name, type, size, mtime, mode). " + SOURCE_HELP,
     )

@@ -12,7 +12,6 @@ from snapgroup.cli.output import print_json, table
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "hosts",
-        help="list the hosts of the store, their leases and their VMs",
         description="Every host that holds a lease in the store or owns a VM's rows. A "
         "host renews its lease while it operates or serves; another host takes a VM over "
         "when the VM runs there and its owner's lease has expired or its owner reports "

@@ -26,7 +26,6 @@ HOOK = "etc/libvirt/hooks/qemu.d/snapgroup"  # beside any other qemu hook (libvi
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "install-units",
-        help="install and enable the systemd units (autosnap timer every 15 min, daemon)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print what it would do")
     parser.add_argument(

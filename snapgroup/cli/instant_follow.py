@@ -17,7 +17,6 @@ from snapgroup.cli.context import Context
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "instant-follow",
-        help=argparse.SUPPRESS,
         description="Drive an instant recovery's copy to its end (started by "
         "restore/clone --instant).",
     )

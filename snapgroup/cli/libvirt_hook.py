@@ -19,7 +19,6 @@ from snapgroup.domain.validate import parse_uuid
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "libvirt-hook",
-        help="libvirt's qemu hook: refuse a migration while an operation holds the VM",
     )
     parser.add_argument("name", help="the domain's name")
     parser.add_argument("operation", help="libvirt's hook operation (migrate, start, ...)")

@@ -16,7 +16,7 @@ DEFAULT_PAGE = 100
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("list", help="list snapshot groups (oldest first, one page)")
+    parser = sub.add_parser("list")
     parser.add_argument("--vm", help="only this VM's groups (name or UUID)")
     parser.add_argument(
         "--limit",

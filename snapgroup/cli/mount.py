@@ -17,14 +17,13 @@ def register(sub: Any) -> None:
         sub,
         "mount",
         usage="%(prog)s (GROUP | --backup ID --at DIR) [--disk TARGET] [--fs NAME] MOUNTPOINT",
-        help="expose a group's or a backup's filesystem read-only at a directory",
         description="One filesystem, read-only (FUSE, served by the appliance), until "
         "`snapgroup umount MOUNTPOINT`. " + SOURCE_HELP,
     )
     parser.add_argument("words", nargs="+", metavar="[GROUP] MOUNTPOINT")
     add_source(parser)
     parser.set_defaults(run=run)
-    unmount = sub.add_parser("umount", help="undo snapgroup mount")
+    unmount = sub.add_parser("umount")
     unmount.add_argument("mountpoint", metavar="MOUNTPOINT")
     unmount.set_defaults(run=run_umount)
 

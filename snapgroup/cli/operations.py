@@ -11,7 +11,7 @@ from snapgroup.cli.recover import operation_dict
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("operations", help="list the operation journal")
+    parser = sub.add_parser("operations")
     parser.add_argument("--limit", type=int, default=50)
     parser.set_defaults(run=run)
 

@@ -13,9 +13,7 @@ from snapgroup.domain.retention import CONSISTENCIES, LABELS, Policy, Retention
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "policy", help="snapshot policies: groups taken and pruned by themselves"
-    )
+    parser = sub.add_parser("policy")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     put = actions.add_parser(
         "set",

@@ -11,11 +11,8 @@ from snapgroup.cli.output import group_detail, print_json
 
 
 def register(sub: Any) -> None:
-    for name, text in (
-        ("protect", "protect a group: never pruned by a policy, a delete of it refused"),
-        ("unprotect", "undo `protect`: the group may be deleted (and pruned) again"),
-    ):
-        parser = sub.add_parser(name, help=text)
+    for name in ("protect", "unprotect"):
+        parser = sub.add_parser(name)
         parser.add_argument("uuid", metavar="GROUP_UUID")
         parser.set_defaults(run=run, protected=name == "protect")
 

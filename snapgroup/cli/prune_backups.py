@@ -12,7 +12,6 @@ from snapgroup.cli.output import print_json
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "prune-backups",
-        help="keep a VM's N newest backups, merging older ones into their successors",
     )
     parser.add_argument("--at", required=True, metavar="DIR", help="the repository")
     parser.add_argument("--vm", required=True, help="the VM (name or UUID)")

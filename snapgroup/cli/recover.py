@@ -10,7 +10,7 @@ from snapgroup.cli.output import print_json, table
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("recover", help="finish or roll back interrupted operations")
+    parser = sub.add_parser("recover")
     parser.set_defaults(run=run, skip_auto_recover=True)
 
 

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "restore",
-        help="a new VM (or disk images) from any backup",
         description="Restore a backup: --as defines a new VM from the manifest's domain "
         "XML (new UUID and MACs, disks as new UUID-named files beside the original VM's "
         "or in --disk-dir); --to-dir only writes the disk images. A backup whose chain "

@@ -13,7 +13,6 @@ from snapgroup.domain.models import DEFAULT_STOP_TIMEOUT
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "revert",
-        help="restore a stopped VM's volumes to a group's point in time",
         description="Restore every volume of the VM (or only --volumes) to the group's "
         "point in time. The VM must be stopped. By default a safety group of the current "
         "state is taken first, so nothing is lost; any group can be reverted to and the "

@@ -20,7 +20,6 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "serve",
-        help="serve the seed's REST API (ZStack's VolumeSnapshotGroup API)",
         description="Serve the API at http://HOST:PORT<context-path>/v1. Every call needs "
         "a session from PUT <context-path>/v1/accounts/login (`snapgroup account "
         "set-password` makes an account).",

@@ -10,7 +10,7 @@ from snapgroup.cli.output import print_json, table
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("snapshots", help="list a VM's volume snapshots")
+    parser = sub.add_parser("snapshots")
     parser.add_argument("--vm", required=True, help="VM name or UUID (also of an undefined VM)")
     parser.set_defaults(run=run)
 

@@ -12,9 +12,6 @@ from snapgroup.cli.output import print_json, table
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "sync",
-        help="record disks attached or detached, removed volumes and undefined VMs since "
-        "the last look; report tops and chains that differ (every operation does this "
-        "first; data files are never removed)",
     )
     parser.add_argument("--vm", help="only this VM (name or UUID, also of an undefined VM)")
     parser.set_defaults(run=run)

@@ -10,9 +10,7 @@ from snapgroup.cli.output import print_json
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "tree", help="show a VM's groups as a tree: which came from which, which is current"
-    )
+    parser = sub.add_parser("tree")
     parser.add_argument("--vm", required=True, help="VM name or UUID (also of an undefined VM)")
     parser.set_defaults(run=run)
 

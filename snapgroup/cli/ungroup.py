@@ -10,7 +10,7 @@ from snapgroup.cli.output import group_detail, print_json
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("ungroup", help="drop a group and keep its snapshots (see `snapshots`)")
+    parser = sub.add_parser("ungroup")
     parser.add_argument("uuid", metavar="GROUP_UUID")
     parser.set_defaults(run=run)
 

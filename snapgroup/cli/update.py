@@ -10,7 +10,7 @@ from snapgroup.cli.output import group_detail, print_json
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("update", help="rename or describe a snapshot group")
+    parser = sub.add_parser("update")
     parser.add_argument("uuid", metavar="GROUP_UUID")
     parser.add_argument("--name")
     parser.add_argument("--description")

@@ -10,7 +10,7 @@ from snapgroup.cli.output import print_json, table
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("verify", help="compare the metadata with reality")
+    parser = sub.add_parser("verify")
     parser.add_argument("--vm", help="only this VM (name or UUID)")
     parser.add_argument("--repair", action="store_true", help="fix what is safe to fix")
     parser.set_defaults(run=run)

@@ -12,7 +12,6 @@ from snapgroup.cli.output import print_json
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "verify-backup",
-        help="checksums and qemu-img check of a repository's files",
         description="Check every file the backup (default: every backup) reads: its "
         "SHA-256 against the manifest and `qemu-img check`. Exit status 1 when any file "
         "is missing or damaged; each is named with the backups it breaks.",

@@ -10,7 +10,7 @@ from snapgroup.cli.output import print_json, table
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("volumes", help="list a VM's disks and what a group would cover")
+    parser = sub.add_parser("volumes")
     parser.add_argument("--vm", required=True, help="VM name or UUID")
     parser.set_defaults(run=run)
 
