@@ -21,7 +21,7 @@ class Command(Protocol):
 
 class Entry(NamedTuple):
     """A command: the module (snapgroup.cli.<module>) that adds its arguments and run(),
-    and the one line `snapgroup --help` shows for it (None: argparse.SUPPRESS)."""
+    and the one line `snapgroup --help` shows for it (None: hidden, not listed)."""
 
     module: str
     summary: str | None
@@ -199,8 +199,11 @@ class _Summarised:
 
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         summary = self._catalog[name].summary
-        help_ = argparse.SUPPRESS if summary is None else summary
-        parser: argparse.ArgumentParser = self._action.add_parser(name, help=help_, **kwargs)
+        if summary is not None:
+            kwargs["help"] = summary
+        # A hidden command gets no help at all: argparse (3.11) lists help=SUPPRESS as
+        # "==SUPPRESS==" among the commands; without help it is not listed.
+        parser: argparse.ArgumentParser = self._action.add_parser(name, **kwargs)
         return parser
 
 

@@ -107,6 +107,8 @@ def test_help_lists_every_command_as_the_whole_parser_does() -> None:
     for name, entry in COMMANDS.items():
         if entry.summary is not None:
             assert f"{name} {' '.join(entry.summary.split())}" in text
+        else:  # hidden: not listed (argparse printed help=SUPPRESS as "==SUPPRESS==")
+            assert f"  {name}" not in stubs and "SUPPRESS" not in stubs
 
 
 def test_a_commands_help_loads_only_that_command(tmp_path: Path) -> None:
