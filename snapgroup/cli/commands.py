@@ -257,7 +257,27 @@ def execute(
     err: TextIO,
     context_factory: Callable[[argparse.Namespace], Context],
 ) -> int:
-    """Run parsed arguments: here, or in the daemon (snapgroup.cli.command_server)."""
+    """Run parsed arguments: here, or in the daemon (snapgroup.cli.command_server).
+    The warnings the command's operations give (a VM taken over from another host) go
+    with its result: under --json a "warnings" list in its document (output.print_json),
+    else a `warning: ...` line each on stderr once it is done."""
+    from snapgroup.ops.notices import collecting
+
+    with collecting() as warnings:
+        status = _execute(args, out=out, err=err, context_factory=context_factory)
+    if not args.json:
+        for warning in warnings:
+            err.write(f"warning: {warning}\n")
+    return status
+
+
+def _execute(
+    args: argparse.Namespace,
+    *,
+    out: TextIO,
+    err: TextIO,
+    context_factory: Callable[[argparse.Namespace], Context],
+) -> int:
     # Loaded with the command (`snapgroup --help` and usage errors never get here).
     import logging
 

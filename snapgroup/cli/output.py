@@ -11,6 +11,7 @@ from typing import Any, NoReturn, Protocol, TextIO
 from snapgroup.domain.errors import SnapgroupError
 from snapgroup.domain.inventory import Group, date_memo
 from snapgroup.domain.models import BlockJobProgress
+from snapgroup.ops.notices import given
 
 
 class Abort(SystemExit):
@@ -18,6 +19,11 @@ class Abort(SystemExit):
 
 
 def print_json(document: dict[str, Any], out: TextIO) -> None:
+    """The document, and beside its keys "warnings" when the command's operations gave
+    any (commands.execute collects them: a VM taken over from another host)."""
+    warnings = given()
+    if warnings and "warnings" not in document:
+        document = {**document, "warnings": warnings}
     json.dump(document, out, indent=2, ensure_ascii=False)
     out.write("\n")
 

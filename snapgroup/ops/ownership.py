@@ -6,7 +6,6 @@ OpContext.check_owner is the one caller."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
@@ -14,12 +13,11 @@ from snapgroup.domain.errors import NotFound
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.ownership import Decision, Verdict, decide
 from snapgroup.ops.host_lease import lease_seconds
+from snapgroup.ops.notices import warn
 from snapgroup.ports import Hypervisor
 from snapgroup.store.hosts import HostRepo
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import VolumeRow
-
-log = logging.getLogger(__name__)
 
 
 def domain_here(hv: Hypervisor, vm_uuid: str) -> DomainInfo | None:
@@ -77,7 +75,8 @@ def take_over(
     new_uuid: Callable[[], str],
     running_here: bool,
 ) -> str:
-    """The VM's rows moved to `host` in the caller's transaction; the warning said."""
+    """The VM's rows moved to `host` in the caller's transaction; the warning said
+    (ops/notices.py: beside the result of the command or job that caused it)."""
     assert decision.verdict is Verdict.TAKE_OVER and decision.owner is not None
     message = f"VM {vm_uuid} taken over from host {decision.owner}: {decision.reason}"
     hosts = HostRepo(repo.session)
@@ -99,5 +98,5 @@ def take_over(
     if mine is not None and mine.expires > expires:
         expires = mine.expires
     hosts.renew(host, now=now, expires=expires, running=running)
-    log.warning("%s", message)
+    warn(message)  # in the result of the command or job that caused it
     return message

@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 from snapgroup.api import Engine
 from snapgroup.domain.errors import NotFound
 from snapgroup.domain.ownership import OwnedElsewhere
+from snapgroup.ops.notices import collecting
 from snapgroup.rest import prechecks
 from snapgroup.rest.auth import Accounts
 from snapgroup.rest.forward import forward, forwardable
@@ -95,14 +97,29 @@ class Services:
         if job is None:
             prechecks.take_named_vm()  # nothing left from an earlier request
             try:
-                work = precheck()
+                with collecting() as warnings:  # a take-over in the checks, said too
+                    work = precheck()
             except OwnedElsewhere as elsewhere:  # the VM's owner serves: it answers
                 if not forwardable(request, elsewhere):
                     raise
                 return forward(request, elsewhere, prefix=self.prefix, host=self.engine.host)
+            work = saying(warnings, work)
             job = self.jobs.submit(job_uuid, kind, work, vm_uuid=prechecks.take_named_vm())
         location = f"{str(request.base_url).rstrip('/')}{self.prefix}/api-jobs/{job.uuid}"
         return JSONResponse({"location": location}, status_code=202)
+
+
+def saying(before: list[str], work: Work) -> Work:
+    """`work`, whose result document also carries "warnings" (beside ZStack's keys)
+    when the request's checks or the job's operations gave any: a VM taken over."""
+
+    def run() -> dict[str, Any]:
+        with collecting() as warnings:
+            document = work()
+        said = [*before, *warnings]
+        return {**document, "warnings": said} if said and "warnings" not in document else document
+
+    return run
 
 
 async def services(request: Request) -> Services:

@@ -6,13 +6,18 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from snapgroup.api import Engine
+from snapgroup.cli.context import Context
+from snapgroup.cli.main import main
 from snapgroup.domain.errors import OperationError
 from snapgroup.domain.models import VmState
 from snapgroup.store.db import Database
@@ -211,3 +216,39 @@ def test_wait_waits_for_a_migration_to_settle(cluster: Cluster) -> None:
     reporter.join()
     assert taken.name == "on-b"
     assert any(op.kind == "takeover" for op in b.engine.operations())
+
+
+def _cli(host: Host, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+
+    def context(args: Any) -> Context:
+        return Context(make_engine=lambda: host.engine, as_json=args.json)
+
+    code = main(list(argv), out=out, err=err, context_factory=context)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_the_command_that_takes_a_vm_over_says_so_in_its_result(
+    cluster: Cluster, as_json: bool
+) -> None:
+    a, b = cluster.a, cluster.b
+    a.engine.create(vm="vm1", name="on-a")
+    cluster.migrate()
+    cluster.clock.advance(61)  # a's lease expired
+    json_flag = ["--json"] if as_json else []
+    code, out, err = _cli(b, *json_flag, "create", "--vm", "vm1", "--name", "on-b")
+    assert code == 0, err
+    said = f"VM {VM} taken over from host host-a: host host-a's lease expired at "
+    if as_json:
+        document = json.loads(out)
+        assert document["inventory"]["name"] == "on-b"  # ZStack's shape, and beside it:
+        assert set(document) == {"inventory", "warnings"}
+        assert len(document["warnings"]) == 1 and document["warnings"][0].startswith(said)
+    else:
+        assert "on-b" in out and "taken over" not in out
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"warning: {said}"), err
+    # Said once: the next command on b has nothing to say.
+    code, out, err = _cli(b, *json_flag, "list")
+    assert code == 0 and "taken over" not in out + err

@@ -1,0 +1,40 @@
+"""Warnings an operation gives its caller beside its result (a take-over of the VM:
+ops/ownership.py). An entry point collects them around a command or a REST job
+(`collecting`) and shows them with the result; outside one they are only logged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+log = logging.getLogger(__name__)
+
+_collected: ContextVar[list[str] | None] = ContextVar("snapgroup_warnings", default=None)
+
+
+@contextmanager
+def collecting() -> Iterator[list[str]]:
+    """The warnings given in this thread while the block runs, in order."""
+    found: list[str] = []
+    token = _collected.set(found)
+    try:
+        yield found
+    finally:
+        _collected.reset(token)
+
+
+def warn(message: str) -> None:
+    """Said to the caller when one collects (logged at INFO), else logged as a warning."""
+    found = _collected.get()
+    if found is None:
+        log.warning("%s", message)
+    else:
+        log.info("%s", message)
+        found.append(message)
+
+
+def given() -> list[str]:
+    """The warnings collected so far (none when nothing collects)."""
+    return list(_collected.get() or ())
