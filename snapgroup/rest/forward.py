@@ -3,12 +3,15 @@ in the host registry, domain/ownership.py): the client that talks to any host of
 store is answered by the VM's owner, as if it had asked it. The same request goes on:
 method, path below the context path, query, body, the session (sessions are in the
 shared store) and the job's uuid; the owner's answer comes back (its status and JSON
-document: its job's location is the owner's). A forwarded request is never forwarded again."""
+document), a job's location pointing back at this server: the job's state is in the
+store, which every server answers polls from, so the client talks to this host alone.
+A forwarded request is never forwarded again."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import urllib.error
 import urllib.request
 
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 FORWARDED = "X-Snapgroup-Forwarded"  # the header a forwarded request carries
 PASSED = ("authorization", "content-type", "x-job-uuid", "accept")
 TIMEOUT = 30.0  # seconds: the owner answers 202 at once (the work runs as its job)
+_JOB_LOCATION = re.compile(r"/api-jobs/([0-9a-f]{32})$")
 
 
 def forwardable(request: Request, elsewhere: OwnedElsewhere) -> bool:
@@ -63,4 +67,16 @@ def forward(request: Request, elsewhere: OwnedElsewhere, *, prefix: str, host: s
             f"{elsewhere.details}; its server at {elsewhere.address} answered the "
             f"forwarded request with HTTP {status} and no JSON document"
         ) from None
+    if status == 202 and isinstance(document, dict):
+        document = _located_here(document, request, prefix)
     return JSONResponse(document, status_code=status)
+
+
+def _located_here(document: dict[str, object], request: Request, prefix: str) -> dict[str, object]:
+    """The owner's job, polled at this server (its location rewritten)."""
+    location = document.get("location")
+    found = _JOB_LOCATION.search(location) if isinstance(location, str) else None
+    if found is None:
+        return document
+    here = f"{str(request.base_url).rstrip('/')}{prefix}/api-jobs/{found.group(1)}"
+    return {**document, "location": here}

@@ -11,11 +11,20 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from snapgroup.cli.install_units import default_hook, hook_text
+from snapgroup.store.db import Database
+from snapgroup.store.hosts import HostRepo
+
+ROOT = Path(__file__).resolve().parents[2]
 
 HOST_UUID = "5a9b0000-0000-4000-8000-00000000b0b0"
 BOUND = (  # its own directory under the root -> where the daemon sees it
@@ -82,6 +91,80 @@ def second_libvirtd(root: Path, *, hook: str | None = None) -> Iterator[str]:
         log.close()
         if os.environ.get("SNAPGROUP_KEEP_SECOND_HOST") != "1":
             shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def host_b(pg_url: str) -> Iterator[str]:
+    """Host b's libvirt (second_libvirtd), its qemu hook running this snapgroup on the
+    store at `pg_url`; its URI."""
+    root = Path(f"/var/tmp/sg-lab-hostb-{uuid.uuid4().hex[:8]}")
+    wrapper = root.with_name(root.name + "-snapgroup")
+    wrapper.write_text(
+        f"#!/bin/sh\nexport SNAPGROUP_DB='{pg_url}' PYTHONPATH='{ROOT}'\n"
+        f'exec {sys.executable} -m snapgroup "$@"\n'
+    )
+    wrapper.chmod(0o700)
+    try:
+        hook = hook_text(default_hook().read_text(), str(wrapper))
+        with second_libvirtd(root, hook=hook) as uri:
+            yield uri
+    finally:
+        wrapper.unlink()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def snapgroup_env(host: str, uri: str) -> dict[str, str]:
+    """A snapgroup process of host `host` (SNAPGROUP_HOST) on the libvirt at `uri`."""
+    return {
+        **os.environ,
+        "SNAPGROUP_HOST": host,
+        "LIBVIRT_DEFAULT_URI": uri,
+        "SNAPGROUP_NO_DAEMON": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+@contextmanager
+def serving(
+    store: Database, pg_url: str, host: str, uri: str, *, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`snapgroup serve` of host `host` as a process of its own on a loopback port
+    (its output in `log`), once its address is in the host registry; killed afterwards.
+    Its URL: the lease's address (`address`)."""
+    with log.open("ab") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "snapgroup", "--db", pg_url, "serve", "--listen",
+             f"127.0.0.1:{free_port()}"],
+            cwd=ROOT, env=snapgroup_env(host, uri), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with store.transaction() as session:
+                lease = HostRepo(session).lease(host)
+            if lease is not None and lease.address is not None:
+                break
+            assert serve.poll() is None, f"serve of {host} stopped: {log.read_text()}"
+            assert time.monotonic() < deadline, f"serve of {host} did not start"
+            time.sleep(0.1)
+        yield serve
+    finally:
+        serve.kill()
+        serve.wait()
+
+
+def address(store: Database, host: str) -> str:
+    """Where host `host` serves (its registry row)."""
+    with store.transaction() as session:
+        lease = HostRepo(session).lease(host)
+    assert lease is not None and lease.address is not None
+    return lease.address
 
 
 def _virsh(uri: str, *args: str) -> str:

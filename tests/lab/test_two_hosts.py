@@ -10,12 +10,8 @@ between them (one machine: loopback)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -26,38 +22,25 @@ import pytest
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
 from snapgroup.adapters.qemu_img import QemuImg
 from snapgroup.api import Engine
-from snapgroup.cli.install_units import default_hook, hook_text
 from snapgroup.domain.errors import OperationError
 from snapgroup.store.db import Database
 from snapgroup.store.hosts import HostRepo
 from snapgroup.testing.labvm import LabVm, create_lab_vm, lab_directory
-from tests.lab.second_host import second_libvirtd
+from tests.lab.second_host import host_b, serving
 from tests.lab.tools import sh
 from tests.pgtools import empty_all_tables
 
 pytestmark = pytest.mark.lab
 
 A = "qemu:///system"
-ROOT = Path(__file__).resolve().parents[2]
 LEASE = 3.0  # seconds: a host's lease, short for the test
 
 
 @pytest.fixture(scope="module")
 def b_uri(pg_url: str) -> Iterator[str]:
     """Host b's libvirt, its qemu hook running this snapgroup on the test's store."""
-    root = Path(f"/var/tmp/sg-lab-hostb-{uuid.uuid4().hex[:8]}")
-    wrapper = root.with_name(root.name + "-snapgroup")
-    wrapper.write_text(
-        f"#!/bin/sh\nexport SNAPGROUP_DB='{pg_url}' PYTHONPATH='{ROOT}'\n"
-        f'exec {sys.executable} -m snapgroup "$@"\n'
-    )
-    wrapper.chmod(0o700)
-    try:
-        hook = hook_text(default_hook().read_text(), str(wrapper))
-        with second_libvirtd(root, hook=hook) as uri:
-            yield uri
-    finally:
-        wrapper.unlink()
+    with host_b(pg_url) as uri:
+        yield uri
 
 
 @pytest.fixture
@@ -171,34 +154,15 @@ def test_no_migration_while_an_operation_holds_the_vm(
     assert done.returncode == 0, done.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_b_takes_over_once_the_lease_of_as_killed_server_runs_out(
-    store: Database, vm: LabVm, b_uri: str, pg_url: str
+    store: Database, vm: LabVm, b_uri: str, pg_url: str, tmp_path: Path
 ) -> None:
     a = _host(store, A, "hosta")
     a.create(vm=vm.name, name="on-a")
-    env = {**os.environ, "SNAPGROUP_HOST": "hosta", "SNAPGROUP_NO_DAEMON": "1"}
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "snapgroup", "--db", pg_url, "serve", "--listen",
-         f"127.0.0.1:{_free_port()}"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # serving: its address is in the registry
-            with store.transaction() as session:
-                lease = HostRepo(session).lease("hosta")
-            if lease is not None and lease.address is not None:
-                break
-            assert serve.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
-        assert lease.runs(vm.uuid)
+    with serving(store, pg_url, "hosta", A, log=tmp_path / "serve-a.log") as serve:
+        with store.transaction() as session:
+            lease = HostRepo(session).lease("hosta")
+        assert lease is not None and lease.runs(vm.uuid)
         serve.send_signal(signal.SIGKILL)  # host a's server dies, its lease with it
         serve.wait()
         done = _migrate(vm, b_uri)
@@ -210,6 +174,3 @@ def test_b_takes_over_once_the_lease_of_as_killed_server_runs_out(
         assert hosta is not None and hosta.address is not None  # killed: never erased
         assert not hosta.live(b.clock())
         assert {g.name for g in b.list_groups(vm=vm.name)} == {"on-a", "on-b"}
-    finally:
-        serve.kill()
-        serve.wait()
