@@ -123,6 +123,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from snapgroup.rest import create_app
     from snapgroup.rest.app import normalize_context_path
     from snapgroup.rest.heartbeat import Heartbeat
+    from snapgroup.rest.queue import Pickup
 
     engine = ctx.engine  # opened (and recovered) before the first request
     app = create_app(
@@ -139,8 +140,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     ctx.err.flush()
     verbose = logging.getLogger().level <= logging.DEBUG
-    # The host's lease, renewed while serving, with the address other hosts use.
-    with Heartbeat(engine, args.advertise or advertised(host, port, args.context_path)):
+    # The host's lease, renewed while serving, with the address other hosts use; the
+    # requests queued for this host run through this server's own loopback address.
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    here = f"http://{f'[{local}]' if ':' in local else local}:{port}"
+    pickup = Pickup(app.state.services, here + normalize_context_path(args.context_path))
+    address = args.advertise or advertised(host, port, args.context_path)
+    with Heartbeat(engine, address, pickup=pickup):
         uvicorn.run(
             app,
             host=host,

@@ -51,15 +51,20 @@ class Decision:
     reason: str = ""  # why: the take-over's warning, or the refusal's message
     settling: bool = False  # refused for now: running on two hosts (a migration, maybe)
     address: str | None = None  # refused: the owner's `serve`, when it serves (lease live)
+    queue_for: str | None = None  # refused: the one owner, a registered host (its lease row)
 
 
 class OwnedElsewhere(OperationError):
     """SYS.1006: the VM is another host's. `address`: that host's `serve` when it serves
-    and its lease is live: a REST request for the VM is forwarded there."""
+    and its lease is live: a REST request for the VM is forwarded there. `queue_for`:
+    the one host that owns it, registered (live or not), when the VM is not settling:
+    a REST request it cannot be forwarded is queued for it (rest/queue.py)."""
 
-    def __init__(self, details: str, *, owner: str | None, address: str | None) -> None:
+    def __init__(
+        self, details: str, *, owner: str | None, address: str | None, queue_for: str | None = None
+    ) -> None:
         super().__init__(details)
-        self.owner, self.address = owner, address
+        self.owner, self.address, self.queue_for = owner, address, queue_for
 
 
 def decide(
@@ -88,9 +93,12 @@ def decide(
         same_disks=same_disks,
         now=now,
     )
-    if decision.verdict is Verdict.REFUSE and lease is not None and lease.live(now):
-        return replace(decision, address=lease.address)
-    return decision
+    if decision.verdict is not Verdict.REFUSE or lease is None or decision.owner != lease.name:
+        return decision
+    queue_for = None if decision.settling else lease.name
+    return replace(
+        decision, address=lease.address if lease.live(now) else None, queue_for=queue_for
+    )
 
 
 def _decide(

@@ -156,7 +156,12 @@ class OpContext:
     @staticmethod
     def _refuse(decision: Decision) -> None:
         if decision.verdict is Verdict.REFUSE:
-            raise OwnedElsewhere(decision.reason, owner=decision.owner, address=decision.address)
+            raise OwnedElsewhere(
+                decision.reason,
+                owner=decision.owner,
+                address=decision.address,
+                queue_for=decision.queue_for,
+            )
 
     def renew_lease(
         self, *, address: str | None = None, force: bool = False, serving: bool = True

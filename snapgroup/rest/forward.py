@@ -25,7 +25,7 @@ from snapgroup.domain.ownership import OwnedElsewhere
 log = logging.getLogger(__name__)
 
 FORWARDED = "X-Snapgroup-Forwarded"  # the header a forwarded request carries
-PASSED = ("authorization", "content-type", "x-job-uuid", "accept")
+PASSED = ("authorization", "content-type", "accept")  # and the job's uuid, always
 TIMEOUT = 30.0  # seconds: the owner answers 202 at once (the work runs as its job)
 _JOB_LOCATION = re.compile(r"/api-jobs/([0-9a-f]{32})$")
 
@@ -35,8 +35,15 @@ def forwardable(request: Request, elsewhere: OwnedElsewhere) -> bool:
     return address.startswith(("http://", "https://")) and FORWARDED not in request.headers
 
 
-def forward(request: Request, elsewhere: OwnedElsewhere, *, prefix: str, host: str) -> JSONResponse:
-    """`request` (of this server, whose API is at `prefix`) sent to the owner's server.
+class OwnerUnreachable(InternalError):
+    """The owner's server did not answer: the request is queued for it instead."""
+
+
+def forward(
+    request: Request, elsewhere: OwnedElsewhere, *, prefix: str, host: str, job_uuid: str
+) -> JSONResponse:
+    """`request` (of this server, whose API is at `prefix`) sent to the owner's server,
+    as job `job_uuid` (sent again, or queued after a timeout, it is never done twice).
     Called from the route's worker thread; the body is read on the event loop."""
     assert elsewhere.address is not None
     body = anyio.from_thread.run(request.body)
@@ -46,6 +53,7 @@ def forward(request: Request, elsewhere: OwnedElsewhere, *, prefix: str, host: s
         url += "?" + request.url.query
     headers = {k: v for k, v in request.headers.items() if k.lower() in PASSED}
     headers[FORWARDED] = host
+    headers["X-Job-UUID"] = job_uuid
     outgoing = urllib.request.Request(
         url, data=body or None, headers=headers, method=request.method
     )
@@ -56,7 +64,7 @@ def forward(request: Request, elsewhere: OwnedElsewhere, *, prefix: str, host: s
     except urllib.error.HTTPError as refused:  # its 4xx / 5xx: the client's answer
         status, content = refused.code, refused.read()
     except (urllib.error.URLError, OSError) as exc:
-        raise InternalError(
+        raise OwnerUnreachable(
             f"{elsewhere.details}; its server at {elsewhere.address} did not answer "
             f"the forwarded request: {getattr(exc, 'reason', exc)}"
         ) from exc

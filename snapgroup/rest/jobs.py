@@ -114,6 +114,7 @@ class JobRegistry:
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None  # made at the first job
         self._jobs: dict[str, Job] = {}  # this process's jobs
+        self._claimed: set[str] = set()  # queued for this host, claimed, to be submitted
         self._lock = threading.Lock()
         self.retention = retention
         self.queue_timeout = queue_timeout
@@ -140,6 +141,7 @@ class JobRegistry:
         store = self._shared()
         with self._lock:
             self._forget_old()
+            self._claimed.discard(job_uuid)
             existing = self._jobs.get(job_uuid)
             if existing is not None:
                 self._same_kind(job_uuid, existing.kind, kind)
@@ -164,9 +166,22 @@ class JobRegistry:
         if known != kind:
             raise OperationError(f"job {job_uuid} already exists for another API ({known})")
 
+    def claim(self, job_uuid: str) -> None:
+        """A job queued for this host (rest/queue.py), now this process's: its request,
+        replayed, runs it (`find` does not answer it until `submit` has)."""
+        with self._lock:
+            self._claimed.add(job_uuid)
+
+    def unclaim(self, job_uuid: str) -> None:
+        with self._lock:
+            self._claimed.discard(job_uuid)
+
     def find(self, job_uuid: str, kind: str) -> Job | None:
         """The job of that uuid if there is one (OperationError, a 409, when it was for
         another API: a uuid names one request)."""
+        with self._lock:
+            if job_uuid in self._claimed:
+                return None
         job = self._lookup(job_uuid)
         if job is not None:
             self._same_kind(job_uuid, job.kind, kind)

@@ -3,6 +3,7 @@ accounts, the job registry, and the URL layout."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -18,8 +19,10 @@ from snapgroup.domain.ownership import OwnedElsewhere
 from snapgroup.ops.notices import collecting
 from snapgroup.rest import prechecks
 from snapgroup.rest.auth import Accounts
-from snapgroup.rest.forward import forward, forwardable
+from snapgroup.rest.forward import FORWARDED, OwnerUnreachable, forward, forwardable
 from snapgroup.rest.jobs import JobRegistry, Work, job_uuid_from_header
+
+log = logging.getLogger(__name__)
 
 
 class Services:
@@ -99,14 +102,35 @@ class Services:
             try:
                 with collecting() as warnings:  # a take-over in the checks, said too
                     work = precheck()
-            except OwnedElsewhere as elsewhere:  # the VM's owner serves: it answers
-                if not forwardable(request, elsewhere):
-                    raise
-                return forward(request, elsewhere, prefix=self.prefix, host=self.engine.host)
+            except OwnedElsewhere as elsewhere:  # the VM's owner answers, or will
+                return self._elsewhere(request, elsewhere, kind, job_uuid)
             work = saying(warnings, work)
             job = self.jobs.submit(job_uuid, kind, work, vm_uuid=prechecks.take_named_vm())
         location = f"{str(request.base_url).rstrip('/')}{self.prefix}/api-jobs/{job.uuid}"
         return JSONResponse({"location": location}, status_code=202)
+
+    def _elsewhere(
+        self, request: Request, elsewhere: OwnedElsewhere, kind: str, job_uuid: str
+    ) -> JSONResponse:
+        """Forwarded to the owner's server, else queued for the owner (rest/queue.py);
+        refused only when neither applies (a forwarded request, a VM settling, an
+        owner that is not a registered host)."""
+        if FORWARDED in request.headers:
+            raise elsewhere
+        if forwardable(request, elsewhere):
+            try:
+                return forward(
+                    request, elsewhere, prefix=self.prefix, host=self.engine.host, job_uuid=job_uuid
+                )
+            except OwnerUnreachable as exc:
+                if elsewhere.queue_for is None:
+                    raise
+                log.warning("%s: queued instead", exc.details)
+        if elsewhere.queue_for is None:
+            raise elsewhere
+        from snapgroup.rest.queue import enqueue
+
+        return enqueue(self, request, elsewhere, kind=kind, job_uuid=job_uuid)
 
 
 def saying(before: list[str], work: Work) -> Work:

@@ -12,14 +12,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from snapgroup.api import Engine
 from snapgroup.rest import create_app
 from snapgroup.rest.auth import Accounts, sha512_hex
 from snapgroup.rest.forward import FORWARDED
+from snapgroup.rest.jobs import STATE_HEADER
+from snapgroup.rest.queue import Pickup
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
 from tests.rest.conftest import CHEAP, PASSWORD, PREFIX
@@ -35,6 +39,7 @@ class Cluster:
     b_engine: Engine
     b_url: str
     auth: dict[str, str]
+    b_pickup: Pickup  # b's serve runs the requests queued for b
 
 
 def _free_port() -> int:
@@ -53,9 +58,8 @@ def cluster(fast_dir: Path) -> Iterator[Cluster]:
     lab_domain(b_hv)
     b = Engine(hypervisor=b_hv, images=images, db=db, host="host-b")
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(lambda: b), host="127.0.0.1", port=port, log_level="warning")
-    )
+    b_app = create_app(lambda: b)
+    server = uvicorn.Server(uvicorn.Config(b_app, host="127.0.0.1", port=port, log_level="warning"))
     serving = threading.Thread(target=server.run)
     serving.start()
     try:
@@ -73,7 +77,7 @@ def cluster(fast_dir: Path) -> Iterator[Cluster]:
             login = client.put(f"{PREFIX}/accounts/login", json=body)
             assert login.status_code == 200, login.text
             auth = {"Authorization": f"OAuth {login.json()['inventory']['uuid']}"}
-            yield Cluster(client, a, a_hv, b, b_url, auth)
+            yield Cluster(client, a, a_hv, b, b_url, auth, Pickup(b_app.state.services, b_url))
     finally:
         server.should_exit = True
         serving.join()
@@ -117,8 +121,51 @@ def test_a_forwarded_request_is_never_forwarded_again(cluster: Cluster) -> None:
     assert cluster.b_engine.list_groups() == []
 
 
-def test_a_host_that_stopped_serving_is_not_forwarded_to(cluster: Cluster) -> None:
-    cluster.b_engine.heartbeat(serving=False)  # b's server stopped: its address erased
-    body = {"params": {"rootVolumeUuid": _root(cluster.b_engine), "name": "nobody"}}
-    refused = cluster.a.post(GROUPS, json=body, headers=cluster.auth)
-    assert refused.status_code == 409 and "host-b" in refused.json()["error"]["details"]
+def _poll(cluster: Cluster, location: str) -> httpx.Response:
+    deadline = time.monotonic() + 30
+    while True:
+        polled: httpx.Response = cluster.a.get(location, headers=cluster.auth)
+        if polled.status_code != 202:
+            return polled
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("why", ["not serving", "server down"])
+def test_a_request_for_a_host_that_does_not_answer_is_queued_for_it(
+    cluster: Cluster, why: str
+) -> None:
+    """Neither refused nor lost: queued in the store for b, a job Waiting at a until
+    b's serve picks it up (its heartbeat's Pickup) and runs it."""
+    if why == "not serving":
+        cluster.b_engine.heartbeat(serving=False)  # b's server stopped: its address erased
+    else:  # registered, but nothing listens there
+        cluster.b_engine.heartbeat(address=f"http://127.0.0.1:{_free_port()}/zstack")
+    body = {"params": {"rootVolumeUuid": _root(cluster.b_engine), "name": "queued"}}
+    started = cluster.a.post(GROUPS, json=body, headers=cluster.auth)
+    assert started.status_code == 202, started.text
+    location = started.json()["location"]
+    assert location.startswith(f"http://testserver{PREFIX}/api-jobs/")
+    waiting = cluster.a.get(location, headers=cluster.auth)
+    assert waiting.status_code == 202 and waiting.headers[STATE_HEADER] == "Waiting"
+    assert cluster.b_engine.list_groups() == []
+    assert cluster.b_pickup() == 1  # b's serve, running again
+    polled = _poll(cluster, location)
+    assert polled.status_code == 200, polled.text
+    assert polled.json()["inventory"]["name"] == "queued"
+    assert [g.name for g in cluster.b_engine.list_groups()] == ["queued"]
+    assert cluster.b_pickup() == 0  # run once
+
+
+def test_a_queued_request_the_owner_refuses_fails_its_job(cluster: Cluster) -> None:
+    cluster.b_engine.heartbeat(serving=False)
+    body = {"params": {"rootVolumeUuid": _root(cluster.b_engine), "name": "gone"}}
+    started = cluster.a.post(GROUPS, json=body, headers=cluster.auth)
+    assert started.status_code == 202, started.text
+    with cluster.b_engine.db.transaction() as session:  # b no longer has that volume
+        session.execute(text("UPDATE volume SET volume_type = 'Data'"))
+    assert cluster.b_pickup() == 1
+    polled = _poll(cluster, started.json()["location"])
+    assert polled.status_code == 503, polled.text
+    assert polled.json()["error"]["code"] == "SYS.1007"
+    assert "not Root" in polled.json()["error"]["details"]

@@ -95,3 +95,22 @@ def test_refusals_say_whose_it_is_and_why(kwargs: dict[str, object], why: str) -
     decision = _decide(**kwargs)  # type: ignore[arg-type]
     assert decision.verdict is Verdict.REFUSE and why in decision.reason
     assert "belongs to host hosta" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("state", "lease", "queue_for"),
+    [
+        (None, _lease(LIVE, {VM}), "hosta"),  # runs there, not defined here
+        (VmState.STOPPED, _lease(LIVE, {VM}), "hosta"),  # runs there, stopped here
+        (VmState.STOPPED, _lease(EXPIRED, {VM}), "hosta"),  # its registered owner is down
+        (VmState.RUNNING, _lease(LIVE, {VM}), None),  # running on two hosts: settling
+        (VmState.RUNNING, None, None),  # an owner that never registered
+    ],
+)
+def test_a_refusal_names_the_registered_owner_to_queue_a_request_for(
+    state: VmState | None, lease: HostLease | None, queue_for: str | None
+) -> None:
+    decision = _decide(state=state, lease=lease)
+    assert decision.verdict is Verdict.REFUSE and decision.queue_for == queue_for
+    live = lease is not None and lease.live(NOW)
+    assert decision.address is (lease.address if live and lease else None)
