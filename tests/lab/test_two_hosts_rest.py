@@ -137,3 +137,33 @@ def test_a_client_of_host_a_creates_a_group_of_a_vm_running_on_host_b(
     hosts = {h["name"]: h for h in _snapgroup(pg_url, "hosta", A, "hosts")["inventories"]}
     assert hosts["hostb"]["vmInstanceUuids"] == [vm.uuid]
     assert vm.uuid not in hosts.get("hosta", {}).get("vmInstanceUuids", [])
+
+
+def test_a_request_for_host_b_while_it_does_not_serve_is_queued_and_run_when_it_does(
+    store: Database, pg_url: str, b_uri: str, vm_on_b: LabVm, tmp_path: Path
+) -> None:
+    vm = vm_on_b
+    _snapgroup(pg_url, "hostb", b_uri, "volumes", "--vm", vm.name)  # b registered, not serving
+    with (
+        serving(store, pg_url, "hosta", A, log=tmp_path / "serve-a.log"),
+        httpx.Client(base_url=address(store, "hosta"), timeout=60) as client,
+    ):
+        _login(client)
+        volumes = client.get("/v1/volumes").json()["inventories"]
+        root = next(
+            v["uuid"] for v in volumes if v["vmInstanceUuid"] == vm.uuid and v["type"] == "Root"
+        )
+        body = {"params": {"rootVolumeUuid": root, "name": "queued-for-b"}}
+        started = client.post("/v1/volume-snapshots/group", json=body)
+        assert started.status_code == 202, started.text
+        location = started.json()["location"]
+        waiting = client.get(location)
+        assert waiting.status_code == 202 and waiting.headers["X-Job-State"] == "Waiting"
+        assert client.get("/v1/volume-snapshots/group").json()["inventories"] == []
+        with serving(store, pg_url, "hostb", b_uri, log=tmp_path / "serve-b.log"):
+            polled = _finished(client, location)  # b's serve picks it up
+        assert polled.status_code == 200, polled.text
+        group = polled.json()["inventory"]
+    refs = {r["volumeSnapshotInstallPath"] for r in group["volumeSnapshotRefs"]}
+    disks = _domblklist(b_uri, vm.name)
+    assert refs and refs <= {_chain(p)[1] for p in disks.values() if p.endswith(".qcow2")}
