@@ -10,15 +10,14 @@ importing the engine (SQLAlchemy, SQLModel, libvirt) takes ~0.9 s on our lab hos
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
 
 from snapgroup.cli.wire import DEFAULT_SOCKET, NO_DAEMON_ENV, SOCKET_ENV, encode, relevant_env
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~14 ms of start-up
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Sequence
     from typing import NoReturn, TextIO
 
@@ -26,6 +25,8 @@ if TYPE_CHECKING:
 def _lost(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     """The daemon went away before the command's exit status: say so in the seed's
     error shape. The journal lets `snapgroup recover` finish whatever it had begun."""
+    import json
+
     from snapgroup.domain.errors import InternalError  # stdlib-only module
 
     error = InternalError(
@@ -57,9 +58,14 @@ def forward(
     env = dict(os.environ) if environ is None else environ
     if env.get(NO_DAEMON_ENV) == "1":
         return None
+    address = path or env.get(SOCKET_ENV) or DEFAULT_SOCKET
+    if not os.path.exists(address):  # no daemon: not even socket's import (~3 ms)
+        return None
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(path or env.get(SOCKET_ENV) or DEFAULT_SOCKET)
+        sock.connect(address)
     except OSError:  # none listening (or not ours to use): nothing is lost
         sock.close()
         return None
@@ -73,6 +79,8 @@ def forward(
 def _exchange(
     sock: socket.socket, argv: Sequence[str], env: dict[str, str], out: TextIO, err: TextIO
 ) -> int | None:
+    import json
+
     request = {"argv": list(argv), "env": relevant_env(env), "tty": [out.isatty(), err.isatty()]}
     sock.sendall(encode(request))
     with sock.makefile("r", encoding="utf-8") as replies:
@@ -105,6 +113,10 @@ def _run(args: list[str]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted (the daemon finishes what it had begun)\n")
         return 130
+    if code is None and ("list" in args or "show" in args):
+        from snapgroup.cli.quick import answer  # no engine when it is not needed
+
+        code = answer(args, sys.stdout, sys.stderr, os.environ)
     if code is None:
         from snapgroup.cli.main import main as run_here
 

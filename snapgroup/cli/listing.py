@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from snapgroup.cli import group_text
 from snapgroup.cli.context import Context
 from snapgroup.cli.output import group_summary, print_json
 from snapgroup.domain.errors import InvalidArgument
@@ -44,9 +45,5 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print_json({"inventories": [g.to_inventory(date) for g in groups]}, ctx.out)
     else:
         group_summary(groups, ctx.out)
-    if args.start + len(groups) < total:
-        ctx.err.write(
-            f"{len(groups)} of {total} groups shown (from {args.start}); "
-            f"--start {args.start + len(groups)} for the next page, --limit for more\n"
-        )
+    ctx.err.write(group_text.page_note(len(groups), total, args.start))
     return 0

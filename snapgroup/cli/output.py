@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol, TextIO
 
+from snapgroup.cli import group_text
+from snapgroup.cli.group_text import table as table  # every command's tables
 from snapgroup.domain.errors import SnapgroupError
 from snapgroup.domain.inventory import Group, date_memo
 from snapgroup.domain.models import BlockJobProgress
@@ -40,59 +42,14 @@ def abort(error: SnapgroupError, *, as_json: bool, out: TextIO, err: TextIO) -> 
     raise Abort(1)
 
 
-def table(rows: Sequence[Sequence[object]], headers: Sequence[str], out: TextIO) -> None:
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    for row in [list(headers), *cells]:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
-
-
 def group_summary(groups: Sequence[Group], out: TextIO) -> None:
     date = date_memo()  # not the whole inventory (every ref's) for one date
     rows = [(g.uuid, g.name, g.vm_uuid, g.snapshot_count, date(g.create_date)) for g in groups]
-    table(rows, ["UUID", "NAME", "VM", "SNAPSHOTS", "CREATED"], out)
+    table(rows, group_text.SUMMARY_HEADERS, out)
 
 
 def group_detail(group: Group, out: TextIO) -> None:
-    inv = group.to_inventory()
-    for key in (
-        "uuid",
-        "name",
-        "description",
-        "vmInstanceUuid",
-        "snapshotCount",
-        "createDate",
-        "lastOpDate",
-        "consistencyType",
-        "frozenFilesystems",
-        "freezeMillis",
-        "consistencyNote",
-        "protected",
-        "policy",
-        "policyLabel",
-        "withMemory",
-    ):
-        value = inv[key]
-        if isinstance(value, list):
-            value = ", ".join(value) or None
-        elif isinstance(value, bool):
-            value = "yes" if value else "no"
-        out.write(f"{key + ':':<19}{'-' if value is None else value}\n")
-    if group.memory is not None:
-        m = group.memory
-        out.write(f"{'memory:':<19}{m.file} ({m.size} bytes, {m.mode}, sha256 {m.sha256})\n")
-    rows = [
-        (
-            r.device_id,
-            r.volume_type,
-            r.volume_name,
-            r.volume_snapshot_uuid,
-            "yes" if r.snapshot_deleted else "no",
-            r.install_path,
-        )
-        for r in group.refs
-    ]
-    table(rows, ["DEV", "TYPE", "VOLUME", "SNAPSHOT", "DELETED", "INSTALL PATH"], out)
+    group_text.group_detail(group.to_inventory(), out)
 
 
 class _Result(Protocol):  # DeleteResult, RevertResult (read-only: frozen dataclasses)

@@ -4,7 +4,6 @@ launcher: both import this, neither imports the other."""
 
 from __future__ import annotations
 
-import json
 import os
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~14 ms of start-up
@@ -31,4 +30,6 @@ def relevant_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def encode(message: dict[str, Any]) -> bytes:
+    import json  # not at import: a command without the daemon never encodes
+
     return json.dumps(message, ensure_ascii=False).encode() + b"\n"

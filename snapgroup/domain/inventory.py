@@ -5,43 +5,16 @@ Field names and shapes follow ZStack's VolumeSnapshotGroup API exactly.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+# Re-exported: their home is documents.py (standard library only).
+from snapgroup.domain.documents import group_document as group_document
+from snapgroup.domain.documents import ref_document as ref_document
+from snapgroup.domain.documents import zstack_date as zstack_date
 from snapgroup.domain.errors import BatchDeleteError, SnapgroupError
-
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_EPOCH = datetime(1970, 1, 1)
-_SECOND = timedelta(seconds=1)
-# (UTC second, the host zone's UTC offset at that instant) -> text: the text is a pure
-# function of the two. Bounded: cleared when full (a page holds a few distinct dates).
-_FORMATTED: dict[tuple[int, int], str] = {}
-_FORMATTED_MAX = 1 << 16
-
-
-def zstack_date(moment: datetime) -> str:
-    """Java's medium date format, as in the seed: "Nov 14, 2017 10:20:57 PM" (host time).
-    The zone's offset for the instant is asked of the C library on every call, so a
-    zone changed by time.tzset() is honoured; only the formatting (~2/3 of the cost)
-    is cached."""
-    utc = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-    seconds = (utc - _EPOCH) // _SECOND  # floor: as datetime.astimezone() takes it
-    local = time.localtime(seconds)
-    key = (seconds, local.tm_gmtoff)
-    text = _FORMATTED.get(key)
-    if text is None:
-        if len(_FORMATTED) >= _FORMATTED_MAX:
-            _FORMATTED.clear()
-        hour = local.tm_hour
-        text = _FORMATTED[key] = (
-            f"{_MONTHS[local.tm_mon - 1]} {local.tm_mday}, {local.tm_year} "
-            f"{hour % 12 or 12}:{local.tm_min:02d}:{local.tm_sec:02d} {'AM' if hour < 12 else 'PM'}"
-        )
-    return text
-
 
 DateText = Callable[[datetime], str]
 
@@ -95,41 +68,6 @@ class GroupRef:
             date(self.last_op_date),
             self.snapshot_changed,
         )
-
-
-def ref_document(
-    snapshot_uuid: str,
-    group_uuid: str,
-    device_id: int,
-    deleted: bool,
-    volume_uuid: str,
-    volume_name: str,
-    volume_type: str,
-    install_path: str,
-    snapshot_name: str,
-    attached: str,
-    created: str,
-    changed: str,
-    changed_reason: str | None,
-) -> dict[str, Any]:
-    """A ref's inventory, its dates already text: the one place its shape is written,
-    for GroupRef and for a page built straight from rows (ops/group_views.py)."""
-    return {
-        "volumeSnapshotUuid": snapshot_uuid,
-        "volumeSnapshotGroupUuid": group_uuid,
-        "deviceId": device_id,
-        "snapshotDeleted": deleted,
-        "volumeUuid": volume_uuid,
-        "volumeName": volume_name,
-        "volumeType": volume_type,
-        "volumeSnapshotInstallPath": install_path,
-        "volumeSnapshotName": snapshot_name,
-        "volumeLastAttachDate": attached,
-        "createDate": created,
-        "lastOpDate": changed,
-        "snapshotStatus": "Changed" if changed_reason else "Ready",
-        "statusReason": changed_reason,
-    }
 
 
 @dataclass(frozen=True)
@@ -207,45 +145,6 @@ class MemoryState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "size": self.size, "sha256": self.sha256, "mode": self.mode}
-
-
-def group_document(
-    uuid: str,
-    name: str,
-    description: str | None,
-    vm_uuid: str,
-    created: str,
-    changed: str,
-    refs: list[dict[str, Any]],
-    consistency_type: str | None,
-    frozen_filesystems: list[str],
-    freeze_millis: int | None,
-    consistency_note: str | None,
-    policy: list[str] | None,
-    policy_label: str | None,
-    protected: bool,
-    memory: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A group's inventory (its refs' already made, its dates text): as ref_document."""
-    return {
-        "uuid": uuid,
-        "snapshotCount": len(refs),
-        "name": name,
-        "description": description,
-        "vmInstanceUuid": vm_uuid,
-        "createDate": created,
-        "lastOpDate": changed,
-        "volumeSnapshotRefs": refs,
-        "consistencyType": consistency_type,
-        "frozenFilesystems": frozen_filesystems,
-        "freezeMillis": freeze_millis,
-        "consistencyNote": consistency_note,
-        "policy": policy,
-        "policyLabel": policy_label,
-        "protected": protected,
-        "withMemory": memory is not None,
-        "memory": memory,
-    }
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from snapgroup.domain import documents
 from snapgroup.domain.errors import OperationError
 from snapgroup.domain.inventory import (
     Group,
     GroupRef,
     MemoryState,
-    group_document,
-    ref_document,
     zstack_date,
 )
 from snapgroup.store.base import DateParser
@@ -60,79 +59,7 @@ def documents_of_rows(
     """The inventories of groups_of_rows(...) (a test holds them equal), made straight
     from the rows: no GroupRef and Group first (a frozen dataclass of 13 fields per ref
     cost more than the page's SQL), each distinct raw date made text once."""
-    text = _date_texts(dates)
-    known = _TEXTS.get  # the common case inline: a date already made text
-    refs: dict[str, list[dict[str, Any]]] = {}
-    for (
-        snapshot,
-        group,
-        device_id,
-        volume,
-        volume_name,
-        volume_type,
-        attached,
-        created,
-        changed,
-        deleted,
-        path,
-        snapshot_name,
-        changed_reason,
-    ) in ref_rows:  # Repo.ref_views
-        refs.setdefault(group, []).append(
-            ref_document(
-                snapshot,
-                group,
-                device_id,
-                bool(deleted),  # SQLite's 0/1 when read by the driver
-                volume,
-                volume_name,
-                volume_type,
-                path,
-                snapshot_name,
-                known(attached) or text(attached),
-                known(created) or text(created),
-                known(changed) or text(changed),
-                changed_reason,
-            )
-        )
-    return [
-        group_document(
-            uuid,
-            name,
-            description,
-            vm_uuid,
-            text(created),
-            text(changed),
-            refs.get(uuid, []),
-            consistency,
-            json.loads(frozen or "[]"),
-            millis,
-            note,
-            sorted(policy.split(",")) if policy else None,
-            label,
-            bool(protected),
-            _memory(memory_file, memory_size, memory_sha256, memory_mode),
-        )
-        for (
-            uuid,
-            name,
-            description,
-            vm_uuid,
-            created,
-            changed,
-            consistency,
-            frozen,
-            millis,
-            note,
-            policy,
-            label,
-            protected,
-            memory_file,
-            memory_size,
-            memory_sha256,
-            memory_mode,
-        ) in views  # Repo.group_views
-    ]
+    return documents.documents_of_rows(views, ref_rows, _date_texts(dates), _TEXTS.get)
 
 
 # Raw date value -> its inventory text, kept across replies: a pure function of the
@@ -246,10 +173,3 @@ def _group(row: Sequence[Any], refs: Sequence[GroupRef], date: DateParser) -> Gr
         protected=bool(protected),
         memory=MemoryState.of(memory_file, memory_size, memory_sha256, memory_mode),
     )
-
-
-def _memory(
-    file: str | None, size: int | None, sha256: str | None, mode: str | None
-) -> dict[str, Any] | None:
-    memory = MemoryState.of(file, size, sha256, mode)
-    return memory.to_dict() if memory else None

@@ -31,9 +31,10 @@ from sqlmodel import SQLModel, create_engine
 
 from snapgroup.domain.errors import StoreError
 from snapgroup.store import host_tables, policy_tables, tables  # noqa: F401  (registers their tables)
+from snapgroup.store.quick_read import DEFAULT_URL
 
 DEFAULT_DB_DIR = Path("/var/lib/snapgroup")
-DEFAULT_DB_URL = f"sqlite:///{DEFAULT_DB_DIR / 'snapgroup.db'}"
+DEFAULT_DB_URL = DEFAULT_URL
 
 
 def default_url() -> str:

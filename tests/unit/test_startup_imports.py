@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from snapgroup.api import Engine
 from snapgroup.cli.commands import COMMANDS
 from snapgroup.cli.main import build_parser
+from snapgroup.store.db import Database
+from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
 
 # The web stack: `serve` and `account` only.
 REST = {"fastapi", "uvicorn", "starlette", "snapgroup.rest"}
@@ -120,6 +123,8 @@ def test_a_commands_help_loads_only_that_command(tmp_path: Path) -> None:
         "snapgroup.cli.context",
         "snapgroup.cli.output",
         "snapgroup.cli.listing",
+        "snapgroup.cli.group_text",
+        "snapgroup.cli.quick",  # asked first: it leaves --help to argparse
     }
     assert under(modules, REST | ENGINE) == set()
 
@@ -139,3 +144,17 @@ def test_a_backup_listing_loads_no_policies_or_recoveries(tmp_path: Path, store:
     modules = loaded(tmp_path, *store, "backups", "--at", str(repo))
     assert "snapgroup.adapters.backup_repo" in modules
     assert under(modules, REST | POLICIES | FILES | RECOVERIES) == set()
+
+
+@pytest.mark.parametrize("argv", [["list"], ["--json", "list"], ["show"], ["--json", "show"]])
+def test_a_read_of_a_current_store_loads_no_engine(tmp_path: Path, argv: list[str]) -> None:
+    """On the embedded store, once made: sqlite3 alone (cli/quick.py), no SQLAlchemy."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    images = FakeImageTool()
+    hv = FakeHypervisor(images)
+    lab_domain(hv)
+    group = Engine(hypervisor=hv, images=images, db=Database(url)).create(vm="vm1", name="g")
+    modules = loaded(tmp_path, "--db", url, *argv, *([group.uuid] if "show" in argv else []))
+    assert "snapgroup.store.quick_read" in modules
+    assert "snapgroup.store.db" not in modules
+    assert under(modules, (ENGINE - {"snapgroup.store"}) | REST) == set()
