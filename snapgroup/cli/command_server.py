@@ -1,8 +1,8 @@
 """The daemon's side of snapgroup.cli.launch: one Unix socket, one thread a command.
 
 A client sends one line of JSON, {"argv": [...], "env": {...}, "tty": [out, err]}, and
-reads lines back: {"out": text} and {"err": text} as the command writes them, then
-{"exit": status}; or a single {"fallback": reason} when the daemon declines, before
+reads frames back (wire.py): "out" and "err" as the command writes them, then "exit"
+with its status; or a single "fallback" with a reason when the daemon declines, before
 anything has run, so the client runs the command itself. The daemon declines whatever it
 cannot run exactly as the client would have: another store or libvirt URI, another
 SNAPGROUP_*/LIBVIRT_* environment, a command that reads the terminal or serves, --verbose

@@ -13,11 +13,18 @@ from __future__ import annotations
 import os
 import sys
 
-from snapgroup.cli.wire import DEFAULT_SOCKET, NO_DAEMON_ENV, SOCKET_ENV, encode, relevant_env
+from snapgroup.cli.wire import (
+    DEFAULT_SOCKET,
+    NO_DAEMON_ENV,
+    SOCKET_ENV,
+    Frames,
+    relevant_env,
+    request_line,
+)
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~14 ms of start-up
 if TYPE_CHECKING:
-    import socket
+    import _socket
     from collections.abc import Sequence
     from typing import NoReturn, TextIO
 
@@ -59,40 +66,39 @@ def forward(
     if env.get(NO_DAEMON_ENV) == "1":
         return None
     address = path or env.get(SOCKET_ENV) or DEFAULT_SOCKET
-    if not os.path.exists(address):  # no daemon: not even socket's import (~3 ms)
+    if not os.path.exists(address):  # no daemon: no socket made at all
         return None
-    import socket
+    # _socket, not socket: socket's module (its enums, selectors) is ~6 ms of start-up.
+    import _socket
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(address)
     except OSError:  # none listening (or not ours to use): nothing is lost
         sock.close()
         return None
-    with sock:
-        try:
-            return _exchange(sock, argv, env, out, err)
-        except (OSError, ValueError):  # after the request: the command may have run
-            return _lost(argv, out, err)
+    try:
+        return _exchange(sock, argv, env, out, err)
+    except (OSError, ValueError):  # after the request: the command may have run
+        return _lost(argv, out, err)
+    finally:
+        sock.close()
 
 
 def _exchange(
-    sock: socket.socket, argv: Sequence[str], env: dict[str, str], out: TextIO, err: TextIO
+    sock: _socket.socket, argv: Sequence[str], env: dict[str, str], out: TextIO, err: TextIO
 ) -> int | None:
-    import json
-
-    request = {"argv": list(argv), "env": relevant_env(env), "tty": [out.isatty(), err.isatty()]}
-    sock.sendall(encode(request))
-    with sock.makefile("r", encoding="utf-8") as replies:
-        for line in replies:
-            message = json.loads(line)
-            if "fallback" in message:  # declined before running anything
+    sock.sendall(request_line(list(argv), relevant_env(env), (out.isatty(), err.isatty())))
+    frames = Frames()
+    while data := sock.recv(1 << 16):
+        for kind, payload in frames.feed(data):
+            if kind == "fallback":  # declined before running anything
                 return None
-            if "exit" in message:
-                return int(message["exit"])
-            stream = out if "out" in message else err
+            if kind == "exit":
+                return int(payload)
+            stream = out if kind == "out" else err
             try:
-                stream.write(message.get("out", message.get("err", "")))
+                stream.write(payload)
                 stream.flush()
             except BrokenPipeError as gone:  # our reader went away, not the daemon
                 raise ReaderGone from gone

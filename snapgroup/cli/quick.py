@@ -80,7 +80,12 @@ def answer(argv: Sequence[str], out: TextIO, err: TextIO, environ: Mapping[str, 
                 _show(store, positionals, "--json" in values, text)
     except (_Unsure, ValueError, quick_read.Unreadable):
         return None
-    out.write(text.getvalue())
+    document = text.getvalue()
+    # In pieces, as the engine's printing writes: one big write that a reader leaves
+    # half-read (`| head`) is cut short without an error by CPython's buffered writer,
+    # and the command would end 0 instead of as SIGPIPE says (launch._die_of_sigpipe).
+    for piece in range(0, len(document), 8192):
+        out.write(document[piece : piece + 8192])
     err.write(note)
     return 0
 

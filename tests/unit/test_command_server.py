@@ -24,9 +24,10 @@ import pytest
 from snapgroup.api import Engine
 from snapgroup.cli.command_server import CommandServer, Declined, listen
 from snapgroup.cli.context import Context
-from snapgroup.cli.launch import forward, relevant_env
+from snapgroup.cli.launch import forward
 from snapgroup.cli.launch import main as launch_main
 from snapgroup.cli.main import main
+from snapgroup.cli.wire import Frames, encode, relevant_env, request_line
 from snapgroup.domain.errors import OperationError
 from snapgroup.store.db import Database
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
@@ -175,11 +176,12 @@ def test_output_travels_buffered_not_a_frame_per_write(daemon: Daemon) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(daemon.socket))
         sock.sendall(_request(daemon, "--json", "list"))
-        with sock.makefile("r") as replies:
-            frames = [json.loads(line) for line in replies]
+        reader, frames = Frames(), []
+        while data := sock.recv(1 << 16):
+            frames += reader.feed(data)
     # json.dump writes this document in hundreds of pieces: one frame, then the status.
-    assert [list(f) for f in frames] == [["out"], ["exit"]]
-    assert len(json.loads(frames[0]["out"])["inventories"]) == 3
+    assert [kind for kind, _ in frames] == ["out", "exit"]
+    assert len(json.loads(frames[0][1])["inventories"]) == 3
 
 
 def test_a_client_that_goes_away_does_not_stop_the_command(daemon: Daemon) -> None:
@@ -340,3 +342,28 @@ def test_a_backup_command_runs_in_the_daemon_when_its_paths_are_absolute(
         with pytest.raises(Declined, match="a relative path is the client's"):
             daemon.server.admit(daemon.argv(*argv), relevant_env(os.environ))
         assert daemon.run(*argv) == (None, "", "")
+
+
+def test_the_request_is_json_made_without_the_json_package() -> None:
+    argv = ["create", "--name", 'q"uote\\ \n tab\t é 雪 \U0001f600 \x00', "--vm", "vm1"]
+    env = {"SNAPGROUP_DB": "sqlite:////tmp/ü.db", "LIBVIRT_X": ""}
+    line = request_line(argv, env, (True, False))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {"argv": argv, "env": env, "tty": [True, False]}
+
+
+def test_reply_frames_arrive_whole_however_the_bytes_are_cut() -> None:
+    replies: list[dict[str, object]] = [
+        {"out": "雪 \U0001f600 a:b 12:"},
+        {"err": ""},
+        {"err": "x" * 70000},
+        {"exit": 3},
+    ]
+    stream = b"".join(encode(r) for r in replies)
+    for cut in (1, 2, 7, 1 << 16):
+        frames, got = Frames(), []
+        for i in range(0, len(stream), cut):
+            got += frames.feed(stream[i : i + cut])
+        assert got == [(k, str(v)) for r in replies for k, v in r.items()]
+    with pytest.raises(ValueError):
+        Frames().feed(b'{"out": "the old protocol"}\n')
