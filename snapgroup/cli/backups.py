@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from snapgroup.cli.context import Context
@@ -15,7 +16,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--at", required=True, metavar="DIR", help="the repository")
     parser.add_argument("--vm", help="only this VM's (name or UUID)")
     parser.add_argument("--tree", action="store_true", help="each backup under its base")
-    parser.set_defaults(run=run, paths=("at",))  # the daemon runs it when absolute
+    # Recovered here, only when the journal is not clean (run): else no engine at all.
+    parser.set_defaults(run=run, paths=("at",), skip_auto_recover=True)
 
 
 def _base(m: BackupManifest) -> str | None:
@@ -23,7 +25,16 @@ def _base(m: BackupManifest) -> str | None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    found, damaged = ctx.engine.scan_backups(at=args.at, vm=args.vm)
+    # Manifests only: no engine (libvirt, the store and their imports, ~20 times the
+    # listing's own time), as Engine.scan_backups would list them with its default
+    # repositories; the engine only to finish an interrupted operation first.
+    from snapgroup.adapters.backup_repo import BackupRepo
+    from snapgroup.cli.quick import journal_clean
+    from snapgroup.ops.backup_listing import scan
+
+    if not journal_clean(args.db, os.environ):
+        ctx.engine.recover()
+    found, damaged = scan(BackupRepo, args.at, args.vm)
     if ctx.as_json:
         doc = {"backups": [m.summary() for m in found], "damaged": [d.to_dict() for d in damaged]}
         print_json(doc, ctx.out)

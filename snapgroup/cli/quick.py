@@ -66,9 +66,7 @@ def answer(argv: Sequence[str], out: TextIO, err: TextIO, environ: Mapping[str, 
         return None
     from snapgroup.store import quick_read
 
-    url = values.get("--db") or environ.get("SNAPGROUP_DB") or quick_read.DEFAULT_URL
-    path = quick_read.database_path(url)
-    store = None if path is None else quick_read.open_current(path)
+    store = _clean_store(values.get("--db"), environ)
     if store is None:
         return None
     text, note = io.StringIO(), ""
@@ -88,6 +86,35 @@ def answer(argv: Sequence[str], out: TextIO, err: TextIO, environ: Mapping[str, 
         out.write(document[piece : piece + 8192])
     err.write(note)
     return 0
+
+
+def _clean_store(db: str | None, environ: Mapping[str, str]) -> QuickStore | None:
+    """The store `--db` or the environment names, when sqlite3 can read it as the
+    engine would after its recovery: this code's schema, no operation unfinished."""
+    from snapgroup.store import quick_read
+
+    url = db or environ.get("SNAPGROUP_DB") or quick_read.DEFAULT_URL
+    path = quick_read.database_path(url)
+    store = None if path is None else quick_read.open_current(path)
+    if store is None:
+        return None
+    try:
+        if not store.unfinished():
+            return store
+    except quick_read.Unreadable:
+        pass
+    store.close()
+    return None
+
+
+def journal_clean(db: str | None, environ: Mapping[str, str]) -> bool:
+    """Whether a command that reads no group (`backups`) may skip the engine's recovery:
+    the store is one this code reads alone and nothing in its journal is unfinished."""
+    store = _clean_store(db, environ)
+    if store is None:
+        return False
+    store.close()
+    return True
 
 
 def _list(

@@ -16,10 +16,10 @@ from snapgroup.domain.backup_chains import broken_backups, reads_through
 from snapgroup.domain.backup_manifest import MANIFEST, BackupManifest, disk_file
 from snapgroup.domain.errors import (
     ImageToolError,
-    InvalidArgument,
-    NotFound,
     OperationError,
 )
+from snapgroup.ops import backup_listing
+from snapgroup.ops.backup_listing import vm_uuids as vm_uuids  # its home: backup_listing
 from snapgroup.ops.context import OpContext
 from snapgroup.ports import BackupStore, ImageTool, ProgressFn
 
@@ -220,25 +220,5 @@ EXPORT, RESTORE, PRUNE = "export", "restore", "prune-backups"
 
 
 def open_store(ctx: OpContext, directory: str, *, existing: bool = True) -> BackupStore:
-    """The repository at `directory`; one that is not there is NotFound unless this is
-    an export (which makes it) or a recovery (which finds nothing to finish there)."""
-    if ctx.backup_store is None:
-        raise InvalidArgument("this engine has no backup repository support")
-    if not directory:
-        raise InvalidArgument("a backup repository directory is needed")
-    store = ctx.backup_store(directory)
-    if existing and not store.exists(store.root):
-        raise NotFound(f"no backup repository at {store.root}")
-    return store
-
-
-def vm_uuids(every: list[BackupManifest], vm: str) -> set[str]:
-    key = vm.replace("-", "").lower()
-    uuids = {m.vm_uuid for m in every if m.vm_uuid == key} or {
-        m.vm_uuid for m in every if m.vm_name == vm
-    }
-    if not uuids:
-        raise NotFound(f"no backup of VM {vm!r} in the repository")
-    if len(uuids) > 1:
-        raise InvalidArgument(f"VM name {vm!r} names several VMs' backups: give the UUID")
-    return uuids
+    """The repository at `directory` (backup_listing.repository)."""
+    return backup_listing.repository(ctx.backup_store, directory, existing=existing)

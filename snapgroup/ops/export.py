@@ -21,13 +21,13 @@ from snapgroup.domain.errors import (
 from snapgroup.domain.inventory import zstack_date
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.validate import parse_uuid
+from snapgroup.ops import backup_listing
 from snapgroup.ops.backing_up import (
     EXPORT,
     ExportResult,
     VerifyReport,
     open_store,
     verify_backups,
-    vm_uuids,
 )
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.exporting import SourceDisk, SourceGroup, export_group
@@ -190,14 +190,8 @@ def recover_export(ctx: OpContext, op: str, plan: dict[str, Any], _domain: Domai
 def scan_backups(
     ctx: OpContext, *, at: str, vm: str | None = None
 ) -> tuple[list[BackupManifest], list[DamagedBackup]]:
-    """The repository's complete backups, oldest first, and the backup directories whose
-    manifest is unreadable or gone (not listed), in one read of the manifests; of one VM
-    (its name or UUID; NotFound when it has no readable backup there)."""
-    listed, damaged = open_store(ctx, at).scan()
-    if vm is None:
-        return listed, damaged
-    uuids = vm_uuids(listed, vm)
-    return [m for m in listed if m.vm_uuid in uuids], [d for d in damaged if d.vm_uuid in uuids]
+    """backup_listing.scan on the engine's repositories."""
+    return backup_listing.scan(ctx.backup_store, at, vm)
 
 
 def verify_backup(ctx: OpContext, *, at: str, backup_id: str | None = None) -> VerifyReport:

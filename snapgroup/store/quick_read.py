@@ -68,7 +68,15 @@ class QuickStore:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self._conn.close()  # the read transaction ends with it: nothing was written
+
+    def unfinished(self) -> bool:
+        """Whether the journal holds an operation still running (or interrupted): the
+        engine's to recover before anything is read (every command starts there)."""
+        return bool(self._rows("SELECT 1 FROM operation WHERE state = 'running' LIMIT 1", ()))
 
     def page(self, limit: int, start: int) -> tuple[list[Sequence[Any]], int]:
         """`list`'s page (oldest first, as the engine's query_groups) and the total."""

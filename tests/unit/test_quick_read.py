@@ -193,3 +193,16 @@ def test_a_damaged_store_is_the_engines_to_explain(store: Store) -> None:
         conn.execute("ALTER TABLE volume_snapshot_group RENAME COLUMN memory_mode TO other")
     assert quickly(store, ["list"]) == (None, "", "")
     assert quickly(store, ["show", store.groups[0].uuid]) == (None, "", "")
+
+
+def test_an_unfinished_operation_is_the_engines_to_recover_first(store: Store) -> None:
+    """Every command starts from a consistent state (the engine recovers first): with an
+    operation unfinished in the journal, nothing is read without it."""
+    env = {"SNAPGROUP_DB": store.url}
+    assert quick.journal_clean(None, env)
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE operation SET state = 'running' WHERE rowid = 1")
+    assert quickly(store, ["list"]) == (None, "", "")
+    assert quickly(store, ["show", store.groups[0].uuid]) == (None, "", "")
+    assert not quick.journal_clean(None, env)
+    assert not quick.journal_clean("postgresql://u:p@127.0.0.1/x", env)

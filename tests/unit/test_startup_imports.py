@@ -158,3 +158,19 @@ def test_a_read_of_a_current_store_loads_no_engine(tmp_path: Path, argv: list[st
     assert "snapgroup.store.quick_read" in modules
     assert "snapgroup.store.db" not in modules
     assert under(modules, (ENGINE - {"snapgroup.store"}) | REST) == set()
+
+
+def test_a_backup_listing_on_a_clean_store_loads_no_engine(tmp_path: Path) -> None:
+    """`backups` reads manifests: the engine only when the journal needs recovering."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    db = Database(url)
+    with db.transaction():  # made, stamped, its journal empty
+        pass
+    db.dispose()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    modules = loaded(tmp_path, "--db", url, "backups", "--at", str(repo))
+    assert "snapgroup.adapters.backup_repo" in modules
+    assert "snapgroup.store.db" not in modules  # the journal read by store/quick_read.py
+    assert under(modules, (ENGINE - {"snapgroup.store"}) | REST | POLICIES | FILES) == set()
+    assert under(modules, RECOVERIES) == set()
