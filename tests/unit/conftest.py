@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,6 +78,20 @@ def lab(store: Database) -> Iterator[Lab]:
         new_uuid=lambda: f"{next(counter):032x}",
     )
     yield Lab(engine, hv, images)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_lock_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Never the host's /run/snapgroup/locks, even after a test's monkeypatch.undo()
+    (which also undoes _private_lock_dir's setenv): there every test's VM aaaa... is
+    one lock, shared with the other xdist workers and anything else on the host."""
+    before = os.environ.get("SNAPGROUP_LOCK_DIR")
+    os.environ["SNAPGROUP_LOCK_DIR"] = str(tmp_path_factory.mktemp("session-locks"))
+    yield
+    if before is None:
+        del os.environ["SNAPGROUP_LOCK_DIR"]
+    else:
+        os.environ["SNAPGROUP_LOCK_DIR"] = before
 
 
 @pytest.fixture(autouse=True)

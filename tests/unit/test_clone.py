@@ -89,10 +89,9 @@ def test_clone_killed_at_every_step(lab: Lab, monkeypatch: pytest.MonkeyPatch, s
         if name == step:
             raise Killed(name)
 
-    monkeypatch.setattr(journal, "checkpoint", checkpoint)
-    with pytest.raises(Killed):
+    with monkeypatch.context() as patched, pytest.raises(Killed):
+        patched.setattr(journal, "checkpoint", checkpoint)
         lab.engine.clone(groups[0].uuid, name="copy")
-    monkeypatch.undo()
     (op,) = lab.engine.recover()
     defined = step == "clone:defined"
     assert (op.kind, op.state) == ("clone", "done" if defined else "rolled-back")

@@ -17,7 +17,7 @@ import pytest
 from snapgroup.api import Engine
 from snapgroup.domain.errors import Busy, OperationError
 from snapgroup.domain.models import DiskOverlay
-from snapgroup.infra.locks import FileLocks
+from snapgroup.infra.locks import DEFAULT_LOCK_DIR, FileLocks, lock_dir
 from snapgroup.store.db import Database
 from snapgroup.store.locks import AdvisoryLocks, lock_key
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
@@ -178,3 +178,11 @@ def test_a_process_killed_holding_the_lock_releases_it(pg_url: str) -> None:
         holder.wait()
         empty_all_tables(db)
         db.dispose()
+
+
+def test_a_test_never_locks_the_hosts_own_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """monkeypatch.undo() in a test also undid the private lock directory: the test then
+    locked /run/snapgroup/locks/aaaa...lock, the one every xdist worker's VM aaaa... and
+    anything on the host shares (test_clone's kill tests failed one run in two)."""
+    monkeypatch.undo()
+    assert lock_dir() != DEFAULT_LOCK_DIR
