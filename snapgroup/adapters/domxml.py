@@ -335,3 +335,40 @@ def restore_xml(xml: str, *, name: str, uuid: str, sources: dict[str, str]) -> s
             if dev not in sources and disk.get("device", "disk") == "disk" and writable:
                 devices.remove(disk)
     return clone_xml(ET.tostring(root, encoding="unicode"), name=name, uuid=uuid, sources=sources)
+
+
+def saved_state_xml(saved_xml: str, definition_xml: str) -> str:
+    """A save image's domain XML (`saved_xml`: the running domain's, as a memory snapshot
+    saved it) made the state of ANOTHER domain, defined by `definition_xml` (a clone's or
+    a restored backup's persistent definition): its name and UUID, its MAC addresses (by
+    interface order; libvirt chose them when it was defined), its writable disks' files,
+    chardev files and NVRAM as clone_xml gives them. The saved devices, addresses and CPU
+    stay: QEMU's saved state must find the machine it was saved from. A writable disk of
+    the saved state that the definition lacks is refused (clone_xml's rule).
+
+    The guest itself keeps the MAC its NIC had (virtio-net's state is in the saved
+    stream) until its NIC is reset; libvirt's side (tap, filters) uses the new one."""
+    _register_prefixes(definition_xml)
+    target = _parse(definition_xml)
+    name, uuid = target.findtext("name"), target.findtext("uuid")
+    if not name or not uuid:
+        raise InvalidArgument("the definition has no <name> or <uuid>")
+    defined = dict(_disks_by_target(target))
+    sources = {}
+    for dev, disk in _disks_by_target(_parse(saved_xml)):
+        writable = disk.find("readonly") is None and disk.find("shareable") is None
+        new = defined.get(dev)
+        source = new.find("source") if new is not None else None
+        if writable and disk.get("device", "disk") == "disk" and source is not None:
+            sources[dev] = source.get("file", "")
+    _register_prefixes(saved_xml)
+    root = _parse(clone_xml(saved_xml, name=name, uuid=normalize_uuid(uuid), sources=sources))
+    macs = [
+        mac.get("address")
+        for interface in target.iterfind("devices/interface")
+        if (mac := interface.find("mac")) is not None
+    ]
+    for interface, address in zip(root.iterfind("devices/interface"), macs, strict=False):
+        if address:
+            interface.insert(0, ET.Element("mac", address=address))
+    return ET.tostring(root, encoding="unicode")

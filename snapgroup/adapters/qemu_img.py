@@ -7,6 +7,7 @@ a name like "a:b" would be read as a protocol prefix. Absolute paths avoid both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -181,6 +182,33 @@ class QemuImg:
             argv += _COMPRESS
         argv += [_abspath(source, "source image"), _abspath(target, "target image")]
         self._copy(argv, progress, 0, 1)
+
+    def pack_memory(self, source: str, target: str) -> None:
+        """A memory group's saved state (a raw file) as a new zstd-compressed qcow2
+        `target`: a backup's copy (checksummed and `qemu-img check`ed as its disks are)."""
+        argv = [self.binary, "convert", "-f", "raw", "-O", "qcow2", *_COMPRESS, "-W", "-m", "16"]
+        run([*argv, _abspath(source, "memory file"), _abspath(target, "target image")])
+
+    def unpack_memory(self, source: str, target: str, *, size: int) -> None:
+        """pack_memory's copy back as the raw file `target` (new, 0600: a guest's memory)
+        of `size` bytes (qcow2 rounds a size up to 512 bytes: the tail is cut)."""
+        target = _abspath(target, "memory file")
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.ftruncate(fd, size + 511 & ~511)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise ImageToolError(f"cannot create {target}: {exc.strerror}") from exc
+        try:
+            run([self.binary, "convert", "-n", "-f", "qcow2", "-O", "raw", "-W", "-m", "16",
+                 _abspath(source, "source image"), target])  # fmt: skip
+            os.truncate(target, size)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(target)
+            raise
 
     def export_incremental(
         self,

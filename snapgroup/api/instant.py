@@ -33,7 +33,11 @@ class Instant:
     ) -> tuple[Restored, Copying]:
         """The backup as a new VM, started on thin overlays over the repository (a
         --keep-chain restore, which holds the backup), then each disk pulled local by
-        QEMU. Returns once the VM runs (with `follow`, once the copy is done too)."""
+        QEMU. Before the start the chain is checked as far as its sizes and headers go;
+        its checksums are read by the copy, which pauses the VM on a mismatch. Returns
+        once the VM runs (with `follow`, once the copy is done too)."""
+        from dataclasses import replace
+
         from snapgroup.ops import instant, restore
 
         if not as_vm:
@@ -45,7 +49,7 @@ class Instant:
             as_vm=as_vm,
             disk_dir=disk_dir,
             keep_chain=True,
-            start=True,
+            check_data=False,
         )
         assert done.vm_uuid is not None
         copying = instant.start_copy(
@@ -55,7 +59,10 @@ class Instant:
             repo=source,
             backup_id=done.backup_id,
             bandwidth=bandwidth,
+            verify=True,
+            start=True,
         )
+        done = replace(done, state=self.ctx.hv.lookup(done.vm_uuid).state.value)
         if follow:
             copying = instant.follow(self.ctx, copying, progress=progress)
         return done, copying

@@ -5,7 +5,8 @@ restore needs without the store that made it: the group (its inventory as ZStack
 it), the VM's domain XML, and per disk the file, its virtual size, the backups it reads
 through (its chain, oldest first) and its file's SHA-256, taken in pieces (PIECE_SIZE).
 Disks carry their own base: a disk added since the base backup is exported full while
-the others are increments.
+the others are increments. A memory group's backup also holds its saved memory state
+(`memory`: MEMORY_FILE, compressed; never an increment).
 
 Reading a manifest validates it completely: a repository may sit on a shared mount and
 its files may be damaged or edited, and every name in it becomes part of a path.
@@ -40,6 +41,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 def disk_file(volume_uuid: str) -> str:
     """A disk's file name in a backup: named by the volume's UUID, never by user text."""
     return f"{volume_uuid}.qcow2"
+
+
+MEMORY_FILE = "memory.qcow2"  # a memory group's saved state, in its backup's directory
 
 
 def backing_name(base_backup_id: str, volume_uuid: str) -> str:
@@ -85,6 +89,31 @@ class DiskBackup:
 
 
 @dataclass(frozen=True)
+class MemoryBackup:
+    """A memory group's saved state in its backup: MEMORY_FILE, a compressed qcow2 of
+    the state's `size` bytes (the group's memory file, whose own SHA-256 was
+    `state_sha256`); `sha256` over pieces of PIECE_SIZE, as a disk's."""
+
+    size: int
+    state_sha256: str
+    sha256: str
+    bytes_written: int
+    mode: str  # how it was taken: paused or live
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": MEMORY_FILE,
+            "size": self.size,
+            "stateSha256": self.state_sha256,
+            "sha256": self.sha256,
+            "sha256PieceSize": PIECE_SIZE,
+            "bytesWritten": self.bytes_written,
+            "compressed": True,
+            "mode": self.mode,
+        }
+
+
+@dataclass(frozen=True)
 class BackupManifest:
     backup_id: str
     created: str  # ISO 8601 UTC of the export: orders a VM's backups
@@ -100,6 +129,7 @@ class BackupManifest:
     full_reason: str | None = None
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys a later version adds
+    memory: MemoryBackup | None = None  # a memory group's saved state
 
     @property
     def full(self) -> bool:
@@ -143,6 +173,7 @@ class BackupManifest:
                 }
                 for d in self.disks
             ],
+            **({"memory": self.memory.to_dict()} if self.memory else {}),
         }
 
     def to_json(self) -> str:
@@ -160,6 +191,7 @@ class BackupManifest:
             "groupName": self.group_name,
             "full": self.full,
             "fullReason": self.full_reason,
+            "withMemory": self.memory is not None,
             "disks": [
                 {
                     "target": d.target,
@@ -186,6 +218,7 @@ _KNOWN = {
     "domainXml",
     "fullReason",
     "disks",
+    "memory",
 }
 
 
@@ -228,6 +261,7 @@ def parse_manifest(text: str | bytes, *, where: str = "manifest") -> BackupManif
         full_reason=r.opt_str("fullReason"),
         format_version=version,
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
+        memory=_memory(JsonReader(doc["memory"], f"{where}: memory")) if "memory" in doc else None,
     )
     check_manifest(manifest, where=where)
     return manifest
@@ -267,6 +301,24 @@ def check_manifest(m: BackupManifest, *, where: str = "manifest") -> None:
                 f"{ctx}: baseBackupId {d.base_backup_id} is not the chain's previous "
                 f"backup ({expected_base})"
             )
+
+
+def _memory(r: JsonReader) -> MemoryBackup:
+    if r.str_("file") != MEMORY_FILE or r.int_("sha256PieceSize") != PIECE_SIZE:
+        raise InvalidArgument(f"{r.where}: file must be {MEMORY_FILE}, its pieces {PIECE_SIZE}")
+    memory = MemoryBackup(
+        size=r.int_("size"),
+        state_sha256=r.str_("stateSha256"),
+        sha256=r.str_("sha256"),
+        bytes_written=r.int_("bytesWritten"),
+        mode=r.str_("mode"),
+    )
+    for name in ("state_sha256", "sha256"):
+        if not _SHA256.fullmatch(getattr(memory, name)):
+            raise InvalidArgument(f"{r.where}: {name} is not 64 lowercase hex digits")
+    if memory.size <= 0 or memory.bytes_written < 0:
+        raise InvalidArgument(f"{r.where}: size or bytesWritten out of range")
+    return memory
 
 
 def _disk(r: JsonReader, backup_id: str) -> DiskBackup:

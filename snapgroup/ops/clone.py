@@ -10,14 +10,19 @@ delete refuses (Permissive) or skips (Enforcing) them, never breaking the clone.
 Journal steps (`clone:<step>`): begin -> overlays (made) -> defined (the clone exists)
 -> done with its volumes recorded. Recovery rolls forward once the clone is defined,
 else removes the overlays.
+
+`start` of a memory group's clone resumes it from a copy of the group's saved state
+(ops/memory_copies.py: made under the original's lock, the clone's own, journaled
+apart), so the clone runs on from the group's moment instead of booting.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError, SnapgroupError
 from snapgroup.domain.models import DomainInfo, VolumeType
@@ -27,6 +32,7 @@ from snapgroup.ops.availability_rules import availability, file_checker
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.lineage import check_snapshot_chain, overlays_on_snapshots
+from snapgroup.ops.memory_copies import begin_copy, group_copy, resume_copy
 from snapgroup.ops.memory_state import memory_checker
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.resolve import lookup_or_none
@@ -35,6 +41,7 @@ from snapgroup.store.repo import Repo
 from snapgroup.store.tables import VolumeRow
 
 KIND = "clone"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class Clone:
     group_uuid: str
     state: str
     disks: tuple[CloneDisk, ...]
+    resumed: bool = False  # started from the memory group's saved state
+    note: str | None = None  # what did not go as it should around the resume
 
     def to_inventory(self) -> dict[str, Any]:
         return {
@@ -70,6 +79,7 @@ class Clone:
                 }
                 for d in self.disks
             ],
+            **({"resumedFromMemory": True, "note": self.note} if self.resumed else {}),
         }
 
 
@@ -82,12 +92,33 @@ def clone(ctx: OpContext, group_uuid: str, *, name: str, start: bool = False) ->
     group = ctx.owned_group(uuid)
     # The original's lock: no delete may merge the snapshots away before the clone's
     # volumes (which pin them) are recorded.
+    memory = group.memory_file if start else None
     with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
+        copy = group_copy(ctx, group) if memory is not None else None  # refused: nothing made
         made = _clone_locked(ctx, uuid, group.vm_uuid, name)
-    if start:
+        if memory is not None and copy is not None:
+            resuming = _not_resumed(made, lambda: begin_copy(ctx, made.uuid, memory, copy))
+    if not start:
+        return made
+    if copy is None:
         ctx.hv.start(made.uuid)
-        made = _described(ctx, made)
-    return made
+        return _described(ctx, made)
+    sources = {d.target: d.install_path for d in made.disks}
+    note = _not_resumed(made, lambda: resume_copy(ctx, resuming, copy, made.uuid, sources))
+    return replace(_described(ctx, made), resumed=True, note=note)
+
+
+def _not_resumed(made: Clone, step: Callable[[], _T]) -> _T:
+    """`step`'s result; its error said as the clone's, made (defined, stopped) but not
+    resumed."""
+    try:
+        return step()
+    except SnapgroupError as exc:
+        raise OperationError(
+            f"clone {made.name} ({made.uuid}) was made but not resumed from the group's "
+            f"memory state ({exc.details}): `virsh start` boots it, or delete it",
+            cause=exc,
+        ) from exc
 
 
 def _clone_locked(ctx: OpContext, uuid: str, vm_uuid: str, name: str) -> Clone:

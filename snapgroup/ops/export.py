@@ -30,14 +30,14 @@ from snapgroup.ops.backing_up import (
     verify_backups,
 )
 from snapgroup.ops.context import OpContext
-from snapgroup.ops.exporting import SourceDisk, SourceGroup, export_group
+from snapgroup.ops.exporting import SourceDisk, SourceGroup, SourceMemory, export_group
 from snapgroup.ops.group_views import check_intact, load_groups
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.resolve import lookup_or_none
 from snapgroup.ports import ImageTool, ProgressFn
 from snapgroup.store.repo import Repo
-from snapgroup.store.tables import SnapshotRow
+from snapgroup.store.tables import GroupRow, SnapshotRow
 
 
 class ContextSource:
@@ -91,6 +91,7 @@ class ContextSource:
             domain_xml=xml,
             disks=tuple(disks),
             ancestors=ancestors,
+            memory=_memory(row),
         )
 
     def snapshot_files(self, group_uuid: str) -> Mapping[str, str]:
@@ -107,6 +108,13 @@ class ContextSource:
 
     def new_uuid(self) -> str:
         return self.ctx.new_uuid()
+
+
+def _memory(row: GroupRow) -> SourceMemory | None:
+    """A memory group's saved state, as recorded."""
+    if row.memory_file is None or row.memory_size is None or row.memory_sha256 is None:
+        return None
+    return SourceMemory(row.memory_file, row.memory_size, row.memory_sha256, row.memory_mode or "")
 
 
 def _ancestors(repo: Repo, vm_uuid: str, group_uuid: str) -> tuple[str, ...]:

@@ -10,6 +10,9 @@ this host (the layers between them are the increment). Whenever either is missin
 disk is exported full and the manifest says why; an export never fails because an
 increment is impossible.
 
+A memory group's saved state goes along, compressed (MEMORY_FILE; always whole: a
+state is no increment of another), its SHA-256 checked against the group's first.
+
 Crash safety: everything is written in `.partial-<id>/` and published by one rename; a
 process killed midway leaves a partial that is never listed, and the next export of the
 VM removes it and starts again.
@@ -23,7 +26,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from snapgroup.domain.backup_chains import newest_base, reads_through
-from snapgroup.domain.backup_manifest import BackupManifest, DiskBackup, backing_name
+from snapgroup.domain.backup_manifest import (
+    MEMORY_FILE,
+    BackupManifest,
+    DiskBackup,
+    MemoryBackup,
+    Partial,
+    backing_name,
+)
+from snapgroup.domain.errors import OperationError
 from snapgroup.ops.backing_up import ExportResult
 from snapgroup.ports import BackupStore, ImageTool, ProgressFn
 
@@ -38,6 +49,16 @@ class SourceDisk:
 
 
 @dataclass(frozen=True)
+class SourceMemory:
+    """A memory group's saved state: its file, as the group recorded it."""
+
+    file: str
+    size: int
+    sha256: str
+    mode: str
+
+
+@dataclass(frozen=True)
 class SourceGroup:
     vm_uuid: str
     vm_name: str
@@ -49,6 +70,7 @@ class SourceGroup:
     disks: tuple[SourceDisk, ...]
     # Group uuids from the group's parent to its tree's root (the VM's tree of groups).
     ancestors: tuple[str, ...]
+    memory: SourceMemory | None = None
 
 
 class ExportSource(Protocol):
@@ -144,6 +166,7 @@ def export_group(
                 )
             )
         disks = [replace(d, sha256=f.result()) for d, f in zip(disks, sums, strict=True)]
+        memory = _memory(src.images, repo, partial, group.memory) if group.memory else None
         manifest = BackupManifest(
             backup_id=backup_id,
             created=src.now(),
@@ -156,6 +179,7 @@ def export_group(
             domain_xml=group.domain_xml,
             disks=tuple(disks),
             full_reason=reason or ("; ".join(reasons) if reasons else None),
+            memory=memory,
         )
         if step is not None:
             step("publishing")
@@ -166,6 +190,26 @@ def export_group(
         raise
     hashing.shutdown(wait=True)
     return ExportResult(manifest, discarded)
+
+
+def _memory(
+    images: ImageTool, repo: BackupStore, partial: Partial, memory: SourceMemory
+) -> MemoryBackup:
+    """The group's saved state, once it is the one recorded, packed into the partial."""
+    digest = images.digest(memory.file)
+    if (digest.size, digest.sha256) != (memory.size, memory.sha256):
+        raise OperationError(
+            f"memory file {memory.file} changed since the group was taken: not exported"
+        )
+    target = f"{partial.path.rstrip('/')}/{MEMORY_FILE}"
+    images.pack_memory(memory.file, target)
+    return MemoryBackup(
+        size=digest.size,
+        state_sha256=digest.sha256,
+        sha256=repo.seal(target),
+        bytes_written=repo.size(target),
+        mode=memory.mode,
+    )
 
 
 def _increment(

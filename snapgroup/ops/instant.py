@@ -17,6 +17,15 @@ restart) is started again if the VM runs, or, when it is stopped, the disks are 
 standalone offline (a safe `qemu-img rebase` onto nothing). At the end QEMU's caches are
 flushed (a pause of the guest for the flush: a pulled top's new cluster tables may sit in
 QEMU's cache while its header already names no backing file), then the hold goes.
+
+An instant restore starts the VM after the cheap checks of the backup's chain (sizes,
+qcow2 headers, backing names: backing_up.chain_problems); reading every byte for the
+checksums is the copy's first work (`verify` in the plan), while QEMU pulls the first
+disk. Nothing is finished before they match. A mismatch (or a chain that cannot be
+read) pauses the guest, stops the pulls and fails the operation, named in its detail
+(`snapgroup operations`); the follower exits with that error, a recover says it as a
+warning. The VM stays paused on its thin disks, the backup held; nothing is written
+into the repository.
 """
 
 from __future__ import annotations
@@ -26,11 +35,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from snapgroup.domain.errors import InvalidArgument
+from snapgroup.domain.errors import InvalidArgument, OperationError, SnapgroupError
 from snapgroup.domain.models import DomainInfo
-from snapgroup.ops.backing_up import open_store
+from snapgroup.ops import notices
+from snapgroup.ops.backing_up import describe, open_store, verify_backups
 from snapgroup.ops.context import OpContext
-from snapgroup.ops.journal import DONE, Journal
+from snapgroup.ops.journal import DONE, FAILED, Journal
 from snapgroup.ops.recovery import recovers
 from snapgroup.ports import ProgressFn
 from snapgroup.store.operations import OperationRepo
@@ -66,11 +76,15 @@ def start_copy(
     backup_id: str | None = None,
     clone_volumes: Mapping[str, str] | None = None,
     bandwidth: int | None = None,
+    verify: bool = False,
+    start: bool = False,
 ) -> Copying:
     """Journal the copy of the running VM's `disks`, then start one block pull a disk
     (`bandwidth`: MiB/s each, None: as fast as it goes). `repo`/`backup_id`: the backup
     whose hold (holder: the VM's uuid) is released at the end; `clone_volumes`: target
-    -> the clone's volume, unpinned at the end."""
+    -> the clone's volume, unpinned at the end; `verify`: the backup's checksums are
+    still to be read (by the driver, before the copy may finish); `start`: the VM is
+    started here, once the copy is journaled (a kill after leaves it to recover)."""
     if bandwidth is not None and bandwidth < 1:
         raise InvalidArgument("--bandwidth is in MiB/s: 1 or more")
     plan = {
@@ -79,9 +93,12 @@ def start_copy(
         "backup_id": backup_id,
         "clone_volumes": dict(clone_volumes or {}),
         "bandwidth": bandwidth,
+        "verify": verify and bool(repo and backup_id),
     }
     with ctx.locks.vm(vm_uuid, wait=ctx.lock_wait):  # one driver at a time (recover too)
         op = ctx.journal.begin(KIND, vm_uuid, plan)
+        if start:
+            ctx.hv.start(vm_uuid)
         done = _drive(ctx, op, plan, ctx.hv.lookup(vm_uuid))
     return Copying(vm_uuid, op, dict(disks), done=done)
 
@@ -101,6 +118,9 @@ def _follow(ctx: OpContext, copying: Copying, progress: ProgressFn | None) -> No
         if plan is None:  # finished meanwhile (a recover elsewhere)
             break
         domain = ctx.hv.lookup(copying.vm_uuid)
+        refused = _check(ctx, copying.operation, plan, domain)
+        if refused is not None:
+            raise OperationError(refused)
         if not domain.state.is_live:
             recover_instant(ctx, copying.operation, plan, domain)
             break
@@ -112,6 +132,40 @@ def _follow(ctx: OpContext, copying: Copying, progress: ProgressFn | None) -> No
                 if job is not None:
                     progress(job)
         time.sleep(POLL_S)
+
+
+def _check(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> str | None:
+    """The backup's checksums, when the plan still needs them (an instant restore reads
+    them after the start): None when they match (journaled: read once), or nothing
+    was to be read. Else the copy is refused: the guest paused, every pull stopped,
+    the operation failed; what was wrong and what became of the VM is returned."""
+    if not plan.get("verify"):
+        return None
+    ctx.journal.step(op, KIND, "verify")
+    store = open_store(ctx, plan["repo"], existing=False)
+    try:
+        report = verify_backups(ctx.images, store, plan["backup_id"])
+        problem = None if report.clean else describe(store, report)
+    except SnapgroupError as exc:  # not read is not checked: refused all the same
+        problem = f"its files cannot be checked: {exc.details}"
+    if problem is None:
+        ctx.journal.step(op, KIND, "verified", verify=False)
+        plan["verify"] = False
+        return None
+    if domain.state.is_live:
+        ctx.hv.pause(domain.uuid)  # first: the guest reads no more of what is wrong
+        for target in sorted(plan["disks"]):
+            ctx.hv.cancel_block_job(domain.uuid, target)
+        now = "is paused and its copy stopped"
+    else:
+        now = "is left stopped, not copied"
+    detail = (
+        f"instant recovery of backup {plan['backup_id']} refused after the start: "
+        f"{problem}. VM {domain.name or domain.uuid} {now}; its disks still read the "
+        "repository, which keeps its hold; nothing in the repository was written"
+    )
+    ctx.journal.close(op, FAILED, detail=detail)
+    return detail
 
 
 def _drive(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> bool:
@@ -137,7 +191,10 @@ def _plan(ctx: OpContext, op: str) -> dict[str, Any] | None:
 
 def _finish(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> bool:
     """Every disk standalone and durable: release what the thin disks held, close the
-    operation. False (nothing done) while a disk still has a backing file."""
+    operation. False (nothing done) while a disk still has a backing file or the
+    backup's checksums are still to be read."""
+    if plan.get("verify"):
+        return False
     if domain.state.is_live:  # the pulled clusters' tables may still be in QEMU's cache
         ctx.hv.flush_disks(domain.uuid)
     for path in plan["disks"].values():
@@ -170,7 +227,13 @@ def _unpin(ctx: OpContext, volume_uuids: list[str]) -> None:
 @recovers(KIND)
 def recover_instant(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
     """A running VM: one step of the copy (_drive). A stopped one: every disk still on
-    its backing file is made standalone here, offline, and the copy finished."""
+    its backing file is made standalone here, offline, and the copy finished. First,
+    the backup's checksums when they are still to be read: a mismatch is said as a
+    warning (the operation failed, the VM paused)."""
+    refused = _check(ctx, op, plan, domain)
+    if refused is not None:
+        notices.warn(refused)
+        return
     if domain.state.is_live:
         _drive(ctx, op, plan, domain)
         return

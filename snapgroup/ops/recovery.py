@@ -35,6 +35,7 @@ HOMES = {
     "instant": "snapgroup.ops.instant",
     "prune-backups": "snapgroup.ops.prune_backups",
     "restore": "snapgroup.ops.restore",
+    "resume-state": "snapgroup.ops.memory_copies",
     "revert": "snapgroup.ops.reverting",
 }
 

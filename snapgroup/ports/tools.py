@@ -70,6 +70,16 @@ class Hypervisor(Protocol):
         does not run)."""
         ...
 
+    def cancel_block_job(self, vm_uuid: str, target: str) -> None:
+        """Stop the disk's block job where it is (a pull: what it copied stays, the
+        disk still reads its backing chain). No job: nothing to do."""
+        ...
+
+    def pause(self, vm_uuid: str) -> None:
+        """Suspend a running domain's guest (virDomainSuspend: its QEMU stays, its
+        vCPUs stop); a paused one is left as it is."""
+        ...
+
     def flush_disks(self, vm_uuid: str) -> None:
         """Make what QEMU wrote to a running domain's disks durable, its image metadata
         included (a pulled top's cluster tables may sit in QEMU's cache while its header
@@ -160,6 +170,14 @@ class Hypervisor(Protocol):
         definition is set_disk_sources' business."""
         ...
 
+    def adopt_memory_state(self, vm_uuid: str, memory_file: str, *, into: str | None) -> None:
+        """The saved state in `memory_file` made the stopped domain `vm_uuid`'s (a clone,
+        a restored backup: its name, UUID, MACs, disks as it is defined now), written as
+        the new file `into`, or with None into `memory_file` itself (a file snapgroup
+        just wrote). restore_memory then starts the domain from it; the source is never
+        changed. The guest keeps its NIC's old MAC until the NIC is reset."""
+        ...
+
     def resume(self, vm_uuid: str) -> None:
         """Let a paused domain run; a running one is left as it is."""
         ...
@@ -208,6 +226,15 @@ class ImageTool(Protocol):
         """A new standalone qcow2 `target` with the guest view of `source`'s chain (full
         export, restore). `shared` (-U): the source may be a running QEMU's backing file.
         `compress`: its clusters compressed (those that shrink)."""
+        ...
+
+    def pack_memory(self, source: str, target: str) -> None:
+        """A memory group's saved state (`source`, a raw file) as the new compressed
+        image `target` (a backup's copy)."""
+        ...
+
+    def unpack_memory(self, source: str, target: str, *, size: int) -> None:
+        """pack_memory's copy back as the new raw file `target` (0600) of `size` bytes."""
         ...
 
     def export_incremental(

@@ -154,6 +154,20 @@ class FakeHypervisor(MemoryHypervisor, Faults):
         return self.pulls.get((self._domain(vm_uuid).uuid, target))
 
     @serialised
+    def cancel_block_job(self, vm_uuid: str, target: str) -> None:
+        self._call("cancel_block_job", vm_uuid, target)
+        self.pulls.pop((self._domain(vm_uuid).uuid, target), None)
+
+    @serialised
+    def pause(self, vm_uuid: str) -> None:
+        self._call("pause", vm_uuid)
+        domain = self._domain(vm_uuid)
+        if domain.state is VmState.RUNNING:
+            domain.state = VmState.PAUSED
+        elif domain.state is not VmState.PAUSED:
+            raise HypervisorError(f"domain {domain.name} is not running")
+
+    @serialised
     def flush_disks(self, vm_uuid: str) -> None:
         self._call("flush_disks", vm_uuid)
 

@@ -97,7 +97,8 @@ def test_killed_mid_copy_the_vm_runs_on_and_recover_finishes_it(
         env={**os.environ, "SNAPGROUP_NO_DAEMON": "1"},
     )
     try:
-        _wait(lambda: ("running", "pull:vda") in _instant_ops(engine), "the copy to start")
+        # The copy reads the backup's checksums first (vda's pull already running).
+        _wait(lambda: ("running", "verified") in _instant_ops(engine), "the copy's check")
         # The VM runs while its disks are still being copied: it answered before the end.
         assert virsh("domstate", new).strip() == "running"
         assert set(_pulls(engine, new)) == {"vda"}  # one at a time
@@ -111,7 +112,7 @@ def test_killed_mid_copy_the_vm_runs_on_and_recover_finishes_it(
             proc.wait()
     assert set(_pulls(engine, new)) == {"vda"}  # QEMU copies on
     engine.recover()
-    assert _instant_ops(engine) == [("running", "pull:vda")]  # still copying: left open
+    assert _instant_ops(engine) == [("running", "verified")]  # still copying: left open
     _recover_through(engine, new)
     assert [s for s, _ in _instant_ops(engine)] == ["done"]
     assert not list((repo / vm.uuid / backup.backup_id).glob("hold-*.json"))
@@ -176,3 +177,57 @@ def test_an_instant_clone_is_finished_by_its_follower_and_pins_nothing(
         assert same(path, frozen[n]), target
     # The clone reads none of the group's files: the group is deleted like any other.
     assert engine.delete(group.uuid).error is None
+
+
+def test_a_byte_flipped_in_the_repository_pauses_the_restored_vm(
+    engine: Engine, stopped_vm: LabVm, labdir: Path, restored: list[str]
+) -> None:
+    """A repository file damaged in place (its size and headers intact) passes the
+    checks made before the start, so the VM starts; the copy's checksums then find it:
+    the guest is paused, the pull stopped, the command (--follow) fails naming the
+    file, the operation is failed with the same words, verify-backup finds it too, and
+    nothing in the repository was written."""
+    vm = stopped_vm
+    _fill(vm)
+    repo = vm.directory / "repo"
+    backup = engine.export(engine.create(vm=vm.name, name="g").uuid, to=str(repo)).manifest
+    damaged = repo / vm.uuid / backup.backup_id / backup.disks[0].file
+    with damaged.open("r+b") as f:  # inside the 40 MiB written: data, not metadata
+        f.seek(20 << 20)
+        byte = f.read(1)
+        f.seek(20 << 20)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    files = {p: p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()}
+    new = f"{vm.name}-instant"
+    restored.append(new)
+    db = f"sqlite:///{labdir / 'snapgroup.db'}"
+    cli = [sys.executable, "-m", "snapgroup", "--db", db, "--connect", "qemu:///system"]
+    done = subprocess.run(
+        [
+            *cli,
+            "restore",
+            "--from",
+            str(repo),
+            backup.backup_id,
+            *("--as", new, "--disk-dir", str(vm.directory), "--start", "--instant"),
+            *("--bandwidth", "2", "--follow"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SNAPGROUP_NO_DAEMON": "1"},
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "error SYS.1006" in done.stderr and str(damaged) in done.stderr, done.stderr
+    assert "sha256 mismatch" in done.stderr and "paused" in done.stderr
+    assert virsh("domstate", new).strip() == "paused"
+    assert not _pulls(engine, new)  # the copy stopped
+    (row,) = [r for r in engine.operations() if r.kind == "instant"]
+    assert row.state == "failed" and row.detail is not None and str(damaged) in row.detail
+    engine.recover()  # a failed copy is not driven on
+    assert virsh("domstate", new).strip() == "paused"
+    report = engine.verify_backup(at=str(repo), backup_id=backup.backup_id)
+    assert [f.name for f in report.findings] == [f"{backup.backup_id}/{damaged.name}"]
+    after = {p: p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()}
+    assert {p for p in after if p.name.startswith("hold-")}  # still held: the VM reads it
+    assert {p: b for p, b in after.items() if not p.name.startswith("hold-")} == files

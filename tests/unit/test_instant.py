@@ -12,6 +12,7 @@ import pytest
 from snapgroup.adapters.backup_repo import BackupRepo
 from snapgroup.domain.errors import OperationError
 from snapgroup.domain.models import VmState
+from snapgroup.ops import notices
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Killed, Lab
 
@@ -127,3 +128,97 @@ def test_an_instant_clone_stops_pinning_the_group_once_copied(
     assert report.error is None
     for disk in lab.hv.domains[made.uuid].disks:
         assert disk.path is not None and lab.images.read(disk.path)
+
+
+class _CountingRepo(_Repo):
+    """Each file's checksum read is logged in the hypervisor's call log, so that a test
+    sees it in order with the VM's start."""
+
+    calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def file_problem(self, path: str, sha256: str, piece_size: int | None) -> str | None:
+        self.calls.append(("checksum", (path,)))
+        return super().file_problem(path, sha256, piece_size)
+
+
+def _repo_bytes(repo: str) -> dict[str, bytes]:
+    """Every file of the repository but the holds (restore writes those), by path."""
+    return {
+        str(p): p.read_bytes()
+        for p in sorted(Path(repo).rglob("*"))
+        if p.is_file() and not p.name.startswith("hold-")
+    }
+
+
+def test_the_vm_starts_before_the_chain_is_read_and_the_copy_reads_it_first(
+    lab: Lab, backed_up: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the start only the cheap checks (sizes, headers); the checksums are the
+    copy's first work, and it finishes nothing before they match."""
+    repo, (_, b2) = backed_up
+    monkeypatch.setattr(_CountingRepo, "calls", lab.hv.calls)
+    lab.engine.ctx.backup_store = _CountingRepo
+    done, copying = lab.engine.instant_restore(b2, source=repo, as_vm="new")
+    assert done.state == "Running"
+    names = [name for name, _ in lab.hv.calls]
+    assert "start" in names and "checksum" not in names
+    lab.engine.recover()  # the copy's driver: the checksums first, vda's pull left be
+    assert _steps(lab) == [("running", "verified")] and _pulling(lab) == ["vda"]
+    assert _copy_through(lab, copying.operation) == [["vda"], ["vdb"], ["vdc"]]
+    names = [name for name, _ in lab.hv.calls]
+    assert names.index("start") < names.index("checksum") < names.index("flush_disks")
+    assert _steps(lab) == [("done", "pull:vdc")]
+
+
+def _steps(lab: Lab) -> list[tuple[str, str]]:
+    return [(r.state, r.step) for r in lab.engine.operations() if r.kind == "instant"]
+
+
+@pytest.mark.parametrize("driver", ["follower", "recover"])
+def test_a_flipped_byte_pauses_the_vm_and_fails_the_copy(
+    lab: Lab, backed_up: tuple[str, list[str]], driver: str
+) -> None:
+    """A repository file damaged in place (same size, one byte changed) passes the cheap
+    checks: the VM starts. The copy's checksums find it: the guest is paused, its pulls
+    stopped, the operation failed naming the file; nothing in the repository written."""
+    repo, (b1, b2) = backed_up
+    damaged = next(Path(repo, VM, b1).glob("*.qcow2"))  # the base the increment reads
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    before = _repo_bytes(repo)
+    done, copying = lab.engine.instant_restore(b2, source=repo, as_vm="new")
+    assert done.state == "Running" and _pulling(lab) == ["vda"] and done.vm_uuid
+    if driver == "follower":
+        with pytest.raises(OperationError, match="sha256 mismatch") as refused:
+            lab.engine.instant_follow(copying.operation)
+        said = refused.value.details
+    else:
+        with notices.collecting() as warned:
+            lab.engine.recover()
+        (said,) = warned
+    assert str(damaged) in said and "paused" in said
+    assert lab.hv.domains[done.vm_uuid].state is VmState.PAUSED
+    assert _pulling(lab) == [] and lab.hv.called("cancel_block_job")
+    ((state, step),) = _steps(lab)
+    assert (state, step) == ("failed", "verify")
+    (row,) = [r for r in lab.engine.operations() if r.kind == "instant"]
+    assert row.detail == said
+    assert _repo_bytes(repo) == before  # nothing written into it
+    lab.engine.recover()  # a failed copy is not driven on
+    assert lab.hv.domains[done.vm_uuid].state is VmState.PAUSED
+    report = lab.engine.verify_backup(at=repo, backup_id=b2)
+    assert not report.clean and damaged.name in report.findings[0].name
+
+
+def test_a_file_of_another_size_is_refused_before_anything_is_made(
+    lab: Lab, backed_up: tuple[str, list[str]]
+) -> None:
+    repo, (b1, b2) = backed_up
+    damaged = next(Path(repo, VM, b1).glob("*.qcow2"))
+    with damaged.open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(OperationError, match="bytes, its manifest says"):
+        lab.engine.instant_restore(b2, source=repo, as_vm="new")
+    assert "new" not in {d.name for d in lab.hv.domains.values()}
+    assert not lab.hv.called("start") and not _steps(lab)

@@ -24,6 +24,7 @@ KINDS = [
     "instant",
     "prune-backups",
     "restore",
+    "resume-state",
     "revert",
 ]
 

@@ -118,6 +118,28 @@ class BlockJobs(LibvirtConnection):
         job = _DomainJobs(self, dom).job(target)
         return BlockJobProgress(job["cur"], job["end"]) if job else None
 
+    def cancel_block_job(self, vm_uuid: str, target: str) -> None:
+        dom = self._domain(vm_uuid)
+        if not self._info(dom).state.is_live:
+            return
+        jobs = _DomainJobs(self, dom)
+        if not jobs.job(target):
+            return
+        try:
+            jobs.abort(target)  # synchronous: the job is gone when it returns
+        except HypervisorError:
+            if jobs.job(target):  # not one that ended meanwhile
+                raise
+
+    def pause(self, vm_uuid: str) -> None:
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            state = int(dom.state()[0])
+            if state == libvirt.VIR_DOMAIN_RUNNING:
+                dom.suspend()
+            elif state != libvirt.VIR_DOMAIN_PAUSED:
+                raise HypervisorError(f"domain {dom.name()} is not running (state {state})")
+
     def flush_disks(self, vm_uuid: str) -> None:
         dom = self._domain(vm_uuid)
         if self._info(dom).state is not VmState.RUNNING:

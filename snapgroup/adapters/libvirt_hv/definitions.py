@@ -1,12 +1,14 @@
 """Definition verbs: the persistent definition read, redefined onto new disk sources,
-a new domain defined from it (a clone) or from a backup's copy (a restore), a domain
-undefined, every domain listed."""
+a new domain defined from it (a clone) or from a backup's copy (a restore), a saved
+memory state made such a new domain's (adapters/save_image.py), a domain undefined,
+every domain listed."""
 
 from __future__ import annotations
 
 import libvirt
 
-from snapgroup.adapters.domxml import clone_xml, restore_xml, with_disk_sources
+from snapgroup.adapters import save_image
+from snapgroup.adapters.domxml import clone_xml, restore_xml, saved_state_xml, with_disk_sources
 from snapgroup.adapters.libvirt_hv.connection import DEFINITION_FLAGS, LibvirtConnection, dashed
 from snapgroup.domain.errors import HypervisorError, InvalidArgument, NotFound
 from snapgroup.domain.models import DomainInfo
@@ -51,6 +53,18 @@ class Definitions(LibvirtConnection):
         return self._define_new(
             restore_xml(xml, name=name, uuid=new_uuid, sources=sources), name, new_uuid
         )
+
+    def adopt_memory_state(self, vm_uuid: str, memory_file: str, *, into: str | None) -> None:
+        dom = self._domain(vm_uuid)
+        with self._calls():
+            if dom.isActive():
+                raise HypervisorError(f"domain {dom.name()} is running: its state is its own")
+        image = save_image.read_image(memory_file)
+        xml = saved_state_xml(image.xml, self.definition_xml(vm_uuid))
+        if into is None:
+            save_image.rewrite_xml(image, xml)
+        else:
+            save_image.write_image(image, into, xml)
 
     def _define_new(self, xml: str, name: str, new_uuid: str) -> DomainInfo:
         """Define a new domain, once none has `name` or `new_uuid`: defineXML would

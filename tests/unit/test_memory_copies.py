@@ -1,0 +1,204 @@
+"""A memory group's saved state resumed as another domain, on the fakes
+(snapgroup.ops.memory_copies): clone --start, export (the state carried, compressed,
+checked), restore --as NEW --start, and what a killed resume leaves."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from snapgroup.adapters.backup_repo import BackupRepo
+from snapgroup.domain.backup_manifest import MEMORY_FILE
+from snapgroup.domain.errors import HypervisorError, OperationError
+from snapgroup.domain.models import VmState
+from snapgroup.testing.fake_memory import OWNER
+from snapgroup.testing.fakes import lab_domain
+from tests.unit.conftest import Killed, Lab
+
+VM = "a" * 32
+
+
+class _Repo(BackupRepo):
+    """The real repository; no QEMU runs here to be let in."""
+
+    def open_to_qemu(self, files: Sequence[str]) -> None:
+        pass
+
+
+def _memory_group_then_run_on(
+    lab: Lab, directory: str = "/lab"
+) -> tuple[str, list[dict[int, str]]]:
+    """A memory group taken while the guest's RAM says counter=41; then the guest ran on
+    (RAM counter=99, every disk changed). The group and the disks' view at the snapshot."""
+    lab_domain(lab.hv, directory=directory)
+    lab.hv.agents[VM] = ("/",)
+    lab.hv.ram[VM] = "counter=41"
+    for disk in lab.hv.domains[VM].disks:
+        assert disk.path is not None
+        lab.images.write(disk.path, 1, f"{disk.target}@snapshot")
+    at_snapshot = lab.view_of_vm()
+    group = lab.engine.create(vm="vm1", name="m1", with_memory=True)
+    lab.hv.ram[VM] = "counter=99"
+    for disk in lab.hv.domains[VM].disks:
+        assert disk.path is not None
+        lab.images.write(disk.path, 1, f"{disk.target}@later")
+    return group.uuid, at_snapshot
+
+
+def _memory_files(lab: Lab) -> set[str]:
+    return {p for p in lab.images.images if p.endswith(".mem")}
+
+
+def test_clone_start_of_a_memory_group_resumes_a_copy(lab: Lab) -> None:
+    uuid, at_snapshot = _memory_group_then_run_on(lab)
+    group_file = lab.engine.get(uuid).memory.file  # type: ignore[union-attr]
+    before = lab.images.digest(group_file)
+    original = [d.path for d in lab.hv.domains[VM].disks]
+
+    made = lab.engine.clone(uuid, name="c1", start=True)
+
+    assert made.state == "Running" and made.resumed
+    assert made.note is not None and "clock not set" in made.note  # the fake clone: no agent
+    assert lab.hv.ram[made.uuid] == "counter=41"  # the group's moment, not a boot
+    assert lab.view_of_vm(made.uuid) == at_snapshot
+    ((vm, copy, sources, paused),) = lab.hv.called("restore_memory")
+    assert vm == made.uuid and copy != group_file and not paused
+    assert sources == {d.target: d.install_path for d in made.disks}
+    assert os.path.dirname(copy) == os.path.dirname(group_file)  # beside it
+    assert _memory_files(lab) == {group_file}  # the copy is gone once resumed
+    assert made.to_inventory()["resumedFromMemory"] is True
+    # The original is untouched: running on its disks, its later state, its group intact.
+    assert lab.hv.domains[VM].state is VmState.RUNNING and lab.hv.ram[VM] == "counter=99"
+    assert [d.path for d in lab.hv.domains[VM].disks] == original
+    assert lab.images.digest(group_file) == before
+    assert lab.images.images[group_file].clusters[OWNER] == VM
+    assert lab.engine.check([uuid])[0].available
+    assert [r.state for r in lab.engine.operations() if r.kind == "resume-state"] == ["done"]
+
+
+def test_clone_of_a_memory_group_without_start_is_defined_stopped(lab: Lab) -> None:
+    uuid, _ = _memory_group_then_run_on(lab)
+    made = lab.engine.clone(uuid, name="c1")
+    assert made.state == "Stopped" and not made.resumed
+    assert lab.hv.called("adopt_memory_state") == [] and len(_memory_files(lab)) == 1
+
+
+def test_clone_start_is_refused_when_the_copy_does_not_fit(lab: Lab) -> None:
+    uuid, _ = _memory_group_then_run_on(lab)
+    lab.images.free = 1 << 20
+    images = sorted(lab.images.images)
+    with pytest.raises(OperationError, match="does not fit"):
+        lab.engine.clone(uuid, name="c1", start=True)
+    assert sorted(lab.images.images) == images  # nothing made
+    assert set(lab.hv.domains) == {VM}
+
+
+def test_a_resume_that_fails_leaves_the_clone_stopped_and_no_copy(lab: Lab) -> None:
+    uuid, _ = _memory_group_then_run_on(lab)
+    lab.hv.fail["restore_memory"] = HypervisorError("incompatible save image")
+    with pytest.raises(OperationError, match="made but not resumed"):
+        lab.engine.clone(uuid, name="c1", start=True)
+    (clone,) = [d for d in lab.hv.domains.values() if d.name == "c1"]
+    assert clone.state is VmState.STOPPED and len(_memory_files(lab)) == 1
+
+
+@pytest.mark.parametrize("step", ["resume-state:copied", "resume-state:restoring"])
+def test_killed_while_resuming_a_clone_recover_removes_the_copy(
+    lab: Lab, die_at: list[str], step: str
+) -> None:
+    uuid, _ = _memory_group_then_run_on(lab)
+    die_at.append(step)
+    with pytest.raises(Killed):
+        lab.engine.clone(uuid, name="c1", start=True)
+    assert len(_memory_files(lab)) == 2  # the group's and the copy
+    rows = lab.engine.recover()
+    assert [r.state for r in rows if r.kind == "resume-state"] == ["rolled-back"]
+    assert len(_memory_files(lab)) == 1
+    (clone,) = [d for d in lab.hv.domains.values() if d.name == "c1"]
+    assert clone.state is VmState.STOPPED  # defined; `start` boots it cold
+
+
+# -- backups ---------------------------------------------------------------------------
+
+
+def _exported(lab: Lab, tmp_path: Path) -> tuple[str, str, str]:
+    """A memory group of vm1 (disks in tmp_path/vm) exported: (group, repo, backup)."""
+    lab.engine.ctx.backup_store = _Repo
+    (tmp_path / "vm").mkdir()
+    uuid, _ = _memory_group_then_run_on(lab, directory=str(tmp_path / "vm"))
+    repo = str(tmp_path / "repo")
+    manifest = lab.engine.export(uuid, to=repo).manifest
+    for disk in manifest.disks:  # the fake images know the repository's at their place
+        lab.images.chain(str(Path(repo) / VM / manifest.backup_id / disk.file))
+    return uuid, repo, manifest.backup_id
+
+
+def test_export_carries_the_memory_state_compressed_and_checked(lab: Lab, tmp_path: Path) -> None:
+    uuid, repo, backup_id = _exported(lab, tmp_path)
+    group = lab.engine.get(uuid)
+    assert group.memory is not None
+    path = Path(repo) / VM / backup_id / MEMORY_FILE
+    assert path.is_file()
+    ((source, target),) = lab.images.called("pack_memory")
+    assert source == group.memory.file and target.endswith(MEMORY_FILE)
+    doc = json.loads((Path(repo) / VM / backup_id / "manifest.json").read_text())
+    memory = doc["memory"]
+    assert memory["file"] == MEMORY_FILE and memory["compressed"] is True
+    assert (memory["size"], memory["stateSha256"]) == (group.memory.size, group.memory.sha256)
+    assert memory["bytesWritten"] == path.stat().st_size and memory["mode"] == "paused"
+    (listed,) = lab.engine.backups(at=repo)
+    assert listed.memory is not None and listed.summary()["withMemory"] is True
+    assert lab.engine.verify_backup(at=repo, backup_id=backup_id).clean
+    # A damaged state is named by verify-backup, and the backup is broken by it.
+    path.write_text(path.read_text() + " ")
+    report = lab.engine.verify_backup(at=repo, backup_id=backup_id)
+    (finding,) = report.findings
+    assert finding.name == f"{backup_id}/{MEMORY_FILE}"
+    assert report.to_dict()["findings"][0]["file"] == f"{backup_id}/{MEMORY_FILE}"
+    assert report.broken == {backup_id: (f"{backup_id}/{MEMORY_FILE}",)}
+
+
+def test_a_disk_only_backup_has_no_memory(lab: Lab, tmp_path: Path) -> None:
+    lab.engine.ctx.backup_store = _Repo
+    (tmp_path / "vm").mkdir()
+    lab_domain(lab.hv, directory=str(tmp_path / "vm"))
+    group = lab.engine.create(vm="vm1", name="d1")
+    manifest = lab.engine.export(group.uuid, to=str(tmp_path / "repo")).manifest
+    assert manifest.memory is None and "memory" not in manifest.to_dict()
+    assert lab.images.called("pack_memory") == []
+
+
+def test_restore_as_new_start_resumes_the_backups_state(lab: Lab, tmp_path: Path) -> None:
+    uuid, repo, backup_id = _exported(lab, tmp_path)
+    group_file = lab.engine.get(uuid).memory.file  # type: ignore[union-attr]
+    restored = lab.engine.restore(backup_id, source=repo, as_vm="r1", start=True)
+
+    assert restored.state == "Running" and restored.vm_uuid is not None
+    assert lab.hv.ram[restored.vm_uuid] == "counter=41"  # the group's moment, not a boot
+    ((vm, copy, sources, _paused),) = lab.hv.called("restore_memory")
+    assert vm == restored.vm_uuid and sources == dict(restored.files)
+    assert os.path.dirname(copy) == os.path.dirname(next(iter(restored.files.values())))
+    assert _memory_files(lab) == {group_file}  # the unpacked copy is gone
+    assert lab.hv.ram[VM] == "counter=99"  # the original untouched
+    assert [r.state for r in lab.engine.operations() if r.kind == "resume-state"] == ["done"]
+
+
+def test_restore_without_start_does_not_unpack_the_state(lab: Lab, tmp_path: Path) -> None:
+    _, repo, backup_id = _exported(lab, tmp_path)
+    restored = lab.engine.restore(backup_id, source=repo, as_vm="r1")
+    assert restored.state == "Stopped" and lab.images.called("unpack_memory") == []
+
+
+def test_prune_removes_a_pruned_backups_memory_state(lab: Lab, tmp_path: Path) -> None:
+    uuid, repo, first = _exported(lab, tmp_path)
+    second = lab.engine.export(uuid, to=repo).manifest.backup_id
+    assert (Path(repo) / VM / first / MEMORY_FILE).is_file()
+    report = lab.engine.prune_backups(at=repo, vm="vm1", keep=1)
+    assert report.pruned == (first,)
+    assert not (Path(repo) / VM / first).exists()
+    assert (Path(repo) / VM / second / MEMORY_FILE).is_file()
+    assert lab.engine.verify_backup(at=repo).clean
