@@ -8,6 +8,7 @@ qemu-img through the ImageTool port.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from snapgroup.domain.backup_manifest import MANIFEST, BackupManifest, disk_file
 from snapgroup.domain.errors import (
     ImageToolError,
     OperationError,
+    SnapgroupError,
 )
 from snapgroup.ops import backup_listing
 from snapgroup.ops.backup_listing import vm_uuids as vm_uuids  # its home: backup_listing
@@ -202,6 +204,53 @@ def present_backup(images: ImageTool, repo: BackupStore, backup_id: str) -> Back
             if not repo.exists(repo.member_file(manifest.vm_uuid, member, d.volume_uuid)):
                 return restorable(images, repo, backup_id)
     return manifest
+
+
+def chain_problems(images: ImageTool, repo: BackupStore, manifest: BackupManifest) -> list[str]:
+    """What is wrong with the files the backup's disks read, found without reading their
+    data (a stat and the qcow2 headers, milliseconds): each file's size against what
+    its manifest recorded, and each disk's chain as its headers name it (files, qcow2,
+    virtual sizes) against the manifest's. Empty when the chain is the one the manifest
+    names; whether each file holds the bytes it did is verify_backups' (a full read)."""
+    problems: list[str] = []
+    owners = {manifest.backup_id: manifest}
+    for disk in manifest.disks:
+        members = list(reversed(disk.chain))  # top first, as the headers are read
+        paths = [repo.member_file(manifest.vm_uuid, m, disk.volume_uuid) for m in members]
+        recorded = []
+        for member, path in zip(members, paths, strict=True):
+            try:
+                if member not in owners:
+                    owners[member] = repo.get(member, vm_uuid=manifest.vm_uuid)
+                want = owners[member].disk(disk.volume_uuid)
+                size = repo.size(path)
+            except SnapgroupError as exc:
+                problems.append(f"{path}: {exc.details}")
+                continue
+            recorded.append(want)
+            if size != want.bytes_written:
+                problems.append(f"{path}: {size} bytes, its manifest says {want.bytes_written}")
+        if len(recorded) < len(paths):
+            continue
+        try:
+            layers = images.chain(paths[0], shared=True)
+        except ImageToolError as exc:
+            problems.append(f"{paths[0]}: {exc.details}")
+            continue
+        found = [os.path.realpath(layer.path) for layer in layers]
+        if found != [os.path.realpath(p) for p in paths]:
+            problems.append(
+                f"{paths[0]}: its headers chain {' -> '.join(found)}, "
+                f"its manifest {' -> '.join(paths)}"
+            )
+            continue
+        for layer, want in zip(layers, recorded, strict=True):
+            if layer.format != "qcow2" or layer.virtual_size != want.virtual_size:
+                problems.append(
+                    f"{layer.path}: a {layer.format} image of {layer.virtual_size} bytes, "
+                    f"its manifest says qcow2 of {want.virtual_size}"
+                )
+    return problems
 
 
 def describe(repo: BackupStore, report: VerifyReport) -> str:

@@ -20,6 +20,7 @@ from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.validate import parse_uuid, validate_name
 from snapgroup.ops.backing_up import (
     RESTORE,
+    chain_problems,
     describe,
     open_store,
     present_backup,
@@ -66,16 +67,22 @@ def restore(
     keep_chain: bool = False,
     start: bool = False,
     progress: ProgressFn | None = None,
+    check_data: bool = True,
 ) -> Restored:
     """Restore any backup: as a new VM `as_vm` (its disks new UUID-named files in
     `disk_dir`, default beside the original VM's disks when it is defined here, else
     /var/lib/libvirt/images), or only its images into `to_dir`. Flattened, or with
     `keep_chain` thin overlays on the repository's files. A damaged chain is refused
-    before anything is written. Journaled: a killed restore leaves no VM and no files."""
+    before anything is written. Journaled: a killed restore leaves no VM and no files.
+    `check_data` False (instant recovery, with `keep_chain`): the chain is checked only
+    as far as its sizes and headers go (chain_problems); its checksums are the caller's
+    to verify, after the start."""
     if (as_vm is None) == (to_dir is None):
         raise InvalidArgument("restore needs exactly one of --as NEW_VM and --to-dir PATH")
     if start and as_vm is None:
         raise InvalidArgument("--start needs --as NEW_VM")
+    if not (check_data or keep_chain):
+        raise InvalidArgument("a flattened restore reads every byte: it checks them too")
     store = open_store(ctx, source)
     backup_id = parse_uuid(backup_id, "backup id")
     manifest = present_backup(ctx.images, store, backup_id)
@@ -116,17 +123,24 @@ def restore(
         # from the page cache): a damaged chain's copies are removed and the restore
         # refused all the same, in about the time of the copy alone.
         pool = ThreadPoolExecutor(1, thread_name_prefix="verify")
-        checking = pool.submit(verify_backups, ctx.images, store, backup_id)
+        checking = pool.submit(verify_backups, ctx.images, store, backup_id) if check_data else None
         try:
+            problems = [] if check_data else chain_problems(ctx.images, store, manifest)
+            if problems:
+                raise OperationError(
+                    f"backup {backup_id} cannot be restored: {'; '.join(problems)}"
+                )
             for disk in manifest.disks:
                 out = files[disk.target]
                 src = store.file(manifest, disk.volume_uuid)
-                if keep_chain:
-                    ctx.images.create_overlay(out, backing=src, backing_format="qcow2")
+                if keep_chain:  # sized as recorded: written in-process, src not opened
+                    ctx.images.create_overlay(
+                        out, backing=src, backing_format="qcow2", size=disk.virtual_size
+                    )
                 else:
                     ctx.images.flatten(src, out, shared=False, progress=progress)
-            report = checking.result()
-            if not report.clean:
+            report = checking.result() if checking is not None else None
+            if report is not None and not report.clean:
                 raise OperationError(
                     f"backup {backup_id} cannot be restored: {describe(store, report)}"
                 )
