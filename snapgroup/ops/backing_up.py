@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snapgroup.domain.backup_chains import broken_backups, reads_through
-from snapgroup.domain.backup_manifest import MANIFEST, BackupManifest, disk_file
+from snapgroup.domain.backup_manifest import (
+    MANIFEST,
+    MEMORY_FILE,
+    PIECE_SIZE,
+    BackupManifest,
+    disk_file,
+)
 from snapgroup.domain.errors import (
     ImageToolError,
     OperationError,
@@ -41,11 +47,14 @@ class ExportResult:
 @dataclass(frozen=True)
 class FileFinding:
     backup_id: str
-    volume_uuid: str | None  # None: the backup's manifest
+    volume_uuid: str | None  # None: the backup's manifest (or, with `memory`, its state)
     problem: str
+    memory: bool = False  # the backup's saved memory state (MEMORY_FILE)
 
     @property
     def name(self) -> str:
+        if self.memory:
+            return f"{self.backup_id}/{MEMORY_FILE}"
         return finding_name(self.backup_id, self.volume_uuid)
 
 
@@ -133,11 +142,17 @@ def verify_backups(
                         problem = f"qemu-img check failed: {exc.details}"
                 if problem is not None:
                     findings.append(FileFinding(*key, problem))
+    for m in wanted:  # a memory group's saved state: its own backup's, in no chain
+        if m.memory is not None and (problem := _memory_problem(images, repo, m)) is not None:
+            findings.append(FileFinding(m.backup_id, None, problem, memory=True))
     bad_files = [(f.backup_id, f.volume_uuid) for f in findings if f.volume_uuid is not None]
     broken = {
         b: {finding_name(x, v) for x, v in files}
         for b, files in broken_backups(everything, bad_files).items()
     }
+    for f in findings:
+        if f.memory:
+            broken.setdefault(f.backup_id, set()).add(f.name)
     for d in damaged.values():  # itself, and every backup reading through it
         manifest = finding_name(d.backup_id, None)
         broken.setdefault(d.backup_id, set()).add(manifest)
@@ -149,6 +164,19 @@ def verify_backups(
         findings=tuple(findings),
         broken={b: tuple(sorted(files)) for b, files in broken.items()},
     )
+
+
+def _memory_problem(images: ImageTool, repo: BackupStore, m: BackupManifest) -> str | None:
+    assert m.memory is not None
+    path = os.path.join(os.path.dirname(repo.file(m, m.disks[0].volume_uuid)), MEMORY_FILE)
+    problem = repo.file_problem(path, m.memory.sha256, PIECE_SIZE)
+    if problem is None:
+        try:
+            if not images.check(path).clean:
+                problem = "qemu-img check: corruptions"
+        except ImageToolError as exc:
+            problem = f"qemu-img check failed: {exc.details}"
+    return problem
 
 
 def restore_to_dir(

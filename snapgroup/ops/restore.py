@@ -28,6 +28,7 @@ from snapgroup.ops.backing_up import (
 )
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, ROLLED_BACK
+from snapgroup.ops.memory_copies import resume_unpacked, unpack_for
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.resolve import lookup_or_none
 from snapgroup.ports import BackupStore, ProgressFn
@@ -162,9 +163,13 @@ def restore(
         finally:
             pool.shutdown(wait=True)
         ctx.journal.close(op, DONE, detail=f"backup {backup_id} restored")
+        # A memory group's backup: its saved state unpacked as the new VM's (no prune runs).
+        resuming = unpack_for(ctx, store, manifest, restore_id, directory) if start else None
     state = None
     if as_vm is not None:
-        if start:
+        if resuming is not None:
+            resume_unpacked(ctx, resuming, restore_id, files)
+        elif start:
             ctx.hv.start(restore_id)
         domain = lookup_or_none(ctx, restore_id)
         state = domain.state.value if domain is not None else "Unknown"
