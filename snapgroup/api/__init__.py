@@ -20,12 +20,16 @@ from snapgroup.api.engine import Engine
 from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.models import DeleteMode
 from snapgroup.ops.context import utcnow
+from snapgroup.ops.notices import collecting as collect_warnings
 from snapgroup.store.db import Database
 
 if TYPE_CHECKING:
     from snapgroup.ports import Clock
 
-__all__ = ["DeleteMode", "Engine", "open_engine"]
+# `with collect_warnings() as warnings: engine.create(...)`: the warnings the calls in
+# the block gave (a VM taken over from another host: "VM ... taken over from host ...")
+# as strings, in order; the CLI prints them, REST job results carry them ("warnings").
+__all__ = ["DeleteMode", "Engine", "collect_warnings", "open_engine"]
 
 DEFAULT_URI = "qemu:///system"
 # For tests only: a fixed "now" (ISO 8601) for the engine's clock and the policy pass,

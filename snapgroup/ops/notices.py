@@ -1,6 +1,9 @@
 """Warnings an operation gives its caller beside its result (a take-over of the VM:
 ops/ownership.py). An entry point collects them around a command or a REST job
-(`collecting`) and shows them with the result; outside one they are only logged."""
+(`collecting`) and shows them with the result; a Python caller does the same
+(snapgroup.api.collect_warnings); outside one they are only logged (WARNING, logger
+snapgroup.ops.notices). A collector inside another hands its warnings on to the outer
+one too: every caller up the stack sees them."""
 
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ def collecting() -> Iterator[list[str]]:
         yield found
     finally:
         _collected.reset(token)
+        outer = _collected.get()
+        if outer is not None:
+            outer.extend(found)
 
 
 def warn(message: str) -> None:
