@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from snapgroup.ops.availability_rules import Availability
     from snapgroup.ops.clone import Clone
     from snapgroup.ops.delete_plan import DeletePlan
+    from snapgroup.ops.hosts import Retired
     from snapgroup.ops.journal import Journal
     from snapgroup.ops.queries import GroupPage
     from snapgroup.ops.revert import RevertReport
@@ -297,6 +298,14 @@ class Engine(Backups, Files, Instant, Policies):
         from snapgroup.ops import hosts as host_ops
 
         return host_ops.hosts(self.ctx)
+
+    def retire_host(self, name: str, *, force: bool = False) -> Retired:
+        """Host `name`, down for good, retired: the hosts that define its VMs may take
+        them over (refused while its lease is live, or while its last report names VMs
+        it owns running, unless `force`); the requests queued for it fail."""
+        from snapgroup.ops import hosts as host_ops
+
+        return host_ops.retire(self.ctx, name, force=force)
 
     def heartbeat(self, *, address: str | None = None, serving: bool = True) -> float:
         """This host's lease renewed now (serve's heartbeat), `address` recorded (not

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
-from snapgroup.domain.errors import OperationError
+from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError, SnapgroupError
 from snapgroup.domain.models import VmState
 
 DEFAULT_LEASE_SECONDS = 60.0
@@ -30,6 +30,7 @@ class HostLease:
     heartbeat: datetime
     running: frozenset[str] | None = None
     address: str | None = None  # its `serve`, when it serves
+    retired: datetime | None = None  # declared down for good (`snapgroup hosts --retire`)
 
     def live(self, now: datetime) -> bool:
         return now < self.expires
@@ -95,7 +96,7 @@ def decide(
     )
     if decision.verdict is not Verdict.REFUSE or lease is None or decision.owner != lease.name:
         return decision
-    queue_for = None if decision.settling else lease.name
+    queue_for = None if decision.settling or lease.retired is not None else lease.name
     return replace(
         decision, address=lease.address if lease.live(now) else None, queue_for=queue_for
     )
@@ -137,6 +138,14 @@ def _decide(
             "this snapgroup yet): run any snapgroup command there first",
         )
     running_here = state_here.is_live
+    if lease.retired is not None and not lease.live(now):
+        return Decision(
+            Verdict.TAKE_OVER,
+            owner,
+            f"host {owner} was retired at {lease.retired.isoformat(timespec='seconds')} "
+            f"(snapgroup hosts --retire) and the VM "
+            f"{'runs' if running_here else 'is defined and stopped'} here",
+        )
     seen = lease.heartbeat.isoformat(timespec="seconds")
     if lease.live(now):
         if lease.runs(vm_uuid):
@@ -184,6 +193,44 @@ def _refuse(
     return Decision(Verdict.REFUSE, hosts, f"{head}: {why}", settling=prefix is not None)
 
 
+def retire_refusal(
+    lease: HostLease | None, *, name: str, here: str, owned: set[str], now: datetime, force: bool
+) -> SnapgroupError | None:
+    """Why host `name` may not be retired now (None: it may). Its lease must have
+    expired; its last report must name none of the VMs it owns as running (`force`:
+    the operator's word that it is down for good, whatever it last said)."""
+    if name == here:
+        return InvalidArgument(f"host {name} is this host: a host retires another, never itself")
+    if lease is None:
+        if owned:  # rows from before the registry: nothing to retire, nothing to wait for
+            return OperationError(
+                f"host {name} holds no lease in the store: it has not run this snapgroup "
+                "(run any snapgroup command there once)"
+            )
+        return NotFound(f"no host {name} in the store (`snapgroup hosts` lists them)")
+    if lease.live(now):
+        return OperationError(
+            f"host {name}'s lease is live until {lease.expires.isoformat(timespec='seconds')}: "
+            "it is up (a host is retired once it is down for good and its lease has expired)"
+        )
+    if force:
+        return None
+    seen = lease.heartbeat.isoformat(timespec="seconds")
+    if lease.running is None and owned:
+        return OperationError(
+            f"host {name}'s last report ({seen}) did not say which VMs ran there: it may "
+            "run some of its VMs (--force, if it is down for good)"
+        )
+    running = sorted(owned & (lease.running or frozenset()))
+    if running:
+        return OperationError(
+            f"host {name} runs VMs by its last report ({seen}): {', '.join(running)}; start "
+            "them on the host that defines them now (it takes them over), or --force if "
+            f"{name} is down for good"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class HostView:
     """A host as `snapgroup hosts` shows it: its lease (None: it holds none, its rows
@@ -203,6 +250,7 @@ class HostView:
             "heartbeat": lease.heartbeat.isoformat() if lease else None,
             "live": self.live,
             "running": sorted(lease.running) if lease and lease.running is not None else None,
+            "retired": lease.retired.isoformat() if lease and lease.retired else None,
             "vmInstanceUuids": list(self.vms),
         }
 

@@ -17,6 +17,9 @@ class HostRow(SQLModel, table=True):
     lease_expires: datetime  # its VMs are its own until then, whatever other hosts see
     heartbeat: datetime  # when it last renewed the lease (and made its report)
     running: str | None = None  # JSON list: the UUIDs of its VMs running there then
+    retired: datetime | None = (
+        None  # `snapgroup hosts --retire`: down for good (a renewal clears it)
+    )
 
 
 class QueuedRequestRow(SQLModel, table=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import select, union, update
@@ -24,7 +24,10 @@ def _utc(moment: datetime) -> datetime:
 
 def _lease(row: HostRow) -> HostLease:
     running = None if row.running is None else frozenset(json.loads(row.running))
-    return HostLease(row.name, _utc(row.lease_expires), _utc(row.heartbeat), running, row.address)
+    retired = None if row.retired is None else _utc(row.retired)
+    return HostLease(
+        row.name, _utc(row.lease_expires), _utc(row.heartbeat), running, row.address, retired
+    )
 
 
 class HostRepo:
@@ -57,6 +60,7 @@ class HostRepo:
             "lease_expires": now if expires < now else expires,
             "heartbeat": now,
             "running": None if running is None else json.dumps(sorted(running)),
+            "retired": None,  # it runs: retired no more
         }
         if address is not None or not keep_address:
             values["address"] = address
@@ -65,6 +69,42 @@ class HostRepo:
         statement = insert(HostRow).values(name=name, **values)
         # One statement: two processes of a host renewing at once never collide.
         self.session.execute(statement.on_conflict_do_update(index_elements=["name"], set_=values))
+
+    def retire(
+        self,
+        name: str,
+        *,
+        by: str,
+        now: datetime,
+        vms: Iterable[str],
+        new_uuid: Callable[[], str],
+        detail: str,
+    ) -> None:
+        """Host `name` declared down for good by host `by`: its address erased; journaled
+        as a done 'retire' operation per VM it owns (one with no VM when it owns none),
+        its last report in the plan."""
+        row = self.session.get(HostRow, name)
+        assert row is not None
+        plan = {"host": name, "running": json.loads(row.running) if row.running else None}
+        self.session.execute(
+            update(HostRow).where(col(HostRow.name) == name).values(retired=now, address=None)
+        )
+        for vm_uuid in sorted(vms) or [""]:
+            self.session.add(
+                OperationRow(
+                    uuid=new_uuid(),
+                    kind="retire",
+                    vm_uuid=vm_uuid,
+                    state="done",
+                    step="done",
+                    plan=json.dumps(plan),
+                    detail=detail[:4096],
+                    host=by,
+                    pid=os.getpid(),
+                    started=now,
+                    updated=now,
+                )
+            )
 
     def vm_hosts(self) -> dict[str, set[str]]:
         """host -> the VMs its volume and group rows name it owner of."""
