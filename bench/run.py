@@ -56,6 +56,7 @@ BENCHES: dict[str, Bench] = {
     export.NAME: export.run,
     export_nbd.NAME: export_nbd.run,
     files.NAME: files.run,
+    files.INSTANT: files.run_instant,
     startup.NAME: startup.run,
     memory.NAME: memory.run,
     freeze.NAME: freeze.run,
