@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import signal
 import subprocess
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 
 from snapgroup.adapters.libvirt_hv import LibvirtHypervisor
 from snapgroup.adapters.qemu_img import QemuImg
-from snapgroup.api import Engine
+from snapgroup.api import Engine, collect_warnings
 from snapgroup.domain.errors import OperationError
 from snapgroup.store.db import Database
 from snapgroup.store.hosts import HostRepo
@@ -77,9 +78,9 @@ def _migrate(vm: LabVm, b_uri: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def _stop_and_start(vm: LabVm, b_uri: str) -> None:
-    """A stop on host a, a start on host b: the same definition (its disks on the
-    overlays a's groups made), over the same files."""
+def _stop_and_start(vm: LabVm, b_uri: str, *, start: bool = True) -> None:
+    """A stop on host a, a start on host b (`start`; else only defined there): the same
+    definition (its disks on the overlays a's groups made), over the same files."""
     xml = sh("virsh", "-c", A, "dumpxml", "--inactive", vm.name).stdout
     sh("virsh", "-c", A, "destroy", vm.name)
     sh("virsh", "-c", A, "undefine", vm.name)
@@ -89,7 +90,8 @@ def _stop_and_start(vm: LabVm, b_uri: str) -> None:
     definition = vm.directory / "on-b.xml"
     definition.write_text(ET.tostring(domain, encoding="unicode"))
     sh("virsh", "-c", b_uri, "define", str(definition))
-    sh("virsh", "-c", b_uri, "start", vm.name)
+    if start:
+        sh("virsh", "-c", b_uri, "start", vm.name)
 
 
 def _digest(path: str) -> str:
@@ -174,3 +176,28 @@ def test_b_takes_over_once_the_lease_of_as_killed_server_runs_out(
         assert hosta is not None and hosta.address is not None  # killed: never erased
         assert not hosta.live(b.clock())
         assert {g.name for g in b.list_groups(vm=vm.name)} == {"on-a", "on-b"}
+
+
+def test_a_dead_host_retired_hands_its_stopped_vm_to_the_host_that_defines_it(
+    store: Database, vm: LabVm, b_uri: str
+) -> None:
+    """a dies with the VM running by its last report; the VM is defined on b, stopped.
+    b refuses it (a may be alive and silent) until an operator retires a; then b takes
+    it over and reverts it (a stopped VM: no QEMU of b's on its disks)."""
+    a = _host(store, A, "hosta")
+    g1 = a.create(vm=vm.name, name="on-a")
+    _stop_and_start(vm, b_uri, start=False)
+    b = _host(store, b_uri, "hostb")
+    time.sleep(LEASE + 0.5)  # a's lease runs out (not a timing assertion: a wait)
+    with pytest.raises(OperationError, match="start the VM here to take it over"):
+        b.revert(g1.uuid)
+    with pytest.raises(OperationError, match="host hosta runs VMs by its last report"):
+        b.retire_host("hosta")
+    retired = b.retire_host("hosta", force=True)
+    assert retired.vms == (vm.uuid,)
+    with collect_warnings() as warnings:
+        report = b.revert(g1.uuid)
+    assert all(r.success for r in report.results)
+    assert len(warnings) == 1 and "host hosta was retired at" in warnings[0]
+    assert sh("virsh", "-c", b_uri, "domstate", vm.name).stdout.strip() == "shut off"
+    assert {h.name: h.vms for h in b.hosts()}["hostb"] == (vm.uuid,)
