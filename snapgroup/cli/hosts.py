@@ -56,9 +56,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 lease.address if lease else None,
                 ", ".join(view.vms) or None,
                 "?" if running is None else (", ".join(sorted(running)) or None),
+                view.queued or None,
             )
         )
-    headers = ["HOST", "LEASE", "UNTIL (UTC)", "SERVES", "OWNS VMS", "RUNS VMS"]
+    headers = ["HOST", "LEASE", "UNTIL (UTC)", "SERVES", "OWNS VMS", "RUNS VMS", "QUEUED"]
     table(rows, headers, ctx.out)
     return 0
 

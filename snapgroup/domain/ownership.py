@@ -234,12 +234,14 @@ def retire_refusal(
 @dataclass(frozen=True)
 class HostView:
     """A host as `snapgroup hosts` shows it: its lease (None: it holds none, its rows
-    predate the registry) and the VMs the store records as its own."""
+    predate the registry), the VMs the store records as its own and how many REST
+    requests are queued for it (its `serve` runs them)."""
 
     name: str
     lease: HostLease | None
     vms: tuple[str, ...]
     live: bool
+    queued: int = 0
 
     def to_dict(self) -> dict[str, object]:
         lease = self.lease
@@ -252,18 +254,26 @@ class HostView:
             "running": sorted(lease.running) if lease and lease.running is not None else None,
             "retired": lease.retired.isoformat() if lease and lease.retired else None,
             "vmInstanceUuids": list(self.vms),
+            "queuedRequests": self.queued,
         }
 
 
-def host_views(leases: list[HostLease], vms: dict[str, set[str]], now: datetime) -> list[HostView]:
-    """Every host with a lease or with VMs, by name."""
+def host_views(
+    leases: list[HostLease],
+    vms: dict[str, set[str]],
+    now: datetime,
+    queued: dict[str, int] | None = None,
+) -> list[HostView]:
+    """Every host with a lease, with VMs or with requests queued for it, by name."""
     by_name = {lease.name: lease for lease in leases}
+    queued = queued or {}
     return [
         HostView(
             name,
             by_name.get(name),
             tuple(sorted(vms.get(name, ()))),
             name in by_name and by_name[name].live(now),
+            queued.get(name, 0),
         )
-        for name in sorted(by_name.keys() | vms.keys())
+        for name in sorted(by_name.keys() | vms.keys() | queued.keys())
     ]

@@ -16,12 +16,13 @@ FAILED_JOB_STATUS = 503  # a failed REST job's poll answer (rest/status.py FAILE
 
 
 def hosts(ctx: OpContext) -> list[HostView]:
-    """Every host with a lease or with VMs; this host's lease renewed first."""
+    """Every host with a lease, with VMs or with requests queued for it; this host's
+    lease renewed first."""
     ctx.renew_lease()
     with ctx.db.transaction() as session:
         repo = HostRepo(session)
         leases, vms = repo.leases(), repo.vm_hosts()
-    return host_views(leases, vms, ctx.clock())
+    return host_views(leases, vms, ctx.clock(), RequestQueue(ctx.db).waiting())
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ def test_hosts_lists_this_host_its_lease_and_vms(lab: Lab) -> None:
     assert host["name"] == lab.engine.host and host["live"] is True
     assert host["vmInstanceUuids"] == [VM] and host["running"] == [VM]
     assert host["address"] is None and host["leaseExpires"] > host["heartbeat"]
+    assert host["queuedRequests"] == 0 and host["retired"] is None
     code, out, _ = cli(lab, "hosts")
     assert code == 0
     header, row = out.splitlines()
@@ -33,5 +34,6 @@ def test_hosts_lists_this_host_its_lease_and_vms(lab: Lab) -> None:
         "VMS",
         "RUNS",
         "VMS",
+        "QUEUED",
     ]
-    assert row.startswith(f"{lab.engine.host} (this host)  live  ") and row.endswith(VM)
+    assert row.startswith(f"{lab.engine.host} (this host)  live  ") and row.endswith(f"{VM}  -")

@@ -95,12 +95,14 @@ def test_the_requests_queued_for_a_retired_host_fail(cluster: Cluster, shared: D
     _dead_a_ran_it(cluster)
     queued = QueuedRequest("f" * 32, "create", "host-a", "POST", "/x", "", "{}", "0" * 32)
     assert RequestQueue(shared).put(queued, state="Waiting", now=cluster.clock())
+    assert {h.name: h.queued for h in cluster.b.engine.hosts()} == {"host-a": 1, "host-b": 0}
     retired = cluster.b.engine.retire_host("host-a", force=True)
     assert retired.failed_jobs == ("f" * 32,)
     record = JobStore(shared).get("f" * 32)
     assert record is not None and (record.state, record.status) == ("Done", 503)
     assert "host host-a was retired" in record.document["error"]["details"]
     assert RequestQueue(shared).waiting() == {}
+    assert {h.name: h.queued for h in cluster.b.engine.hosts()} == {"host-a": 0, "host-b": 0}
 
 
 def test_a_retired_host_that_runs_again_is_retired_no_more(
