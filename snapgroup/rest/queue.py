@@ -22,11 +22,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from snapgroup.api import Engine
-from snapgroup.domain.errors import Busy, InternalError
+from snapgroup.domain.errors import Busy, InternalError, OperationError
 from snapgroup.domain.ownership import OwnedElsewhere
 from snapgroup.rest.auth import Accounts, session_from_header
 from snapgroup.rest.forward import FORWARDED
-from snapgroup.rest.jobs import WAITING, JobRegistry
+from snapgroup.rest.jobs import WAITING, JobRegistry, owner_is_dead
 from snapgroup.rest.status import FAILED_JOB
 from snapgroup.store.jobs import JobStore
 from snapgroup.store.queue import QueuedRequest, RequestQueue
@@ -98,14 +98,23 @@ class Pickup:
         services = self.services
         queue = RequestQueue(services.engine.db)
         _give_up_old(services, queue)
-        claimed = queue.claim(services.engine.host, services.jobs.owner)
+        claimed = queue.claim(services.engine.host, services.jobs.owner, stale=owner_is_dead)
         return sum(self._replay(queue, request) for request in claimed)
 
     def _replay(self, queue: RequestQueue, request: QueuedRequest) -> bool:
+        """Sent to this server, and out of the queue once answered. A failure before
+        the answer leaves it claimed in the queue: the next pickup tries it again."""
         services = self.services
+        now = services.jobs.now()
+        if not queue.account_exists(request.account_uuid):
+            error = OperationError(
+                "the account that sent this queued request was deleted before the host "
+                "that owns the VM ran it"
+            )
+            self._failed(queue, request, {"error": error.to_dict()})
+            return True
         services.jobs.claim(request.job_uuid)
         token = uuidlib.uuid4().hex
-        now = services.jobs.now()
         accounts = services.accounts.store
         accounts.add_session(
             token,
@@ -136,13 +145,20 @@ class Pickup:
             return False
         finally:
             accounts.delete_session(token)
-        queue.done(request.job_uuid)
         if status != 202:  # refused at once: the job's result says why
             services.jobs.unclaim(request.job_uuid)
-            JobStore(services.engine.db).finish(
-                request.job_uuid, FAILED_JOB, _error_document(status, content), services.jobs.now()
-            )
+            self._failed(queue, request, _error_document(status, content))
+        else:
+            queue.done(request.job_uuid)
         return True
+
+    def _failed(
+        self, queue: RequestQueue, request: QueuedRequest, document: dict[str, Any]
+    ) -> None:
+        JobStore(self.services.engine.db).finish(
+            request.job_uuid, FAILED_JOB, document, self.services.jobs.now()
+        )
+        queue.done(request.job_uuid)
 
 
 def _error_document(status: int, content: bytes) -> dict[str, Any]:

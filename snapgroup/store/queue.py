@@ -5,6 +5,7 @@ What runs them: snapgroup.rest.queue."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,7 @@ from sqlmodel import col
 from snapgroup.domain.errors import StoreError
 from snapgroup.store.db import Database
 from snapgroup.store.host_tables import QueuedRequestRow
-from snapgroup.store.tables import JobRow
+from snapgroup.store.tables import AccountRow, JobRow
 
 _JOBS: Table = JobRow.__table__  # type: ignore[attr-defined]
 QUEUED = "queued:"  # a queued job's owner: QUEUED + the host it waits for
@@ -79,9 +80,13 @@ class RequestQueue:
             raise
         return True
 
-    def claim(self, host: str, owner: str) -> list[QueuedRequest]:
+    def claim(
+        self, host: str, owner: str, *, stale: Callable[[str], bool] = lambda _: False
+    ) -> list[QueuedRequest]:
         """The requests queued for `host`, oldest first, each now `owner`'s (a process of
-        that host's): one claimer each, whatever other processes of the host do."""
+        that host's): one claimer each, whatever other processes of the host do. Also
+        those a claimer left in the queue unanswered: `owner` itself (its replay broke
+        off) or one `stale` says is gone (a process of the host that died)."""
         with self.db.transaction() as session:
             rows = list(
                 session.scalars(
@@ -93,17 +98,33 @@ class RequestQueue:
         claimed = []
         for row in rows:
             with self.db.transaction() as session:
+                job = session.execute(
+                    select(_JOBS.c.owner, _JOBS.c.kind, _JOBS.c.state).where(
+                        _JOBS.c.uuid == row.job_uuid
+                    )
+                ).first()
+                if job is None or job.state != "Waiting":  # expired, or started: replayed
+                    session.execute(
+                        delete(QueuedRequestRow).where(
+                            col(QueuedRequestRow.job_uuid) == row.job_uuid
+                        )
+                    )
+                    continue
+                was, kind = job.owner, job.kind
+                if was not in (QUEUED + host, owner) and not stale(was):
+                    continue  # another process of the host replays it now
                 taken = session.execute(
                     update(_JOBS)
-                    .where(_JOBS.c.uuid == row.job_uuid, _JOBS.c.owner == QUEUED + host)
+                    .where(_JOBS.c.uuid == row.job_uuid, _JOBS.c.owner == was)
                     .values(owner=owner)
                 )
-                kind = session.execute(
-                    select(_JOBS.c.kind).where(_JOBS.c.uuid == row.job_uuid)
-                ).scalar()
-            if taken.rowcount == 1 and kind is not None:  # type: ignore[attr-defined]
+            if taken.rowcount == 1:  # type: ignore[attr-defined]
                 claimed.append(_request(row, kind))
         return claimed
+
+    def account_exists(self, account_uuid: str) -> bool:
+        with self.db.transaction() as session:
+            return session.get(AccountRow, account_uuid) is not None
 
     def release(self, request: QueuedRequest, owner: str) -> None:
         """A claimed request back in the queue (its replay could not be sent)."""
@@ -143,7 +164,7 @@ class RequestQueue:
             for row in list(session.scalars(query)):
                 session.execute(
                     update(_JOBS)
-                    .where(_JOBS.c.uuid == row.job_uuid, _JOBS.c.owner == QUEUED + row.host)
+                    .where(_JOBS.c.uuid == row.job_uuid, _JOBS.c.state != "Done")
                     .values(
                         state="Done", status=status, document=json.dumps(document), finished=now
                     )

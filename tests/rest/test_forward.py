@@ -25,6 +25,7 @@ from snapgroup.rest.forward import FORWARDED
 from snapgroup.rest.jobs import STATE_HEADER
 from snapgroup.rest.queue import Pickup
 from snapgroup.store.db import Database
+from snapgroup.store.jobs import JobStore
 from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool, lab_domain
 from tests.rest.conftest import CHEAP, PASSWORD, PREFIX
 
@@ -169,3 +170,17 @@ def test_a_queued_request_the_owner_refuses_fails_its_job(cluster: Cluster) -> N
     assert polled.status_code == 503, polled.text
     assert polled.json()["error"]["code"] == "SYS.1007"
     assert "not Root" in polled.json()["error"]["details"]
+
+
+def test_a_queued_request_whose_account_was_deleted_fails_its_job(cluster: Cluster) -> None:
+    cluster.b_engine.heartbeat(serving=False)
+    body = {"params": {"rootVolumeUuid": _root(cluster.b_engine), "name": "orphan"}}
+    started = cluster.a.post(GROUPS, json=body, headers=cluster.auth)
+    assert started.status_code == 202, started.text
+    job = started.json()["location"].rpartition("/")[2]
+    Accounts(cluster.b_engine.db).delete("admin")
+    assert cluster.b_pickup() == 1
+    record = JobStore(cluster.b_engine.db).get(job)
+    assert record is not None and (record.state, record.status) == ("Done", 503)
+    assert "the account that sent this queued request was deleted" in str(record.document)
+    assert cluster.b_engine.list_groups() == []
