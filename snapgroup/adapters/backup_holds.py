@@ -2,7 +2,10 @@
 `<backup-dir>/hold-<holder>.json` ({"files": [...]}, 0600 like the manifest). Beside the
 manifest, a hold goes with the backup's directory; a prune refuses to merge a held
 backup while any of those disks still reads its files, and removes a hold it finds
-stale. QEMU's own way into those files is qemu_access.py's."""
+stale. A `snapgroup mount` of a backup holds each backup its chain reads the same way,
+its document naming the mount instead ({"files": [], "mount": "<mountpoint>", "host":
+...}): read apart (read_mounts), never taken for a stale disks' hold. QEMU's own way
+into those files is qemu_access.py's."""
 
 from __future__ import annotations
 
@@ -22,12 +25,18 @@ from snapgroup.adapters.backup_files import (
 HOLD_PREFIX = "hold-"
 
 
-def write_hold(backup_dir: str, holder: str, files: Sequence[str]) -> None:
-    """Record that `files` read the backup in `backup_dir`. Nothing is recorded on a
-    read-only repository: no prune through this mount can change it."""
+def write_hold(
+    backup_dir: str, holder: str, files: Sequence[str], *, mount: dict[str, str] | None = None
+) -> None:
+    """Record that `files` read the backup in `backup_dir` (or, with `mount`: its
+    mountpoint and host, that a mount does). Nothing is recorded on a read-only
+    repository: no prune through this mount can change it."""
     path = _hold_path(backup_dir, holder)
+    doc: dict[str, object] = {"files": list(files)}
+    if mount is not None:
+        doc["mount"] = dict(mount)
     try:
-        write_atomic(path, json.dumps({"files": list(files)}, indent=2) + "\n")
+        write_atomic(path, json.dumps(doc, indent=2) + "\n")
     except OSError as exc:
         if exc.errno == errno.EROFS:  # nothing prunes through a read-only mount
             return
@@ -35,8 +44,17 @@ def write_hold(backup_dir: str, holder: str, files: Sequence[str]) -> None:
 
 
 def read_holds(backup_dir: str) -> dict[str, list[str]]:
-    """holder -> the files it recorded."""
-    out: dict[str, list[str]] = {}
+    """holder -> the files it recorded (mounts' holds apart: read_mounts)."""
+    return {h: files for h, (files, mount) in _read(backup_dir).items() if mount is None}
+
+
+def read_mounts(backup_dir: str) -> dict[str, dict[str, str]]:
+    """holder -> the mount that holds the backup (mountpoint, host)."""
+    return {h: mount for h, (_, mount) in _read(backup_dir).items() if mount is not None}
+
+
+def _read(backup_dir: str) -> dict[str, tuple[list[str], dict[str, str] | None]]:
+    out: dict[str, tuple[list[str], dict[str, str] | None]] = {}
     for name in listdir(backup_dir):
         holder = name.removeprefix(HOLD_PREFIX).removesuffix(".json")
         if not (name.startswith(HOLD_PREFIX) and UUID.fullmatch(holder)):
@@ -46,9 +64,12 @@ def read_holds(backup_dir: str) -> dict[str, list[str]]:
             with open(path, "rb") as f:
                 doc = json.loads(f.read())
             files = [str(x) for x in doc["files"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            mount = doc.get("mount")
+            if mount is not None:
+                mount = {str(k): str(v) for k, v in mount.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RepositoryError(f"cannot read the hold {path}: {exc}") from exc
-        out[holder] = files
+        out[holder] = (files, mount)
     return out
 
 

@@ -74,7 +74,7 @@ from snapgroup.adapters.backup_files import (
     sha256_file,
     write_atomic,
 )
-from snapgroup.adapters.backup_holds import read_holds, remove_hold, write_hold
+from snapgroup.adapters.backup_holds import read_holds, read_mounts, remove_hold, write_hold
 from snapgroup.adapters.qemu_access import open_to, qemu_user
 from snapgroup.domain.backup_manifest import (
     MANIFEST,
@@ -310,6 +310,13 @@ class BackupRepo:
 
     def holds(self, manifest: BackupManifest) -> dict[str, list[str]]:
         return read_holds(self.backup_dir(manifest.vm_uuid, manifest.backup_id))
+
+    def hold_mount(self, manifest: BackupManifest, holder: str, mount: dict[str, str]) -> None:
+        backup_dir = self.backup_dir(manifest.vm_uuid, manifest.backup_id)
+        write_hold(backup_dir, holder, [], mount=mount)
+
+    def mounts(self, manifest: BackupManifest) -> dict[str, dict[str, str]]:
+        return read_mounts(self.backup_dir(manifest.vm_uuid, manifest.backup_id))
 
     def release(self, manifest: BackupManifest, holder: str) -> None:
         remove_hold(self.backup_dir(manifest.vm_uuid, manifest.backup_id), holder)

@@ -84,4 +84,4 @@ class Files:
     def umount(self, mountpoint: str) -> None:
         from snapgroup.ops import file_mounts
 
-        file_mounts.umount(self.guest_files, mountpoint)
+        file_mounts.umount(self.ctx, self.guest_files, mountpoint)

@@ -86,6 +86,8 @@ def _delete_locked(
         return DeleteReport(uuid, ())  # deleted while we waited for the lock
     if plan_.protected:  # read under the lock: protect and delete never cross
         raise protected_error(uuid, plan_.group_name)
+    if plan_.mounted:  # read under the lock, as `snapgroup mount` records its mounts
+        raise plan_.mounted_error()
     merges, live = plan_.merges, plan_.live
     if plan_.refused():
         raise _refused(uuid, merges, plan_.problems())

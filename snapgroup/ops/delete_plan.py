@@ -11,6 +11,7 @@ from typing import Any
 
 from snapgroup.domain.errors import OperationError
 from snapgroup.domain.models import DeleteMode, DomainInfo
+from snapgroup.ops import mount_holds
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.lineage import pinned_snapshots
 from snapgroup.ops.merge_checks import (
@@ -42,6 +43,10 @@ class DeletePlan:
     # A memory group's memory file, removed with the group (its space freed too).
     memory_file: str | None = None
     memory_size: int | None = None
+    mounted: tuple[str, ...] = ()  # where `snapgroup mount` serves it now: refused
+
+    def mounted_error(self) -> OperationError:
+        return mount_holds.mounted_error(f"group {self.group_uuid}", list(self.mounted))
 
     @property
     def live(self) -> bool:
@@ -51,11 +56,15 @@ class DeletePlan:
         """What the delete would refuse for (Permissive), or fail (Enforcing: blocking)."""
         if self.protected:
             return [protected_error(self.group_uuid, self.group_name).details]
+        if self.mounted:
+            return [self.mounted_error().details]
         return [p for m in self.merges for p in (m.blocking, m.refusable) if p]
 
     def refused(self) -> bool:
         """Whether the delete would refuse as a whole, changing nothing."""
-        return self.protected or (self.mode is DeleteMode.PERMISSIVE and bool(self.problems()))
+        if self.protected or self.mounted:
+            return True
+        return self.mode is DeleteMode.PERMISSIVE and bool(self.problems())
 
     def to_json(self) -> dict[str, Any]:
         disks = []
@@ -84,6 +93,7 @@ class DeletePlan:
             "mode": self.mode.value,
             "live": self.live,
             "protected": self.protected,
+            "mounted": list(self.mounted),
             "disks": disks,
             "memoryFile": self.memory_file,
             "memoryBytes": self.memory_size,
@@ -117,7 +127,8 @@ def plan_group_delete(
         memory = (group.memory_file, group.memory_size)
     domain = domain_for_delete(ctx, vm_uuid, mode)
     plan = DeletePlan(uuid, name, vm_uuid, mode, domain, merges, [], protected, *memory)
-    if protected:
+    plan.mounted = tuple(mount_holds.group_mounts(ctx, uuid))
+    if protected or plan.mounted:
         return plan  # refused before anything is read from the files
     for m in merges:
         chain = chains.get(m.snapshot.volume_uuid, [])

@@ -14,6 +14,7 @@ from snapgroup.domain.backup_manifest import PIECE_SIZE, BackupManifest, backing
 from snapgroup.domain.errors import InvalidArgument, OperationError, SnapgroupError
 from snapgroup.domain.models import DomainInfo
 from snapgroup.domain.planner import merge_room
+from snapgroup.ops import mount_holds
 from snapgroup.ops.backing_up import PRUNE, describe, open_store, verify_backups, vm_uuids
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, FAILED
@@ -128,6 +129,7 @@ def _check_held(ctx: OpContext, store: BackupStore, b: BackupManifest) -> None:
     """Refuse the merge of `b` while disks restored from it with --keep-chain still read
     its files: the merge writes into them and then removes them. A hold whose disks are
     gone, or no longer on b's files (flattened, rebased), is dropped."""
+    mount_holds.check_backup(ctx, store, b)  # a `snapgroup mount` reading it
     ours = {os.path.normpath(store.file(b, d.volume_uuid)) for d in b.disks}
     live: list[str] = []
     for holder, files in store.holds(b).items():

@@ -11,6 +11,7 @@ from typing import Any
 
 from snapgroup.domain.errors import NotFound
 from snapgroup.domain.models import DomainInfo, VmState
+from snapgroup.infra import mounts
 from snapgroup.ops import leaks
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import FAILED, Journal, written_files
@@ -62,7 +63,12 @@ def recovery_of(kind: str) -> RecoverFn | None:
 
 def recover_pending(ctx: OpContext) -> list[OperationRow]:
     """Finish or roll back every interrupted operation of this host whose VM lock is
-    free (a held lock means its process is still at work). Idempotent."""
+    free (a held lock means its process is still at work), and release the holds of
+    `snapgroup mount`s whose process died (ops/mount_holds.py). Idempotent."""
+    if any(not m.alive for m in mounts.records()):
+        from snapgroup.ops import mount_holds  # only then: most commands find none
+
+        mount_holds.sweep(ctx)
     with ctx.db.transaction() as session:
         pending = OperationRepo(session).unfinished(host=ctx.journal.host)
     recovered = []

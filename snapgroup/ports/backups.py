@@ -54,7 +54,16 @@ class BackupStore(Protocol):
         ...
 
     def holds(self, manifest: BackupManifest) -> dict[str, list[str]]:
-        """holder -> the files it recorded."""
+        """holder -> the files it recorded (mounts' holds apart)."""
+        ...
+
+    def hold_mount(self, manifest: BackupManifest, holder: str, mount: dict[str, str]) -> None:
+        """Record that a `snapgroup mount` (`mount`: its mountpoint and host) reads this
+        backup's files; release() drops it."""
+        ...
+
+    def mounts(self, manifest: BackupManifest) -> dict[str, dict[str, str]]:
+        """holder -> the mount (mountpoint, host) that holds this backup."""
         ...
 
     def open_to_qemu(self, files: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ cluster number, its mode 0644 (directories 0755). Every appliance opened is coun
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 import stat
 import tarfile
@@ -195,8 +196,28 @@ class FakeGuestFiles:
             raise InvalidArgument(f"{mountpoint} is a mountpoint already")
         self.launches += 1
         FakeGuestSession(self, disks)._mounted(device)
-        self.mounts[mountpoint] = (tuple(disks), device, keep_fd)
+        # The serving process keeps the descriptor it inherits until it ends (kill).
+        kept = None if keep_fd is None else os.dup(keep_fd)
+        self.mounts[mountpoint] = (tuple(disks), device, kept)
 
     def unmount(self, mountpoint: str) -> None:
-        if self.mounts.pop(mountpoint, None) is None:
+        mounted = self.mounts.pop(mountpoint, None)
+        if mounted is None:
             raise InvalidArgument(f"{mountpoint} is not a snapgroup mount")
+        self.kill(mountpoint, mounted)
+
+    def close(self) -> None:
+        """Every serving process ends (a test's teardown): no mount outlives its test."""
+        for mountpoint in list(self.mounts):
+            self.kill(mountpoint)
+
+    def kill(
+        self, mountpoint: str, mounted: tuple[tuple[GuestDisk, ...], str, int | None] | None = None
+    ) -> None:
+        """The process serving the mount dies (kill -9): what it kept open is closed;
+        the mount stays listed (a dead FUSE mount stays until unmounted)."""
+        disks, device, kept = mounted or self.mounts[mountpoint]
+        if kept is not None:
+            os.close(kept)
+        if mounted is None:
+            self.mounts[mountpoint] = (disks, device, None)

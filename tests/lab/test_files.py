@@ -17,9 +17,11 @@ import decimal
 import hashlib
 import io
 import os
+import signal
 import stat
 import subprocess
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from fastapi.testclient import TestClient
 
 from snapgroup.adapters.guest_files import appliance_env
 from snapgroup.api import Engine, open_engine
-from snapgroup.domain.errors import FilesystemError
+from snapgroup.domain.errors import FilesystemError, OperationError
 from snapgroup.ops.guest_sources import FilesSource
 from snapgroup.rest import create_app
 from snapgroup.rest.auth import Accounts, sha512_hex
@@ -342,6 +344,67 @@ def test_mount_a_backup_read_only_until_umount(world: World, tmp_path: Path) -> 
     finally:
         world.engine.umount(str(point))
     assert not (point / "notes.txt").exists()
+    _vm_untouched(world)
+
+
+def _serving(point: Path) -> int:
+    """The pid of the guestmount serving `point` (its argv names the mountpoint)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"guestmount") and str(point).encode() in argv:
+            return int(proc.name)
+    raise AssertionError(f"no guestmount serves {point}")
+
+
+def _running(pid: int) -> bool:
+    """Alive (a zombie's descriptors are closed already: not alive)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_mount_holds_its_group_and_backups_until_umount_or_its_death(
+    world: World, tmp_path: Path
+) -> None:
+    """While mounted (the command returned: the serving guestmount holds the mount's
+    lock), the group's delete and the prune of a backup its chain reads are refused;
+    umount releases the backups' holds; a mount whose guestmount was killed -9 is
+    released by recover. Nothing is deleted or pruned here: the world is shared."""
+    p1, p2 = world.points[0], world.points[1]
+    backup_point, group_point = tmp_path / "b", tmp_path / "g"
+    backup_point.mkdir()
+    group_point.mkdir()
+    world.engine.mount(FilesSource(backup=p2.backup, at=world.repo), str(backup_point), fs="vdb")
+    try:
+        held = sorted(p.parent.name for p in Path(world.repo).rglob("hold-*.json"))
+        assert held == sorted([p1.backup, p2.backup])  # p2 reads p1
+        with pytest.raises(OperationError, match=f"is mounted at {backup_point}") as refused:
+            world.engine.prune_backups(at=world.repo, vm=world.vm.name, keep=2)
+        assert refused.value.code == "SYS.1006"
+    finally:
+        world.engine.umount(str(backup_point))
+    assert not list(Path(world.repo).rglob("hold-*.json"))
+    assert len(world.engine.backups(at=world.repo)) == 3
+    world.engine.mount(FilesSource(group=p1.group), str(group_point), fs="vdb")
+    try:
+        with pytest.raises(OperationError, match=f"is mounted at {group_point}"):
+            world.engine.delete(p1.group)
+        assert world.engine.delete_plan(p1.group).to_json()["mounted"] == [str(group_point)]
+        pid = _serving(group_point)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60  # how long a killed process may take to go
+        while _running(pid):
+            assert time.monotonic() < deadline, f"guestmount {pid} outlived kill -9"
+            time.sleep(0.1)
+        world.engine.recover()
+        plan = world.engine.delete_plan(p1.group).to_json()
+        assert plan["mounted"] == [] and not plan["wouldRefuse"]
+    finally:
+        world.engine.umount(str(group_point))  # the dead FUSE mount, unmounted all the same
     _vm_untouched(world)
 
 

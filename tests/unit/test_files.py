@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ VM = "a" * 32
 
 
 @pytest.fixture
-def guest(lab: Lab, tmp_path: Path) -> FakeGuestFiles:
+def guest(lab: Lab, tmp_path: Path) -> Iterator[FakeGuestFiles]:
     fake = FakeGuestFiles(lab.images.read)
     lab.engine.guest_files = fake
     lab_domain(lab.hv, directory=str(tmp_path / "vm"))
@@ -38,7 +39,8 @@ def guest(lab: Lab, tmp_path: Path) -> FakeGuestFiles:
     assert vdb is not None and vdc is not None
     lab.images.write(vdb, 0, "fs:ext4")
     lab.images.write(vdc, 0, "parts:vfat,ext4")
-    return fake
+    yield fake
+    fake.close()
 
 
 def _write(lab: Lab, target: str, cluster: int, value: str) -> None:
