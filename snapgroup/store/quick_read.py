@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-SCHEMA_FINGERPRINT = "169f2b0c7f042c7573547fae544ca42d916a8b4c979ca32ea6e485d37630eea6"
+SCHEMA_FINGERPRINT = "d33b77675e2bd1436525dcabfab7b255f5563605973f13c87365d89aa4d30279"
 
 _GROUP_VIEW = (
     "SELECT uuid, name, description, vm_uuid, create_date, last_op_date, consistency_type,"
