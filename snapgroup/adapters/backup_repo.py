@@ -75,7 +75,6 @@ from snapgroup.adapters.backup_files import (
     write_atomic,
 )
 from snapgroup.adapters.backup_holds import read_holds, read_mounts, remove_hold, write_hold
-from snapgroup.adapters.qemu_access import open_to, qemu_user
 from snapgroup.domain.backup_manifest import (
     MANIFEST,
     BackupManifest,
@@ -322,6 +321,9 @@ class BackupRepo:
         remove_hold(self.backup_dir(manifest.vm_uuid, manifest.backup_id), holder)
 
     def open_to_qemu(self, files: Sequence[str]) -> None:
+        # Here, not at import: a listing never runs it (setfacl, subprocess: ~7 ms).
+        from snapgroup.adapters.qemu_access import open_to, qemu_user
+
         user = qemu_user()  # None: QEMU runs as root, or as us (we are not root)
         if user is not None:
             open_to(self.root, files, user)
