@@ -163,3 +163,35 @@ def test_a_chain_qemu_cannot_read_leaves_no_vm_and_no_file(
     with pytest.raises(NotFound):
         ctx.hv.lookup("thin")
     assert repo.holds(repo.get(b2)) == {}  # no prune is held back by it
+
+
+def test_an_instant_restores_check_reads_headers_not_data(
+    tmp_path: Path, ctx: OpContext, chain: tuple[DomainLab, SpyRepo, list[str]]
+) -> None:
+    """check_data=False (instant recovery, before its start): a byte flipped in a
+    base's data passes (its checksum is the copy's to read), a header naming another
+    backing file is refused with nothing made; the full check refuses both."""
+    lab, repo, (b1, b2) = chain
+    base = Path(repo.member_file(VM, b1, VOLS[0]))
+    data = bytearray(base.read_bytes())
+    data[-1] ^= 0xFF  # the last cluster: data, not metadata
+    base.write_bytes(bytes(data))
+    out = tmp_path / "thin"
+    done = restore.restore(
+        ctx, b2, source=repo.root, to_dir=str(out), keep_chain=True, check_data=False
+    )
+    assert sorted(done.files) == ["vda", "vdb"]
+    with pytest.raises(OperationError, match="sha256 mismatch"):
+        restore.restore(ctx, b2, source=repo.root, to_dir=str(tmp_path / "t2"), keep_chain=True)
+    top = repo.member_file(VM, b2, VOLS[1])
+    other = tmp_path / "other.qcow2"
+    QemuImg().create_overlay(str(other), backing=lab.files[gid(1)][VOLS[1]], backing_format="qcow2")
+    size = os.path.getsize(top)
+    QemuImg().rebase(top, backing=str(other), backing_format="qcow2", unsafe=True)
+    assert os.path.getsize(top) == size  # the size check alone would not see it
+    out = tmp_path / "refused"
+    with pytest.raises(OperationError, match="its headers chain"):
+        restore.restore(
+            ctx, b2, source=repo.root, to_dir=str(out), keep_chain=True, check_data=False
+        )
+    assert os.listdir(out) == []
