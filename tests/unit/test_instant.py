@@ -222,3 +222,25 @@ def test_a_file_of_another_size_is_refused_before_anything_is_made(
         lab.engine.instant_restore(b2, source=repo, as_vm="new")
     assert "new" not in {d.name for d in lab.hv.domains.values()}
     assert not lab.hv.called("start") and not _steps(lab)
+
+
+def test_a_stopped_vm_on_a_damaged_chain_is_not_made_standalone(
+    lab: Lab, backed_up: tuple[str, list[str]]
+) -> None:
+    """The host restarted before the copy read the checksums: recover checks them
+    before it flattens anything offline; a damaged chain is copied nowhere."""
+    repo, (b1, b2) = backed_up
+    damaged = next(Path(repo, VM, b1).glob("*.qcow2"))
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    done, _ = lab.engine.instant_restore(b2, source=repo, as_vm="new")
+    assert done.vm_uuid is not None
+    lab.hv.pulls.clear()
+    lab.hv.domains[done.vm_uuid].state = VmState.STOPPED
+    with notices.collecting() as warned:
+        lab.engine.recover()
+    assert len(warned) == 1 and "is left stopped, not copied" in warned[0]
+    assert _steps(lab) == [("failed", "verify")]
+    for path in done.files.values():  # still thin: nothing was flattened from it
+        assert lab.images.images[path].backing is not None
