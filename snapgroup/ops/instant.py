@@ -152,13 +152,9 @@ def _check(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) ->
         ctx.journal.step(op, KIND, "verified", verify=False)
         plan["verify"] = False
         return None
+    now = "is left stopped, not copied"
     if domain.state.is_live:
-        ctx.hv.pause(domain.uuid)  # first: the guest reads no more of what is wrong
-        for target in sorted(plan["disks"]):
-            ctx.hv.cancel_block_job(domain.uuid, target)
-        now = "is paused and its copy stopped"
-    else:
-        now = "is left stopped, not copied"
+        now = _pause_and_stop(ctx, domain.uuid, sorted(plan["disks"]))
     detail = (
         f"instant recovery of backup {plan['backup_id']} refused after the start: "
         f"{problem}. VM {domain.name or domain.uuid} {now}; its disks still read the "
@@ -166,6 +162,21 @@ def _check(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) ->
     )
     ctx.journal.close(op, FAILED, detail=detail)
     return detail
+
+
+def _pause_and_stop(ctx: OpContext, vm_uuid: str, targets: list[str]) -> str:
+    """Pause the guest first (it reads no more of what is wrong), then stop every pull;
+    what became of it, said (a failure too: the copy is refused all the same)."""
+    try:
+        ctx.hv.pause(vm_uuid)
+    except SnapgroupError as exc:
+        return f"could not be paused ({exc.details}): stop it"
+    try:
+        for target in targets:
+            ctx.hv.cancel_block_job(vm_uuid, target)
+    except SnapgroupError as exc:
+        return f"is paused, its copy not stopped ({exc.details})"
+    return "is paused and its copy stopped"
 
 
 def _drive(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> bool:

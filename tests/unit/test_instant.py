@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from snapgroup.adapters.backup_repo import BackupRepo
-from snapgroup.domain.errors import OperationError
+from snapgroup.domain.errors import HypervisorError, OperationError
 from snapgroup.domain.models import VmState
 from snapgroup.ops import notices
 from snapgroup.testing.fakes import lab_domain
@@ -244,3 +244,18 @@ def test_a_stopped_vm_on_a_damaged_chain_is_not_made_standalone(
     assert _steps(lab) == [("failed", "verify")]
     for path in done.files.values():  # still thin: nothing was flattened from it
         assert lab.images.images[path].backing is not None
+
+
+def test_a_pause_that_fails_still_refuses_the_copy_and_says_so(
+    lab: Lab, backed_up: tuple[str, list[str]]
+) -> None:
+    repo, (b1, b2) = backed_up
+    damaged = next(Path(repo, VM, b1).glob("*.qcow2"))
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    _, copying = lab.engine.instant_restore(b2, source=repo, as_vm="new")
+    lab.hv.fail["pause"] = HypervisorError("libvirt said no")
+    with pytest.raises(OperationError, match=r"could not be paused \(libvirt said no\): stop it"):
+        lab.engine.instant_follow(copying.operation)
+    assert _steps(lab) == [("failed", "verify")]  # not driven on by the next recover
