@@ -31,7 +31,13 @@ from snapgroup.ops.context import OpContext
 from snapgroup.ops.creating import create_locked
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.lineage import overlays_on_snapshots
-from snapgroup.ops.memory_state import Resumed, after_resume, resume_state, settled_domain
+from snapgroup.ops.memory_state import (
+    Resumed,
+    after_resume,
+    clock_setter,
+    resume_state,
+    settled_domain,
+)
 from snapgroup.ops.recovery import recovers
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow, VolumeRow
@@ -146,11 +152,13 @@ def revert_locked(
         ctx.journal.step(op, KIND, "switched")
         if memory is not None and (error := _resume(ctx, op, plan, vm_uuid)) is not None:
             return _failed(uuid, disks, error, safety_group)
+        # The guest clock is set while the old files go and the rows are updated.
+        clock = clock_setter(ctx, vm_uuid, memory) if memory and not memory["paused"] else None
         _roll_forward(ctx, op, plan)
     results = tuple(RevertResult(d["volume_uuid"], d["snapshot_uuid"], True) for d in disks)
     if memory is None:
         return RevertReport(uuid, results, safety_group)
-    note = after_resume(ctx, vm_uuid, memory)
+    note = clock() if clock is not None else after_resume(ctx, vm_uuid, memory)
     resumed = VmState.PAUSED if memory["paused"] else VmState.RUNNING
     return RevertReport(uuid, results, safety_group, resumed.value, note)
 
