@@ -20,7 +20,12 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("uuid", metavar="GROUP_UUID")
     parser.add_argument("--name", required=True, help="the new VM's name")
-    parser.add_argument("--start", action="store_true", help="start the clone once defined")
+    parser.add_argument(
+        "--start",
+        action="store_true",
+        help="start the clone once defined (a memory group's clone resumes from its saved "
+        "state: running on from the group's moment, not booted)",
+    )
     add_instant_options(parser, "the group's snapshots")
     parser.set_defaults(run=run)
 
@@ -47,6 +52,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print_json(doc, ctx.out)
         return 0
     ctx.out.write(f"VM {made.name} ({made.uuid}) is {made.state}\n")
+    if made.resumed:
+        ctx.out.write("resumed from the group's memory state, at the group's moment\n")
+        if made.note:
+            ctx.out.write(f"note: {made.note}\n")
     if instant is not None:
         say_copying(instant, ctx)
     rows = [(d.target, d.volume_uuid, d.snapshot_uuid, d.install_path) for d in made.disks]

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from snapgroup.adapters import save_image
 from snapgroup.api import Engine, open_engine
 from snapgroup.domain.inventory import Group
+from snapgroup.testing.labvm import LabVm
 from tests.lab.test_guest import DATA_SERIALS, Guest, booted_guest, guest_values
 from tests.lab.test_memory_groups import RUN_ON_S, file_in_guest, guest_exec, state, uptime
 from tests.lab.tools import backing_chain, domblklist, same, sh
@@ -170,3 +172,38 @@ def test_export_then_restore_as_new_start_resumes(
     _original_untouched(guest, taken)
     assert not [n for n in os.listdir(disks) if n.endswith(".mem")]  # the unpacked copy is gone
     print(f"\nrestore --as --start of a memory backup: {restore_s:.2f} s")
+
+
+def _macs(vm: str, *, inactive: bool = False) -> list[str]:
+    xml = sh("virsh", "-c", "qemu:///system", "dumpxml", vm, *(["--inactive"] if inactive else []))
+    root = ET.fromstring(xml.stdout)
+    return [m.get("address", "") for m in root.iterfind("devices/interface/mac")]
+
+
+def test_a_resumed_clone_gets_a_mac_of_its_own(
+    stopped_vm: LabVm, engine: Engine, restored: list[str], tmp_path: Path
+) -> None:
+    """A VM with a NIC (firmware idle, no guest needed): its memory group's clone
+    resumes with the MAC libvirt gave the clone, in its live and its persistent XML
+    (libvirt 9.0 took the rewritten save image), the original keeping its own."""
+    nic = ET.Element("interface", type="user")
+    ET.SubElement(nic, "model", type="virtio")
+    (tmp_path / "nic.xml").write_text(ET.tostring(nic, encoding="unicode"))
+    sh(
+        "virsh",
+        "-c",
+        "qemu:///system",
+        "attach-device",
+        stopped_vm.name,
+        str(tmp_path / "nic.xml"),
+        "--config",
+    )
+    stopped_vm.start()
+    (original,) = _macs(stopped_vm.name)
+    group = engine.create(vm=stopped_vm.name, name="with-nic", with_memory=True)
+    made = engine.clone(group.uuid, name=f"{stopped_vm.name}-c", start=True)
+    restored.append(made.name)
+    assert made.resumed and state(made.name) == "running"
+    (live,) = _macs(made.name)
+    assert live != original and _macs(made.name, inactive=True) == [live]
+    assert _macs(stopped_vm.name) == [original] and state(stopped_vm.name) == "running"

@@ -4,6 +4,7 @@ checked), restore --as NEW --start, and what a killed resume leaves."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from snapgroup.adapters.backup_repo import BackupRepo
+from snapgroup.cli.context import Context
+from snapgroup.cli.main import main
 from snapgroup.domain.backup_manifest import MEMORY_FILE
 from snapgroup.domain.errors import HypervisorError, OperationError
 from snapgroup.domain.models import VmState
@@ -78,6 +81,23 @@ def test_clone_start_of_a_memory_group_resumes_a_copy(lab: Lab) -> None:
     assert lab.images.images[group_file].clusters[OWNER] == VM
     assert lab.engine.check([uuid])[0].available
     assert [r.state for r in lab.engine.operations() if r.kind == "resume-state"] == ["done"]
+
+
+def test_cli_clone_start_says_it_resumed(lab: Lab) -> None:
+    uuid, _ = _memory_group_then_run_on(lab)
+    out, err = io.StringIO(), io.StringIO()
+
+    def context(args: object) -> Context:
+        return Context(make_engine=lambda: lab.engine, as_json=getattr(args, "json", False))
+
+    code = main(
+        ["clone", uuid, "--name", "c1", "--start"], out=out, err=err, context_factory=context
+    )
+    assert code == 0, err.getvalue()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("VM c1 (") and lines[0].endswith(") is Running")
+    assert lines[1] == "resumed from the group's memory state, at the group's moment"
+    assert lines[2].startswith("note: guest clock not set")  # the fake clone has no agent
 
 
 def test_clone_of_a_memory_group_without_start_is_defined_stopped(lab: Lab) -> None:
