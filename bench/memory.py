@@ -201,7 +201,8 @@ def _revert_rows(runs: int, eng: Engine, vm: LabVm) -> list[Row]:
             "whole",
             f"revert of a memory group to running ({group.memory.size >> 20} MiB state)",
             "the whole command, VM stopped before it (untimed); ours: safety group, "
-            "overlays, defineXML, restore, then the guest clock set through the agent",
+            "overlays, defineXML, restore, then the guest clock set through the agent "
+            "(its first answer after the resume), the old files and rows meanwhile",
         ),
         ("running", "  part: until the guest runs", "command start -> its Resumed event"),
     ):
