@@ -1,6 +1,7 @@
 """Which snapshot files other chains read: a clone's disks sit on the snapshots of the VM
-it was cloned from, and every file below such a snapshot is in the clone's chain too.
-Those snapshots are pinned: a merge would rewrite or remove a file the clone reads."""
+it was cloned from, and a `snapgroup mount` of a group reads its snapshots, and every
+file below such a snapshot is in that chain too. Those snapshots are pinned: a merge
+would rewrite or remove a file the clone or the mount reads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from snapgroup.domain.errors import OperationError, SnapgroupError
+from snapgroup.infra import mounts
 from snapgroup.ports import ImageTool
 from snapgroup.store.repo import Repo
 from snapgroup.store.tables import SnapshotRow
@@ -30,14 +32,29 @@ def pinned_snapshots(
             f"read by VM {volume.vm_name}'s disk {volume.target} (volume {volume.uuid}, a "
             "clone: remove that VM and its disk, then `snapgroup sync`, to release it)"
         )
-        current: str | None = snapshot_uuid
-        while current is not None and current not in pinned:
-            row = repo.snapshot(current)
-            if row is None:
-                break
-            pinned[current] = why
-            current = row.parent_uuid
+        _pin(repo, pinned, snapshot_uuid, why)
+    for record in mounts.records():  # this host's: a mount serves from this host's files
+        group = record.doc.get("group")
+        if not record.alive or not isinstance(group, str):
+            continue  # a backup's mount holds its backups; a dead one holds nothing
+        why = (
+            f"read by the mount of group {group} at {record.mountpoint} "
+            f"(`snapgroup umount {record.mountpoint}` to release it)"
+        )
+        for _, snapshot in repo.refs_with_snapshots([group]):
+            _pin(repo, pinned, snapshot.uuid, why)
     return pinned
+
+
+def _pin(repo: Repo, pinned: dict[str, str], snapshot_uuid: str, why: str) -> None:
+    """The snapshot and every one below it (its chain's files) pinned for `why`."""
+    current: str | None = snapshot_uuid
+    while current is not None and current not in pinned:
+        row = repo.snapshot(current)
+        if row is None:
+            break
+        pinned[current] = why
+        current = row.parent_uuid
 
 
 def check_snapshot_chain(

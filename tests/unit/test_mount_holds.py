@@ -117,3 +117,27 @@ def test_another_hosts_mount_holds_until_that_host_releases_it(
         lab.engine.prune_backups(at=repo, vm="vm1", keep=1)
     lab.engine.recover()  # not ours to release
     assert _holds(repo) == [full.backup_id]
+
+
+def test_no_merge_rewrites_a_file_a_mounted_group_reads(
+    lab: Lab, guest: FakeGuestFiles, point: str
+) -> None:
+    """The mounted group's snapshots and every file below them are pinned (as a clone's
+    are): deleting an older group, or one of its snapshots, would commit the mounted
+    group's file into it and move it; a later group's delete touches none of them."""
+    older = lab.engine.create(vm="vm1", name="older")
+    mounted = lab.engine.create(vm="vm1", name="mounted")
+    later = lab.engine.create(vm="vm1", name="later")
+    lab.engine.create(vm="vm1", name="latest")
+    files = {r.install_path for r in mounted.refs}
+    before = {path: lab.images.read(path) for path in files}
+    lab.engine.mount(FilesSource(group=mounted.uuid), point, fs="vdb")
+    with pytest.raises(OperationError, match=f"mount of group {mounted.uuid} at {point}"):
+        lab.engine.delete(older.uuid)
+    with pytest.raises(OperationError, match="snapgroup umount"):
+        lab.engine.delete_snapshot(older.refs[0].volume_snapshot_uuid)
+    assert lab.engine.delete(later.uuid).error is None  # above the mount: not pinned
+    assert {path: lab.images.read(path) for path in files} == before
+    assert lab.engine.get(mounted.uuid).refs == mounted.refs
+    lab.engine.umount(point)
+    assert lab.engine.delete(older.uuid).error is None
