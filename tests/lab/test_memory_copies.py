@@ -122,9 +122,9 @@ def test_clone_start_resumes_a_copy(
     group = taken["group"]
     assert isinstance(group, Group)
     started = time.monotonic()
+    restored.append(f"{guest.name}-c")  # removed afterwards even when not resumed
     made = engine.clone(group.uuid, name=f"{guest.name}-c", start=True)
     clone_s = time.monotonic() - started
-    restored.append(made.name)
     assert made.resumed and made.state == "Running", made
     _resumed_at_the_snapshot(made.name, taken)
     # Its disks: its own overlays over the group's snapshot files.
@@ -153,20 +153,20 @@ def test_export_then_restore_as_new_start_resumes(
     disks = scratch / "disks"
     disks.mkdir()
     os.chmod(disks, 0o755)
+    restored.append(f"{guest.name}-r0")
     cold = engine.restore(
         manifest.backup_id, source=repo, as_vm=f"{guest.name}-r0", disk_dir=str(disks)
     )
-    restored.append(f"{guest.name}-r0")
     by_volume = {r.volume_uuid: r.install_path for r in group.refs}
     for d in manifest.disks:
         assert same(cold.files[d.target], by_volume[d.volume_uuid]), d.target
     # With --start: it runs on from the group's moment.
+    restored.append(f"{guest.name}-r1")  # removed afterwards even when not resumed
     started = time.monotonic()
     warm = engine.restore(
         manifest.backup_id, source=repo, as_vm=f"{guest.name}-r1", disk_dir=str(disks), start=True
     )
     restore_s = time.monotonic() - started
-    restored.append(f"{guest.name}-r1")
     assert warm.state == "Running"
     _resumed_at_the_snapshot(f"{guest.name}-r1", taken)
     _original_untouched(guest, taken)
@@ -201,8 +201,8 @@ def test_a_resumed_clone_gets_a_mac_of_its_own(
     stopped_vm.start()
     (original,) = _macs(stopped_vm.name)
     group = engine.create(vm=stopped_vm.name, name="with-nic", with_memory=True)
+    restored.append(f"{stopped_vm.name}-c")
     made = engine.clone(group.uuid, name=f"{stopped_vm.name}-c", start=True)
-    restored.append(made.name)
     assert made.resumed and state(made.name) == "running"
     (live,) = _macs(made.name)
     assert live != original and _macs(made.name, inactive=True) == [live]
