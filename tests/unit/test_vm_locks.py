@@ -136,11 +136,24 @@ def test_a_released_lock_is_free_at_once_for_the_next_taker(pg_url: str) -> None
         db.dispose()
 
 
+# These tests' own VM: the other xdist workers' PostgreSQL tests lock VM aaaa... at any
+# moment, and pg_locks shows every session's locks.
+SESSION_VM = "5" * 32
+
+
 def _holders(db: Database) -> set[int]:
-    """The sessions holding an advisory lock now (seen from another session)."""
-    query = text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted")
+    """The sessions holding SESSION_VM's advisory locks now (seen from another session):
+    a bigint key shows as its high (classid) and low (objid) 32 bits."""
+    keys = [lock_key(kind, SESSION_VM) for kind in ("vm", "backups")]
+    halves = [((k >> 32) & 0xFFFFFFFF, k & 0xFFFFFFFF) for k in keys]
+    query = text(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND ((classid::bigint = :h0 AND objid::bigint = :l0)"
+        " OR (classid::bigint = :h1 AND objid::bigint = :l1))"
+    )
+    values = {"h0": halves[0][0], "l0": halves[0][1], "h1": halves[1][0], "l1": halves[1][1]}
     with db.transaction() as session:
-        return set(session.execute(query).scalars())
+        return set(session.execute(query, values).scalars())
 
 
 def test_a_lock_reuses_the_session_the_last_one_released(pg_url: str) -> None:
@@ -149,10 +162,10 @@ def test_a_lock_reuses_the_session_the_last_one_released(pg_url: str) -> None:
     db = Database(pg_url)
     locks = AdvisoryLocks(db)
     try:
-        with locks.vm(VM):
+        with locks.vm(SESSION_VM):
             (first,) = _holders(db)
         assert _holders(db) == set()  # released, though its session goes on
-        with locks.backups(VM):
+        with locks.backups(SESSION_VM):
             assert _holders(db) == {first}
     finally:
         locks.close()
@@ -163,7 +176,7 @@ def test_a_kept_session_the_server_ended_is_replaced(pg_url: str) -> None:
     db = Database(pg_url)
     locks, other = AdvisoryLocks(db), AdvisoryLocks(db)
     try:
-        with locks.vm(VM):
+        with locks.vm(SESSION_VM):
             (kept,) = _holders(db)
         with db.transaction() as session:  # a server restart, as far as it can tell
             session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": kept})
@@ -173,11 +186,11 @@ def test_a_kept_session_the_server_ended_is_replaced(pg_url: str) -> None:
                 if not session.execute(alive, {"pid": kept}).scalar_one():
                     break
             time.sleep(0.01)
-        with locks.vm(VM):
+        with locks.vm(SESSION_VM):
             assert len(_holders(db) - {kept}) == 1
-            with other.try_vm(VM) as free:
+            with other.try_vm(SESSION_VM) as free:
                 assert not free
-        with other.try_vm(VM) as free:
+        with other.try_vm(SESSION_VM) as free:
             assert free
     finally:
         locks.close()
