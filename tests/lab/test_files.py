@@ -405,6 +405,20 @@ def test_a_mount_holds_its_group_and_backups_until_umount_or_its_death(
         assert plan["mounted"] == [] and not plan["wouldRefuse"]
     finally:
         world.engine.umount(str(group_point))  # the dead FUSE mount, unmounted all the same
+    # A later group mounted: the older group's delete would commit the mounted group's
+    # files into its own and move them under the appliance reading them (a dry run only:
+    # the world is shared).
+    later_point = tmp_path / "later"
+    later_point.mkdir()
+    world.engine.mount(FilesSource(group=p2.group), str(later_point), fs="vdb")
+    try:
+        plan = world.engine.delete_plan(p1.group).to_json()
+        assert plan["wouldRefuse"], plan
+        why = f"the mount of group {p2.group} at {later_point}"
+        assert all(why in problem for problem in plan["problems"]), plan["problems"]
+    finally:
+        world.engine.umount(str(later_point))
+    assert not world.engine.delete_plan(p1.group).to_json()["wouldRefuse"]
     _vm_untouched(world)
 
 
