@@ -94,7 +94,10 @@ def read_image(path: str) -> SaveImage:
         raise SaveImageError(f"{path} is truncated inside its header")
     xml_part = data[:cookie_offset] if cookie_offset else data
     cookie = data[cookie_offset:] if cookie_offset else b""
-    xml = xml_part.split(b"\0", 1)[0].decode("utf-8", errors="strict")
+    try:
+        xml = xml_part.split(b"\0", 1)[0].decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:  # a damaged (or hostile) header: not libvirt's
+        raise SaveImageError(f"{path}: its domain XML is not UTF-8 ({exc.reason})") from exc
     if cookie:
         cookie = cookie.split(b"\0", 1)[0] + b"\0"
     return SaveImage(path, order, version, data_len, was_running, fmt, tuple(unused), xml, cookie)

@@ -97,10 +97,12 @@ def verify_backups(
     backup_id: str | None = None,
     *,
     vm_uuid: str | None = None,
+    memory: bool = True,
 ) -> VerifyReport:
     """Checksums and `qemu-img check` of every file the backup(s) read, each file once;
     each damaged or missing file (or unreadable manifest) named with the backups it
-    breaks."""
+    breaks. `memory`: a memory group's saved state too (not for what never resumes it:
+    its disks alone restored, browsed, or booted cold)."""
     everything, damaged_list = repo.scan()
     damaged = {d.backup_id: d for d in damaged_list if vm_uuid is None or d.vm_uuid == vm_uuid}
     by_id = {m.backup_id: m for m in everything}
@@ -142,7 +144,7 @@ def verify_backups(
                         problem = f"qemu-img check failed: {exc.details}"
                 if problem is not None:
                     findings.append(FileFinding(*key, problem))
-    for m in wanted:  # a memory group's saved state: its own backup's, in no chain
+    for m in wanted if memory else ():  # a memory group's saved state: in no chain
         if m.memory is not None and (problem := _memory_problem(images, repo, m)) is not None:
             findings.append(FileFinding(m.backup_id, None, problem, memory=True))
     bad_files = [(f.backup_id, f.volume_uuid) for f in findings if f.volume_uuid is not None]
@@ -191,7 +193,7 @@ def restore_to_dir(
     """Each disk of the backup as `<directory>/<volume-uuid>.qcow2`: standalone (flattened)
     or, with `keep_chain`, a thin overlay on the repository's file. Refuses a backup whose
     chain is damaged, before writing anything. Returns target -> written file."""
-    manifest = restorable(images, repo, backup_id)
+    manifest = restorable(images, repo, backup_id, memory=False)
     written: dict[str, str] = {}
     for disk in manifest.disks:
         out = f"{directory.rstrip('/')}/{disk.file}"
@@ -206,31 +208,36 @@ def restore_to_dir(
     return written
 
 
-def restorable(images: ImageTool, repo: BackupStore, backup_id: str) -> BackupManifest:
-    """The backup's manifest once every file it reads is intact; else OperationError
-    naming each bad file (its path and problem) and every backup that file breaks."""
+def restorable(
+    images: ImageTool, repo: BackupStore, backup_id: str, *, memory: bool = True
+) -> BackupManifest:
+    """The backup's manifest once every file it reads is intact (`memory`: its saved
+    memory state too); else OperationError naming each bad file (its path and problem)
+    and every backup that file breaks."""
     manifest = repo.get(backup_id)
     if repo.pending_prunes(manifest.vm_uuid):
         raise OperationError(
             f"a prune of VM {manifest.vm_uuid}'s backups in {repo.root} was interrupted: "
             "run `snapgroup recover` (or prune-backups again) first"
         )
-    report = verify_backups(images, repo, backup_id)
+    report = verify_backups(images, repo, backup_id, memory=memory)
     if not report.clean:
         raise OperationError(f"backup {backup_id} cannot be restored: {describe(repo, report)}")
     return manifest
 
 
-def present_backup(images: ImageTool, repo: BackupStore, backup_id: str) -> BackupManifest:
+def present_backup(
+    images: ImageTool, repo: BackupStore, backup_id: str, *, memory: bool = True
+) -> BackupManifest:
     """The backup's manifest when no prune of its VM is pending and every file its chain
     reads exists (cheap); else the full check's refusal (restorable)."""
     manifest = repo.get(backup_id)
     if repo.pending_prunes(manifest.vm_uuid):
-        return restorable(images, repo, backup_id)
+        return restorable(images, repo, backup_id, memory=memory)
     for d in manifest.disks:
         for member in d.chain:
             if not repo.exists(repo.member_file(manifest.vm_uuid, member, d.volume_uuid)):
-                return restorable(images, repo, backup_id)
+                return restorable(images, repo, backup_id, memory=memory)
     return manifest
 
 

@@ -93,19 +93,23 @@ def clone(ctx: OpContext, group_uuid: str, *, name: str, start: bool = False) ->
     # The original's lock: no delete may merge the snapshots away before the clone's
     # volumes (which pin them) are recorded.
     memory = group.memory_file if start else None
-    with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
-        copy = group_copy(ctx, group) if memory is not None else None  # refused: nothing made
-        made = _clone_locked(ctx, uuid, group.vm_uuid, name)
-        if memory is not None and copy is not None:
-            resuming = _not_resumed(made, lambda: begin_copy(ctx, made.uuid, memory, copy))
-    if not start:
-        return made
-    if copy is None:
-        ctx.hv.start(made.uuid)
-        return _described(ctx, made)
-    sources = {d.target: d.install_path for d in made.disks}
-    note = _not_resumed(made, lambda: resume_copy(ctx, resuming, copy, made.uuid, sources))
-    return replace(_described(ctx, made), resumed=True, note=note)
+    with contextlib.ExitStack() as clone_held:
+        with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
+            copy = group_copy(ctx, group) if memory is not None else None  # refused: none made
+            made = _clone_locked(ctx, uuid, group.vm_uuid, name)
+            if memory is not None and copy is not None:
+                # The state's copy is journaled as the clone's: the clone's lock until it
+                # resumed, or a `recover` elsewhere would take the copy for a dead one's.
+                clone_held.enter_context(ctx.locks.vm(made.uuid, wait=ctx.lock_wait))
+                resuming = _not_resumed(made, lambda: begin_copy(ctx, made.uuid, memory, copy))
+        if not start:
+            return made
+        if copy is None:
+            ctx.hv.start(made.uuid)
+            return _described(ctx, made)
+        sources = {d.target: d.install_path for d in made.disks}
+        note = _not_resumed(made, lambda: resume_copy(ctx, resuming, copy, made.uuid, sources))
+        return replace(_described(ctx, made), resumed=True, note=note)
 
 
 def _not_resumed(made: Clone, step: Callable[[], _T]) -> _T:

@@ -81,7 +81,7 @@ def _group(ctx: OpContext, uuid: str) -> Opened:
 
 def _backup(ctx: OpContext, backup_id: str, at: str) -> Opened:
     store = open_store(ctx, at)
-    manifest = present_backup(ctx.images, store, backup_id)  # its chain's files are there
+    manifest = present_backup(ctx.images, store, backup_id, memory=False)  # its disks' files
     disks = tuple(
         GuestDisk(d.target, store.file(manifest, d.volume_uuid))
         for d in sorted(manifest.disks, key=lambda d: d.device_id)

@@ -144,7 +144,7 @@ def _check(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) ->
     ctx.journal.step(op, KIND, "verify")
     store = open_store(ctx, plan["repo"], existing=False)
     try:
-        report = verify_backups(ctx.images, store, plan["backup_id"])
+        report = verify_backups(ctx.images, store, plan["backup_id"], memory=False)  # cold
         problem = None if report.clean else describe(store, report)
     except SnapgroupError as exc:  # not read is not checked: refused all the same
         problem = f"its files cannot be checked: {exc.details}"

@@ -86,7 +86,7 @@ def restore(
         raise InvalidArgument("a flattened restore reads every byte: it checks them too")
     store = open_store(ctx, source)
     backup_id = parse_uuid(backup_id, "backup id")
-    manifest = present_backup(ctx.images, store, backup_id)
+    manifest = present_backup(ctx.images, store, backup_id, memory=start)  # resumed only then
     restore_id = ctx.new_uuid()  # the new VM's UUID; the journal's lock name
     if as_vm is not None:
         as_vm = validate_name(as_vm)
@@ -124,7 +124,11 @@ def restore(
         # from the page cache): a damaged chain's copies are removed and the restore
         # refused all the same, in about the time of the copy alone.
         pool = ThreadPoolExecutor(1, thread_name_prefix="verify")
-        checking = pool.submit(verify_backups, ctx.images, store, backup_id) if check_data else None
+        checking = (
+            pool.submit(verify_backups, ctx.images, store, backup_id, memory=start)
+            if check_data
+            else None
+        )
         try:
             problems = [] if check_data else chain_problems(ctx.images, store, manifest)
             if problems:
@@ -163,13 +167,15 @@ def restore(
         finally:
             pool.shutdown(wait=True)
         ctx.journal.close(op, DONE, detail=f"backup {backup_id} restored")
-        # A memory group's backup: its saved state unpacked as the new VM's (no prune runs).
+        # A memory group's backup: its saved state unpacked as the new VM's (no prune runs),
+        # and resumed under the new VM's lock (a `recover` elsewhere would otherwise take
+        # the unpacked state for a dead process's and remove it).
         resuming = unpack_for(ctx, store, manifest, restore_id, directory) if start else None
+        if as_vm is not None and resuming is not None:
+            resume_unpacked(ctx, resuming, restore_id, files)
     state = None
     if as_vm is not None:
-        if resuming is not None:
-            resume_unpacked(ctx, resuming, restore_id, files)
-        elif start:
+        if resuming is None and start:
             ctx.hv.start(restore_id)
         domain = lookup_or_none(ctx, restore_id)
         state = domain.state.value if domain is not None else "Unknown"

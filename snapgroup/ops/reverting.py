@@ -154,7 +154,12 @@ def revert_locked(
             return _failed(uuid, disks, error, safety_group)
         # The guest clock is set while the old files go and the rows are updated.
         clock = clock_setter(ctx, vm_uuid, memory) if memory and not memory["paused"] else None
-        _roll_forward(ctx, op, plan)
+        try:
+            _roll_forward(ctx, op, plan)
+        except BaseException:
+            if clock is not None:
+                clock()  # its agent call ends under the VM's lock, whatever happened
+            raise
     results = tuple(RevertResult(d["volume_uuid"], d["snapshot_uuid"], True) for d in disks)
     if memory is None:
         return RevertReport(uuid, results, safety_group)

@@ -32,6 +32,9 @@ from snapgroup.store.jobs import JobStore
 from snapgroup.store.queue import QueuedRequest, RequestQueue
 
 log = logging.getLogger(__name__)
+# The replay goes to our own loopback address, never through http_proxy/https_proxy
+# (a proxy would be handed the replay's session token, and answer for another server).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 REPLAY_SESSION_SECONDS = 120.0  # the session a replay acts under, ended once answered
 TIMEOUT = 30.0
@@ -134,7 +137,7 @@ class Pickup:
         )
         log.info("running queued job %s (%s %s)", request.job_uuid, request.method, url)
         try:
-            with urllib.request.urlopen(outgoing, timeout=TIMEOUT) as answer:
+            with _DIRECT.open(outgoing, timeout=TIMEOUT) as answer:
                 status, content = answer.status, answer.read()
         except urllib.error.HTTPError as refused:
             status, content = refused.code, refused.read()

@@ -113,6 +113,10 @@ def test_rewrite_in_place_within_the_padding(tmp_path: Path) -> None:
             "unsupported",
         ),
         (b"LibvirtQemudSave" + struct.pack("<5I14I", 2, 4096, 0, 0, 0, *([0] * 14)), "truncated"),
+        (  # a damaged or hostile header: an error of ours, never a UnicodeDecodeError
+            b"LibvirtQemudSave" + struct.pack("<5I14I", 2, 4, 0, 0, 0, *([0] * 14)) + b"<\xff>\0",
+            "not UTF-8",
+        ),
     ],
 )
 def test_what_is_not_a_save_image_is_refused(tmp_path: Path, content: bytes, error: str) -> None:

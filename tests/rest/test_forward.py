@@ -184,3 +184,23 @@ def test_a_queued_request_whose_account_was_deleted_fails_its_job(cluster: Clust
     assert record is not None and (record.state, record.status) == ("Done", 503)
     assert "the account that sent this queued request was deleted" in str(record.document)
     assert cluster.b_engine.list_groups() == []
+
+
+def test_a_queued_request_is_replayed_past_any_http_proxy(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay goes to b's own loopback address: with http_proxy set (to a port where
+    nothing listens), it reaches b all the same; a proxy is never handed its token."""
+    cluster.b_engine.heartbeat(serving=False)
+    body = {"params": {"rootVolumeUuid": _root(cluster.b_engine), "name": "proxied"}}
+    started = cluster.a.post(GROUPS, json=body, headers=cluster.auth)
+    assert started.status_code == 202, started.text
+    proxy = f"http://127.0.0.1:{_free_port()}"
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert cluster.b_pickup() == 1
+    polled = _poll(cluster, started.json()["location"])
+    assert polled.status_code == 200, polled.text
+    assert [g.name for g in cluster.b_engine.list_groups()] == ["proxied"]

@@ -222,3 +222,53 @@ def test_prune_removes_a_pruned_backups_memory_state(lab: Lab, tmp_path: Path) -
     assert not (Path(repo) / VM / first).exists()
     assert (Path(repo) / VM / second / MEMORY_FILE).is_file()
     assert lab.engine.verify_backup(at=repo).clean
+
+
+def test_a_damaged_memory_state_blocks_only_what_resumes_it(lab: Lab, tmp_path: Path) -> None:
+    """The disks are intact: restoring them (to a directory, as a new VM booted cold, or
+    instantly) and browsing them must not be refused or stopped for the state; only
+    `restore --as --start`, which resumes it, is refused (and verify-backup names it)."""
+    _, repo, backup_id = _exported(lab, tmp_path)
+    path = Path(repo) / VM / backup_id / MEMORY_FILE
+    path.write_text(path.read_text() + " ")
+    with pytest.raises(OperationError, match=MEMORY_FILE):
+        lab.engine.restore(backup_id, source=repo, as_vm="resumed", start=True)
+    to_dir = tmp_path / "out"
+    assert len(lab.engine.restore(backup_id, source=repo, to_dir=str(to_dir)).files) == 3
+    cold = lab.engine.restore(backup_id, source=repo, as_vm="cold")
+    assert cold.state == "Stopped"
+    (tmp_path / "instant").mkdir()
+    restored, copying = lab.engine.instant_restore(
+        backup_id, source=repo, as_vm="instant", disk_dir=str(tmp_path / "instant")
+    )
+    lab.engine.recover()  # the copy's driver: the checksums first (the disks' alone)
+    assert restored.vm_uuid is not None and not lab.hv.called("pause")
+    (op,) = [o for o in lab.engine.operations() if o.uuid == copying.operation]
+    assert (op.state, op.step) == ("running", "verified"), op.detail
+    assert not lab.engine.verify_backup(at=repo, backup_id=backup_id).clean
+
+
+def test_a_recover_elsewhere_leaves_a_copy_being_resumed_alone(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another command's recover (the daemon, autosnap) while a clone's or a restore's
+    copy of the state is made: the copy is the new VM's operation, held by that VM's
+    lock until it resumed, so recover leaves it be and the VM resumes."""
+    from snapgroup.ops import journal
+
+    recovered: list[object] = []
+
+    def elsewhere(name: str) -> None:
+        if name == "resume-state:copied":
+            recovered.extend(lab.engine.recover())
+
+    uuid, repo, backup_id = _exported(lab, tmp_path)
+    monkeypatch.setattr(journal, "checkpoint", elsewhere)
+    made = lab.engine.clone(uuid, name="c1", start=True)
+    restored = lab.engine.restore(backup_id, source=repo, as_vm="r1", start=True)
+    monkeypatch.undo()
+    assert made.resumed and restored.state == "Running" and recovered == []
+    assert [r.state for r in lab.engine.operations() if r.kind == "resume-state"] == [
+        "done",
+        "done",
+    ]
