@@ -74,6 +74,8 @@ def answer(argv: Sequence[str], out: TextIO, err: TextIO, environ: Mapping[str, 
         with store:
             if command == "list":
                 note = _list(store, values, positionals, "--json" in values, text)
+            elif "--limit" in values or "--start" in values:
+                raise _Unsure  # not show's options: argparse's usage error
             else:
                 _show(store, positionals, "--json" in values, text)
     except (_Unsure, ValueError, quick_read.Unreadable):

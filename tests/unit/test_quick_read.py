@@ -211,3 +211,10 @@ def test_an_unfinished_operation_is_the_engines_to_recover_first(store: Store) -
     assert quickly(store, ["show", store.groups[0].uuid]) == (None, "", "")
     assert not quick.journal_clean(None, env)
     assert not quick.journal_clean("postgresql://u:p@127.0.0.1/x", env)
+
+
+def test_show_with_lists_options_is_argparses_usage_error(store: Store) -> None:
+    for extra in (["--limit", "2"], ["--start=1"]):
+        argv = ["--json", "show", store.groups[0].uuid, *extra]
+        assert quickly(store, argv) == (None, "", "")
+        assert by_engine(store, argv)[0] == 2
