@@ -33,7 +33,9 @@ class Instant:
     ) -> tuple[Restored, Copying]:
         """The backup as a new VM, started on thin overlays over the repository (a
         --keep-chain restore, which holds the backup), then each disk pulled local by
-        QEMU. Before the start the chain is checked as far as its sizes and headers go;
+        QEMU; a memory group's backup resumed from its state (booted cold, said in the
+        note, when the state cannot be). Before the start the chain is checked as far as
+        its sizes and headers go;
         its checksums are read by the copy, which pauses the VM on a mismatch. Returns
         once the VM runs (with `follow`, once the copy is done too)."""
         from dataclasses import replace
@@ -50,6 +52,7 @@ class Instant:
             disk_dir=disk_dir,
             keep_chain=True,
             check_data=False,
+            resume=True,  # a memory group's backup runs on from its moment, as with --start
         )
         assert done.vm_uuid is not None
         copying = instant.start_copy(
@@ -60,7 +63,7 @@ class Instant:
             backup_id=done.backup_id,
             bandwidth=bandwidth,
             verify=True,
-            start=True,
+            start=not done.resumed,  # booted here, once the copy is journaled
         )
         done = replace(done, state=self.ctx.hv.lookup(done.vm_uuid).state.value)
         if follow:

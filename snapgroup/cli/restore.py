@@ -12,6 +12,7 @@ from snapgroup.domain.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from snapgroup.ops.instant import Copying
+    from snapgroup.ops.restore import Restored
 
 
 def register(sub: Any) -> None:
@@ -98,9 +99,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print_json({"restored": done.to_dict()}, ctx.out)
         return 0
     if done.vm_uuid:
-        ctx.out.write(f"VM {done.vm_name} ({done.vm_uuid}) is {done.state}\n")
+        _say_vm(done, ctx)
     table(sorted(done.files.items()), ["DISK", "FILE"], ctx.out)
     return 0
+
+
+def _say_vm(done: Restored, ctx: Context) -> None:
+    ctx.out.write(f"VM {done.vm_name} ({done.vm_uuid}) is {done.state}\n")
+    if done.resumed:
+        ctx.out.write("resumed from the backup's memory state, at the group's moment\n")
+    if done.note:
+        ctx.err.write(f"note: {done.note}\n")
 
 
 def _run_instant(args: argparse.Namespace, ctx: Context) -> int:
@@ -119,7 +128,7 @@ def _run_instant(args: argparse.Namespace, ctx: Context) -> int:
     if ctx.as_json:
         print_json({"restored": done.to_dict(), "instant": doc}, ctx.out)
         return 0
-    ctx.out.write(f"VM {done.vm_name} ({done.vm_uuid}) is {done.state}\n")
+    _say_vm(done, ctx)
     say_copying(doc, ctx)
     table(sorted(done.files.items()), ["DISK", "FILE"], ctx.out)
     return 0

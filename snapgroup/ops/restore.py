@@ -42,6 +42,8 @@ class Restored:
     state: str | None
     files: Mapping[str, str]  # target -> written file
     keep_chain: bool
+    resumed: bool = False  # started from the backup's memory state, at the group's moment
+    note: str | None = None  # what did not go as it should around a resume
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,8 @@ class Restored:
             "name": self.vm_name,
             "state": self.state,
             "keepChain": self.keep_chain,
+            "resumedFromMemory": self.resumed,
+            "note": self.note,
             "disks": [{"target": t, "installPath": p} for t, p in sorted(self.files.items())],
         }
 
@@ -69,6 +73,7 @@ def restore(
     start: bool = False,
     progress: ProgressFn | None = None,
     check_data: bool = True,
+    resume: bool = False,
 ) -> Restored:
     """Restore any backup: as a new VM `as_vm` (its disks new UUID-named files in
     `disk_dir`, default beside the original VM's disks when it is defined here, else
@@ -77,10 +82,12 @@ def restore(
     before anything is written. Journaled: a killed restore leaves no VM and no files.
     `check_data` False (instant recovery, with `keep_chain`): the chain is checked only
     as far as its sizes and headers go (chain_problems); its checksums are the caller's
-    to verify, after the start."""
+    to verify, after the start. `resume` (instant recovery, whose copy boots any other
+    VM under its journal): a memory group's backup is resumed as with `start`, but a
+    state that cannot be (damaged, gone) leaves the VM stopped, said in the note."""
     if (as_vm is None) == (to_dir is None):
         raise InvalidArgument("restore needs exactly one of --as NEW_VM and --to-dir PATH")
-    if start and as_vm is None:
+    if (start or resume) and as_vm is None:
         raise InvalidArgument("--start needs --as NEW_VM")
     if not (check_data or keep_chain):
         raise InvalidArgument("a flattened restore reads every byte: it checks them too")
@@ -170,16 +177,27 @@ def restore(
         # A memory group's backup: its saved state unpacked as the new VM's (no prune runs),
         # and resumed under the new VM's lock (a `recover` elsewhere would otherwise take
         # the unpacked state for a dead process's and remove it).
-        resuming = unpack_for(ctx, store, manifest, restore_id, directory) if start else None
-        if as_vm is not None and resuming is not None:
-            resume_unpacked(ctx, resuming, restore_id, files)
+        note = None
+        try:
+            wanted = start or resume
+            resuming = unpack_for(ctx, store, manifest, restore_id, directory) if wanted else None
+            if as_vm is not None and resuming is not None:
+                note = resume_unpacked(ctx, resuming, restore_id, files)
+        except OperationError as exc:
+            if not resume:
+                raise
+            resuming, cause = None, exc.cause.details if exc.cause else exc.details
+            note = f"not resumed from the backup's memory state ({cause}): booted cold"
     state = None
     if as_vm is not None:
         if resuming is None and start:
             ctx.hv.start(restore_id)
         domain = lookup_or_none(ctx, restore_id)
         state = domain.state.value if domain is not None else "Unknown"
-    return Restored(backup_id, restore_id if as_vm else None, as_vm, state, files, keep_chain)
+    resumed = resuming is not None
+    return Restored(
+        backup_id, restore_id if as_vm else None, as_vm, state, files, keep_chain, resumed, note
+    )
 
 
 def _make_directory(directory: str) -> None:

@@ -228,9 +228,12 @@ def test_a_damaged_memory_state_blocks_only_what_resumes_it(lab: Lab, tmp_path: 
     """The disks are intact: restoring them (to a directory, as a new VM booted cold, or
     instantly) and browsing them must not be refused or stopped for the state; only
     `restore --as --start`, which resumes it, is refused (and verify-backup names it)."""
-    _, repo, backup_id = _exported(lab, tmp_path)
+    uuid, repo, backup_id = _exported(lab, tmp_path)
     path = Path(repo) / VM / backup_id / MEMORY_FILE
-    path.write_text(path.read_text() + " ")
+    doc = json.loads(path.read_text())  # a cluster of the packed state changed
+    doc["clusters"] = {c: f"{v}!" for c, v in doc["clusters"].items()}
+    path.write_text(json.dumps(doc))
+    lab.images.images.pop(str(path), None)  # the fake reads the file as it is now
     with pytest.raises(OperationError, match=MEMORY_FILE):
         lab.engine.restore(backup_id, source=repo, as_vm="resumed", start=True)
     to_dir = tmp_path / "out"
@@ -241,6 +244,11 @@ def test_a_damaged_memory_state_blocks_only_what_resumes_it(lab: Lab, tmp_path: 
     restored, copying = lab.engine.instant_restore(
         backup_id, source=repo, as_vm="instant", disk_dir=str(tmp_path / "instant")
     )
+    # Instant recovery comes first: booted cold, and said so (not a silent boot).
+    assert restored.state == "Running" and not restored.resumed
+    assert restored.note is not None and "booted cold" in restored.note
+    assert "memory state unpacked is not the one saved" in restored.note
+    assert _memory_files(lab) == {_group_file(lab, uuid)}  # the unpacked copy removed
     lab.engine.recover()  # the copy's driver: the checksums first (the disks' alone)
     assert restored.vm_uuid is not None and not lab.hv.called("pause")
     (op,) = [o for o in lab.engine.operations() if o.uuid == copying.operation]
@@ -272,3 +280,52 @@ def test_a_recover_elsewhere_leaves_a_copy_being_resumed_alone(
         "done",
         "done",
     ]
+
+
+def _group_file(lab: Lab, uuid: str) -> str:
+    memory = lab.engine.get(uuid).memory
+    assert memory is not None
+    return memory.file
+
+
+def test_instant_restore_of_a_memory_backup_resumes_then_copies(lab: Lab, tmp_path: Path) -> None:
+    """restore --as --start --instant runs on from the group's moment as --start does
+    (it booted cold, silently, before); the copy is journaled and driven as for any."""
+    uuid, repo, backup_id = _exported(lab, tmp_path)
+    (tmp_path / "instant").mkdir()
+    restored, copying = lab.engine.instant_restore(
+        backup_id, source=repo, as_vm="i1", disk_dir=str(tmp_path / "instant")
+    )
+    assert restored.vm_uuid is not None and restored.state == "Running"
+    assert restored.resumed  # its note: the clock (this fake VM has no agent)
+    assert restored.note is not None and restored.note.startswith("guest clock not set")
+    assert lab.hv.ram[restored.vm_uuid] == "counter=41"  # the group's moment, not a boot
+    assert (restored.vm_uuid,) not in lab.hv.called("start")
+    ((vm, _copy, sources, _paused),) = lab.hv.called("restore_memory")
+    assert vm == restored.vm_uuid and sources == dict(restored.files)
+    assert _memory_files(lab) == {_group_file(lab, uuid)}  # the unpacked copy is gone
+    assert not copying.done and lab.hv.pulls  # its disks being pulled local
+    kinds = {r.kind: r.state for r in lab.engine.operations()}
+    assert kinds["resume-state"] == "done" and kinds["instant"] == "running"
+    assert restored.to_dict()["resumedFromMemory"] is True
+
+
+def test_cli_instant_restore_says_it_resumed(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, repo, backup_id = _exported(lab, tmp_path)
+    (tmp_path / "instant").mkdir()
+    monkeypatch.setattr("snapgroup.cli.instant_follow.spawn", lambda args, op: 4242)
+    out, err = io.StringIO(), io.StringIO()
+
+    def context(args: object) -> Context:
+        return Context(make_engine=lambda: lab.engine, as_json=getattr(args, "json", False))
+
+    argv = ["restore", "--from", repo, backup_id, "--as", "i1", "--start", "--instant"]
+    argv += ["--disk-dir", str(tmp_path / "instant")]
+    assert main(argv, out=out, err=err, context_factory=context) == 0, err.getvalue()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("VM i1 (") and lines[0].endswith(") is Running")
+    assert lines[1] == "resumed from the backup's memory state, at the group's moment"
+    assert "follower pid 4242" in lines[2]
+    assert err.getvalue().startswith("note: guest clock not set")  # the fake has no agent
