@@ -46,7 +46,8 @@ def revert(
 ) -> RevertReport:
     """`volumes`: restore only these volume UUIDs (the only way to revert to an
     unavailable group); the others are left as they are. `stop`: shut a running VM down
-    first (ACPI, powered off after `stop_timeout` seconds). A memory group's VM runs
+    first (ACPI, powered off after `stop_timeout` seconds), once the group is known to
+    be revertible (a damaged one is refused with the VM untouched). A memory group's VM runs
     again from its saved state (`paused`: resumed paused), unless `volumes` is given."""
     uuid = parse_uuid(group_uuid, "group uuid")
     wanted = [parse_uuid(v, "volume uuid") for v in volumes] if volumes is not None else None
@@ -63,18 +64,25 @@ def revert(
             else "--paused: a revert of --volumes restores disks only, the VM stays stopped"
         )
     with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
-        domain = _stopped_domain(ctx, group.vm_uuid, stop, stop_timeout)
+        domain = _defined(ctx, group.vm_uuid)
+        if stop and domain.state is not VmState.STOPPED:
+            _choose(ctx, uuid, domain, wanted)  # refused (a damaged group) before the stop
+        domain = _stopped_domain(ctx, domain, stop, stop_timeout)
         restores = _choose(ctx, uuid, domain, wanted)
         return revert_locked(ctx, uuid, domain, restores, safety_group, memory)
 
 
-def _stopped_domain(ctx: OpContext, vm_uuid: str, stop: bool, timeout: float) -> DomainInfo:
+def _defined(ctx: OpContext, vm_uuid: str) -> DomainInfo:
     try:
-        domain = ctx.hv.lookup(vm_uuid)
+        return ctx.hv.lookup(vm_uuid)
     except NotFound:
         raise OperationError(
             f"VM {vm_uuid} is no longer defined: its groups cannot be reverted to"
         ) from None
+
+
+def _stopped_domain(ctx: OpContext, domain: DomainInfo, stop: bool, timeout: float) -> DomainInfo:
+    vm_uuid = domain.uuid
     if domain.state is VmState.STOPPED:
         return domain
     if not stop:

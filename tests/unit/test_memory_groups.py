@@ -305,9 +305,13 @@ def test_a_gone_or_changed_memory_file_makes_the_group_unavailable(lab: Lab) -> 
     lab.images.write(memory_file, 0, "tampered")
     (state,) = lab.engine.check([uuid])
     assert not state.available and "changed since the group was taken" in (state.reason or "")
+    tops = [d.path for d in lab.hv.domains[VM].disks]
     with pytest.raises(OperationError, match="unavailable"):
         lab.engine.revert(uuid, stop=True, stop_timeout=0)
-    assert lab.hv.domains[VM].state is VmState.STOPPED  # stopped, nothing else changed
+    # Refused before --stop touched the running VM: it runs on, on the same disks.
+    assert lab.hv.domains[VM].state is VmState.RUNNING
+    assert [d.path for d in lab.hv.domains[VM].disks] == tops
+    assert lab.hv.called("shutdown") == []
     lab.images.remove(memory_file)
     (state,) = lab.engine.check([uuid])
     assert not state.available and "is missing" in (state.reason or "")

