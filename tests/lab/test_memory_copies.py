@@ -174,6 +174,39 @@ def test_export_then_restore_as_new_start_resumes(
     print(f"\nrestore --as --start of a memory backup: {restore_s:.2f} s")
 
 
+def test_instant_restore_of_a_memory_backup_resumes_then_copies(
+    guest: Guest, engine: Engine, taken: dict[str, object], scratch: Path, restored: list[str]
+) -> None:
+    """restore --as --start --instant of a memory group's backup runs on from the
+    group's moment, as --start does (it booted cold before); then its disks are pulled
+    local under the running guest and stand alone."""
+    group = taken["group"]
+    assert isinstance(group, Group)
+    repo = str(scratch / "repo-instant")
+    manifest = engine.export(group.uuid, to=repo).manifest
+    disks = scratch / "instant"
+    disks.mkdir()
+    os.chmod(disks, 0o755)
+    name = f"{guest.name}-i"
+    restored.append(name)  # removed afterwards even when not resumed
+    started = time.monotonic()
+    done, copying = engine.instant_restore(
+        manifest.backup_id, source=repo, as_vm=name, disk_dir=str(disks)
+    )
+    instant_s = time.monotonic() - started
+    assert done.resumed and done.state == "Running", done
+    _resumed_at_the_snapshot(name, taken)
+    engine.instant_follow(copying.operation)
+    (op,) = [o for o in engine.operations() if o.uuid == copying.operation]
+    assert op.state == "done", op.detail
+    for path in done.files.values():
+        assert backing_chain(path) == [path]  # standalone
+    assert state(name) == "running" and uptime(name) >= float(taken["before"]["uptime"])  # type: ignore[index]
+    _original_untouched(guest, taken)
+    assert not [n for n in os.listdir(disks) if n.endswith(".mem")]  # the unpacked copy is gone
+    print(f"\ninstant restore of a memory backup, resumed: {instant_s:.2f} s")
+
+
 def _macs(vm: str, *, inactive: bool = False) -> list[str]:
     xml = sh("virsh", "-c", "qemu:///system", "dumpxml", vm, *(["--inactive"] if inactive else []))
     root = ET.fromstring(xml.stdout)
