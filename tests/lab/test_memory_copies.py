@@ -207,6 +207,27 @@ def test_instant_restore_of_a_memory_backup_resumes_then_copies(
     print(f"\ninstant restore of a memory backup, resumed: {instant_s:.2f} s")
 
 
+def test_instant_clone_of_a_memory_group_resumes_then_copies(
+    guest: Guest, engine: Engine, taken: dict[str, object], restored: list[str]
+) -> None:
+    """clone --start --instant of a memory group: resumed at the group's moment, then
+    its disks pulled off the group's snapshot files, which stay as they were."""
+    group = taken["group"]
+    assert isinstance(group, Group)
+    name = f"{guest.name}-ic"
+    restored.append(name)
+    made, copying = engine.instant_clone(group.uuid, name=name)
+    assert made.resumed and made.state == "Running", made
+    _resumed_at_the_snapshot(name, taken)
+    engine.instant_follow(copying.operation)
+    (op,) = [o for o in engine.operations() if o.uuid == copying.operation]
+    assert op.state == "done", op.detail
+    for path in domblklist(name).values():
+        assert backing_chain(path) == [path]  # standalone: it pins no snapshot
+    assert state(name) == "running"
+    _original_untouched(guest, taken)  # the group's files unchanged by the pulls
+
+
 def _macs(vm: str, *, inactive: bool = False) -> list[str]:
     xml = sh("virsh", "-c", "qemu:///system", "dumpxml", vm, *(["--inactive"] if inactive else []))
     root = ET.fromstring(xml.stdout)
