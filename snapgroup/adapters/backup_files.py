@@ -1,8 +1,8 @@
 """A backup repository's files one at a time, knowing nothing of its layout (that is
 backup_repo.py's): the checksum a manifest records and why a file is not what its
-manifest says, durable writes (fsync; write beside and rename over), directories
-listed, and the check every name the repository makes goes through. What fails here
-fails as RepositoryError (SYS.1006 with the path and the cause)."""
+manifest says, durable writes (fsync; write beside and rename over). What fails here
+fails as RepositoryError (SYS.1006 with the path and the cause; backup_scan.py's, with
+the directories listed and the check every name the repository makes goes through)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,15 @@ import functools
 import hashlib
 import mmap
 import os
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from snapgroup.adapters.backup_scan import RepositoryError
 from snapgroup.domain.backup_manifest import PIECE_SIZE
-from snapgroup.domain.errors import InvalidArgument, OperationError
 
-UUID = re.compile(r"[0-9a-f]{32}")
 _CHUNK = 4 << 20
 # Threads hashing one file's pieces: the cores, up to 4 (beyond, the disk is the limit).
 _HASHERS = max(1, min(4, os.cpu_count() or 1))
-
-
-class RepositoryError(OperationError):
-    """A repository that cannot be read or written (SYS.1006 with the path and cause)."""
 
 
 # checksums ------------------------------------------------------------------------------
@@ -105,27 +99,6 @@ def file_size(path: str | os.PathLike[str]) -> int:
         return os.stat(path).st_size
     except OSError as exc:
         raise RepositoryError(f"cannot stat {path}: {exc.strerror}") from exc
-
-
-# names and directories -------------------------------------------------------------------
-
-
-def check_uuid(value: str, what: str) -> str:
-    # Every repository name is a UUID we made: nothing a user typed becomes a path here.
-    if not UUID.fullmatch(value):
-        raise InvalidArgument(f"{what} {value!r} is not a 32-hex UUID")
-    return value
-
-
-def listdir(path: str) -> Iterator[str]:
-    """The names in a directory, sorted; none when it is not there."""
-    try:
-        names = os.listdir(path)
-    except FileNotFoundError:
-        return iter(())
-    except OSError as exc:
-        raise RepositoryError(f"cannot list {path}: {exc.strerror}") from exc
-    return iter(sorted(names))
 
 
 # durable writes ------------------------------------------------------------------------

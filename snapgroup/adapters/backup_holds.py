@@ -14,13 +14,8 @@ import json
 import os
 from collections.abc import Sequence
 
-from snapgroup.adapters.backup_files import (
-    UUID,
-    RepositoryError,
-    check_uuid,
-    listdir,
-    write_atomic,
-)
+from snapgroup.adapters.backup_files import write_atomic
+from snapgroup.adapters.backup_scan import UUID, RepositoryError, check_uuid, listdir
 
 HOLD_PREFIX = "hold-"
 

@@ -123,6 +123,10 @@ def _run(args: list[str]) -> int:
         from snapgroup.cli.quick import answer  # no engine when it is not needed
 
         code = answer(args, sys.stdout, sys.stderr, os.environ)
+    if code is None and "backups" in args:
+        from snapgroup.cli.quick_backups import answer as list_backups  # no argparse either
+
+        code = list_backups(args, sys.stdout, sys.stderr, os.environ)
     if code is None:
         from snapgroup.cli.main import main as run_here
 

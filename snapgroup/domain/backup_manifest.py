@@ -8,8 +8,9 @@ Disks carry their own base: a disk added since the base backup is exported full 
 the others are increments. A memory group's backup also holds its saved memory state
 (`memory`: MEMORY_FILE, compressed; never an increment).
 
-Reading a manifest validates it completely: a repository may sit on a shared mount and
-its files may be damaged or edited, and every name in it becomes part of a path.
+Reading a manifest validates it completely (manifest_rules.py: parse_manifest, the one
+reader of a manifest's JSON, and check_manifest): a repository may sit on a shared mount
+and its files may be damaged or edited, and every name in it becomes part of a path.
 A VM's backups taken together (what a bad file breaks, an increment's base) are
 backup_chains.py's.
 """
@@ -17,13 +18,16 @@ backup_chains.py's.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
-from snapgroup.domain.errors import InvalidArgument, OperationError
-from snapgroup.domain.json_reader import JsonReader, as_str
+from snapgroup.domain.errors import InvalidArgument
+from snapgroup.domain.frozen import Frozen
+
+# Not typing's, nor dataclasses: `snapgroup backups` reads every manifest with this module
+# and its start-up is measured against `virsh list`'s (frozen.py says what they cost).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 FORMAT = "snapgroup-backup"
 # 2: a disk's sha256 may be over pieces (sha256PieceSize); 1 is still read.
@@ -33,9 +37,6 @@ MANIFEST = "manifest.json"
 # many bytes (the last one shorter; an empty file: SHA-256 of nothing): the pieces hash
 # side by side on every core, so checking a file costs no more than writing it.
 PIECE_SIZE = 16 << 20
-
-_UUID = re.compile(r"[0-9a-f]{32}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def disk_file(volume_uuid: str) -> str:
@@ -52,21 +53,35 @@ def backing_name(base_backup_id: str, volume_uuid: str) -> str:
     return f"../{base_backup_id}/{disk_file(volume_uuid)}"
 
 
-@dataclass(frozen=True)
-class Partial:
+class Partial(Frozen):
     """An export being written: its files go in `path` (`.partial-<id>/`, beside the
     backups so relative backing names resolve), the backup appears on publish."""
 
+    __slots__ = ("backup_id", "path", "vm_uuid")
     vm_uuid: str
     backup_id: str
     path: str
+
+    def __init__(self, vm_uuid: str, backup_id: str, path: str) -> None:
+        self._init(locals())
 
     def file(self, volume_uuid: str) -> str:
         return f"{self.path.rstrip('/')}/{disk_file(volume_uuid)}"
 
 
-@dataclass(frozen=True)
-class DiskBackup:
+class DiskBackup(Frozen):
+    __slots__ = (
+        "base_backup_id",
+        "bytes_written",
+        "chain",
+        "compressed",
+        "device_id",
+        "sha256",
+        "sha256_piece",
+        "target",
+        "virtual_size",
+        "volume_uuid",
+    )
     device_id: int
     volume_uuid: str
     target: str  # vda, sdb...: where restore attaches it
@@ -76,8 +91,23 @@ class DiskBackup:
     sha256: str
     bytes_written: int
     # The sha256's piece size; None: the SHA-256 of the whole file (formatVersion 1).
-    sha256_piece: int | None = PIECE_SIZE
-    compressed: bool = False  # its clusters zstd-compressed (export --compress)
+    sha256_piece: int | None
+    compressed: bool  # its clusters zstd-compressed (export --compress)
+
+    def __init__(
+        self,
+        device_id: int,
+        volume_uuid: str,
+        target: str,
+        virtual_size: int,
+        base_backup_id: str | None,
+        chain: tuple[str, ...],
+        sha256: str,
+        bytes_written: int,
+        sha256_piece: int | None = PIECE_SIZE,
+        compressed: bool = False,
+    ) -> None:
+        self._init(locals())
 
     @property
     def file(self) -> str:
@@ -88,17 +118,22 @@ class DiskBackup:
         return self.base_backup_id is None
 
 
-@dataclass(frozen=True)
-class MemoryBackup:
+class MemoryBackup(Frozen):
     """A memory group's saved state in its backup: MEMORY_FILE, a compressed qcow2 of
     the state's `size` bytes (the group's memory file, whose own SHA-256 was
     `state_sha256`); `sha256` over pieces of PIECE_SIZE, as a disk's."""
 
+    __slots__ = ("bytes_written", "mode", "sha256", "size", "state_sha256")
     size: int
     state_sha256: str
     sha256: str
     bytes_written: int
     mode: str  # how it was taken: paused or live
+
+    def __init__(
+        self, size: int, state_sha256: str, sha256: str, bytes_written: int, mode: str
+    ) -> None:
+        self._init(locals())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,8 +148,23 @@ class MemoryBackup:
         }
 
 
-@dataclass(frozen=True)
-class BackupManifest:
+class BackupManifest(Frozen):
+    __slots__ = (
+        "backup_id",
+        "created",
+        "disks",
+        "domain_xml",
+        "extra",
+        "format_version",
+        "full_reason",
+        "group_create_date",
+        "group_name",
+        "group_uuid",
+        "inventory",
+        "memory",
+        "vm_name",
+        "vm_uuid",
+    )
     backup_id: str
     created: str  # ISO 8601 UTC of the export: orders a VM's backups
     vm_uuid: str
@@ -126,10 +176,30 @@ class BackupManifest:
     domain_xml: str
     disks: tuple[DiskBackup, ...]
     # Why a disk (or every disk) was exported full although increments were asked for.
-    full_reason: str | None = None
-    format_version: int = FORMAT_VERSION
-    extra: Mapping[str, Any] = field(default_factory=dict)  # keys a later version adds
-    memory: MemoryBackup | None = None  # a memory group's saved state
+    full_reason: str | None
+    format_version: int
+    extra: Mapping[str, Any]  # keys a later version adds
+    memory: MemoryBackup | None  # a memory group's saved state
+
+    def __init__(
+        self,
+        backup_id: str,
+        created: str,
+        vm_uuid: str,
+        vm_name: str,
+        group_uuid: str,
+        group_name: str,
+        group_create_date: str,
+        inventory: Mapping[str, Any],
+        domain_xml: str,
+        disks: tuple[DiskBackup, ...],
+        full_reason: str | None = None,
+        format_version: int = FORMAT_VERSION,
+        extra: Mapping[str, Any] | None = None,  # None: {}
+        memory: MemoryBackup | None = None,
+    ) -> None:
+        extra = {} if extra is None else extra
+        self._init(locals())
 
     @property
     def full(self) -> bool:
@@ -207,164 +277,36 @@ class BackupManifest:
         }
 
 
-# Keys to_dict writes; anything else at the top level is kept in `extra` (forward compatible).
-_KNOWN = {
-    "format",
-    "formatVersion",
-    "backupId",
-    "created",
-    "vm",
-    "group",
-    "domainXml",
-    "fullReason",
-    "disks",
-    "memory",
-}
-
-
-def parse_manifest(text: str | bytes, *, where: str = "manifest") -> BackupManifest:
-    """A manifest from its JSON. InvalidArgument (SYS.1007) when it is not one of ours or
-    is inconsistent; OperationError (SYS.1006) when a newer snapgroup wrote it."""
-    try:
-        doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"{where}: not JSON: {exc}") from exc
-    r = JsonReader(doc, where)
-    if r.str_("format") != FORMAT:
-        raise InvalidArgument(f"{where}: not a snapgroup backup manifest")
-    version = r.int_("formatVersion")
-    if version > FORMAT_VERSION:
-        raise OperationError(
-            f"{where}: repository format {version} is newer than this snapgroup reads "
-            f"({FORMAT_VERSION}); upgrade snapgroup"
-        )
-    if version < 1:
-        raise InvalidArgument(f"{where}: formatVersion {version} is not valid")
-    backup_id = r.uuid("backupId")
-    vm = JsonReader(r.obj("vm"), f"{where}: vm")
-    group = JsonReader(r.obj("group"), f"{where}: group")
-    disks = tuple(
-        _disk(JsonReader(d, f"{where}: disks[{i}]"), backup_id)
-        for i, d in enumerate(r.list_("disks"))
-    )
-    manifest = BackupManifest(
-        backup_id=backup_id,
-        created=r.str_("created"),
-        vm_uuid=vm.uuid("uuid"),
-        vm_name=vm.str_("name"),
-        group_uuid=group.uuid("uuid"),
-        group_name=group.str_("name"),
-        group_create_date=group.str_("createDate"),
-        inventory=group.obj("inventory"),
-        domain_xml=r.str_("domainXml"),
-        disks=disks,
-        full_reason=r.opt_str("fullReason"),
-        format_version=version,
-        extra={k: v for k, v in doc.items() if k not in _KNOWN},
-        memory=_memory(JsonReader(doc["memory"], f"{where}: memory")) if "memory" in doc else None,
-    )
-    check_manifest(manifest, where=where)
-    return manifest
-
-
-def check_manifest(m: BackupManifest, *, where: str = "manifest") -> None:
-    """The rules every manifest keeps (also run before one is written)."""
-    for name, value in (("backupId", m.backup_id), ("vm uuid", m.vm_uuid)):
-        if not _UUID.fullmatch(value):
-            raise InvalidArgument(f"{where}: {name} {value!r} is not a 32-hex UUID")
-    if not m.disks:
-        raise InvalidArgument(f"{where}: no disks")
-    for what, values in (
-        ("deviceId", [d.device_id for d in m.disks]),
-        ("volumeUuid", [d.volume_uuid for d in m.disks]),
-        ("target", [d.target for d in m.disks]),
-    ):
-        if len(set(values)) != len(values):
-            raise InvalidArgument(f"{where}: two disks with the same {what}")
-    for d in m.disks:
-        ctx = f"{where}: disk {d.target}"
-        if not _UUID.fullmatch(d.volume_uuid):
-            raise InvalidArgument(f"{ctx}: volumeUuid {d.volume_uuid!r} is not a 32-hex UUID")
-        if d.device_id < 0 or d.virtual_size <= 0 or d.bytes_written < 0:
-            raise InvalidArgument(f"{ctx}: deviceId, virtualSize or bytesWritten out of range")
-        if d.sha256_piece is not None and d.sha256_piece <= 0:
-            raise InvalidArgument(f"{ctx}: sha256PieceSize {d.sha256_piece} is not positive")
-        if not _SHA256.fullmatch(d.sha256):
-            raise InvalidArgument(f"{ctx}: sha256 {d.sha256!r} is not 64 lowercase hex digits")
-        if not d.chain or d.chain[-1] != m.backup_id:
-            raise InvalidArgument(f"{ctx}: chain must end with this backup ({m.backup_id})")
-        if len(set(d.chain)) != len(d.chain) or not all(_UUID.fullmatch(c) for c in d.chain):
-            raise InvalidArgument(f"{ctx}: chain holds a repeated or malformed backup id")
-        expected_base = d.chain[-2] if len(d.chain) > 1 else None
-        if d.base_backup_id != expected_base:
-            raise InvalidArgument(
-                f"{ctx}: baseBackupId {d.base_backup_id} is not the chain's previous "
-                f"backup ({expected_base})"
-            )
-
-
-def _memory(r: JsonReader) -> MemoryBackup:
-    if r.str_("file") != MEMORY_FILE or r.int_("sha256PieceSize") != PIECE_SIZE:
-        raise InvalidArgument(f"{r.where}: file must be {MEMORY_FILE}, its pieces {PIECE_SIZE}")
-    memory = MemoryBackup(
-        size=r.int_("size"),
-        state_sha256=r.str_("stateSha256"),
-        sha256=r.str_("sha256"),
-        bytes_written=r.int_("bytesWritten"),
-        mode=r.str_("mode"),
-    )
-    for name in ("state_sha256", "sha256"):
-        if not _SHA256.fullmatch(getattr(memory, name)):
-            raise InvalidArgument(f"{r.where}: {name} is not 64 lowercase hex digits")
-    if memory.size <= 0 or memory.bytes_written < 0:
-        raise InvalidArgument(f"{r.where}: size or bytesWritten out of range")
-    return memory
-
-
-def _disk(r: JsonReader, backup_id: str) -> DiskBackup:
-    volume_uuid = r.uuid("volumeUuid")
-    # The file name is derived, never read: a manifest cannot point restore at a path.
-    if r.str_("file") != disk_file(volume_uuid):
-        raise InvalidArgument(f"{r.where}: file must be {disk_file(volume_uuid)}")
-    base = r.opt_str("baseBackupId")
-    return DiskBackup(
-        device_id=r.int_("deviceId"),
-        volume_uuid=volume_uuid,
-        target=r.str_("target"),
-        virtual_size=r.int_("virtualSize"),
-        base_backup_id=base,
-        chain=tuple(as_str(c, f"{r.where}: chain") for c in r.list_("chain")),
-        sha256=r.str_("sha256"),
-        bytes_written=r.int_("bytesWritten"),
-        sha256_piece=r.opt_int("sha256PieceSize"),
-        compressed=r.opt_bool("compressed"),
-    )
-
-
 # What a damaged manifest or file means ------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DamagedBackup:
+class DamagedBackup(Frozen):
     """A backup directory whose manifest cannot be read (or is gone): its files cannot be
     checked or restored, and every backup whose chain reads through it is broken too."""
 
+    __slots__ = ("backup_id", "problem", "vm_uuid")
     vm_uuid: str
     backup_id: str
     problem: str
+
+    def __init__(self, vm_uuid: str, backup_id: str, problem: str) -> None:
+        self._init(locals())
 
     def to_dict(self) -> dict[str, Any]:
         return {"backupId": self.backup_id, "vmInstanceUuid": self.vm_uuid, "problem": self.problem}
 
 
-@dataclass(frozen=True)
-class ImageCheck:
+class ImageCheck(Frozen):
     """`qemu-img check` of one file by itself: corruptions make it unreadable, leaks only
     waste space."""
 
+    __slots__ = ("check_errors", "corruptions", "leaks")
     corruptions: int
     leaks: int
     check_errors: int
+
+    def __init__(self, corruptions: int, leaks: int, check_errors: int) -> None:
+        self._init(locals())
 
     @property
     def clean(self) -> bool:

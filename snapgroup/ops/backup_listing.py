@@ -1,22 +1,28 @@
 """A backup repository opened and listed with nothing else: `snapgroup backups` reads
 manifests, so it needs neither libvirt nor the store (nor their imports: SQLAlchemy's
 alone is ~10 times a listing's whole time). Shared by the engine's scan_backups
-(ops/export.py) and the API's scan_repository (api/backups.py)."""
+(ops/export.py), the API's scan_repository (api/backups.py) and the CLI's listing with
+or without the engine (cli/backups.py, cli/quick_backups.py). Imports nothing but the
+errors at run time (not even typing's module: a listing's start-up is measured)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from snapgroup.domain.errors import InvalidArgument, NotFound
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
     from snapgroup.domain.backup_manifest import BackupManifest, DamagedBackup
-    from snapgroup.ports import BackupStore, BackupStoreFactory
+    from snapgroup.ports import BackupReader
+
+    Repo = TypeVar("Repo", bound=BackupReader)
 
 
 def repository(
-    factory: BackupStoreFactory | None, directory: str, *, existing: bool = True
-) -> BackupStore:
+    factory: Callable[[str], Repo] | None, directory: str, *, existing: bool = True
+) -> Repo:
     """The repository at `directory`; one that is not there is NotFound unless this is
     an export (which makes it) or a recovery (which finds nothing to finish there)."""
     if factory is None:
@@ -30,7 +36,7 @@ def repository(
 
 
 def scan(
-    factory: BackupStoreFactory | None, at: str, vm: str | None = None
+    factory: Callable[[str], BackupReader] | None, at: str, vm: str | None = None
 ) -> tuple[list[BackupManifest], list[DamagedBackup]]:
     """The repository's complete backups, oldest first, and the backup directories whose
     manifest is unreadable or gone (not listed), in one read of the manifests; of one VM

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from snapgroup.domain.backup_chains import newest_base, reads_through
@@ -165,7 +165,7 @@ def export_group(
                     compressed=compress,
                 )
             )
-        disks = [replace(d, sha256=f.result()) for d, f in zip(disks, sums, strict=True)]
+        disks = [d.replace(sha256=f.result()) for d, f in zip(disks, sums, strict=True)]
         memory = _memory(src.images, repo, partial, group.memory) if group.memory else None
         manifest = BackupManifest(
             backup_id=backup_id,

@@ -7,7 +7,7 @@ reads the backup, or the merge may not fit (ops/backing_up.py checks the files).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from snapgroup.domain.backup_manifest import PIECE_SIZE, BackupManifest, backing_name
@@ -237,8 +237,7 @@ def _finish_merge(
             file = store.file(m, d.volume_uuid)
             fresh = (m.backup_id, d.volume_uuid) in changed
             disks.append(
-                replace(
-                    d,
+                d.replace(
                     chain=chain,
                     base_backup_id=chain[-2] if len(chain) > 1 else None,
                     sha256=store.sha256(file) if fresh else d.sha256,
@@ -247,7 +246,7 @@ def _finish_merge(
                 )
             )
         if tuple(disks) != m.disks:
-            store.rewrite_manifest(replace(m, disks=tuple(disks)))
+            store.rewrite_manifest(m.replace(disks=tuple(disks)))
     ctx.journal.step(op, PRUNE, f"remove {b.backup_id}")
     store.remove_backup_dir(vm, b.backup_id)
     return b.backup_id

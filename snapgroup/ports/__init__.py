@@ -2,7 +2,7 @@
 
 Each family in a module of its own, every name importable from here: tools.py (libvirt's
 Hypervisor and qemu-img's ImageTool; ProgressFn), backups.py (BackupStore,
-BackupStoreFactory), locks.py (VmLocks), guest_files.py (GuestFiles, GuestSession).
+BackupStoreFactory, BackupReader), locks.py (VmLocks), guest_files.py (GuestFiles, GuestSession).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from snapgroup.ports.backups import BackupStore, BackupStoreFactory
+from snapgroup.ports.backups import BackupReader, BackupStore, BackupStoreFactory
 from snapgroup.ports.guest_files import GuestFiles, GuestSession
 from snapgroup.ports.locks import VmLocks
 from snapgroup.ports.tools import Hypervisor, ImageTool, ProgressFn
@@ -18,6 +18,7 @@ from snapgroup.ports.tools import Hypervisor, ImageTool, ProgressFn
 Clock = Callable[[], datetime]  # now, timezone-aware (tests pass a fixed one)
 
 __all__ = [
+    "BackupReader",
     "BackupStore",
     "BackupStoreFactory",
     "Clock",

@@ -1,4 +1,5 @@
-"""A backup repository's port (BackupStore) and how one is opened (BackupStoreFactory)."""
+"""A backup repository's port (BackupStore) and how one is opened (BackupStoreFactory);
+BackupReader: what a listing reads of one (every BackupStore is one)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,21 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from snapgroup.domain.backup_manifest import BackupManifest, DamagedBackup, Partial
+
+
+class BackupReader(Protocol):
+    """A repository listed (adapters/backup_scan.py: `snapgroup backups` reads with it
+    alone, without what writes or checks files)."""
+
+    @property
+    def root(self) -> str: ...
+
+    def scan(self, vm_uuid: str | None = None) -> tuple[list[BackupManifest], list[DamagedBackup]]:
+        """Complete backups, oldest first, and the backup directories whose manifest is
+        unreadable or gone."""
+        ...
+
+    def exists(self, path: str) -> bool: ...
 
 
 class BackupStore(Protocol):

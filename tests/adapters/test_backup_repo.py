@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -282,11 +281,9 @@ def test_prune_steps_keep_the_successor_readable(tmp_path: Path, local: dict[str
     assert same_view(Path(f2), local["sg"])
     assert "backing-filename" not in json.loads(sh("qemu-img", "info", "--output=json", f2))
     repo.rewrite_manifest(
-        replace(
-            m2,
+        m2.replace(
             disks=(
-                replace(
-                    m2.disks[0],
+                m2.disks[0].replace(
                     base_backup_id=None,
                     chain=(m2.backup_id,),
                     sha256=sha256_file(f2),

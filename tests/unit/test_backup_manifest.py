@@ -4,7 +4,6 @@ breaks, and the base an incremental export reads through."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,10 +14,9 @@ from snapgroup.domain.backup_manifest import (
     BackupManifest,
     DiskBackup,
     backing_name,
-    check_manifest,
-    parse_manifest,
 )
 from snapgroup.domain.errors import InvalidArgument, OperationError
+from snapgroup.domain.manifest_rules import check_manifest, parse_manifest
 
 VM = "a" * 32
 VDA, VDB = "b" * 32, "c" * 32
@@ -126,7 +124,7 @@ def test_a_newer_format_is_an_operation_error() -> None:
 def test_check_refuses_a_manifest_before_it_is_written() -> None:
     m = manifest(1)
     with pytest.raises(InvalidArgument, match="same volumeUuid"):
-        check_manifest(replace(m, disks=(m.disks[0], replace(m.disks[1], volume_uuid=VDA))))
+        check_manifest(m.replace(disks=(m.disks[0], m.disks[1].replace(volume_uuid=VDA))))
 
 
 def test_increments_name_their_base_relative_to_their_own_directory() -> None:
@@ -151,7 +149,7 @@ def test_the_base_is_the_newest_export_of_an_ancestor() -> None:
     base = newest_base(ms, [gid(2), gid(1)])
     assert base is not None and base.backup_id == bid(2)
     # Exported again later: the newer export of the same group wins.
-    again = replace(manifest(5), group_uuid=gid(1), created="2024-02-01T00:00:00Z")
+    again = manifest(5).replace(group_uuid=gid(1), created="2024-02-01T00:00:00Z")
     base = newest_base([*ms, again], [gid(1)])
     assert base is not None and base.backup_id == bid(5)
     assert newest_base(ms, [gid(9)]) is None
