@@ -10,7 +10,8 @@ None and the caller asks qemu-img (qemu_img.py), so qemu-img stays the reference
   header, plain absolute or relative file names. Reads take no lock (like `qemu-img -U`).
 * write_overlay(): byte for byte what `qemu-img create -f qcow2 -F FMT -b BACKING -u PATH
   SIZE` writes (qemu-img 7.2: version 3, 64 KiB clusters, 16-bit refcounts, zlib; the
-  adapter tests compare the two), for sizes whose L1 table fits one cluster (4 TiB).
+  adapter tests compare the two), for sizes whose L1 table fits one cluster (4 TiB);
+  its zeros left as a hole (sparse), where qemu-img writes them.
 """
 
 from __future__ import annotations
@@ -137,9 +138,13 @@ def read_chain(path: str, *, limit: int = 1000) -> list[ImageInfo] | None:
     return chain
 
 
-def overlay_bytes(*, backing: str, backing_format: str, size: int) -> bytes | None:
-    """The bytes of an empty qcow2 overlay on `backing` (an absolute path), or None when
-    it is not a case written here."""
+def overlay_pieces(
+    *, backing: str, backing_format: str, size: int
+) -> tuple[int, list[tuple[int, bytes]]] | None:
+    """An empty qcow2 overlay on `backing` (an absolute path) as its length and the
+    pieces of it that are not zeros, each (offset, bytes); None when it is not a case
+    written here. Of its ~200 KiB only the header cluster's first bytes, the refcount
+    table's one entry and the refcount block's four are not zeros."""
     name = backing.encode("utf-8")
     fmt = backing_format.encode("ascii")
     if not 0 < size <= MAX_NATIVE_SIZE or size % 512 or not 0 < len(name) <= MAX_BACKING_NAME:
@@ -172,27 +177,42 @@ def overlay_bytes(*, backing: str, backing_format: str, size: int) -> bytes | No
     )
     header += _HEADER_V3_TAIL.pack(0, 0, 0, 4, HEADER_V3)  # 16-bit refcounts
     header = header.ljust(HEADER_V3, b"\0")  # compression type zlib (0), padding
-    image = bytearray(l1_table + l1_size * 8)
-    first = header + ext + name
-    image[: len(first)] = first
-    struct.pack_into(">Q", image, refcount_table, refcount_block)
-    for cluster in range(4):  # header, refcount table, refcount block, L1 table
-        struct.pack_into(">H", image, refcount_block + 2 * cluster, 1)
+    # Header, refcount table, refcount block and L1 table: one reference each.
+    refcounts = struct.pack(">4H", 1, 1, 1, 1)
+    pieces = [
+        (0, header + ext + name),
+        (refcount_table, struct.pack(">Q", refcount_block)),
+        (refcount_block, refcounts),
+    ]
+    return l1_table + l1_size * 8, pieces  # the L1 table: all zeros
+
+
+def overlay_bytes(*, backing: str, backing_format: str, size: int) -> bytes | None:
+    """The bytes of an empty qcow2 overlay on `backing` (an absolute path), or None when
+    it is not a case written here."""
+    made = overlay_pieces(backing=backing, backing_format=backing_format, size=size)
+    if made is None:
+        return None
+    length, pieces = made
+    image = bytearray(length)
+    for offset, data in pieces:
+        image[offset : offset + len(data)] = data
     return bytes(image)
 
 
-def write_overlay(path: str, *, backing: str, backing_format: str, size: int) -> bool:
-    """Write the overlay into `path`, an empty file the caller created (and owns); False
-    (nothing written) when it is not a case written here."""
-    data = overlay_bytes(backing=backing, backing_format=backing_format, size=size)
-    if data is None:
+def write_overlay(fd: int, *, backing: str, backing_format: str, size: int) -> bool:
+    """Write the overlay into `fd`, an empty file the caller created (and owns); False
+    (nothing written) when it is not a case written here. Only the pieces that are not
+    zeros are written, the rest left a hole (it reads as the zeros qemu-img writes):
+    four small writes instead of ~200 KiB, most of a native overlay's cost."""
+    made = overlay_pieces(backing=backing, backing_format=backing_format, size=size)
+    if made is None:
         return False
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
+    length, pieces = made
+    for offset, data in pieces:
         view = memoryview(data)
         while view:
-            written = os.write(fd, view)
-            view = view[written:]
-    finally:
-        os.close(fd)
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    os.ftruncate(fd, length)
     return True

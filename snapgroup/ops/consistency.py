@@ -151,6 +151,12 @@ def interrupted_record(
     )
 
 
+def known_record(mode: Consistency) -> ConsistencyRecord | None:
+    """What a create in `mode` records when that is known before its window (crash asks
+    no agent): journaled with its plan, before the switch. None: the window decides."""
+    return ConsistencyRecord(ConsistencyType.CRASH) if mode is Consistency.CRASH else None
+
+
 class FreezeWindow:
     """A context manager around the switch; see the module's docstring.
 
@@ -190,8 +196,8 @@ class FreezeWindow:
 
     # -- entering -----------------------------------------------------------------------
     def __enter__(self) -> FreezeWindow:
-        if self.mode is Consistency.CRASH:
-            self.record = ConsistencyRecord(ConsistencyType.CRASH)
+        self.record = known_record(self.mode)
+        if self.record is not None:
             return self
         reason = self._why_not_possible()
         if reason is None:

@@ -1,4 +1,4 @@
-"""Create: overlays made in parallel, ONE switch of every disk (one atomic libvirt
+"""Create: the overlays made (all or none), ONE switch of every disk (one atomic libvirt
 snapshot, or one defineXML), the group recorded; and the recovery of a create."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from snapgroup.ops.consistency import (
     ConsistencyRecord,
     FreezeWindow,
     interrupted_record,
+    known_record,
     thaw_report,
     thaw_with_retries,
 )
@@ -48,7 +49,7 @@ from snapgroup.ops.syncing import synced
 from snapgroup.store.repo import Repo
 from snapgroup.store.volumes import VolumeMove, VolumeTop
 
-OVERLAY_WORKERS = 8
+CHECK_WORKERS = 8  # a stopped VM's chains: a `qemu-img info` process each
 
 
 def create_locked(
@@ -84,7 +85,7 @@ def create_locked(
     if live or len(chosen) < 2:  # shared reads: QemuImg reads them in-process (qcow2.py)
         sizes = {t: check(t) for t in chosen}
     else:  # a stopped VM's: a `qemu-img info` process each, in parallel (first error wins)
-        with ThreadPoolExecutor(max_workers=min(OVERLAY_WORKERS, len(chosen))) as pool:
+        with ThreadPoolExecutor(max_workers=min(CHECK_WORKERS, len(chosen))) as pool:
             sizes = dict(zip(chosen, pool.map(check, chosen), strict=True))
     overlays = [
         DiskOverlay(
@@ -114,17 +115,24 @@ def create_locked(
     if memory is not None:  # checked (running, room) before anything is made or paused
         saving = plan_memory(ctx, domain, found.volumes[chosen[0]].install_path, memory)
         plan["memory"] = saving
+    known = known_record(mode)  # crash: what the group records, journaled from the start
+    if known is not None:
+        plan["consistency"] = (memory_record() if memory else known).to_plan()
+    # The journal's commits are those recovery needs: the plan before anything is made
+    # (every overlay named), "freezing" before the agent is asked, the consistency
+    # record before the switch (or after the thaw), the end with the group's rows.
     op = ctx.journal.begin("create", domain.uuid, plan, group_uuid=group_uuid)
-    try:
-        _create_overlays(ctx, overlays, sizes)
+    try:  # all or none, before any critical window
+        ctx.images.create_overlays(overlays, sizes=sizes, backing_format="qcow2")
     except SnapgroupError as exc:
         ctx.journal.close(op, FAILED, detail=exc.details)
         raise
-    ctx.journal.step(op, "create", "overlays")
+    ctx.journal.point("create", "overlays")  # recovery removes them whether made or not
     # The guest is frozen (when it is) only around the switch: "freezing" is
     # journaled before the agent is asked, so `recover` thaws a guest a killed
     # process left frozen. Nothing is journaled inside the window (it would lengthen
-    # it); create:frozen and create:thawing are fault-injection points only.
+    # it); create:frozen, create:thawing and create:switched are fault-injection
+    # points only.
     window = FreezeWindow(
         ctx.hv,
         domain,
@@ -136,6 +144,10 @@ def create_locked(
         with window:
             if window.froze:
                 ctx.journal.point("create", "frozen")
+            elif "consistency" not in plan:  # no freeze (auto fell back): say why first
+                assert window.record is not None
+                plan["consistency"] = window.record.to_plan()
+                ctx.journal.step(op, "create", "switching", consistency=plan["consistency"])
             try:
                 _switch(ctx, domain.uuid, live, overlays, saving)
             except HypervisorUnavailable:
@@ -160,41 +172,18 @@ def create_locked(
         if group is None:
             raise
         return group
-    assert window.record is not None
-    plan["consistency"] = (memory_record() if memory else window.record).to_plan()
     if window.froze:
+        assert window.record is not None
+        plan["consistency"] = window.record.to_plan()
         ctx.journal.step(op, "create", "thawed", consistency=plan["consistency"])
-    ctx.journal.step(op, "create", "switched", consistency=plan["consistency"])
+    ctx.journal.point("create", "switched")
     try:
-        return _record_group(ctx, op, plan, domain.uuid)
+        return _record_group(ctx, op, plan, domain.uuid, step="switched")
     except SnapgroupError as exc:
         _undo_snapshot(ctx, domain.uuid, live, overlays)
         ctx.remove_files(_memory_files(plan))
         ctx.journal.close(op, ROLLED_BACK, detail=exc.details)
         raise
-
-
-def _create_overlays(
-    ctx: OpContext, overlays: Sequence[DiskOverlay], sizes: dict[str, int]
-) -> None:
-    """In parallel, before any critical window. All or nothing."""
-
-    def make(o: DiskOverlay) -> None:
-        ctx.images.create_overlay(
-            o.overlay, backing=o.current, backing_format="qcow2", size=sizes[o.target]
-        )
-
-    workers = max(1, min(OVERLAY_WORKERS, len(overlays)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(make, o) for o in overlays]
-        errors = [f.exception() for f in futures]
-    failed = [e for e in errors if e is not None]
-    if failed:
-        # Only what we made: a failed create_overlay never leaves a file of its own,
-        # and never touches one that was there before.
-        made = [o.overlay for o, e in zip(overlays, errors, strict=True) if e is None]
-        ctx.remove_files(made)
-        raise failed[0]
 
 
 def _undo_snapshot(
@@ -210,9 +199,11 @@ def _undo_snapshot(
     ctx.remove_files([o.overlay for o in overlays])
 
 
-def _record_group(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -> Group:
+def _record_group(
+    ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str, *, step: str | None = None
+) -> Group:
     """The group, its snapshots and refs, the volumes' new tops and the journal's
-    'done': one transaction."""
+    'done' (at `step`, when given): one transaction."""
     now = ctx.clock()
     group_uuid, name = plan["group_uuid"], plan["name"]
     consistency = (
@@ -245,7 +236,7 @@ def _record_group(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -
         snapshots, refs, tops = _group_rows(plan, volumes, now, ctx.new_uuid)
         repo.insert_snapshots(snapshots, refs)
         repo.move_tops(tops)
-        ctx.journal.close(op, DONE, session=session)
+        ctx.journal.close(op, DONE, session=session, step=step)
         return load_groups(repo, [group_uuid])[0]
 
 

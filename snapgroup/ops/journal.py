@@ -113,15 +113,25 @@ class Journal:
         checkpoint(f"{kind}:{step}")
 
     def close(
-        self, op_uuid: str, state: str, *, detail: str | None = None, session: Session | None = None
+        self,
+        op_uuid: str,
+        state: str,
+        *,
+        detail: str | None = None,
+        session: Session | None = None,
+        step: str | None = None,
     ) -> None:
         """End the operation; inside the caller's transaction when given, so the
-        metadata change and the journal's 'done' commit together."""
+        metadata change and the journal's 'done' commit together. `step`: the last
+        step reached, recorded with the end (a step of no use to recovery, that would
+        cost a commit of its own: a create's "switched")."""
         if session is None:
             with self.db.transaction() as own:
-                self.close(op_uuid, state, detail=detail, session=own)
+                self.close(op_uuid, state, detail=detail, session=own, step=step)
             return
         values = {"state": state, "detail": detail, "updated": self.clock()}
+        if step is not None:
+            values["step"] = _fit(step)
         OperationRepo(session).update(op_uuid, values)
 
     def note(self, op_uuid: str, text: str) -> None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from snapgroup.domain.backup_manifest import ImageCheck
@@ -202,6 +202,15 @@ class ImageTool(Protocol):
     ) -> None:
         """A new qcow2 file backed by `backing`. With `size`, the backing file is not
         opened (safe while QEMU holds it). Mode 0600; never overwrites."""
+        ...
+
+    def create_overlays(
+        self, overlays: Sequence[DiskOverlay], *, sizes: Mapping[str, int], backing_format: str
+    ) -> None:
+        """create_overlay of each `overlay` on its `current`, of sizes[target] bytes: all
+        or none. On a failure every file this call made is removed (none that was there
+        before) and the first error raised. The tool picks how: in-process writes one
+        after another, tool processes side by side."""
         ...
 
     def commit(self, top: str, *, base: str, progress: ProgressFn | None = None) -> None:

@@ -8,14 +8,15 @@ as a JSON file, which the real BackupRepo hashes, sizes and renames.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from snapgroup.domain.backup_manifest import ImageCheck
 from snapgroup.domain.errors import ImageToolError
-from snapgroup.domain.models import BlockJobProgress, ImageInfo
+from snapgroup.domain.models import BlockJobProgress, DiskOverlay, ImageInfo
 from snapgroup.ports import ProgressFn
 from snapgroup.testing.fake_faults import Faults, serialised
 from snapgroup.testing.fake_memory import MemoryFiles
@@ -125,6 +126,26 @@ class FakeImageTool(MemoryFiles, Faults):
         self.images[path] = FakeImage(
             virtual_size=size or (base.virtual_size if base else 0), backing=backing
         )
+
+    def create_overlays(
+        self, overlays: Sequence[DiskOverlay], *, sizes: Mapping[str, int], backing_format: str
+    ) -> None:
+        """One create_overlay each, in order (its faults apply); all or none."""
+        made: list[str] = []
+        try:
+            for o in overlays:
+                self.create_overlay(
+                    o.overlay,
+                    backing=o.current,
+                    backing_format=backing_format,
+                    size=sizes[o.target],
+                )
+                made.append(o.overlay)
+        except BaseException:
+            for path in made:
+                with contextlib.suppress(ImageToolError):
+                    self.remove(path)
+            raise
 
     def commit(self, top: str, *, base: str, progress: ProgressFn | None = None) -> None:
         with self.lock:

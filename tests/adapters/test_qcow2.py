@@ -13,7 +13,8 @@ import pytest
 
 from snapgroup.adapters import qcow2
 from snapgroup.adapters.qemu_img import QemuImg
-from snapgroup.domain.models import ImageInfo
+from snapgroup.domain.errors import ImageToolError
+from snapgroup.domain.models import DiskOverlay, ImageInfo
 from tests.adapters.tools import require_qemu_tools, sh
 
 MiB = 1024 * 1024
@@ -120,3 +121,56 @@ def test_unhandled_chains_are_left_to_qemu_img(tmp_path: Path) -> None:
             break
     assert done.returncode == 0, done.stderr
     assert qcow2.read_chain(str(enc)) is None
+
+
+def test_a_native_overlay_is_qemu_img_s_bytes_its_zeros_a_hole(tmp_path: Path) -> None:
+    """Only the ~1 KiB that is not zeros is written (four writes, not ~200 KiB)."""
+    base = tmp_path / "base.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", base, "64M")
+    ref = tmp_path / "ref.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, "-u", ref, "64M")
+    top = tmp_path / "top.qcow2"
+    QemuImg().create_overlay(str(top), backing=str(base), backing_format="qcow2", size=64 * MiB)
+    assert top.read_bytes() == ref.read_bytes()
+    st = top.stat()
+    assert st.st_blocks * 512 < st.st_size // 4  # qemu-img's: every block written
+    sh("qemu-img", "check", top)
+
+
+def _overlay(tmp_path: Path, name: str, backing: Path) -> DiskOverlay:
+    return DiskOverlay(target=name, current=str(backing), overlay=str(tmp_path / f"{name}.qcow2"))
+
+
+def test_create_overlays_makes_each_in_process_or_by_qemu_img(tmp_path: Path) -> None:
+    small, big = tmp_path / "small.qcow2", tmp_path / "big.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", small, "64M")
+    sh("qemu-img", "create", "-q", "-f", "qcow2", big, "8T")  # past qcow2.py's 4 TiB
+    overlays = [_overlay(tmp_path, "a", small), _overlay(tmp_path, "b", big)]
+    sizes = {"a": 64 * MiB, "b": 8 * TiB}
+    QemuImg().create_overlays(overlays, sizes=sizes, backing_format="qcow2")
+    for o, backing in zip(overlays, (small, big), strict=True):
+        assert os.stat(o.overlay).st_mode & 0o777 == 0o600
+        top = qemu_chain(Path(o.overlay))[0]
+        assert (top.backing, top.virtual_size) == (str(backing), sizes[o.target])
+
+
+@pytest.mark.parametrize("failing", ["taken", "missing backing"])
+def test_create_overlays_is_all_or_none(tmp_path: Path, failing: str) -> None:
+    base, big = tmp_path / "base.qcow2", tmp_path / "big.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", base, "64M")
+    sh("qemu-img", "create", "-q", "-f", "qcow2", big, "8T")
+    bad = _overlay(tmp_path, "c", base)
+    if failing == "taken":
+        Path(bad.overlay).write_bytes(b"precious")
+    else:  # by qemu-img (8 TiB), after the others were made in-process
+        bad = _overlay(tmp_path, "c", tmp_path / "nothing.qcow2")
+    overlays = [_overlay(tmp_path, "a", base), bad, _overlay(tmp_path, "b", base)]
+    sizes = {"a": 64 * MiB, "b": 64 * MiB, "c": 8 * TiB if failing != "taken" else 64 * MiB}
+    with pytest.raises(ImageToolError):
+        QemuImg().create_overlays(overlays, sizes=sizes, backing_format="qcow2")
+    assert not os.path.exists(overlays[0].overlay)
+    assert not os.path.exists(overlays[2].overlay)
+    if failing == "taken":
+        assert Path(bad.overlay).read_bytes() == b"precious"  # never touched
+    else:
+        assert not os.path.exists(bad.overlay)
