@@ -154,3 +154,28 @@ def test_the_base_is_the_newest_export_of_an_ancestor() -> None:
     assert base is not None and base.backup_id == bid(5)
     assert newest_base(ms, [gid(9)]) is None
     assert newest_base([], [gid(1)]) is None
+
+
+def test_the_types_behave_as_the_frozen_dataclasses_they_were() -> None:
+    """domain/frozen.py: equal by value, hashable, immutable, copied with changes; copy,
+    deepcopy and pickle make them again (a listing imports no dataclasses)."""
+    import copy
+    import pickle
+
+    m = manifest(2, (1, 2))
+    again = parse_manifest(m.to_json())
+    assert again == m and again is not m and hash(again.disks) == hash(m.disks)
+    assert m != manifest(3) and m != m.backup_id and m.extra == {}
+    with pytest.raises(AttributeError, match="cannot assign to field 'created'"):
+        m.created = "now"
+    with pytest.raises(AttributeError):
+        del m.disks[0].sha256
+    assert not hasattr(m, "__dict__")
+    changed = m.replace(group_name="other")
+    assert (changed.group_name, m.group_name, changed.disks) == ("other", "g2", m.disks)
+    with pytest.raises(TypeError, match="no field 'colour'"):
+        m.replace(colour="red")
+    assert DiskBackup(0, VDA, "vda", 1, None, (bid(1),), "0" * 64, 0).sha256_piece == 16 << 20
+    for made in (copy.copy(m), copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert made == m
+    assert repr(m.disks[1]).startswith("DiskBackup(base_backup_id=None, bytes_written=4096,")
