@@ -9,9 +9,13 @@ that the space test fills. Each test leaves the VM running with its files checke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -196,4 +200,88 @@ def test_a_damaged_memory_file_refuses_the_revert_before_the_vm_is_touched(
         assert [g.uuid for g in engine.list_groups(vm=vm.name)] == [g.uuid for g in kept]
         assert all(same(current[t], p) for t, p in domblklist(vm.name).items())
     assert_intact(engine, kept, saved)
+    assert_clean(engine, vm)
+
+
+def _qemu_pid(name: str) -> int | None:
+    try:
+        return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _incoming(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"-incoming" in argv and any(a.endswith(b"qemu-system-x86_64") for a in argv)
+
+
+def _kill_qemu_once_started(name: str) -> threading.Thread:
+    """A thread that SIGKILLs the domain's QEMU once it runs, waiting for the incoming
+    state (the restore's)."""
+
+    def run() -> None:
+        for _ in range(20000):
+            pid = _qemu_pid(name)
+            if pid is not None and _incoming(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("how", ["truncated", "qemu-killed"])
+def test_a_restore_that_fails_halfway_leaves_the_vm_on_its_old_disks(
+    vm: LabVm,
+    engine: Engine,
+    at_step: Callable[[str, Callable[[], None]], None],
+    tmp_path: Path,
+    how: str,
+) -> None:
+    for disk in range(3):
+        write_live(vm.name, disk, 0x80, 16 + disk)
+    group = engine.create(vm=vm.name, name=f"restore-{how}", with_memory=True)
+    assert group.memory is not None
+    for disk in range(3):
+        write_live(vm.name, disk, 0x81, 20 + disk)
+    groups = engine.list_groups(vm=vm.name)
+    saved = views(groups, tmp_path / "views")
+    sh("virsh", "-c", "qemu:///system", "destroy", vm.name)  # the revert's stop, done here
+    tops = domblklist(vm.name, inactive=True)
+    current = {t: export(p, tmp_path / f"top-{t}.qcow2") for t, p in tops.items()}
+    before = files(vm.directory)
+    undo: list[Callable[[], None]] = []
+    killer: list[threading.Thread] = []
+    if how == "truncated":  # after the checks passed: the restore reads half a file
+        at_step("revert:restoring", lambda: undo.append(_truncate(group.memory.file)))
+    else:
+        at_step("revert:restoring", lambda: killer.append(_kill_qemu_once_started(vm.name)))
+    report = engine.revert(group.uuid, safety_group=False)
+    for thread in killer:
+        thread.join()
+    for put_back in undo:
+        put_back()
+    error = report.error
+    print(f"\n{how}: {error and error.details}; cause {error and error.cause}")
+    if report.error is None:  # QEMU was killed only once the restore had finished
+        assert how == "qemu-killed"
+        pytest.skip("the restore finished before QEMU could be killed")
+    # Stopped where it was: its definition on the old disks, their data as it was,
+    # the new overlays gone, no file left behind, the group unchanged and usable.
+    assert state(vm.name) == "shut off"
+    assert domblklist(vm.name, inactive=True) == tops
+    assert all(same(current[t], p) for t, p in tops.items())
+    assert files(vm.directory) == before
+    assert engine.recover() == []
+    assert_intact(engine, groups, saved)
+    # and the revert can be tried again: it resumes the VM
+    again = engine.revert(group.uuid, safety_group=False)
+    assert again.error is None and again.resumed == "Running", again.to_response()
+    assert state(vm.name) == "running"
     assert_clean(engine, vm)
