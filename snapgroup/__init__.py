@@ -5,8 +5,6 @@ this package and must start without importing the engine's stack."""
 
 from __future__ import annotations
 
-import importlib
-
 # Not typing.TYPE_CHECKING: importing typing alone costs the launcher ~14 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,6 +80,8 @@ _HOMES = {
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module 'snapgroup' has no attribute {name!r}")
+    import importlib  # here: with warnings, ~0.5 ms of every launcher's start
+
     value = getattr(importlib.import_module(_HOMES.get(name, "snapgroup.domain.errors")), name)
     globals()[name] = value
     return value
