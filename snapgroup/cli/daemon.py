@@ -11,6 +11,8 @@ import argparse
 import logging
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,38 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
+MAX_ENGINES = 16  # distinct --wait values kept; past them, an engine for the command alone
+
+
+def shared_engines(base: Engine) -> Callable[[float], Engine]:
+    """The engine for a command given --wait: one per value, shared by every command that
+    gives it (an Engine serves threads, as `serve`'s one does), all on `base`'s libvirt
+    connection, image tool and store. What an engine remembers is then not redone by
+    each command: its lease, renewed lately by this process, is not read again."""
+    from snapgroup.api import Engine
+
+    engines = {base.lock_wait: base}
+    lock = threading.Lock()
+
+    def engine_for(wait: float) -> Engine:
+        with lock:
+            engine = engines.get(wait)
+            if engine is None:
+                engine = Engine(
+                    hypervisor=base.hv,
+                    images=base.images,
+                    db=base.db,
+                    lock_wait=wait,
+                    freeze_timeout=base.freeze_timeout,
+                    host=base.host,
+                )
+                if len(engines) < MAX_ENGINES:
+                    engines[wait] = engine
+            return engine
+
+    return engine_for
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -43,28 +77,16 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     # The server and the engine's whole stack, loaded when the daemon starts (not for
     # `snapgroup --help`, which lists this command).
-    from snapgroup.api import Engine, default_uri
+    from snapgroup.api import default_uri
     from snapgroup.cli.command_server import CommandServer, listen
     from snapgroup.store.db import default_url
-
-    base = ctx.engine  # opened and recovered before the first client
-
-    def engine_for(wait: float) -> Engine:
-        return Engine(
-            hypervisor=base.hv,
-            images=base.images,
-            db=base.db,
-            lock_wait=wait,
-            freeze_timeout=base.freeze_timeout,
-            host=base.host,
-        )
 
     path = Path(args.socket or socket_path())
     server = CommandServer(
         listen(path),
         connect=args.connect or default_uri(),
         db=args.db or default_url(),
-        engine_for=engine_for,
+        engine_for=shared_engines(ctx.engine),  # opened and recovered before the first client
     )
     handler = logging.StreamHandler(ctx.err)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
