@@ -67,10 +67,10 @@ def answer(argv: Sequence[str], out: TextIO, err: TextIO, environ: Mapping[str, 
         return None
     from snapgroup.cli.quick import journal_clean
 
-    if not journal_clean(values.get("--db"), environ):
-        return None  # the engine recovers first
     text, notes = io.StringIO(), io.StringIO()
     try:
+        if not journal_clean(values.get("--db"), environ):
+            return None  # the engine recovers first
         status = _listing(values, text, notes)
     except KeyboardInterrupt:
         err.write("interrupted\n")  # as commands.execute says it

@@ -318,3 +318,26 @@ def test_a_whole_process_prints_as_the_argparse_path_does(
     fast = run(LAUNCH)
     assert fast == run(ARGPARSE)
     assert fast[1]  # something was said
+
+
+def test_an_interrupt_is_said_as_the_argparse_path_says_it_and_a_surprise_is_its_own(
+    repo: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """^C while reading: status 130 and "interrupted", on either path. Anything else
+    unexpected is the argparse path's to explain (SYS.1001): nothing written here."""
+    from snapgroup.adapters.backup_scan import RepositoryReader
+
+    argv = ["backups", "--at", str(repo)]
+
+    def interrupted(self: RepositoryReader, vm_uuid: str | None = None) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RepositoryReader, "scan", interrupted)
+    assert quickly(argv, env) == by_argparse(argv) == (130, "", "interrupted\n")
+
+    def broken(self: RepositoryReader, vm_uuid: str | None = None) -> Any:
+        raise RuntimeError("surprise")
+
+    monkeypatch.setattr(RepositoryReader, "scan", broken)
+    assert quickly(argv, env) == (None, "", "")
+    assert by_argparse(argv) == (1, "", "error SYS.1001: RuntimeError: surprise\n")
