@@ -13,6 +13,8 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from snapgroup.api import Engine, open_engine
+from snapgroup.cli.wire import NO_DAEMON_ENV
 from snapgroup.domain.errors import OperationError, SnapgroupError
 from snapgroup.domain.inventory import Group
 from snapgroup.testing.labvm import LabVm
@@ -79,11 +82,11 @@ def assert_intact(engine: Engine, groups: list[Group], saved: dict[str, Path]) -
             assert same(saved[r.volume_snapshot_uuid], r.install_path), r.install_path
 
 
-def assert_clean(engine: Engine, vm: LabVm) -> None:
+def assert_clean(engine: Engine, vm: LabVm, also: set[str] | None = None) -> None:
     """No operation left open, every qcow2 in the VM's directory checks clean, every
-    UUID-named file in it is one some group, snapshot or volume names."""
+    UUID-named file in it is one a group or the VM names (or `also`: a clone's)."""
     assert [op for op in engine.operations() if op.state == "running"] == []
-    named = {vm.disks[0].name, *(d.name for d in vm.disks)}
+    named = {*(d.name for d in vm.disks), *(also or ())}
     for g in engine.list_groups(vm=vm.name):
         named |= {os.path.basename(r.install_path) for r in g.refs}
         if g.memory is not None:
@@ -258,8 +261,9 @@ def test_a_restore_that_fails_halfway_leaves_the_vm_on_its_old_disks(
     before = files(vm.directory)
     undo: list[Callable[[], None]] = []
     killer: list[threading.Thread] = []
+    memory_file = group.memory.file
     if how == "truncated":  # after the checks passed: the restore reads half a file
-        at_step("revert:restoring", lambda: undo.append(_truncate(group.memory.file)))
+        at_step("revert:restoring", lambda: undo.append(_truncate(memory_file)))
     else:
         at_step("revert:restoring", lambda: killer.append(_kill_qemu_once_started(vm.name)))
     report = engine.revert(group.uuid, safety_group=False)
@@ -285,3 +289,105 @@ def test_a_restore_that_fails_halfway_leaves_the_vm_on_its_old_disks(
     assert again.error is None and again.resumed == "Running", again.to_response()
     assert state(vm.name) == "running"
     assert_clean(engine, vm)
+
+
+def _cli(engine_db: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, NO_DAEMON_ENV: "1"}  # this process does the work: kill -9 hits it
+    env.pop("SNAPGROUP_FAULT_STEP", None)
+    argv = [sys.executable, "-m", "snapgroup", "--db", engine_db, "--json", *args]
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def _kill_after(engine: Engine, proc: subprocess.Popen[str], kind: str, delay: float) -> str:
+    """SIGKILL `proc` `delay` seconds after its `kind` operation was journaled: the
+    journal's last step of each operation it left open then ("" when it finished first)."""
+    known = {op.uuid for op in engine.operations(limit=20)}
+    while proc.poll() is None:
+        if any(o.kind == kind and o.uuid not in known for o in engine.operations(limit=5)):
+            time.sleep(delay)
+            if proc.poll() is not None:
+                return ""
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            ops = engine.operations(limit=10)
+            return ",".join(f"{o.kind}:{o.step}" for o in ops if o.state == "running") or "-"
+        time.sleep(0.005)
+    return ""
+
+
+# Delays after the operation's first journal row: its first steps, the merges (a
+# commit of the firmware guest's few MiB), the memory file's removal and the rows.
+DELAYS = (0.0, 0.03, 0.1, 0.25, 0.6)
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_kill_9_of_a_memory_groups_delete_then_recover(
+    vm: LabVm, engine: Engine, scratch: Path, tmp_path: Path, delay: float
+) -> None:
+    for disk in range(3):
+        write_live(vm.name, disk, 0x90, 24 + disk)
+    group = engine.create(vm=vm.name, name=f"kill-delete-{delay}", with_memory=True)
+    assert group.memory is not None
+    for disk in range(3):
+        write_live(vm.name, disk, 0x91, 28 + disk)
+    engine.create(vm=vm.name, name=f"after-{delay}")
+    others = [g for g in engine.list_groups(vm=vm.name) if g.uuid != group.uuid]
+    saved = views(others, tmp_path / "views")
+    now = {t: export(p, tmp_path / f"now-{t}.qcow2") for t, p in domblklist(vm.name).items()}
+
+    proc = _cli(f"sqlite:///{scratch / 'snapgroup.db'}", "delete", group.uuid)
+    killed = _kill_after(engine, proc, "delete", delay)
+    engine.recover()
+    left = [g for g in engine.list_groups(vm=vm.name) if g.uuid == group.uuid]
+    print(f"\ndelete killed after {delay}s: {killed}; group left: {bool(left)}")
+    assert state(vm.name) == "running"
+    if left:  # killed before it changed anything: whole, usable, deleted now
+        assert engine.check([group.uuid])[0].available
+        assert engine.delete(group.uuid).error is None
+    assert not os.path.exists(group.memory.file)
+    assert all(same(now[t], p) for t, p in domblklist(vm.name).items())
+    assert_intact(engine, others, saved)
+    assert_clean(engine, vm)
+
+
+@pytest.fixture(scope="module")
+def clones_files() -> set[str]:
+    """The files of the clones made so far (each undefined after its test)."""
+    return set()
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_kill_9_of_a_memory_groups_clone_start_then_recover(
+    vm: LabVm,
+    engine: Engine,
+    scratch: Path,
+    tmp_path: Path,
+    restored: list[str],
+    clones_files: set[str],
+    delay: float,
+) -> None:
+    group = engine.create(vm=vm.name, name=f"kill-clone-{delay}", with_memory=True)
+    assert group.memory is not None
+    groups = engine.list_groups(vm=vm.name)
+    saved = views(groups, tmp_path / "views")
+    tops = domblklist(vm.name)
+    name = f"{vm.name}-c{int(delay * 100)}"
+    restored.append(name)
+    proc = _cli(
+        f"sqlite:///{scratch / 'snapgroup.db'}", "clone", group.uuid, "--name", name, "--start"
+    )
+    killed = _kill_after(engine, proc, "clone", delay)
+    engine.recover()
+    defined = sh("virsh", "-c", "qemu:///system", "domstate", name, check=False)
+    clone_state = defined.stdout.strip() if defined.returncode == 0 else "undefined"
+    print(f"\nclone --start killed after {delay}s: {killed}; the clone: {clone_state}")
+    assert state(vm.name) == "running" and domblklist(vm.name) == tops
+    assert clone_state in ("running", "shut off", "undefined")
+    mems = {n for n in files(vm.directory) if n.endswith(".mem")}
+    assert mems == {os.path.basename(g.memory.file) for g in groups if g.memory is not None}
+    if clone_state != "undefined":
+        clones_files.update(os.path.basename(p) for p in domblklist(name).values())
+    assert_intact(engine, groups, saved)
+    assert_clean(engine, vm, also=clones_files)
