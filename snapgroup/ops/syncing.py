@@ -33,7 +33,7 @@ from snapgroup.ops.resolve import lookup_or_none
 from snapgroup.store.operations import OperationRepo
 from snapgroup.store.repo import Repo
 from snapgroup.store.snapshots import ChainLink
-from snapgroup.store.tables import VolumeRow
+from snapgroup.store.tables import OperationRow, VolumeRow
 
 
 @dataclass(frozen=True)
@@ -67,21 +67,25 @@ def sync_locked(
 def synced(ctx: OpContext, domain: DomainInfo) -> Iterator[tuple[Repo, Discovered]]:
     """For an operation on `domain` (the caller holds its lock): sync_locked, then the
     discovery of its disks, with one read of the VM's volumes; the sync is committed,
-    then the caller reads on in the same session (an error there undoes no sync)."""
-    if _finish_interrupted(ctx, domain.uuid):
-        # Rare: the VM may have changed since `domain`; the two steps, as ever.
-        _sync_finished(ctx, domain.uuid, lookup_or_none(ctx, domain.uuid), deep=False)
-        found = discover(ctx, domain)
-        with ctx.db.transaction() as session:
-            yield Repo(session), found
-        return
+    then the caller reads on in the same session (an error there undoes no sync). The
+    journal is looked at in that session too: one transaction, when nothing is left."""
     now = ctx.clock()
     with ctx.db.transaction() as session:
-        repo = Repo(session)
-        _changes, discovered, _attached = _record(ctx, repo, domain.uuid, domain, now)
-        assert discovered is not None
-        session.commit()  # what sync recorded stays, whatever the caller does next
-        yield repo, discovered
+        rows = _interrupted(ctx, OperationRepo(session), domain.uuid)
+        if not rows:
+            repo = Repo(session)
+            _changes, discovered, _attached = _record(ctx, repo, domain.uuid, domain, now)
+            assert discovered is not None
+            session.commit()  # what sync recorded stays, whatever the caller does next
+            yield repo, discovered
+            return
+    # Rare: finished first; the VM may have changed since `domain`: the two steps, as ever.
+    for row in rows:
+        recover_one(ctx, row)
+    _sync_finished(ctx, domain.uuid, lookup_or_none(ctx, domain.uuid), deep=False)
+    found = discover(ctx, domain)
+    with ctx.db.transaction() as session:
+        yield Repo(session), found
 
 
 def _sync_finished(
@@ -128,14 +132,19 @@ def _finish_interrupted(ctx: OpContext, vm_uuid: str) -> bool:
     lock, an operation of another process is a dead one; this process's own are in
     flight (a revert takes its safety group inside its lock) and left alone."""
     with ctx.db.transaction() as session:
-        rows = [
-            row
-            for row in OperationRepo(session).unfinished(host=ctx.journal.host)
-            if row.vm_uuid == vm_uuid and row.pid != os.getpid()
-        ]
+        rows = _interrupted(ctx, OperationRepo(session), vm_uuid)
     for row in rows:
         recover_one(ctx, row)
     return bool(rows)
+
+
+def _interrupted(ctx: OpContext, journal: OperationRepo, vm_uuid: str) -> list[OperationRow]:
+    """The VM's unfinished operations of this host that are no longer in flight here."""
+    return [
+        row
+        for row in journal.unfinished(host=ctx.journal.host)
+        if row.vm_uuid == vm_uuid and row.pid != os.getpid()
+    ]
 
 
 def _vm_gone(repo: Repo, volumes: list[VolumeRow], vm_uuid: str, now: Any) -> list[Change]:

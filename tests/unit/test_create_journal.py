@@ -42,7 +42,7 @@ def _spy(lab: Lab) -> list[tuple[str, Any]]:
         seen.append(("close", state))
         close(op, state, **kw)
 
-    journal.begin, journal.step, journal.close = on_begin, on_step, on_close  # type: ignore[method-assign]
+    journal.begin, journal.step, journal.close = on_begin, on_step, on_close  # type: ignore[method-assign,assignment]
     snapshot = lab.hv.snapshot_disks
 
     def on_switch(*args: Any, **kw: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 from snapgroup.domain.errors import InvalidArgument
 from snapgroup.domain.models import DomainDisk, VmState
 from snapgroup.ops.journal import DONE, RUNNING, Journal
+from snapgroup.ops.syncing import synced
 from snapgroup.store.db import Database
 from snapgroup.store.operations import OperationRepo
 from snapgroup.store.repo import Repo
@@ -133,3 +134,40 @@ def test_chain_exit_finds_where_a_chain_leaves_and_ends_a_cycle() -> None:
     assert _chain_exit("a", own) is None  # type: ignore[arg-type]
     own["b"] = _Link("b", "a")  # a cycle ends the walk, as an end would
     assert _chain_exit("a", own) is None  # type: ignore[arg-type]
+
+
+def _counting_transactions(lab: Lab) -> list[int]:
+    count = [0]
+    db = lab.engine.db
+    transaction = db.transaction
+
+    def counted():  # type: ignore[no-untyped-def]
+        count[0] += 1
+        return transaction()
+
+    db.transaction = counted  # type: ignore[method-assign]
+    return count
+
+
+def test_an_operations_sync_is_one_transaction_when_nothing_is_interrupted(lab: Lab) -> None:
+    lab_domain(lab.hv)
+    domain = lab.hv.lookup(VM)
+    count = _counting_transactions(lab)
+    with synced(lab.engine.ctx, domain) as (_repo, found):
+        assert sorted(found.volumes) == ["vda", "vdb", "vdc"]
+    assert count[0] == 1  # the journal's look and the sync: the same transaction
+
+
+def test_an_operations_sync_finishes_a_dead_processs_operation_first(lab: Lab) -> None:
+    paths = lab_domain(lab.hv)
+    journal = lab.engine.journal
+    overlay = "/lab/left.qcow2"
+    lab.images.add(overlay, backing=paths[0])
+    plan = {"overlays": [{"target": "vda", "current": paths[0], "overlay": overlay}]}
+    op = journal.begin("create", VM, {**plan, "group_uuid": "b" * 32, "name": "g"})
+    with lab.engine.db.transaction() as session:
+        OperationRepo(session).update(op, {"pid": 1})  # not this process: it died
+    with synced(lab.engine.ctx, lab.hv.lookup(VM)) as (_repo, found):
+        assert found.volumes["vda"].install_path == paths[0]
+    assert _op(lab, op)[1] == "rolled-back"
+    assert not lab.images.exists(overlay)
