@@ -341,3 +341,25 @@ def test_an_interrupt_is_said_as_the_argparse_path_says_it_and_a_surprise_is_its
     monkeypatch.setattr(RepositoryReader, "scan", broken)
     assert quickly(argv, env) == (None, "", "")
     assert by_argparse(argv) == (1, "", "error SYS.1001: RuntimeError: surprise\n")
+
+
+@pytest.mark.parametrize("vm", [None, "web 1", DB])
+def test_lists_what_the_engines_scan_backups_finds(
+    repo: Path, env: dict[str, str], vm: str | None
+) -> None:
+    """The listing is the engine's (Engine.scan_backups, its default repositories), as
+    the REST API serves it too."""
+    from snapgroup.api import Engine
+    from snapgroup.testing.fakes import FakeHypervisor, FakeImageTool
+
+    images, db = FakeImageTool(), Database("sqlite://")
+    engine = Engine(hypervisor=FakeHypervisor(images), images=images, db=db)
+    found, damaged = engine.scan_backups(at=str(repo), vm=vm)
+    db.dispose()
+    argv = ["--json", "backups", "--at", str(repo), *(["--vm", vm] if vm else [])]
+    code, out, err = quickly(argv, env)
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        "backups": [m.summary() for m in found],
+        "damaged": [d.to_dict() for d in damaged],
+    }
