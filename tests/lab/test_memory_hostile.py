@@ -29,7 +29,16 @@ from snapgroup.cli.wire import NO_DAEMON_ENV
 from snapgroup.domain.errors import OperationError, SnapgroupError
 from snapgroup.domain.inventory import Group
 from snapgroup.testing.labvm import LabVm
-from tests.lab.tools import domblklist, export, fill, same, sh, tmpfs_lab_vm, write_live
+from tests.lab.tools import (
+    backing_chain,
+    domblklist,
+    export,
+    fill,
+    same,
+    sh,
+    tmpfs_lab_vm,
+    write_live,
+)
 
 pytestmark = pytest.mark.lab
 TMPFS_MIB = 640  # the memory check asks 256 + 16 MiB free; the firmware's state is ~1 MiB
@@ -84,7 +93,8 @@ def assert_intact(engine: Engine, groups: list[Group], saved: dict[str, Path]) -
 
 def assert_clean(engine: Engine, vm: LabVm, also: set[str] | None = None) -> None:
     """No operation left open, every qcow2 in the VM's directory checks clean, every
-    UUID-named file in it is one a group or the VM names (or `also`: a clone's)."""
+    UUID-named file in it is one a group or the VM names (or `also`: a clone's), or is
+    in the backing chain of one."""
     assert [op for op in engine.operations() if op.state == "running"] == []
     named = {*(d.name for d in vm.disks), *(also or ())}
     for g in engine.list_groups(vm=vm.name):
@@ -92,6 +102,9 @@ def assert_clean(engine: Engine, vm: LabVm, also: set[str] | None = None) -> Non
         if g.memory is not None:
             named.add(os.path.basename(g.memory.file))
     named |= {os.path.basename(p) for p in domblklist(vm.name).values()}
+    for name in list(named):
+        if name.endswith(".qcow2") and (vm.directory / name).exists():
+            named |= {os.path.basename(p) for p in backing_chain(str(vm.directory / name))}
     for name in files(vm.directory):
         path = vm.directory / name
         if name.endswith(".qcow2"):
@@ -291,6 +304,37 @@ def test_a_restore_that_fails_halfway_leaves_the_vm_on_its_old_disks(
     assert_clean(engine, vm)
 
 
+def test_clone_start_whose_state_copy_runs_dry_leaves_no_copy(
+    vm: LabVm,
+    engine: Engine,
+    at_step: Callable[[str, Callable[[], None]], None],
+    restored: list[str],
+    clones_files: set[str],
+) -> None:
+    group = engine.create(vm=vm.name, name="clone-dry", with_memory=True)
+    assert group.memory is not None
+    before, tops = files(vm.directory), domblklist(vm.name)
+
+    def another_writer() -> None:  # once the copy's room was checked
+        fill(vm.directory, 64 << 10)
+
+    at_step("resume-state:begin", another_writer)
+    name = f"{vm.name}-dry"
+    restored.append(name)
+    with pytest.raises(OperationError) as err:
+        engine.clone(group.uuid, name=name, start=True)
+    print(f"\n{err.value.code}: {err.value.details}")
+    assert "made but not resumed" in err.value.details and "space" in err.value.details
+    (vm.directory / "filler").unlink()
+    assert state(vm.name) == "running" and domblklist(vm.name) == tops
+    assert state(name) == "shut off"  # made, not resumed: `start` boots it
+    clone_files = {os.path.basename(p) for p in domblklist(name).values()}
+    assert files(vm.directory) == before | clone_files  # no copy of the state left
+    clones_files.update(clone_files)
+    assert engine.recover() == []
+    assert engine.check([group.uuid])[0].available
+
+
 def _cli(engine_db: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, NO_DAEMON_ENV: "1"}  # this process does the work: kill -9 hits it
     env.pop("SNAPGROUP_FAULT_STEP", None)
@@ -324,7 +368,12 @@ DELAYS = (0.0, 0.03, 0.1, 0.25, 0.6)
 
 @pytest.mark.parametrize("delay", DELAYS)
 def test_kill_9_of_a_memory_groups_delete_then_recover(
-    vm: LabVm, engine: Engine, scratch: Path, tmp_path: Path, delay: float
+    vm: LabVm,
+    engine: Engine,
+    scratch: Path,
+    tmp_path: Path,
+    clones_files: set[str],
+    delay: float,
 ) -> None:
     for disk in range(3):
         write_live(vm.name, disk, 0x90, 24 + disk)
@@ -349,7 +398,7 @@ def test_kill_9_of_a_memory_groups_delete_then_recover(
     assert not os.path.exists(group.memory.file)
     assert all(same(now[t], p) for t, p in domblklist(vm.name).items())
     assert_intact(engine, others, saved)
-    assert_clean(engine, vm)
+    assert_clean(engine, vm, also=clones_files)
 
 
 @pytest.fixture(scope="module")
