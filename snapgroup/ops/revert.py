@@ -19,6 +19,7 @@ volumes its own). How it runs, its journal and its recovery: ops/reverting.py.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from snapgroup.domain.errors import InvalidArgument, NotFound, OperationError
 from snapgroup.domain.models import DEFAULT_STOP_TIMEOUT, DomainInfo, VmState
@@ -66,10 +67,34 @@ def revert(
     with ctx.locks.vm(group.vm_uuid, wait=ctx.lock_wait):
         domain = _defined(ctx, group.vm_uuid)
         if stop and domain.state is not VmState.STOPPED:
-            _choose(ctx, uuid, domain, wanted)  # refused (a damaged group) before the stop
+            _revertible(ctx, uuid, domain, wanted, memory)  # refused before the stop
         domain = _stopped_domain(ctx, domain, stop, stop_timeout)
-        restores = _choose(ctx, uuid, domain, wanted)
+        restores = _revertible(ctx, uuid, domain, wanted, memory)
         return revert_locked(ctx, uuid, domain, restores, safety_group, memory)
+
+
+def _revertible(
+    ctx: OpContext,
+    uuid: str,
+    domain: DomainInfo,
+    wanted: list[str] | None,
+    memory: dict[str, Any] | None,
+) -> list[Restore]:
+    """What is restored, once the group may be reverted to: available (its memory file
+    what was saved) and, a memory group, its state restorable into the VM as named now
+    (libvirt 9.0 restores a saved state only under the name it was saved with)."""
+    restores = _choose(ctx, uuid, domain, wanted)
+    if memory is not None:
+        saved = ctx.hv.saved_domain_name(memory["file"])
+        if saved != domain.name:
+            raise OperationError(
+                f"VM {domain.name} was named {saved!r} when group {uuid} saved its memory "
+                f"state, and libvirt restores a saved state only under the name it was "
+                f"saved with: rename the VM back while it is stopped (`virsh domrename "
+                f"{domain.name} {saved}`) to revert to it, `snapgroup clone --start` the "
+                "group to resume it as a new VM, or revert its disks alone (--volumes)"
+            )
+    return restores
 
 
 def _defined(ctx: OpContext, vm_uuid: str) -> DomainInfo:

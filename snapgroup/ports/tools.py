@@ -170,6 +170,11 @@ class Hypervisor(Protocol):
         definition is set_disk_sources' business."""
         ...
 
+    def saved_domain_name(self, memory_file: str) -> str:
+        """The domain name a saved memory state carries (its header's XML): libvirt
+        9.0 restores it only into the domain of that name, not after a rename."""
+        ...
+
     def adopt_memory_state(self, vm_uuid: str, memory_file: str, *, into: str | None) -> None:
         """The saved state in `memory_file` made the stopped domain `vm_uuid`'s (a clone,
         a restored backup: its name, UUID, MACs, disks as it is defined now), written as

@@ -26,6 +26,7 @@ from snapgroup.domain.models import DiskOverlay, FileDigest, VmState
 MEMORY_FORMAT = "memory"  # a fake image that is a saved memory state
 PACKED_FORMAT = "memory-packed"  # its copy in a backup repository
 OWNER = -1  # the cluster naming the domain whose state a memory file holds
+NAME = -2  # and its name then (libvirt 9.0 restores it only under that name)
 DEFAULT_MEMORY = 512 << 20
 
 
@@ -115,7 +116,7 @@ class MemoryHypervisor:
             for o in overlays:  # atomic: validate everything first
                 if o.overlay not in self.images.images:
                     raise HypervisorError(f"overlay {o.overlay} does not exist")
-            data = {0: self.ram.get(domain.uuid, ""), OWNER: domain.uuid}
+            data = {0: self.ram.get(domain.uuid, ""), OWNER: domain.uuid, NAME: domain.name}
             self.images.add(memory_file, fmt=MEMORY_FORMAT, data=data)
             self.images.images[memory_file].virtual_size = self.memory.get(
                 domain.uuid, DEFAULT_MEMORY
@@ -138,6 +139,11 @@ class MemoryHypervisor:
                 raise HypervisorError(
                     f"saved state {memory_file} is domain {image.clusters[OWNER]}'s, "
                     f"not {domain.name}'s"
+                )
+            if image.clusters.get(NAME, domain.name) != domain.name:
+                raise HypervisorError(
+                    f"Target domain name '{domain.name}' does not match source "
+                    f"'{image.clusters[NAME]}'"
                 )
             for target, path in sources.items():
                 if path not in self.images.images:
@@ -163,6 +169,15 @@ class MemoryHypervisor:
                 self.images.images[into].virtual_size = image.virtual_size
                 image = self.images.images[into]
             image.clusters[OWNER] = domain.uuid
+            image.clusters[NAME] = domain.name
+
+    def saved_domain_name(self, memory_file: str) -> str:
+        with self.lock:
+            self._call("saved_domain_name", memory_file)
+            image = self.images.images.get(memory_file)
+            if image is None or image.format != MEMORY_FORMAT:
+                raise HypervisorError(f"{memory_file} is not a saved state")
+            return str(image.clusters.get(NAME, ""))
 
     def resume(self, vm_uuid: str) -> None:
         with self.lock:

@@ -317,6 +317,23 @@ def test_a_gone_or_changed_memory_file_makes_the_group_unavailable(lab: Lab) -> 
     assert not state.available and "is missing" in (state.reason or "")
 
 
+def test_a_vm_renamed_since_the_memory_group_is_refused_before_the_stop(lab: Lab) -> None:
+    """libvirt 9.0 restores a saved state only under the name it was saved with: the
+    revert of a renamed VM is refused, naming both names, with the VM running on."""
+    uuid, _ = _memory_group_then_run_on(lab)
+    lab.hv.domains[VM].name = "vm1-renamed"
+    tops = [d.path for d in lab.hv.domains[VM].disks]
+    with pytest.raises(OperationError, match="was named 'vm1'.*domrename vm1-renamed vm1"):
+        lab.engine.revert(uuid, stop=True, stop_timeout=0)
+    assert lab.hv.domains[VM].state is VmState.RUNNING and lab.hv.called("shutdown") == []
+    assert [d.path for d in lab.hv.domains[VM].disks] == tops
+    assert lab.hv.called("restore_memory") == []
+    assert lab.engine.check([uuid])[0].available  # the group itself is fine
+    lab.hv.domains[VM].name = "vm1"  # renamed back: the revert resumes it
+    report = lab.engine.revert(uuid, stop=True, stop_timeout=0)
+    assert report.error is None and lab.hv.ram[VM] == "counter=41"
+
+
 def test_a_failed_restore_puts_the_disks_back(lab: Lab) -> None:
     uuid, _ = _memory_group_then_run_on(lab)
     lab.hv.shutdown(VM, timeout=0)

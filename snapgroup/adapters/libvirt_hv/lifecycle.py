@@ -17,6 +17,7 @@ from typing import Any
 
 import libvirt
 
+from snapgroup.adapters import save_image
 from snapgroup.adapters.domxml import normalize_uuid, parse_domain, with_disk_sources
 from snapgroup.adapters.libvirt_hv.connection import LibvirtConnection
 from snapgroup.adapters.libvirt_hv.errors import translate
@@ -102,6 +103,9 @@ class Lifecycle(LibvirtConnection):
         flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
         with self._calls():
             conn.restoreFlags(memory_file, with_disk_sources(xml, sources), flags)
+
+    def saved_domain_name(self, memory_file: str) -> str:
+        return parse_domain(save_image.read_image(memory_file).xml, VmState.STOPPED).name
 
 
 # A paused domain libvirt is at work on: saving its memory for a snapshot or a save,
