@@ -41,6 +41,7 @@ from snapgroup.ops.memory_state import (
     memory_record,
     plan_memory,
     refuse_stopped,
+    refuse_unsaved_disks,
     resume_left_paused,
     settled_domain,
 )
@@ -76,6 +77,8 @@ def create_locked(
         if repo.has_group(group_uuid):
             raise InvalidArgument(f"resourceUuid {group_uuid} is already used by a group")
         chosen = choose_disks(found, skip_unsupported=skip_unsupported)
+        if memory is not None:
+            refuse_unsaved_disks(found.planned, domain.name)
         chains = repo.chains([found.volumes[t] for t in chosen])  # one query for all
     live = domain.state.is_live
 

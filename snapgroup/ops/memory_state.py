@@ -33,6 +33,7 @@ from typing import Any
 
 from snapgroup.domain.errors import InvalidArgument, OperationError, SnapgroupError
 from snapgroup.domain.models import DomainInfo, VmState
+from snapgroup.domain.planner import PlannedDisk
 from snapgroup.ops.consistency import Consistency, ConsistencyRecord, ConsistencyType
 from snapgroup.ops.context import OpContext
 from snapgroup.store.repo import Repo
@@ -84,6 +85,20 @@ def refuse_stopped(domain: DomainInfo) -> None:
         raise OperationError(
             f"VM {domain.name} is {domain.state.value}: a memory group needs it running "
             "(a stopped VM has no memory state; take a disk-only group)"
+        )
+
+
+def refuse_unsaved_disks(planned: Iterable[PlannedDisk], vm_name: str) -> None:
+    """A writable disk the group cannot snapshot (raw, block, network: skipped with
+    skip_unsupported) would be resumed as it is then under a memory that knew it as it
+    was: the guest's caches and filesystems would not match it. Refused, nothing made."""
+    unsaved = [p for p in planned if p.blocks_create]
+    if unsaved:
+        listed = "; ".join(f"{p.disk.target}: {p.skip_reason}" for p in unsaved)
+        raise OperationError(
+            f"VM {vm_name} has writable disks a memory group cannot snapshot ({listed}): "
+            "its revert would resume the guest's memory over their later contents, "
+            "which the guest does not know. Take a disk-only group (skip_unsupported)"
         )
 
 

@@ -468,3 +468,23 @@ def test_revert_of_a_memory_group_after_the_vm_was_renamed(
     assert report.error is None and report.resumed == "Running", report.to_response()
     assert state(vm.name) == "running"
     assert_clean(engine, vm, also=clones_files)
+
+
+def test_a_raw_data_disk_refuses_a_memory_group(vm: LabVm, engine: Engine) -> None:
+    """A writable raw disk cannot be snapshotted: skipped (skip_unsupported), a revert
+    would resume the guest's memory over its later contents. libvirt takes such a
+    memory snapshot (the disk snapshot='no'); snapgroup refuses it, nothing made."""
+    raw = vm.directory / "raw.img"
+    sh("qemu-img", "create", "-q", "-f", "raw", str(raw), "8M")
+    virsh = ("virsh", "-c", "qemu:///system")
+    sh(*virsh, "attach-disk", vm.name, str(raw), "vdz", "--driver", "qemu", "--subdriver", "raw")
+    try:
+        before, groups = files(vm.directory), engine.list_groups(vm=vm.name)
+        with pytest.raises(OperationError) as err:
+            engine.create(vm=vm.name, name="raw", with_memory=True, skip_unsupported=True)
+        print(f"\n{err.value.code}: {err.value.details}")
+        assert "vdz: format raw" in err.value.details
+        assert files(vm.directory) == before and engine.list_groups(vm=vm.name) == groups
+        assert state(vm.name) == "running"
+    finally:
+        sh(*virsh, "detach-disk", vm.name, "vdz")

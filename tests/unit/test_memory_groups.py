@@ -12,7 +12,7 @@ import pytest
 from snapgroup.cli.context import Context
 from snapgroup.cli.main import main
 from snapgroup.domain.errors import HypervisorError, InvalidArgument, OperationError
-from snapgroup.domain.models import VmState
+from snapgroup.domain.models import DomainDisk, VmState
 from snapgroup.ops.memory_state import MEMORY_MARGIN
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Killed, Lab
@@ -122,6 +122,19 @@ def test_a_memory_that_does_not_fit_is_refused_before_anything_pauses(lab: Lab) 
     assert lab.engine.operations() == []
     lab.images.free += 1  # exactly enough
     assert lab.engine.create(vm="vm1", name="m1", with_memory=True).with_memory
+
+
+def test_a_writable_disk_the_group_cannot_snapshot_is_refused(lab: Lab) -> None:
+    """A raw data disk skipped (skip_unsupported) would be resumed by a revert as it
+    is then, under a guest memory that knew it as it was at the snapshot."""
+    lab_domain(lab.hv, data_disks=1)
+    lab.images.add("/lab/raw.img", fmt="raw")
+    lab.hv.domains[VM].disks += [DomainDisk("vdc", "disk", "file", "/lab/raw.img", "raw")]
+    before = _state(lab)
+    with pytest.raises(OperationError, match="vdc: format raw"):
+        lab.engine.create(vm="vm1", name="m", with_memory=True, skip_unsupported=True)
+    assert _state(lab) == before and lab.hv.called("snapshot_with_memory") == []
+    assert lab.engine.create(vm="vm1", name="d", skip_unsupported=True).memory is None
 
 
 def test_application_consistency_and_live_alone_are_refused(lab: Lab) -> None:
@@ -323,7 +336,7 @@ def test_a_vm_renamed_since_the_memory_group_is_refused_before_the_stop(lab: Lab
     uuid, _ = _memory_group_then_run_on(lab)
     lab.hv.domains[VM].name = "vm1-renamed"
     tops = [d.path for d in lab.hv.domains[VM].disks]
-    with pytest.raises(OperationError, match="was named 'vm1'.*domrename vm1-renamed vm1"):
+    with pytest.raises(OperationError, match=r"was named 'vm1'.*domrename vm1-renamed vm1"):
         lab.engine.revert(uuid, stop=True, stop_timeout=0)
     assert lab.hv.domains[VM].state is VmState.RUNNING and lab.hv.called("shutdown") == []
     assert [d.path for d in lab.hv.domains[VM].disks] == tops
