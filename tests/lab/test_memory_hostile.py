@@ -113,18 +113,21 @@ def assert_clean(engine: Engine, vm: LabVm, also: set[str] | None = None) -> Non
             assert name in named, f"leaked: {path}"
 
 
+@pytest.mark.parametrize("live", [False, True], ids=["paused", "live"])
 def test_a_save_that_runs_dry_after_the_check_leaves_nothing(
     vm: LabVm,
     engine: Engine,
     at_step: Callable[[str, Callable[[], None]], None],
     tmp_path: Path,
+    live: bool,
 ) -> None:
     for disk in range(3):
         write_live(vm.name, disk, 0x61, disk)
-    earlier = [engine.create(vm=vm.name, name="mem-before", with_memory=True)]
+    earlier = [engine.create(vm=vm.name, name=f"mem-before-{live}", with_memory=True)]
     for disk in range(3):
         write_live(vm.name, disk, 0x62, 4 + disk)
-    earlier.append(engine.create(vm=vm.name, name="disk-before"))
+    earlier.append(engine.create(vm=vm.name, name=f"disk-before-{live}"))
+    earlier = engine.list_groups(vm=vm.name)
     saved = views(earlier, tmp_path / "views")
     before, tops = files(vm.directory), domblklist(vm.name)
 
@@ -134,11 +137,11 @@ def test_a_save_that_runs_dry_after_the_check_leaves_nothing(
 
     at_step("create:overlays", another_writer)
     with pytest.raises(SnapgroupError) as err:
-        engine.create(vm=vm.name, name="dry", with_memory=True)
+        engine.create(vm=vm.name, name="dry", with_memory=True, live=live)
     print(f"\n{err.value.code}: {err.value.details}")
     assert err.value.code in ("HOST.1002", "SYS.1006")
     assert state(vm.name) == "running" and domblklist(vm.name) == tops
-    assert [g.name for g in engine.list_groups(vm=vm.name)] == ["mem-before", "disk-before"]
+    assert [g.uuid for g in engine.list_groups(vm=vm.name)] == [g.uuid for g in earlier]
     assert files(vm.directory) - {"filler"} == before  # nothing the failed create made
     (vm.directory / "filler").unlink()
     assert engine.recover() == []
@@ -398,6 +401,76 @@ def test_kill_9_of_a_memory_groups_delete_then_recover(
     assert not os.path.exists(group.memory.file)
     assert all(same(now[t], p) for t, p in domblklist(vm.name).items())
     assert_intact(engine, others, saved)
+    assert_clean(engine, vm, also=clones_files)
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_kill_9_of_a_memory_create_then_recover(
+    vm: LabVm,
+    engine: Engine,
+    scratch: Path,
+    tmp_path: Path,
+    clones_files: set[str],
+    delay: float,
+) -> None:
+    groups = engine.list_groups(vm=vm.name)
+    saved = views(groups, tmp_path / "views")
+    name = f"kill-create-{delay}"
+    proc = _cli(
+        f"sqlite:///{scratch / 'snapgroup.db'}", "create", "--vm", vm.name, "--name", name,
+        "--with-memory",
+    )  # fmt: skip
+    killed = _kill_after(engine, proc, "create", delay)
+    engine.recover()
+    made = [g for g in engine.list_groups(vm=vm.name) if g.name == name]
+    print(f"\ncreate killed after {delay}s: {killed}; a group: {bool(made)}")
+    assert state(vm.name) == "running"
+    if made:  # recorded whole: its memory file there and what was saved
+        assert made[0].memory is not None and engine.check([made[0].uuid])[0].available
+    assert_intact(engine, groups, saved)
+    assert_clean(engine, vm, also=clones_files)
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_kill_9_of_a_memory_revert_then_recover(
+    vm: LabVm,
+    engine: Engine,
+    scratch: Path,
+    tmp_path: Path,
+    clones_files: set[str],
+    delay: float,
+) -> None:
+    for disk in range(3):
+        write_live(vm.name, disk, 0xA0, 32 + disk)
+    group = engine.create(vm=vm.name, name=f"kill-revert-{delay}", with_memory=True)
+    for disk in range(3):
+        write_live(vm.name, disk, 0xA1, 36 + disk)
+    groups = engine.list_groups(vm=vm.name)
+    saved = views(groups, tmp_path / "views")
+    now = {t: export(p, tmp_path / f"now-{t}.qcow2") for t, p in domblklist(vm.name).items()}
+    db = f"sqlite:///{scratch / 'snapgroup.db'}"
+    proc = _cli(db, "revert", group.uuid, "--stop", "--stop-timeout", "0")
+    killed = _kill_after(engine, proc, "revert", delay)
+    engine.recover()
+    after = engine.list_groups(vm=vm.name)
+    safety = [g for g in after if g.uuid not in {x.uuid for x in groups}]
+    live = domblklist(vm.name)
+    kept = all(same(now[t], p) for t, p in live.items())  # not reverted: the present
+    stopped = state(vm.name) != "running"
+    print(f"\nrevert killed after {delay}s: {killed}; stopped: {stopped}, reverted: {not kept}")
+    assert_intact(engine, groups, saved)
+    assert len(safety) <= 1  # the present kept once, whole, when it was taken
+    for g in safety:
+        for r in g.refs:
+            assert same(now[vm.targets[r.device_id]], r.install_path), r.install_path
+    if stopped:  # killed before the restore began: rolled back, the revert can be retried
+        assert kept
+        report = engine.revert(group.uuid)
+        assert report.error is None, report.to_response()
+    else:  # resumed from the group's state: every disk the group's
+        for r in group.refs:
+            assert same(saved[r.volume_snapshot_uuid], live[vm.targets[r.device_id]])
+    assert state(vm.name) == "running"
     assert_clean(engine, vm, also=clones_files)
 
 
