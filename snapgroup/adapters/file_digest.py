@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 
 from snapgroup.domain.errors import ImageToolError
@@ -22,8 +23,14 @@ _lock = threading.Lock()
 def digest(path: str) -> FileDigest:
     """ImageToolError when the file cannot be read."""
     try:
-        with open(path, "rb") as f:
-            before = _identity(os.fstat(f.fileno()))
+        # O_NONBLOCK: a FIFO put in the file's place would block the open until a
+        # writer came; a device (a link to /dev/zero) would be read forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageToolError(f"cannot read {path}: not a regular file")
+            before = _identity(st)
             with _lock:
                 known = _seen.get(path)
             if known is not None and known[0] == before:

@@ -182,7 +182,21 @@ def _move(path: str) -> Callable[[], None]:
     return lambda: os.rename(away, path)
 
 
-@pytest.mark.parametrize("damage", [_flip, _truncate, _move])
+def _fifo(path: str) -> Callable[[], None]:
+    """A FIFO in the file's place (its open blocked `check` for ever); the undo puts the
+    file back."""
+    away = path + ".away"
+    os.rename(path, away)
+    os.mkfifo(path)
+
+    def undo() -> None:
+        os.unlink(path)
+        os.rename(away, path)
+
+    return undo
+
+
+@pytest.mark.parametrize("damage", [_flip, _fifo, _truncate, _move])
 def test_a_damaged_memory_file_refuses_the_revert_before_the_vm_is_touched(
     vm: LabVm, engine: Engine, tmp_path: Path, damage: Callable[[str], Callable[[], None]]
 ) -> None:
