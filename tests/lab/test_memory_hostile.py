@@ -578,3 +578,26 @@ def test_a_raw_data_disk_refuses_a_memory_group(vm: LabVm, engine: Engine) -> No
         assert state(vm.name) == "running"
     finally:
         sh(*virsh, "detach-disk", vm.name, "vdz")
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["paused", "live"])
+def test_a_memory_group_of_a_paused_vm(vm: LabVm, engine: Engine, live: bool) -> None:
+    """Taken of a VM the user paused: it stays paused (or the create is refused with
+    nothing made); the revert resumes it running at that moment."""
+    virsh = ("virsh", "-c", "qemu:///system")
+    sh(*virsh, "suspend", vm.name)
+    before = files(vm.directory)
+    try:
+        group = engine.create(vm=vm.name, name=f"of-paused-{live}", with_memory=True, live=live)
+    except SnapgroupError as exc:
+        print(f"\n{live}: refused {exc.code}: {exc.details}")
+        assert files(vm.directory) == before
+        assert state(vm.name) == "paused"
+        sh(*virsh, "resume", vm.name)
+        return
+    finally:
+        print(f"\nstate after the create: {state(vm.name)}")
+    assert state(vm.name) == "paused"
+    report = engine.revert(group.uuid, stop=True, stop_timeout=0, safety_group=False)
+    assert report.error is None and report.resumed == "Running", report.to_response()
+    assert state(vm.name) == "running"
