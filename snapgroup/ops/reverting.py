@@ -14,11 +14,15 @@ begin -> safety (a safety group is about to be taken) -> overlays (made; the old
 are recorded) -> switched (the domain is on the new overlays) -> [restoring (a memory
 group's state is being restored)] -> removed (old tops gone) -> done, with the
 metadata. Recovery rolls forward once the domain is switched (restoring a memory state
-first when the VM is still stopped), and back (dropping the new overlays) before that.
+first when the VM is still stopped), and back (dropping the new overlays) before that;
+but a memory revert killed before its switch is finished (its safety group settled or
+taken, the overlays made again): its VM was stopped for it, and a rollback would leave
+it stopped.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +42,13 @@ from snapgroup.ops.memory_state import (
     resume_state,
     settled_domain,
 )
-from snapgroup.ops.recovery import recovers
+from snapgroup.ops.recovery import recover_one, recovers
+from snapgroup.store.operations import OperationRepo
 from snapgroup.store.repo import Repo
-from snapgroup.store.tables import SnapshotRow, VolumeRow
+from snapgroup.store.tables import OperationRow, SnapshotRow, VolumeRow
 
 KIND = "revert"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,7 @@ def _settle(ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str) -> bool
         domain = ctx.hv.lookup(vm_uuid)
     except SnapgroupError:
         return False
-    recover_revert(ctx, op, plan, domain)
+    _recover(ctx, op, plan, domain, finish=False)  # this process's failure: not retried
     if "memory" not in plan:
         return _switched(plan, domain)
     try:  # a memory state that could not be restored rolled the revert back
@@ -230,21 +236,78 @@ def _switched(plan: dict[str, Any], domain: DomainInfo) -> bool:
 def recover_revert(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> None:
     """Forward once the domain is on the new overlays (one defineXML: all or none are),
     else back. The safety group is its own journaled create: kept if it was taken. A
-    memory group's VM still stopped is first started from its saved state."""
+    memory group's VM still stopped is first started from its saved state; one killed
+    before its switch is finished (the VM was stopped for it, its running state gone)."""
+    _recover(ctx, op, plan, domain, finish=True)
+
+
+def _recover(
+    ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo, *, finish: bool
+) -> None:
     if "memory" in plan:  # libvirtd may still be at the restore a killed process asked
         settled = settled_domain(ctx, domain)
         if settled is None:
             return  # the journal stays open: a later `recover` decides
         domain = settled
-    if _switched(plan, domain):
-        if "memory" in plan and _resume(ctx, op, plan, domain.uuid) is not None:
+    if not _switched(plan, domain):
+        ctx.remove_files([d["overlay"] for d in plan["disks"]])
+        memory = finish and "memory" in plan and not domain.state.is_live
+        if not memory or not _switch_now(ctx, op, plan, domain):
+            ctx.journal.close(op, ROLLED_BACK, detail="revert: rolled back before the switch")
             return
-        _roll_forward(ctx, op, plan)
-        if "memory" in plan:
-            after_resume(ctx, domain.uuid, plan["memory"])  # best effort, as after a revert
+    if "memory" in plan and _resume(ctx, op, plan, domain.uuid) is not None:
         return
-    ctx.remove_files([d["overlay"] for d in plan["disks"]])
-    ctx.journal.close(op, ROLLED_BACK, detail="revert: rolled back before the switch")
+    _roll_forward(ctx, op, plan)
+    if "memory" in plan:
+        after_resume(ctx, domain.uuid, plan["memory"])  # best effort, as after a revert
+
+
+def _switch_now(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> bool:
+    """A memory revert killed before its switch: the VM is stopped already (its running
+    state is gone), so rather than leave it stopped the revert is finished: its safety
+    group settled (its own create, journaled after this revert) or taken now, the
+    overlays made again, the disks switched. False (nothing switched, the overlays
+    removed) when that fails: the revert is rolled back."""
+    disks: list[dict[str, Any]] = plan["disks"]
+    with ctx.db.transaction() as session:  # in flight here now: a sync leaves it alone
+        OperationRepo(session).update(op, {"pid": os.getpid()})
+    try:
+        domain = _safety_settled(ctx, plan, domain)
+        tops = {d.target: d.path for d in domain.disks}
+        plan["old_tops"] = {d["target"]: tops.get(d["target"]) for d in disks}
+        overlays_on_snapshots(ctx, disks)
+        ctx.journal.step(op, KIND, "overlays", old_tops=plan["old_tops"])
+        ctx.hv.set_disk_sources(domain.uuid, {d["target"]: d["overlay"] for d in disks})
+    except SnapgroupError as exc:
+        log.warning("revert %s not finished by recover (%s): rolled back", op, exc.details)
+        ctx.remove_files([d["overlay"] for d in disks])
+        return False
+    ctx.journal.step(op, KIND, "switched")
+    return True
+
+
+def _safety_settled(ctx: OpContext, plan: dict[str, Any], domain: DomainInfo) -> DomainInfo:
+    """The revert's safety group, when it asked for one, recorded (its interrupted
+    create recovered first, or the group taken now): the present is never dropped by
+    finishing a revert. The domain as it is then."""
+    safety_uuid = plan.get("safety_group_uuid")
+    if safety_uuid is None:
+        return domain
+
+    def open_creates() -> list[OperationRow]:
+        with ctx.db.transaction() as session:
+            rows = OperationRepo(session).unfinished(host=ctx.journal.host)
+        return [r for r in rows if r.kind == "create" and r.group_uuid == safety_uuid]
+
+    for row in open_creates():
+        recover_one(ctx, row)
+    if open_creates():
+        raise OperationError(f"the safety group {safety_uuid} is still being taken")
+    with ctx.db.transaction() as session:
+        taken = Repo(session).has_group(safety_uuid)
+    if not taken:
+        _take_safety_group(ctx, domain, plan["group_uuid"], safety_uuid)
+    return ctx.hv.lookup(domain.uuid)
 
 
 def _roll_forward(ctx: OpContext, op: str, plan: dict[str, Any]) -> None:

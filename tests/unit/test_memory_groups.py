@@ -14,6 +14,7 @@ from snapgroup.cli.main import main
 from snapgroup.domain.errors import HypervisorError, InvalidArgument, OperationError
 from snapgroup.domain.models import DomainDisk, VmState
 from snapgroup.ops.memory_state import MEMORY_MARGIN
+from snapgroup.store.operations import OperationRepo
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Killed, Lab
 
@@ -377,6 +378,50 @@ def test_killed_before_the_restore_recovery_resumes_the_vm(
     assert [r.state for r in rows if r.kind == "revert"] == ["done"]
     assert lab.hv.domains[VM].state is VmState.RUNNING and lab.hv.ram[VM] == "counter=41"
     assert lab.view_of_vm() == at_snapshot
+
+
+@pytest.mark.parametrize("safety", [True, False], ids=["safety", "no-safety"])
+@pytest.mark.parametrize(
+    "step",
+    ["revert:begin", "revert:safety", "create:overlays", "create:switched", "revert:overlays"],
+)
+def test_killed_before_the_switch_recovery_finishes_the_revert(
+    lab: Lab, die_at: list[str], step: str, safety: bool
+) -> None:
+    """The VM is stopped by then (its running state gone with the stop): recover
+    finishes the revert (the safety group settled or taken, never dropped) instead of
+    leaving it stopped."""
+    uuid, at_snapshot = _memory_group_then_run_on(lab)
+    lab.hv.shutdown(VM, timeout=0)
+    now = lab.view_of_vm()
+    if (step.startswith("create:") or step == "revert:safety") and not safety:
+        return  # no safety group: no create inside the revert
+    die_at.append(step)
+    with pytest.raises(Killed):
+        lab.engine.revert(uuid, safety_group=safety)
+    assert lab.hv.domains[VM].state is VmState.STOPPED
+    with lab.engine.db.transaction() as session:  # a process that is gone, not this one
+        journal = OperationRepo(session)
+        for row in journal.unfinished(host=lab.engine.ctx.journal.host):
+            journal.update(row.uuid, {"pid": 2**22 + 1})
+    rows = lab.engine.recover()
+    assert [r.state for r in rows if r.kind == "revert"] == ["done"]
+    assert lab.hv.domains[VM].state is VmState.RUNNING and lab.hv.ram[VM] == "counter=41"
+    assert lab.view_of_vm() == at_snapshot
+    taken = [g for g in lab.engine.list_groups() if g.name.startswith("before revert")]
+    if safety:  # the present kept whole, once
+        (group,) = taken
+        fresh = lab.engine.get(group.uuid)
+        assert [lab.images.read(r.install_path) for r in fresh.refs] == now
+    else:
+        assert taken == []
+    # Every file is a disk's chain, a group's snapshot or memory file: nothing leaked.
+    tops = [d.path for d in lab.hv.domains[VM].disks if d.path]
+    used = {layer.path for top in tops for layer in lab.images.chain(top)}
+    for g in lab.engine.list_groups():
+        used |= {r.install_path for r in g.refs} | ({g.memory.file} if g.memory else set())
+    assert set(lab.images.images) == used
+    assert lab.engine.recover() == []
 
 
 def test_killed_after_the_restore_recovery_rolls_forward(lab: Lab, die_at: list[str]) -> None:
