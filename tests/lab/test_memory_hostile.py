@@ -598,3 +598,32 @@ def test_a_memory_group_of_a_paused_vm(vm: LabVm, engine: Engine, live: bool) ->
     report = engine.revert(group.uuid, stop=True, stop_timeout=0, safety_group=False)
     assert report.error is None and report.resumed == "Running", report.to_response()
     assert state(vm.name) == "running"
+
+
+def test_a_memory_group_reverts_after_an_older_groups_delete_moved_its_files(
+    vm: LabVm, engine: Engine, tmp_path: Path, clones_files: set[str]
+) -> None:
+    """Deleting the group below a memory group merges its snapshots and moves the
+    memory group's files to their parents' paths: its revert still resumes it on its
+    own data."""
+    for disk in range(3):
+        write_live(vm.name, disk, 0xB0, 40 + disk)
+    older = engine.create(vm=vm.name, name="older")
+    for disk in range(3):
+        write_live(vm.name, disk, 0xB1, 44 + disk)
+    group = engine.create(vm=vm.name, name="mem-above", with_memory=True)
+    for disk in range(3):
+        write_live(vm.name, disk, 0xB2, 48 + disk)
+    saved = views([group], tmp_path / "views")
+    paths = {r.install_path for r in group.refs}
+    assert engine.delete(older.uuid).error is None
+    moved = engine.get(group.uuid)
+    print(f"\nfiles moved: {len(paths - {r.install_path for r in moved.refs})} of {len(paths)}")
+    assert_intact(engine, [moved], saved)
+    report = engine.revert(group.uuid, stop=True, stop_timeout=0, safety_group=False)
+    assert report.error is None and report.resumed == "Running", report.to_response()
+    assert state(vm.name) == "running"
+    live = domblklist(vm.name)
+    for r in moved.refs:
+        assert same(saved[r.volume_snapshot_uuid], live[vm.targets[r.device_id]])
+    assert_clean(engine, vm, also=clones_files)
