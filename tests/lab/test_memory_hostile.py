@@ -28,6 +28,7 @@ from snapgroup.api import Engine, open_engine
 from snapgroup.cli.wire import NO_DAEMON_ENV
 from snapgroup.domain.errors import OperationError, SnapgroupError
 from snapgroup.domain.inventory import Group
+from snapgroup.ops.journal import FAULT_ENV
 from snapgroup.testing.labvm import LabVm
 from tests.lab.tools import (
     backing_chain,
@@ -355,9 +356,13 @@ def test_clone_start_whose_state_copy_runs_dry_leaves_no_copy(
     assert engine.check([group.uuid])[0].available
 
 
-def _cli(engine_db: str, *args: str) -> subprocess.Popen[str]:
+def _cli(engine_db: str, *args: str, die_at: str | None = None) -> subprocess.Popen[str]:
+    """The CLI in a process of its own; `die_at`: the journal step (`kind:step@n`) where
+    it SIGKILLs itself."""
     env = {**os.environ, NO_DAEMON_ENV: "1"}  # this process does the work: kill -9 hits it
-    env.pop("SNAPGROUP_FAULT_STEP", None)
+    env.pop(FAULT_ENV, None)
+    if die_at is not None:
+        env[FAULT_ENV] = die_at
     argv = [sys.executable, "-m", "snapgroup", "--db", engine_db, "--json", *args]
     return subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -386,14 +391,19 @@ def _kill_after(engine: Engine, proc: subprocess.Popen[str], kind: str, delay: f
 DELAYS = (0.0, 0.03, 0.1, 0.25, 0.6)
 
 
-@pytest.mark.parametrize("delay", DELAYS)
+# At fixed steps too: inside the merges, after all three (before the memory file
+# and the rows go).
+DELETE_STEPS = ("delete:merge@2", "delete:merged@2", "delete:removed@3")
+
+
+@pytest.mark.parametrize("delay", [*DELAYS, *DELETE_STEPS])
 def test_kill_9_of_a_memory_groups_delete_then_recover(
     vm: LabVm,
     engine: Engine,
     scratch: Path,
     tmp_path: Path,
     clones_files: set[str],
-    delay: float,
+    delay: float | str,
 ) -> None:
     for disk in range(3):
         write_live(vm.name, disk, 0x90, 24 + disk)
@@ -406,11 +416,18 @@ def test_kill_9_of_a_memory_groups_delete_then_recover(
     saved = views(others, tmp_path / "views")
     now = {t: export(p, tmp_path / f"now-{t}.qcow2") for t, p in domblklist(vm.name).items()}
 
-    proc = _cli(f"sqlite:///{scratch / 'snapgroup.db'}", "delete", group.uuid)
-    killed = _kill_after(engine, proc, "delete", delay)
+    db = f"sqlite:///{scratch / 'snapgroup.db'}"
+    if isinstance(delay, str):  # it kills itself there
+        proc = _cli(db, "delete", group.uuid, die_at=delay)
+        proc.wait()
+        ops = [o for o in engine.operations(limit=5) if o.state == "running"]
+        killed = ",".join(f"{o.kind}:{o.step}" for o in ops) or "-"
+    else:
+        proc = _cli(db, "delete", group.uuid)
+        killed = _kill_after(engine, proc, "delete", delay)
     engine.recover()
     left = [g for g in engine.list_groups(vm=vm.name) if g.uuid == group.uuid]
-    print(f"\ndelete killed after {delay}s: {killed}; group left: {bool(left)}")
+    print(f"\ndelete killed at {delay}: {killed}; group left: {bool(left)}")
     assert state(vm.name) == "running"
     if left:  # killed before it changed anything: whole, usable, deleted now
         assert engine.check([group.uuid])[0].available
