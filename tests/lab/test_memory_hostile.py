@@ -511,7 +511,16 @@ def clones_files() -> set[str]:
     return set()
 
 
-@pytest.mark.parametrize("delay", DELAYS)
+# At fixed steps too: the clone defined, its state's copy begun, copied, restoring.
+CLONE_STEPS = (
+    "clone:defined",
+    "resume-state:begin",
+    "resume-state:copied",
+    "resume-state:restoring",
+)
+
+
+@pytest.mark.parametrize("delay", [*DELAYS, *CLONE_STEPS])
 def test_kill_9_of_a_memory_groups_clone_start_then_recover(
     vm: LabVm,
     engine: Engine,
@@ -519,23 +528,28 @@ def test_kill_9_of_a_memory_groups_clone_start_then_recover(
     tmp_path: Path,
     restored: list[str],
     clones_files: set[str],
-    delay: float,
+    delay: float | str,
 ) -> None:
     group = engine.create(vm=vm.name, name=f"kill-clone-{delay}", with_memory=True)
     assert group.memory is not None
     groups = engine.list_groups(vm=vm.name)
     saved = views(groups, tmp_path / "views")
     tops = domblklist(vm.name)
-    name = f"{vm.name}-c{int(delay * 100)}"
+    name = f"{vm.name}-c{uuid.uuid4().hex[:6]}"
     restored.append(name)
-    proc = _cli(
-        f"sqlite:///{scratch / 'snapgroup.db'}", "clone", group.uuid, "--name", name, "--start"
-    )
-    killed = _kill_after(engine, proc, "clone", delay)
+    argv = ("clone", group.uuid, "--name", name, "--start")
+    db = f"sqlite:///{scratch / 'snapgroup.db'}"
+    if isinstance(delay, str):  # it kills itself there
+        proc = _cli(db, *argv, die_at=delay)
+        proc.wait()
+        ops = [o for o in engine.operations(limit=5) if o.state == "running"]
+        killed = ",".join(f"{o.kind}:{o.step}" for o in ops) or "-"
+    else:
+        killed = _kill_after(engine, _cli(db, *argv), "clone", delay)
     engine.recover()
     defined = sh("virsh", "-c", "qemu:///system", "domstate", name, check=False)
     clone_state = defined.stdout.strip() if defined.returncode == 0 else "undefined"
-    print(f"\nclone --start killed after {delay}s: {killed}; the clone: {clone_state}")
+    print(f"\nclone --start killed at {delay}: {killed}; the clone: {clone_state}")
     assert state(vm.name) == "running" and domblklist(vm.name) == tops
     assert clone_state in ("running", "shut off", "undefined")
     mems = {n for n in files(vm.directory) if n.endswith(".mem")}
