@@ -1,11 +1,12 @@
 """Memory groups tried as a hostile tester would, on the real stack (libvirt 9.0 + QEMU
 under TCG): a save that runs the filesystem dry after the space check, a kept group's
-memory file changed or moved away, a restore that fails halfway, kill -9 of a memory
-group's delete and of its clone --start.
+memory file changed, truncated, moved away or made a FIFO, a restore that fails
+halfway, a VM renamed since its memory group, a raw data disk, a paused VM, the group
+below a memory group deleted. Kill -9: tests/lab/test_memory_kills.py.
 
 One lab VM for the module (idling in firmware: its memory state is saved and restored
 like any guest's, and it boots at once), its three disks and memory files on one tmpfs
-that the space test fills. Each test leaves the VM running with its files checked."""
+that the space tests fill. Each test leaves the VM running with its files checked."""
 
 from __future__ import annotations
 
@@ -13,25 +14,26 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from snapgroup.api import Engine, open_engine
-from snapgroup.cli.wire import NO_DAEMON_ENV
 from snapgroup.domain.errors import OperationError, SnapgroupError
-from snapgroup.domain.inventory import Group
-from snapgroup.ops.journal import FAULT_ENV
 from snapgroup.testing.labvm import LabVm
+from tests.lab.memory_tools import (
+    TMPFS_MIB,
+    assert_clean,
+    assert_intact,
+    files,
+    state,
+    views,
+)
 from tests.lab.tools import (
-    backing_chain,
     domblklist,
     export,
     fill,
@@ -42,8 +44,6 @@ from tests.lab.tools import (
 )
 
 pytestmark = pytest.mark.lab
-RECENT = 4  # groups whose data each test checks byte for byte
-TMPFS_MIB = 640  # the memory check asks 256 + 16 MiB free; the firmware's state is ~1 MiB
 
 
 @pytest.fixture(scope="module")
@@ -67,54 +67,10 @@ def engine(scratch: Path) -> Iterator[Engine]:
     eng.db.dispose()
 
 
-def state(name: str) -> str:
-    return sh("virsh", "-c", "qemu:///system", "domstate", name).stdout.strip()
-
-
-def files(directory: Path) -> set[str]:
-    return set(os.listdir(directory))
-
-
-def views(groups: list[Group], dest: Path) -> dict[str, Path]:
-    """A standalone copy of the view each ref's file presents, by snapshot uuid: of the
-    last RECENT groups (the module's groups pile up; earlier tests checked the rest)."""
-    dest.mkdir(exist_ok=True)
-    return {
-        r.volume_snapshot_uuid: export(r.install_path, dest / f"{uuid.uuid4().hex}.qcow2")
-        for g in groups[-RECENT:]
-        for r in g.refs
-    }
-
-
-def assert_intact(engine: Engine, groups: list[Group], saved: dict[str, Path]) -> None:
-    """Each of the last RECENT groups still available, every ref presenting the view
-    it had."""
-    for g in groups[-RECENT:]:
-        assert engine.check([g.uuid])[0].available, engine.check([g.uuid])[0]
-        for r in engine.get(g.uuid).refs:
-            assert same(saved[r.volume_snapshot_uuid], r.install_path), r.install_path
-
-
-def assert_clean(engine: Engine, vm: LabVm, also: set[str] | None = None) -> None:
-    """No operation left open, every qcow2 in the VM's directory checks clean, every
-    UUID-named file in it is one a group or the VM names (or `also`: a clone's), or is
-    in the backing chain of one."""
-    assert [op for op in engine.operations() if op.state == "running"] == []
-    named = {*(d.name for d in vm.disks), *(also or ())}
-    for g in engine.list_groups(vm=vm.name):
-        named |= {os.path.basename(r.install_path) for r in g.refs}
-        if g.memory is not None:
-            named.add(os.path.basename(g.memory.file))
-    named |= {os.path.basename(p) for p in domblklist(vm.name).values()}
-    for name in list(named):
-        if name.endswith(".qcow2") and (vm.directory / name).exists():
-            named |= {os.path.basename(p) for p in backing_chain(str(vm.directory / name))}
-    for name in files(vm.directory):
-        path = vm.directory / name
-        if name.endswith(".qcow2"):
-            sh("qemu-img", "check", "-U", str(path))
-        if name.endswith((".qcow2", ".mem")) and len(name.split(".")[0]) == 32:
-            assert name in named, f"leaked: {path}"
+@pytest.fixture(scope="module")
+def clones_files() -> set[str]:
+    """The files of the clones made so far (each undefined after its test)."""
+    return set()
 
 
 @pytest.mark.parametrize("live", [False, True], ids=["paused", "live"])
@@ -356,210 +312,6 @@ def test_clone_start_whose_state_copy_runs_dry_leaves_no_copy(
     assert engine.check([group.uuid])[0].available
 
 
-def _cli(engine_db: str, *args: str, die_at: str | None = None) -> subprocess.Popen[str]:
-    """The CLI in a process of its own; `die_at`: the journal step (`kind:step@n`) where
-    it SIGKILLs itself."""
-    env = {**os.environ, NO_DAEMON_ENV: "1"}  # this process does the work: kill -9 hits it
-    env.pop(FAULT_ENV, None)
-    if die_at is not None:
-        env[FAULT_ENV] = die_at
-    argv = [sys.executable, "-m", "snapgroup", "--db", engine_db, "--json", *args]
-    return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-
-
-def _kill_after(engine: Engine, proc: subprocess.Popen[str], kind: str, delay: float) -> str:
-    """SIGKILL `proc` `delay` seconds after its `kind` operation was journaled: the
-    journal's last step of each operation it left open then ("" when it finished first)."""
-    known = {op.uuid for op in engine.operations(limit=20)}
-    while proc.poll() is None:
-        if any(o.kind == kind and o.uuid not in known for o in engine.operations(limit=5)):
-            time.sleep(delay)
-            if proc.poll() is not None:
-                return ""
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            ops = engine.operations(limit=10)
-            return ",".join(f"{o.kind}:{o.step}" for o in ops if o.state == "running") or "-"
-        time.sleep(0.005)
-    return ""
-
-
-# Delays after the operation's first journal row: its first steps, the merges (a
-# commit of the firmware guest's few MiB), the memory file's removal and the rows.
-DELAYS = (0.0, 0.03, 0.1, 0.25, 0.6)
-
-
-# At fixed steps too: inside the merges, after all three (before the memory file
-# and the rows go).
-DELETE_STEPS = ("delete:merge@2", "delete:merged@2", "delete:removed@3")
-
-
-@pytest.mark.parametrize("delay", [*DELAYS, *DELETE_STEPS])
-def test_kill_9_of_a_memory_groups_delete_then_recover(
-    vm: LabVm,
-    engine: Engine,
-    scratch: Path,
-    tmp_path: Path,
-    clones_files: set[str],
-    delay: float | str,
-) -> None:
-    for disk in range(3):
-        write_live(vm.name, disk, 0x90, 24 + disk)
-    group = engine.create(vm=vm.name, name=f"kill-delete-{delay}", with_memory=True)
-    assert group.memory is not None
-    for disk in range(3):
-        write_live(vm.name, disk, 0x91, 28 + disk)
-    engine.create(vm=vm.name, name=f"after-{delay}")
-    others = [g for g in engine.list_groups(vm=vm.name) if g.uuid != group.uuid]
-    saved = views(others, tmp_path / "views")
-    now = {t: export(p, tmp_path / f"now-{t}.qcow2") for t, p in domblklist(vm.name).items()}
-
-    db = f"sqlite:///{scratch / 'snapgroup.db'}"
-    if isinstance(delay, str):  # it kills itself there
-        proc = _cli(db, "delete", group.uuid, die_at=delay)
-        proc.wait()
-        ops = [o for o in engine.operations(limit=5) if o.state == "running"]
-        killed = ",".join(f"{o.kind}:{o.step}" for o in ops) or "-"
-    else:
-        proc = _cli(db, "delete", group.uuid)
-        killed = _kill_after(engine, proc, "delete", delay)
-    engine.recover()
-    left = [g for g in engine.list_groups(vm=vm.name) if g.uuid == group.uuid]
-    print(f"\ndelete killed at {delay}: {killed}; group left: {bool(left)}")
-    assert state(vm.name) == "running"
-    if left:  # killed before it changed anything: whole, usable, deleted now
-        assert engine.check([group.uuid])[0].available
-        assert engine.delete(group.uuid).error is None
-    assert not os.path.exists(group.memory.file)
-    assert all(same(now[t], p) for t, p in domblklist(vm.name).items())
-    assert_intact(engine, others, saved)
-    assert_clean(engine, vm, also=clones_files)
-
-
-@pytest.mark.parametrize("delay", DELAYS)
-def test_kill_9_of_a_memory_create_then_recover(
-    vm: LabVm,
-    engine: Engine,
-    scratch: Path,
-    tmp_path: Path,
-    clones_files: set[str],
-    delay: float,
-) -> None:
-    groups = engine.list_groups(vm=vm.name)
-    saved = views(groups, tmp_path / "views")
-    name = f"kill-create-{delay}"
-    proc = _cli(
-        f"sqlite:///{scratch / 'snapgroup.db'}", "create", "--vm", vm.name, "--name", name,
-        "--with-memory",
-    )  # fmt: skip
-    killed = _kill_after(engine, proc, "create", delay)
-    engine.recover()
-    made = [g for g in engine.list_groups(vm=vm.name) if g.name == name]
-    print(f"\ncreate killed after {delay}s: {killed}; a group: {bool(made)}")
-    assert state(vm.name) == "running"
-    if made:  # recorded whole: its memory file there and what was saved
-        assert made[0].memory is not None and engine.check([made[0].uuid])[0].available
-    assert_intact(engine, groups, saved)
-    assert_clean(engine, vm, also=clones_files)
-
-
-@pytest.mark.parametrize("delay", DELAYS)
-def test_kill_9_of_a_memory_revert_then_recover(
-    vm: LabVm,
-    engine: Engine,
-    scratch: Path,
-    tmp_path: Path,
-    clones_files: set[str],
-    delay: float,
-) -> None:
-    for disk in range(3):
-        write_live(vm.name, disk, 0xA0, 32 + disk)
-    group = engine.create(vm=vm.name, name=f"kill-revert-{delay}", with_memory=True)
-    for disk in range(3):
-        write_live(vm.name, disk, 0xA1, 36 + disk)
-    groups = engine.list_groups(vm=vm.name)
-    saved = views(groups, tmp_path / "views")
-    now = {t: export(p, tmp_path / f"now-{t}.qcow2") for t, p in domblklist(vm.name).items()}
-    db = f"sqlite:///{scratch / 'snapgroup.db'}"
-    proc = _cli(db, "revert", group.uuid, "--stop", "--stop-timeout", "0")
-    killed = _kill_after(engine, proc, "revert", delay)
-    engine.recover()
-    after = engine.list_groups(vm=vm.name)
-    safety = [g for g in after if g.uuid not in {x.uuid for x in groups}]
-    live = domblklist(vm.name)
-    stopped = state(vm.name) != "running"
-    print(f"\nrevert killed after {delay}s: {killed}; stopped: {stopped}")
-    assert_intact(engine, groups, saved)
-    assert len(safety) <= 1  # the present kept once, whole, when it was taken
-    for g in safety:
-        for r in g.refs:
-            assert same(now[vm.targets[r.device_id]], r.install_path), r.install_path
-    # Wherever it was killed, recover finished it (before the fix, killed before the
-    # switch, it was rolled back with the VM left stopped): running from the group's
-    # state, every disk the group's, the present kept in one safety group.
-    assert not stopped and len(safety) == 1
-    for r in group.refs:
-        assert same(saved[r.volume_snapshot_uuid], live[vm.targets[r.device_id]])
-    assert_clean(engine, vm, also=clones_files)
-
-
-@pytest.fixture(scope="module")
-def clones_files() -> set[str]:
-    """The files of the clones made so far (each undefined after its test)."""
-    return set()
-
-
-# At fixed steps too: the clone defined, its state's copy begun, copied, restoring.
-CLONE_STEPS = (
-    "clone:defined",
-    "resume-state:begin",
-    "resume-state:copied",
-    "resume-state:restoring",
-)
-
-
-@pytest.mark.parametrize("delay", [*DELAYS, *CLONE_STEPS])
-def test_kill_9_of_a_memory_groups_clone_start_then_recover(
-    vm: LabVm,
-    engine: Engine,
-    scratch: Path,
-    tmp_path: Path,
-    restored: list[str],
-    clones_files: set[str],
-    delay: float | str,
-) -> None:
-    group = engine.create(vm=vm.name, name=f"kill-clone-{delay}", with_memory=True)
-    assert group.memory is not None
-    groups = engine.list_groups(vm=vm.name)
-    saved = views(groups, tmp_path / "views")
-    tops = domblklist(vm.name)
-    name = f"{vm.name}-c{uuid.uuid4().hex[:6]}"
-    restored.append(name)
-    argv = ("clone", group.uuid, "--name", name, "--start")
-    db = f"sqlite:///{scratch / 'snapgroup.db'}"
-    if isinstance(delay, str):  # it kills itself there
-        proc = _cli(db, *argv, die_at=delay)
-        proc.wait()
-        ops = [o for o in engine.operations(limit=5) if o.state == "running"]
-        killed = ",".join(f"{o.kind}:{o.step}" for o in ops) or "-"
-    else:
-        killed = _kill_after(engine, _cli(db, *argv), "clone", delay)
-    engine.recover()
-    defined = sh("virsh", "-c", "qemu:///system", "domstate", name, check=False)
-    clone_state = defined.stdout.strip() if defined.returncode == 0 else "undefined"
-    print(f"\nclone --start killed at {delay}: {killed}; the clone: {clone_state}")
-    assert state(vm.name) == "running" and domblklist(vm.name) == tops
-    assert clone_state in ("running", "shut off", "undefined")
-    mems = {n for n in files(vm.directory) if n.endswith(".mem")}
-    assert mems == {os.path.basename(g.memory.file) for g in groups if g.memory is not None}
-    if clone_state != "undefined":
-        clones_files.update(os.path.basename(p) for p in domblklist(name).values())
-    assert_intact(engine, groups, saved)
-    assert_clean(engine, vm, also=clones_files)
-
-
 def test_revert_of_a_memory_group_after_the_vm_was_renamed(
     vm: LabVm, engine: Engine, clones_files: set[str]
 ) -> None:
@@ -586,26 +338,6 @@ def test_revert_of_a_memory_group_after_the_vm_was_renamed(
     assert report.error is None and report.resumed == "Running", report.to_response()
     assert state(vm.name) == "running"
     assert_clean(engine, vm, also=clones_files)
-
-
-def test_a_raw_data_disk_refuses_a_memory_group(vm: LabVm, engine: Engine) -> None:
-    """A writable raw disk cannot be snapshotted: skipped (skip_unsupported), a revert
-    would resume the guest's memory over its later contents. libvirt takes such a
-    memory snapshot (the disk snapshot='no'); snapgroup refuses it, nothing made."""
-    raw = vm.directory / "raw.img"
-    sh("qemu-img", "create", "-q", "-f", "raw", str(raw), "8M")
-    virsh = ("virsh", "-c", "qemu:///system")
-    sh(*virsh, "attach-disk", vm.name, str(raw), "vdz", "--driver", "qemu", "--subdriver", "raw")
-    try:
-        before, groups = files(vm.directory), engine.list_groups(vm=vm.name)
-        with pytest.raises(OperationError) as err:
-            engine.create(vm=vm.name, name="raw", with_memory=True, skip_unsupported=True)
-        print(f"\n{err.value.code}: {err.value.details}")
-        assert "vdz: format raw" in err.value.details
-        assert files(vm.directory) == before and engine.list_groups(vm=vm.name) == groups
-        assert state(vm.name) == "running"
-    finally:
-        sh(*virsh, "detach-disk", vm.name, "vdz")
 
 
 @pytest.mark.parametrize("live", [False, True], ids=["paused", "live"])
@@ -658,3 +390,24 @@ def test_a_memory_group_reverts_after_an_older_groups_delete_moved_its_files(
     for r in moved.refs:
         assert same(saved[r.volume_snapshot_uuid], live[vm.targets[r.device_id]])
     assert_clean(engine, vm, also=clones_files)
+
+
+def test_a_raw_data_disk_refuses_a_memory_group(vm: LabVm, engine: Engine) -> None:
+    """A writable raw disk cannot be snapshotted: skipped (skip_unsupported), a revert
+    would resume the guest's memory over its later contents. libvirt takes such a
+    memory snapshot (the disk snapshot='no'); snapgroup refuses it, nothing made.
+    Last in the module: the firmware never lets the hot-plugged disk go again."""
+    raw = vm.directory / "raw.img"
+    sh("qemu-img", "create", "-q", "-f", "raw", str(raw), "8M")
+    virsh = ("virsh", "-c", "qemu:///system")
+    sh(*virsh, "attach-disk", vm.name, str(raw), "vdz", "--driver", "qemu", "--subdriver", "raw")
+    try:
+        before, groups = files(vm.directory), engine.list_groups(vm=vm.name)
+        with pytest.raises(OperationError) as err:
+            engine.create(vm=vm.name, name="raw", with_memory=True, skip_unsupported=True)
+        print(f"\n{err.value.code}: {err.value.details}")
+        assert "vdz: format raw" in err.value.details
+        assert files(vm.directory) == before and engine.list_groups(vm=vm.name) == groups
+        assert state(vm.name) == "running"
+    finally:
+        sh(*virsh, "detach-disk", vm.name, "vdz", check=False)
