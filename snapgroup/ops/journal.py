@@ -75,24 +75,25 @@ class Journal:
     def begin(
         self, kind: str, vm_uuid: str, plan: dict[str, Any], *, group_uuid: str | None = None
     ) -> str:
-        now = self.clock()
-        row = OperationRow(
-            uuid=self.new_uuid(),
-            kind=kind,
-            vm_uuid=vm_uuid,
-            group_uuid=group_uuid,
-            state=RUNNING,
-            step="begin",
-            plan=json.dumps(plan),
-            host=self.host,
-            pid=os.getpid(),
-            started=now,
-            updated=now,
-        )
+        now, uuid = self.clock(), self.new_uuid()
+        row = {
+            "uuid": uuid,
+            "kind": kind,
+            "vm_uuid": vm_uuid,
+            "group_uuid": group_uuid,
+            "state": RUNNING,
+            "step": "begin",
+            "plan": json.dumps(plan),
+            "detail": None,
+            "host": self.host,
+            "pid": os.getpid(),
+            "started": now,
+            "updated": now,
+        }
         with self.db.transaction() as session:
-            session.add(row)
+            OperationRepo(session).insert(row)
         checkpoint(f"{kind}:begin")
-        return row.uuid
+        return uuid
 
     def step(self, op_uuid: str, kind: str, step: str, **plan_update: Any) -> None:
         """Record that `step` is about to be done (or was just done: the name says).

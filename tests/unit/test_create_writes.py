@@ -171,3 +171,22 @@ def test_an_operations_sync_finishes_a_dead_processs_operation_first(lab: Lab) -
         assert found.volumes["vda"].install_path == paths[0]
     assert _op(lab, op)[1] == "rolled-back"
     assert not lab.images.exists(overlay)
+
+
+def test_begin_writes_every_column_of_the_operation(lab: Lab) -> None:
+    """Journal.begin inserts the row by its columns (no ORM object): read back whole."""
+    import os
+
+    op = lab.engine.journal.begin("create", VM, {"live": True}, group_uuid="g" * 32)
+    with lab.engine.db.transaction() as session:
+        row = OperationRepo(session).get(op)
+        assert row is not None
+        got = (row.kind, row.vm_uuid, row.group_uuid, row.state, row.step, row.detail)
+        assert got == ("create", VM, "g" * 32, RUNNING, "begin", None)
+        assert (row.host, row.pid, json.loads(row.plan)) == (
+            lab.engine.host,
+            os.getpid(),
+            {"live": True},
+        )
+        assert row.started == row.updated
+    assert [o.uuid for o in lab.engine.operations()] == [op]
