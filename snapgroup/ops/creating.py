@@ -118,6 +118,14 @@ def create_locked(
     if memory is not None:  # checked (running, room) before anything is made or paused
         saving = plan_memory(ctx, domain, found.volumes[chosen[0]].install_path, memory)
         plan["memory"] = saving
+    # What recording the group reads of each volume, as synced under this lock (no
+    # query after the switch; recovery reads them from the store).
+    volumes = {
+        v.uuid: VolumeTop(
+            v.uuid, v.name, v.device_id, v.volume_type, v.last_attach_date, v.parent_snapshot_uuid
+        )
+        for v in (found.volumes[t] for t in chosen)
+    }
     known = known_record(mode)  # crash: what the group records, journaled from the start
     if known is not None:
         plan["consistency"] = (memory_record() if memory else known).to_plan()
@@ -181,7 +189,7 @@ def create_locked(
         ctx.journal.step(op, "create", "thawed", consistency=plan["consistency"])
     ctx.journal.point("create", "switched")
     try:
-        return _record_group(ctx, op, plan, domain.uuid, step="switched")
+        return _record_group(ctx, op, plan, domain.uuid, step="switched", known=volumes)
     except SnapgroupError as exc:
         _undo_snapshot(ctx, domain.uuid, live, overlays)
         ctx.remove_files(_memory_files(plan))
@@ -203,10 +211,17 @@ def _undo_snapshot(
 
 
 def _record_group(
-    ctx: OpContext, op: str, plan: dict[str, Any], vm_uuid: str, *, step: str | None = None
+    ctx: OpContext,
+    op: str,
+    plan: dict[str, Any],
+    vm_uuid: str,
+    *,
+    step: str | None = None,
+    known: dict[str, VolumeTop] | None = None,
 ) -> Group:
     """The group, its snapshots and refs, the volumes' new tops and the journal's
-    'done' (at `step`, when given): one transaction."""
+    'done' (at `step`, when given): one transaction. `known`: the volumes as the caller
+    read them under the VM's lock (else read here)."""
     now = ctx.clock()
     group_uuid, name = plan["group_uuid"], plan["name"]
     consistency = (
@@ -235,7 +250,7 @@ def _record_group(
         # Column values only, one statement per table (no ORM object, no flush per
         # disk): the group, its snapshots and refs, then the volumes' new tops.
         repo.insert_group(group)
-        volumes = repo.volume_tops(plan["volumes"].values())
+        volumes = repo.volume_tops(plan["volumes"].values()) if known is None else known
         snapshots, refs, tops = _group_rows(plan, volumes, now, ctx.new_uuid)
         repo.insert_snapshots(snapshots, refs)
         repo.move_tops(tops)

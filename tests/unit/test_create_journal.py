@@ -10,8 +10,10 @@ import json
 from typing import Any
 
 import pytest
+from pytest_mock import MockerFixture
 
 from snapgroup.ops.journal import Journal
+from snapgroup.store.repo import Repo
 from snapgroup.testing.fakes import lab_domain
 from tests.unit.conftest import Killed, Lab
 
@@ -135,3 +137,28 @@ def test_a_kill_after_the_overlays_or_the_switch_ends_as_the_create_would(
     assert op.state == "done"
     (group,) = lab.engine.list_groups()
     assert (group.consistency_type, group.consistency_note) == expected
+
+
+def test_recording_the_group_reads_no_volume_after_the_switch(
+    lab: Lab, mocker: MockerFixture, die_at: list[str]
+) -> None:
+    """The volumes as synced under the VM's lock are what the group records; recovery,
+    which has no such view, reads them from the store. Both record the same rows."""
+    lab_domain(lab.hv)
+    read = mocker.spy(Repo, "volume_tops")
+    live = lab.engine.create(vm="vm1", name="g1", consistency="crash")
+    assert read.call_count == 0
+    die_at.append("create:switched")
+    with pytest.raises(Killed):
+        lab.engine.create(vm="vm1", name="g2", consistency="crash")
+    (op,) = [o for o in lab.engine.recover()]
+    assert op.state == "done" and read.call_count == 1
+    recovered = next(g for g in lab.engine.list_groups() if g.name == "g2")
+    for a, b in zip(live.refs, recovered.refs, strict=True):
+        assert (a.volume_uuid, a.device_id, a.volume_name, a.volume_type) == (
+            b.volume_uuid,
+            b.device_id,
+            b.volume_name,
+            b.volume_type,
+        )
+        assert a.volume_last_attach_date == b.volume_last_attach_date
