@@ -41,6 +41,7 @@ from snapgroup.ops import notices
 from snapgroup.ops.backing_up import describe, open_store, verify_backups
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, FAILED, Journal
+from snapgroup.ops.pull_room import check_pull_room
 from snapgroup.ops.recovery import recovers
 from snapgroup.ports import ProgressFn
 from snapgroup.store.operations import OperationRepo
@@ -48,6 +49,7 @@ from snapgroup.store.repo import Repo
 
 KIND = "instant"
 POLL_S = 0.5
+PULL_TRIES = 3  # pulls of one disk that may end unfinished before the copy is stalled
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def start_copy(
         "verify": verify and bool(repo and backup_id),
     }
     with ctx.locks.vm(vm_uuid, wait=ctx.lock_wait):  # one driver at a time (recover too)
+        check_pull_room(ctx, disks.values(), live=ctx.hv.lookup(vm_uuid).state.is_live)
         op = ctx.journal.begin(KIND, vm_uuid, plan)
         if start:
             ctx.hv.start(vm_uuid)
@@ -179,17 +182,47 @@ def _pause_and_stop(ctx: OpContext, vm_uuid: str, targets: list[str]) -> str:
     return "is paused and its copy stopped"
 
 
+class CopyStalled(OperationError):
+    """The copy cannot go on for now (no room, or QEMU keeps ending a pull unfinished):
+    the operation stays open, the VM runs on its thin disks; a later follow or
+    recover takes it up again."""
+
+
 def _drive(ctx: OpContext, op: str, plan: dict[str, Any], domain: DomainInfo) -> bool:
     """One step on a running VM: a pull running is left to run; else the next disk
-    still on its backing file is pulled; else the copy is finished. True when done."""
+    still on its backing file is pulled (CopyStalled when it would not fit, or after
+    PULL_TRIES pulls of it ended unfinished); else the copy is finished. True when done.
+    A pull's job gone while its disk still names a backing file ended unfinished: QEMU
+    rewrites the header before the job ends (a failed write, ENOSPC, a cancel)."""
     for target in sorted(plan["disks"]):
         if ctx.hv.block_job(domain.uuid, target) is not None:
             return False
     for target, path in sorted(plan["disks"].items()):
-        if ctx.images.chain(path, shared=True)[0].backing is not None:
-            ctx.journal.step(op, KIND, f"pull:{target}")
-            ctx.hv.block_pull(domain.uuid, target, bandwidth=plan.get("bandwidth"))
-            return False
+        chain = ctx.images.chain(path, shared=True)
+        if chain[0].backing is None:
+            continue
+        pulls: dict[str, int] = plan.get("pulls", {})
+        tries = pulls.get(target, 0)
+        vm = domain.name or domain.uuid
+        if tries >= PULL_TRIES:
+            raise CopyStalled(
+                f"the copy of VM {vm}'s disk {target} is stalled: QEMU ended its pull "
+                f"unfinished {tries} times (libvirt's log says why); it runs on its thin "
+                "disks, the operation stays open: `snapgroup recover` tries again"
+            )
+        try:
+            check_pull_room(ctx, [path], live=True)
+        except OperationError as exc:
+            raise CopyStalled(
+                f"the copy of VM {vm}'s disk {target} is stalled: {exc.details}; it runs "
+                "on its thin disks, the operation stays open: free space, then "
+                "`snapgroup recover` goes on"
+            ) from exc
+        pulls = {**pulls, target: tries + 1}
+        plan["pulls"] = pulls
+        ctx.journal.step(op, KIND, f"pull:{target}", pulls=pulls)
+        ctx.hv.block_pull(domain.uuid, target, bandwidth=plan.get("bandwidth"))
+        return False
     return _finish(ctx, op, plan, domain)
 
 
@@ -246,7 +279,11 @@ def recover_instant(ctx: OpContext, op: str, plan: dict[str, Any], domain: Domai
         notices.warn(refused)
         return
     if domain.state.is_live:
-        _drive(ctx, op, plan, domain)
+        try:
+            _drive(ctx, op, plan, domain)
+        except CopyStalled as exc:  # said at every command while it lasts, and tried again
+            notices.warn(exc.details)
+            ctx.journal.step(op, KIND, "stalled", pulls={})
         return
     for target, path in sorted(plan["disks"].items()):
         if ctx.images.chain(path)[0].backing is not None:

@@ -29,6 +29,7 @@ from snapgroup.ops.backing_up import (
 from snapgroup.ops.context import OpContext
 from snapgroup.ops.journal import DONE, ROLLED_BACK
 from snapgroup.ops.memory_copies import resume_unpacked, unpack_for
+from snapgroup.ops.pull_room import check_pull_room
 from snapgroup.ops.recovery import recovers
 from snapgroup.ops.resolve import lookup_or_none
 from snapgroup.ports import BackupStore, ProgressFn
@@ -151,6 +152,8 @@ def restore(
                     )
                 else:
                     ctx.images.flatten(src, out, shared=False, progress=progress)
+            if not check_data:  # instant recovery: every disk is pulled local next
+                check_pull_room(ctx, files.values(), live=False)
             report = checking.result() if checking is not None else None
             if report is not None and not report.clean:
                 raise OperationError(
