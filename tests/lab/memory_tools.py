@@ -4,15 +4,19 @@ its groups saved and compared byte for byte, leaks looked for, the CLI killed.""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from snapgroup.api import Engine
+from snapgroup.api import Engine, open_engine
 from snapgroup.cli.wire import NO_DAEMON_ENV
 from snapgroup.domain.inventory import Group
 from snapgroup.ops.journal import FAULT_ENV
@@ -27,6 +31,20 @@ from tests.lab.tools import (
 
 RECENT = 4  # groups whose data each test checks byte for byte
 TMPFS_MIB = 640  # the memory check asks 256 + 16 MiB free; the firmware's state is ~1 MiB
+
+
+@contextlib.contextmanager
+def module_engine(prefix: str) -> Iterator[Engine]:
+    """A module's engine, its store in a scratch directory under /var/tmp (QEMU's user
+    gets through it: clones' and restores' files may go below)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    path.chmod(0o755)
+    eng = open_engine(connect="qemu:///system", db=f"sqlite:///{path / 'snapgroup.db'}")
+    try:
+        yield eng
+    finally:
+        eng.db.dispose()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def state(name: str) -> str:

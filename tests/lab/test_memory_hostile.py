@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from snapgroup.api import Engine, open_engine
+from snapgroup.api import Engine
 from snapgroup.domain.errors import OperationError, SnapgroupError
 from snapgroup.testing.labvm import LabVm
 from tests.lab.memory_tools import (
@@ -30,6 +29,7 @@ from tests.lab.memory_tools import (
     assert_clean,
     assert_intact,
     files,
+    module_engine,
     state,
     views,
 )
@@ -53,18 +53,9 @@ def vm() -> Iterator[LabVm]:
 
 
 @pytest.fixture(scope="module")
-def scratch() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sg-lab-memh-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def engine(scratch: Path) -> Iterator[Engine]:
-    eng = open_engine(connect="qemu:///system", db=f"sqlite:///{scratch / 'snapgroup.db'}")
-    yield eng
-    eng.db.dispose()
+def engine() -> Iterator[Engine]:
+    with module_engine("sg-lab-memh-") as eng:
+        yield eng
 
 
 @pytest.fixture(scope="module")

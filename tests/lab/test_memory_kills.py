@@ -7,15 +7,13 @@ overlay or memory file. One firmware lab VM for the module, on a tmpfs."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from snapgroup.api import Engine, open_engine
+from snapgroup.api import Engine
 from snapgroup.testing.labvm import LabVm
 from tests.lab.memory_tools import (
     DELAYS,
@@ -25,6 +23,7 @@ from tests.lab.memory_tools import (
     cli,
     files,
     kill_after,
+    module_engine,
     state,
     views,
 )
@@ -47,18 +46,9 @@ def vm() -> Iterator[LabVm]:
 
 
 @pytest.fixture(scope="module")
-def scratch() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sg-lab-memk-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def engine(scratch: Path) -> Iterator[Engine]:
-    eng = open_engine(connect="qemu:///system", db=f"sqlite:///{scratch / 'snapgroup.db'}")
-    yield eng
-    eng.db.dispose()
+def engine() -> Iterator[Engine]:
+    with module_engine("sg-lab-memk-") as eng:
+        yield eng
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +66,6 @@ DELETE_STEPS = ("delete:merge@2", "delete:merged@2", "delete:removed@3")
 def test_kill_9_of_a_memory_groups_delete_then_recover(
     vm: LabVm,
     engine: Engine,
-    scratch: Path,
     tmp_path: Path,
     clones_files: set[str],
     delay: float | str,
@@ -92,7 +81,7 @@ def test_kill_9_of_a_memory_groups_delete_then_recover(
     saved = views(others, tmp_path / "views")
     now = {t: export(p, tmp_path / f"now-{t}.qcow2") for t, p in domblklist(vm.name).items()}
 
-    db = f"sqlite:///{scratch / 'snapgroup.db'}"
+    db = engine.db.url
     if isinstance(delay, str):  # it kills itself there
         proc = cli(db, "delete", group.uuid, die_at=delay)
         proc.wait()
@@ -118,7 +107,6 @@ def test_kill_9_of_a_memory_groups_delete_then_recover(
 def test_kill_9_of_a_memory_create_then_recover(
     vm: LabVm,
     engine: Engine,
-    scratch: Path,
     tmp_path: Path,
     clones_files: set[str],
     delay: float,
@@ -127,7 +115,7 @@ def test_kill_9_of_a_memory_create_then_recover(
     saved = views(groups, tmp_path / "views")
     name = f"kill-create-{delay}"
     proc = cli(
-        f"sqlite:///{scratch / 'snapgroup.db'}", "create", "--vm", vm.name, "--name", name,
+        engine.db.url, "create", "--vm", vm.name, "--name", name,
         "--with-memory",
     )  # fmt: skip
     killed = kill_after(engine, proc, "create", delay)
@@ -145,7 +133,6 @@ def test_kill_9_of_a_memory_create_then_recover(
 def test_kill_9_of_a_memory_revert_then_recover(
     vm: LabVm,
     engine: Engine,
-    scratch: Path,
     tmp_path: Path,
     clones_files: set[str],
     delay: float,
@@ -158,7 +145,7 @@ def test_kill_9_of_a_memory_revert_then_recover(
     groups = engine.list_groups(vm=vm.name)
     saved = views(groups, tmp_path / "views")
     now = {t: export(p, tmp_path / f"now-{t}.qcow2") for t, p in domblklist(vm.name).items()}
-    db = f"sqlite:///{scratch / 'snapgroup.db'}"
+    db = engine.db.url
     proc = cli(db, "revert", group.uuid, "--stop", "--stop-timeout", "0")
     killed = kill_after(engine, proc, "revert", delay)
     engine.recover()
@@ -194,7 +181,6 @@ CLONE_STEPS = (
 def test_kill_9_of_a_memory_groups_clone_start_then_recover(
     vm: LabVm,
     engine: Engine,
-    scratch: Path,
     tmp_path: Path,
     restored: list[str],
     clones_files: set[str],
@@ -208,7 +194,7 @@ def test_kill_9_of_a_memory_groups_clone_start_then_recover(
     name = f"{vm.name}-c{uuid.uuid4().hex[:6]}"
     restored.append(name)
     argv = ("clone", group.uuid, "--name", name, "--start")
-    db = f"sqlite:///{scratch / 'snapgroup.db'}"
+    db = engine.db.url
     if isinstance(delay, str):  # it kills itself there
         proc = cli(db, *argv, die_at=delay)
         proc.wait()
