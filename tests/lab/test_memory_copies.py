@@ -26,7 +26,8 @@ from tests.lab.test_guest import DATA_SERIALS, Guest, booted_guest, guest_values
 from tests.lab.test_memory_groups import RUN_ON_S, file_in_guest, guest_exec, state, uptime
 from tests.lab.tools import backing_chain, domblklist, same, sh
 
-pytestmark = pytest.mark.lab
+# One xdist worker a module: one VM booted, not one a worker.
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("memory-copies")]
 
 
 @pytest.fixture(scope="module")

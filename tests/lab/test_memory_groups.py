@@ -36,7 +36,8 @@ from tests.lab.test_guest import (
 )
 from tests.lab.tools import backing_chain, domblklist, same
 
-pytestmark = pytest.mark.lab
+# One xdist worker a module: one VM booted, not one a worker.
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("memory-groups")]
 RUN_ON_S = 8.0  # guest seconds the guest runs on after the snapshot, before a revert
 
 

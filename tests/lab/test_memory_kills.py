@@ -36,7 +36,8 @@ from tests.lab.tools import (
     write_live,
 )
 
-pytestmark = pytest.mark.lab
+# One xdist worker a module: one VM booted, not one a worker.
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("memory-kills")]
 
 
 @pytest.fixture(scope="module")
