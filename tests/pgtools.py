@@ -5,11 +5,13 @@ of its own, dropped at the end, so sessions side by side never meet."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlmodel import SQLModel
 
 from snapgroup.store.db import Database
@@ -39,9 +41,23 @@ def private_database(base_url: str) -> Iterator[str]:
             conn.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
         yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop(admin, name)
         admin.dispose()
+
+
+def _drop(admin: Engine, name: str) -> None:
+    """DROP ... WITH (FORCE), again while it is refused for a session not ours: an
+    autovacuum worker that came to the fresh database (PostgreSQL 15 will not let a
+    role that is not superuser terminate it; it is gone within moments)."""
+    for attempt in range(20):
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except ProgrammingError as exc:
+            if "pg_signal_backend" not in str(exc) or attempt == 19:
+                raise
+            time.sleep(0.25)
 
 
 def empty_all_tables(db: Database) -> None:

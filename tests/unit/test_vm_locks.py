@@ -142,12 +142,14 @@ SESSION_VM = "5" * 32
 
 
 def _holders(db: Database) -> set[int]:
-    """The sessions holding SESSION_VM's advisory locks now (seen from another session):
+    """The sessions holding SESSION_VM's advisory locks in this test's database now (seen
+    from another session; pg_locks shows every database's, and other tests run at once):
     a bigint key shows as its high (classid) and low (objid) 32 bits."""
     keys = [lock_key(kind, SESSION_VM) for kind in ("vm", "backups")]
     halves = [((k >> 32) & 0xFFFFFFFF, k & 0xFFFFFFFF) for k in keys]
     query = text(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         " AND ((classid::bigint = :h0 AND objid::bigint = :l0)"
         " OR (classid::bigint = :h1 AND objid::bigint = :l1))"
     )
